@@ -1,0 +1,37 @@
+# taskd: `make run` starts the daemon on the embedded database, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[embedded]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded,api]'
+	touch $@
+
+## run: the daemon on the embedded PostgreSQL (or TASKD_DATABASE_URL when set)
+run: $(VENV)/.run-installed
+	$(BIN)/taskd migrate
+	$(BIN)/taskd status
+
+## test: the whole suite against a real PostgreSQL (see tests/conftest.py for which)
+test: $(VENV)/.dev-installed
+	$(BIN)/pytest -n auto
+
+## lint: ruff and mypy --strict
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,99 @@
+"""The ``taskd`` command: the Typer app, and what every command shares."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
+import typer
+from rich.console import Console
+
+from taskd.database import database_url
+from taskd.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    InvalidInput,
+    SchemaError,
+    TaskdError,
+)
+from taskd.queue.store import Store
+from taskd.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="taskd",
+    help="taskd: an executor daemon over a lease-based PostgreSQL queue.\n\n"
+    "Settings come from TASKD_* environment variables, then the TOML file named by "
+    "TASKD_CONFIG (default /etc/taskd/taskd.toml), then defaults. Without "
+    "TASKD_DATABASE_URL, an embedded PostgreSQL is started.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_CODES: list[tuple[type[TaskdError], int]] = [
+    (ConfigError, 2),
+    (InvalidInput, 2),
+    (DatabaseUnavailable, 2),
+    (SchemaError, 1),
+    (TaskdError, 1),
+]
+
+
+@app.callback()
+def _load(ctx: typer.Context) -> None:
+    # Bad settings stop every command here, before it does anything.
+    ctx.obj = load_settings()
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    return anyio.run(fn)
+
+
+@asynccontextmanager
+async def open_store(
+    settings: Settings, *, check_schema: bool = True, max_size: int = 2
+) -> AsyncIterator[Store]:
+    """A store for one CLI command; raises a SchemaError naming `taskd migrate` when due."""
+    store = await Store.open(
+        database_url(settings), min_size=1, max_size=max_size,
+        application_name="taskd-cli", check_schema=check_schema,
+    )
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def configure_logging(settings: Settings) -> None:
+    from taskd.logs import setup_logging
+
+    setup_logging(settings.log_format, settings.log_level)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console entry point: taskd's errors become one line on stderr and an exit code."""
+    try:
+        return app(args=argv)
+    except TaskdError as exc:
+        code = next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
+        err_console.print(f"taskd: error: {exc}", markup=False)
+        sys.exit(code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+logging.getLogger("psycopg.pool").setLevel(logging.WARNING)

@@ -1,0 +1,36 @@
+"""``taskd migrate``."""
+
+from __future__ import annotations
+
+import psycopg
+import typer
+
+from taskd.cli.app import app, err_console, run_async, settings_of
+from taskd.database import database_url
+from taskd.queue import migrations
+from taskd.queue.store import translated_errors
+
+
+@app.command()
+def migrate(ctx: typer.Context) -> None:
+    """Apply the schema migrations that are missing.
+
+    Idempotent, and safe to run from several hosts at once: migrators take turns under an
+    advisory lock and a later one finds nothing left to do.
+    """
+    settings = settings_of(ctx)
+
+    async def go() -> list[migrations.Migration]:
+        async with translated_errors():
+            conn = await psycopg.AsyncConnection.connect(
+                database_url(settings), autocommit=True, application_name="taskd-migrate"
+            )
+            async with conn:
+                return await migrations.migrate(conn)
+
+    applied = run_async(go)
+    if applied:
+        for m in applied:
+            err_console.print(f"applied {m.version:04d}_{m.name}")
+    else:
+        err_console.print(f"schema is up to date (version {migrations.latest_version()})")

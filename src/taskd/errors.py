@@ -1,0 +1,83 @@
+"""taskd's exceptions: one tree under :class:`TaskdError`.
+
+```
+TaskdError
+├── ConfigError               settings that cannot be used (exit code 2)
+├── InvalidInput              a submission or request that breaks a documented rule
+├── SchemaError               the database schema does not match this code
+│   ├── SchemaMissing         no taskd schema yet: run `taskd migrate`
+│   ├── SchemaOutdated        migrations are missing: run `taskd migrate`
+│   └── SchemaTooNew          the database was migrated by a newer taskd
+├── DatabaseError             any other failure reported by PostgreSQL
+│   └── DatabaseUnavailable   the server cannot be reached or the connection broke
+└── HandlerError              raised by handlers to steer what happens to a subtask
+    ├── PermanentError        fail now, do not retry
+    └── RetryLater            retry after ``delay`` seconds, not counted as an error
+```
+
+Callers match on types, never on message text. Database errors are translated in one place,
+:mod:`taskd.queue.store`, and chained with ``from``.
+"""
+
+from __future__ import annotations
+
+
+class TaskdError(Exception):
+    """Root of every exception that taskd raises on purpose."""
+
+
+class ConfigError(TaskdError):
+    """Settings that cannot be used; the CLI exits with code 2."""
+
+
+class InvalidInput(TaskdError, ValueError):
+    """Input that breaks a documented rule; nothing was written.
+
+    ``field`` names the offending input when one can be named.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class SchemaError(TaskdError):
+    """The database schema does not match what this version of taskd expects."""
+
+
+class SchemaMissing(SchemaError):
+    """The database has no taskd schema."""
+
+
+class SchemaOutdated(SchemaError):
+    """The database lacks migrations that this version of taskd needs."""
+
+
+class SchemaTooNew(SchemaError):
+    """The database holds migrations that this version of taskd does not know."""
+
+
+class DatabaseError(TaskdError):
+    """PostgreSQL reported an error that taskd did not expect."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """PostgreSQL cannot be reached, or the connection broke mid-query."""
+
+
+class HandlerError(TaskdError):
+    """Base of the exceptions that handlers raise to steer a subtask's outcome."""
+
+
+class PermanentError(HandlerError):
+    """The subtask fails now, whatever attempts remain."""
+
+
+class RetryLater(HandlerError):
+    """Retry the subtask after ``delay`` seconds; the attempt is not counted as an error."""
+
+    def __init__(self, delay: float, message: str = "") -> None:
+        if delay < 0:
+            raise ValueError("RetryLater delay must be >= 0 seconds")
+        super().__init__(message or f"retry in {delay:g}s")
+        self.delay = delay

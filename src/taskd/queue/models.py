@@ -1,0 +1,127 @@
+"""Typed rows that the queue package returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+JSON = Any
+SubtaskStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
+TaskStatus = SubtaskStatus
+ExecutorStatus = Literal["running", "stopping", "stopped", "dead"]
+OutcomeKind = Literal["completed", "failed", "retry", "snooze"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedSubtask:
+    """A subtask this executor holds under a lease, as the claim returned it."""
+
+    id: int
+    task_id: int
+    queue: str
+    kind: str
+    priority: int
+    payload: dict[str, JSON]
+    state: JSON | None
+    attempt: int
+    max_attempts: int
+    run_after: datetime
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one attempt, for :meth:`Store.record_outcomes`.
+
+    ``delay`` is the seconds until the retry for ``retry`` and ``snooze`` outcomes.
+    """
+
+    subtask_id: int
+    attempt: int
+    outcome: OutcomeKind
+    result: JSON | None = None
+    error: str | None = None
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorOccurrence:
+    """One error to add to error_logs; identical ``(error_type, message)`` pairs aggregate."""
+
+    error_type: str
+    message: str
+    stack_trace: str | None = None
+    queue: str | None = None
+    kind: str | None = None
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorInfo:
+    """What an executor registers about itself."""
+
+    id: str
+    executor_group: str
+    hostname: str
+    pid: int
+    version: str
+    concurrency: dict[str, int] = field(default_factory=dict)
+    metrics_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: int
+    name: str
+    queue: str
+    kind: str
+    priority: int
+    user_id: str | None
+    params: dict[str, JSON]
+    status: TaskStatus
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+    quota_cost: int
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Subtask:
+    id: int
+    task_id: int
+    queue: str
+    kind: str
+    priority: int
+    status: SubtaskStatus
+    payload: dict[str, JSON]
+    state: JSON | None
+    result: JSON | None
+    error: str | None
+    attempt: int
+    max_attempts: int
+    run_after: datetime
+    locked_by: str | None
+    lease_expires_at: datetime | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RescueReport:
+    """What one rescuer pass did."""
+
+    returned: int = 0
+    failed: int = 0
+    dead_executors: tuple[str, ...] = ()
+    timed_out: int = 0
+    deleted_subtasks: int = 0
+    deleted_tasks: int = 0
+    by_queue: dict[str, int] = field(default_factory=dict)

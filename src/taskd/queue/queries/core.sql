@@ -1,0 +1,288 @@
+-- The queue core's queries. Each starts with a `-- name: <name>` header and takes named,
+-- bound parameters. `now` parameters default to the database clock: tests pass a time to move it.
+
+-- name: submit_task
+SELECT taskd.submit_task(
+    queue => %(queue)s,
+    kind => %(kind)s,
+    payloads => %(payloads)s::jsonb,
+    name => %(name)s,
+    priority => %(priority)s,
+    params => %(params)s::jsonb,
+    user_id => %(user_id)s,
+    max_attempts => %(max_attempts)s,
+    run_after => now() + make_interval(secs => %(delay)s),
+    max_payload_bytes => %(max_payload_bytes)s
+) AS task_id;
+
+-- name: claim_subtasks
+-- One statement: pick the highest priority, then oldest, ready rows of the queue, skip rows
+-- other claimers hold, and take them under a lease. With cluster_max set, the caller holds
+-- lock_queue_claims in the same transaction; without it, the count below is never run.
+WITH picked AS (
+    SELECT id
+      FROM taskd.subtasks
+     WHERE status = 'pending'
+       AND queue = %(queue)s
+       AND run_after <= coalesce(%(now)s, now())
+     ORDER BY priority DESC, run_after, id
+     LIMIT CASE WHEN %(cluster_max)s::integer IS NULL THEN %(limit)s
+                ELSE greatest(0, least(%(limit)s, %(cluster_max)s::integer - (
+                         SELECT count(*) FROM taskd.subtasks
+                          WHERE status = 'processing' AND queue = %(queue)s)))
+           END
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE taskd.subtasks s
+   SET status = 'processing',
+       locked_by = %(executor_id)s,
+       attempt = s.attempt + 1,
+       lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_timeout)s),
+       started_at = coalesce(%(now)s, now()),
+       updated_at = coalesce(%(now)s, now())
+  FROM picked
+ WHERE s.id = picked.id
+RETURNING s.id, s.task_id, s.queue, s.kind, s.priority, s.payload, s.state, s.attempt,
+          s.max_attempts, s.run_after, s.started_at;
+
+-- name: lock_queue_claims
+-- The cluster-wide cap: capped claims of one queue take this lock first, in the same
+-- transaction, so that claim_subtasks counts every claim committed before it.
+SELECT pg_advisory_xact_lock(hashtextextended('taskd.claim:' || %(queue)s, 0));
+
+-- name: record_outcomes
+-- Fenced on (id, locked_by, attempt, processing): a row whose lease was lost matches nothing,
+-- and its id is missing from what this returns. outcome is completed, failed, retry or snooze
+-- (retry later without spending the attempt).
+WITH outcome AS (
+    SELECT *
+      FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(outcomes)s::text[],
+                  %(results)s::jsonb[], %(errors)s::text[], %(delays)s::float8[])
+           AS o(id, attempt, outcome, result, error, delay)
+)
+UPDATE taskd.subtasks s
+   SET status = CASE WHEN o.outcome IN ('retry', 'snooze') THEN 'pending' ELSE o.outcome END,
+       result = o.result,
+       error = o.error,
+       attempt = CASE WHEN o.outcome = 'snooze' THEN s.attempt - 1 ELSE s.attempt END,
+       run_after = CASE WHEN o.outcome IN ('retry', 'snooze')
+                        THEN coalesce(%(now)s, now()) + make_interval(secs => o.delay)
+                        ELSE s.run_after END,
+       locked_by = NULL,
+       lease_expires_at = NULL,
+       completed_at = CASE WHEN o.outcome IN ('completed', 'failed')
+                           THEN coalesce(%(now)s, now()) END,
+       updated_at = coalesce(%(now)s, now())
+  FROM outcome o
+ WHERE s.id = o.id
+   AND s.locked_by = %(executor_id)s
+   AND s.attempt = o.attempt
+   AND s.status = 'processing'
+RETURNING s.id;
+
+-- name: checkpoint_subtask
+UPDATE taskd.subtasks
+   SET state = %(state)s, updated_at = now()
+ WHERE id = %(id)s
+   AND locked_by = %(executor_id)s
+   AND attempt = %(attempt)s
+   AND status = 'processing'
+RETURNING id;
+
+-- name: extend_leases
+UPDATE taskd.subtasks
+   SET lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_timeout)s)
+ WHERE id = ANY(%(ids)s::bigint[])
+   AND locked_by = %(executor_id)s
+   AND status = 'processing'
+RETURNING id;
+
+-- name: release_subtasks
+-- Give subtasks back on shutdown: pending again, lease cleared, the attempt not spent.
+UPDATE taskd.subtasks s
+   SET status = 'pending',
+       locked_by = NULL,
+       lease_expires_at = NULL,
+       attempt = s.attempt - 1,
+       run_after = now(),
+       updated_at = now()
+  FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS r(id, attempt)
+ WHERE s.id = r.id
+   AND s.locked_by = %(executor_id)s
+   AND s.attempt = r.attempt
+   AND s.status = 'processing'
+RETURNING s.id;
+
+-- name: rescue_expired_leases
+WITH expired AS (
+    SELECT id
+      FROM taskd.subtasks
+     WHERE status = 'processing'
+       AND lease_expires_at < coalesce(%(now)s, now())
+     ORDER BY lease_expires_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE taskd.subtasks s
+   SET status = CASE WHEN s.attempt >= s.max_attempts THEN 'failed' ELSE 'pending' END,
+       error = CASE WHEN s.attempt >= s.max_attempts
+                    THEN format('lease expired (executor %%s) on attempt %%s of %%s',
+                                s.locked_by, s.attempt, s.max_attempts)
+                    ELSE s.error END,
+       completed_at = CASE WHEN s.attempt >= s.max_attempts
+                           THEN coalesce(%(now)s, now()) END,
+       locked_by = NULL,
+       lease_expires_at = NULL,
+       updated_at = coalesce(%(now)s, now())
+  FROM expired
+ WHERE s.id = expired.id
+RETURNING s.id, s.task_id, s.queue, s.status;
+
+-- name: fail_pending_timeouts
+WITH stale AS (
+    SELECT id
+      FROM taskd.subtasks
+     WHERE status = 'pending'
+       AND queue = %(queue)s
+       AND created_at < coalesce(%(now)s, now()) - make_interval(secs => %(pending_timeout)s)
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE taskd.subtasks s
+   SET status = 'failed',
+       error = format('timed out waiting: pending longer than %%s s', %(pending_timeout)s),
+       completed_at = coalesce(%(now)s, now()),
+       updated_at = coalesce(%(now)s, now())
+  FROM stale
+ WHERE s.id = stale.id
+RETURNING s.id, s.task_id;
+
+-- name: upsert_error_logs
+INSERT INTO taskd.error_logs AS e
+       (error_type, error_message, count, stack_trace, queue, kind,
+        first_occurred_at, last_occurred_at)
+SELECT error_type, error_message, n, stack_trace, queue, kind, now(), now()
+  FROM unnest(%(error_types)s::text[], %(messages)s::text[], %(counts)s::bigint[],
+              %(stack_traces)s::text[], %(queues)s::text[], %(kinds)s::text[])
+       AS u(error_type, error_message, n, stack_trace, queue, kind)
+ON CONFLICT (error_type, error_message) DO UPDATE
+   SET count = e.count + excluded.count,
+       stack_trace = coalesce(excluded.stack_trace, e.stack_trace),
+       queue = excluded.queue,
+       kind = excluded.kind,
+       last_occurred_at = now();
+
+-- name: register_executor
+INSERT INTO taskd.executors
+       (id, executor_group, hostname, pid, version, status, concurrency, running, metrics_url)
+VALUES (%(id)s, %(executor_group)s, %(hostname)s, %(pid)s, %(version)s, 'running',
+        %(concurrency)s, '{}'::jsonb, %(metrics_url)s)
+ON CONFLICT (id) DO UPDATE
+   SET executor_group = excluded.executor_group,
+       hostname = excluded.hostname,
+       pid = excluded.pid,
+       version = excluded.version,
+       status = 'running',
+       started_at = now(),
+       last_heartbeat_at = now(),
+       stopped_at = NULL,
+       concurrency = excluded.concurrency,
+       running = '{}'::jsonb,
+       metrics_url = excluded.metrics_url;
+
+-- name: heartbeat_executor
+-- A dead executor that heartbeats again is alive: its status comes back to running.
+UPDATE taskd.executors
+   SET last_heartbeat_at = coalesce(%(now)s, now()),
+       status = CASE WHEN status = 'dead' THEN 'running' ELSE status END,
+       concurrency = %(concurrency)s,
+       running = %(running)s
+ WHERE id = %(id)s
+RETURNING status;
+
+-- name: set_executor_status
+UPDATE taskd.executors
+   SET status = %(status)s,
+       last_heartbeat_at = now(),
+       stopped_at = CASE WHEN %(status)s = 'stopped' THEN now() END,
+       running = CASE WHEN %(status)s = 'stopped' THEN '{}'::jsonb ELSE running END
+ WHERE id = %(id)s;
+
+-- name: mark_dead_executors
+UPDATE taskd.executors
+   SET status = 'dead'
+ WHERE status IN ('running', 'stopping')
+   AND last_heartbeat_at < coalesce(%(now)s, now()) - make_interval(secs => %(dead_after)s)
+RETURNING id;
+
+-- name: try_rescuer_lock
+SELECT pg_try_advisory_xact_lock(hashtextextended('taskd.rescuer', 0)) AS locked;
+
+-- name: delete_finished_subtasks
+WITH old AS (
+    SELECT id
+      FROM taskd.subtasks
+     WHERE completed_at < coalesce(%(now)s, now()) - make_interval(secs => %(retention)s)
+       AND status IN ('completed', 'failed', 'cancelled')
+     LIMIT %(limit)s
+)
+DELETE FROM taskd.subtasks s USING old WHERE s.id = old.id
+RETURNING s.id;
+
+-- name: delete_finished_tasks
+WITH old AS (
+    SELECT t.id
+      FROM taskd.tasks t
+     WHERE t.completed_at < coalesce(%(now)s, now()) - make_interval(secs => %(retention)s)
+       AND t.status IN ('completed', 'failed', 'cancelled')
+       AND NOT EXISTS (SELECT 1 FROM taskd.subtasks s
+                        WHERE s.task_id = t.id AND s.status IN ('pending', 'processing'))
+     LIMIT %(limit)s
+)
+DELETE FROM taskd.tasks t USING old WHERE t.id = old.id
+RETURNING t.id;
+
+-- name: cancel_task
+-- Pending subtasks become cancelled; processing ones are asked to stop (cancel_requested).
+WITH pending AS (
+    UPDATE taskd.subtasks
+       SET status = 'cancelled', completed_at = now(), updated_at = now(),
+           error = 'cancelled'
+     WHERE task_id = %(task_id)s AND status = 'pending'
+    RETURNING id
+), running AS (
+    UPDATE taskd.subtasks
+       SET cancel_requested = true, updated_at = now()
+     WHERE task_id = %(task_id)s AND status = 'processing' AND NOT cancel_requested
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM pending) AS cancelled, (SELECT count(*) FROM running) AS requested;
+
+-- name: retry_failed_subtasks
+UPDATE taskd.subtasks
+   SET status = 'pending', attempt = 0, run_after = now(), error = NULL, result = NULL,
+       completed_at = NULL, cancel_requested = false, updated_at = now()
+ WHERE task_id = %(task_id)s AND status = 'failed'
+RETURNING id;
+
+-- name: cancel_requested
+SELECT id FROM taskd.subtasks
+ WHERE id = ANY(%(ids)s::bigint[]) AND cancel_requested AND status = 'processing';
+
+-- name: get_task
+SELECT id, name, queue, kind, priority, user_id, params, status, total, completed, failed,
+       cancelled, quota_cost, created_at, updated_at, completed_at
+  FROM taskd.tasks
+ WHERE id = %(id)s;
+
+-- name: list_subtasks
+SELECT id, task_id, queue, kind, priority, status, payload, state, result, error, attempt,
+       max_attempts, run_after, locked_by, lease_expires_at, cancel_requested, created_at,
+       started_at, completed_at, updated_at
+  FROM taskd.subtasks
+ WHERE task_id = %(task_id)s AND id > %(after_id)s
+ ORDER BY id
+ LIMIT %(limit)s;
+
+-- name: database_now
+SELECT now() AS now;

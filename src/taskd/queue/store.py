@@ -1,0 +1,530 @@
+"""The one door to the database: a typed method per named query.
+
+Only this package executes SQL. Every method translates psycopg's errors into taskd's own
+(:mod:`taskd.errors`), chained with ``from``. Times come from the database clock; methods that
+tests need to move in time take ``now`` (None means the database's ``now()``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg.rows import class_row, dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from taskd.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    InvalidInput,
+    SchemaMissing,
+    TaskdError,
+)
+from taskd.queue import migrations
+from taskd.queue.models import (
+    JSON,
+    ClaimedSubtask,
+    ErrorOccurrence,
+    ExecutorInfo,
+    ExecutorStatus,
+    Outcome,
+    Subtask,
+    Task,
+)
+from taskd.queue.queries import query
+
+QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+KIND_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+MAX_SUBTASKS = 100_000
+MAX_ERROR_MESSAGE = 500
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+Row = TypeVar("Row")
+
+# A deadlock or serialization failure rolled its statement back whole: trying again is safe.
+_retry_conflicts = AsyncRetrying(
+    retry=retry_if_exception_type(
+        (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.LockNotAvailable)
+    ),
+    stop=stop_after_attempt(5),
+    wait=wait_random_exponential(multiplier=0.01, max=0.5),
+    reraise=True,
+)
+
+
+def translate_error(exc: psycopg.Error) -> TaskdError:
+    """Map a psycopg error to taskd's tree (the caller raises it ``from exc``)."""
+    message = exc.diag.message_primary or str(exc) or type(exc).__name__
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseUnavailable(f"database unavailable: {message}")
+    if isinstance(exc, (psycopg.DataError, pgerrors.CheckViolation)):
+        return InvalidInput(message.removeprefix("taskd: "))
+    if isinstance(exc, (pgerrors.UndefinedTable, pgerrors.UndefinedFunction,
+                        pgerrors.InvalidSchemaName)):
+        return SchemaMissing(f"{message}: run `taskd migrate`")
+    if isinstance(exc, psycopg.InterfaceError):
+        return DatabaseUnavailable(f"database connection unusable: {message}")
+    return DatabaseError(f"{type(exc).__name__}: {message}")
+
+
+@asynccontextmanager
+async def translated_errors() -> AsyncIterator[None]:
+    """Re-raise psycopg errors as taskd errors."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise translate_error(exc) from exc
+
+
+def connection_kwargs(application_name: str, statement_timeout: float | None) -> dict[str, Any]:
+    """Keyword arguments for every taskd connection."""
+    options = f"-c application_name={application_name}"
+    if statement_timeout:
+        options += f" -c statement_timeout={int(statement_timeout * 1000)}"
+    return {"autocommit": True, "options": options}
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInput(f"{what} is not JSON-serialisable: {exc}", field=what) from exc
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def validate_submission(
+    queue: str,
+    kind: str,
+    payloads: Sequence[Any],
+    *,
+    name: str,
+    priority: int,
+    params: Any,
+    user_id: str | None,
+    max_attempts: int,
+    delay: float,
+    max_payload_bytes: int,
+) -> tuple[str, str]:
+    """Check a submission against the documented rules; return (payloads, params) as JSON.
+
+    Raises :class:`InvalidInput` naming the field. ``taskd.submit_task`` repeats these checks
+    for SQL clients; doing them here gives a precise message without a round trip.
+    """
+    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+        raise InvalidInput(
+            f"queue {queue!r} is not a valid queue name (^[a-z][a-z0-9_-]{{0,62}}$)",
+            field="queue",
+        )
+    if not isinstance(kind, str) or not KIND_NAME.match(kind):
+        raise InvalidInput(
+            f"kind {kind!r} is not a valid kind (letters, digits, _ . : -, at most 200)",
+            field="kind",
+        )
+    if isinstance(priority, bool) or not isinstance(priority, int) or not (
+        -1000 <= priority <= 1000
+    ):
+        raise InvalidInput(f"priority {priority!r} is outside -1000..1000", field="priority")
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not (
+        1 <= max_attempts <= 1000
+    ):
+        raise InvalidInput(f"max_attempts {max_attempts!r} is outside 1..1000",
+                           field="max_attempts")
+    if not isinstance(delay, (int, float)) or not (0 <= delay <= 10 * 365 * 86400):
+        raise InvalidInput(f"delay {delay!r} must be 0 or more seconds", field="delay")
+    for label, text in (("name", name), ("user_id", user_id)):
+        if text is not None and (not isinstance(text, str) or "\x00" in text):
+            raise InvalidInput(f"{label} must be text without NUL characters", field=label)
+    if not isinstance(params, dict):
+        raise InvalidInput("params must be a JSON object", field="params")
+    if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Sequence):
+        raise InvalidInput("payloads must be a list of JSON objects", field="payloads")
+    if not payloads:
+        raise InvalidInput("a task needs at least one subtask (payloads is empty)",
+                           field="payloads")
+    if len(payloads) > MAX_SUBTASKS:
+        raise InvalidInput(f"payloads holds {len(payloads)} subtasks; at most {MAX_SUBTASKS}",
+                           field="payloads")
+    for index, payload in enumerate(payloads):
+        if not isinstance(payload, dict):
+            raise InvalidInput(f"payloads[{index}] is not a JSON object",
+                               field=f"payloads[{index}]")
+    params_json = _dumps(params, "params")
+    payloads_json = _dumps(list(payloads), "payloads")
+    # json.dumps escapes NUL as \u0000; only then is the slower exact walk needed.
+    if "\\u0000" in payloads_json or "\\u0000" in params_json:
+        for index, payload in enumerate(payloads):
+            if _has_nul(payload):
+                raise InvalidInput(f"payloads[{index}] contains a NUL character",
+                                   field=f"payloads[{index}]")
+        if _has_nul(params):
+            raise InvalidInput("params contains a NUL character", field="params")
+    # Cheap bound first: only a large total can hold one payload over the limit.
+    if len(payloads_json) > max_payload_bytes:
+        for index, payload in enumerate(payloads):
+            size = len(_dumps(payload, f"payloads[{index}]").encode())
+            if size > max_payload_bytes:
+                raise InvalidInput(
+                    f"payloads[{index}] is {size} bytes, larger than {max_payload_bytes}",
+                    field=f"payloads[{index}]",
+                )
+    return payloads_json, params_json
+
+
+class Store:
+    """Typed access to taskd's tables over a connection pool."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(
+        cls,
+        conninfo: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 4,
+        application_name: str = "taskd",
+        statement_timeout: float | None = 30.0,
+        check_schema: bool = True,
+        connect_timeout: float = 10.0,
+    ) -> Store:
+        """Open a pool, wait for its first connection and check the schema version.
+
+        Raises :class:`DatabaseUnavailable` or a :class:`taskd.errors.SchemaError`.
+        """
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs=connection_kwargs(application_name, statement_timeout),
+            open=False,
+            name=application_name,
+            # A broken connection is noticed on checkout, not by the query that gets it.
+            check=AsyncConnectionPool.check_connection,
+        )
+        try:
+            async with translated_errors():
+                await pool.open(wait=True, timeout=connect_timeout)
+        except BaseException:
+            await pool.close()
+            raise
+        store = cls(pool)
+        if check_schema:
+            try:
+                async with translated_errors(), pool.connection() as conn:
+                    await migrations.check_schema(conn)
+            except BaseException:
+                await pool.close()
+                raise
+        return store
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _fetch(
+        self, name: str, params: dict[str, Any], row_type: type[Row]
+    ) -> list[Row]:
+        async for attempt in _retry_conflicts:
+            with attempt:
+                async with translated_errors(), self.pool.connection() as conn:
+                    cur = conn.cursor(row_factory=class_row(row_type))
+                    await cur.execute(query(name), params)
+                    rows: list[Row] = await cur.fetchall()
+                    return rows
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        async for attempt in _retry_conflicts:
+            with attempt:
+                async with translated_errors(), self.pool.connection() as conn:
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(query(name), params)
+                    return await cur.fetchall() if cur.description else []
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        queue: str,
+        kind: str,
+        payloads: Sequence[dict[str, JSON]],
+        *,
+        name: str = "",
+        priority: int = 0,
+        params: dict[str, JSON] | None = None,
+        user_id: str | None = None,
+        max_attempts: int = 3,
+        delay: float = 0.0,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> int:
+        """Insert a task and its subtasks in one round trip and wake the queue's executors.
+
+        Returns the task id. Raises :class:`InvalidInput` (nothing written) for bad input.
+        """
+        payloads_json, params_json = validate_submission(
+            queue, kind, payloads, name=name, priority=priority,
+            params={} if params is None else params, user_id=user_id,
+            max_attempts=max_attempts, delay=delay, max_payload_bytes=max_payload_bytes,
+        )
+        rows = await self._rows("submit_task", {
+            "queue": queue, "kind": kind, "payloads": payloads_json, "name": name,
+            "priority": priority, "params": params_json, "user_id": user_id,
+            "max_attempts": max_attempts, "delay": float(delay),
+            "max_payload_bytes": max_payload_bytes,
+        })
+        return int(rows[0]["task_id"])
+
+    # -- the executor's hot path --------------------------------------------------------------
+
+    async def claim_subtasks(
+        self,
+        queue: str,
+        executor_id: str,
+        limit: int,
+        lease_timeout: float,
+        *,
+        cluster_max: int | None = None,
+        now: datetime | None = None,
+    ) -> list[ClaimedSubtask]:
+        """Claim up to ``limit`` ready subtasks of ``queue``: highest priority, then oldest.
+
+        With ``cluster_max``, never more than that many of the queue's subtasks are processing
+        across all executors once this returns.
+        """
+        if limit <= 0:
+            return []
+        params = {"queue": queue, "executor_id": executor_id, "limit": limit,
+                  "lease_timeout": lease_timeout, "cluster_max": cluster_max, "now": now}
+        if cluster_max is None:
+            return await self._fetch("claim_subtasks", params, ClaimedSubtask)
+        async with translated_errors(), self.pool.connection() as conn, conn.transaction():
+            await conn.execute(query("lock_queue_claims"), params)
+            cur = conn.cursor(row_factory=class_row(ClaimedSubtask))
+            await cur.execute(query("claim_subtasks"), params)
+            claimed: list[ClaimedSubtask] = await cur.fetchall()
+            return claimed
+
+    async def record_outcomes(
+        self, executor_id: str, outcomes: Sequence[Outcome], *, now: datetime | None = None
+    ) -> set[int]:
+        """Write outcomes in one statement, fenced; return the ids that were applied.
+
+        An outcome whose id is missing from the result lost its lease: it was not applied.
+        """
+        if not outcomes:
+            return set()
+        rows = await self._rows("record_outcomes", {
+            "executor_id": executor_id,
+            "ids": [o.subtask_id for o in outcomes],
+            "attempts": [o.attempt for o in outcomes],
+            "outcomes": [o.outcome for o in outcomes],
+            "results": [None if o.result is None else Jsonb(o.result) for o in outcomes],
+            "errors": [o.error for o in outcomes],
+            "delays": [float(o.delay) for o in outcomes],
+            "now": now,
+        })
+        return {row["id"] for row in rows}
+
+    async def checkpoint(
+        self, executor_id: str, subtask_id: int, attempt: int, state: JSON
+    ) -> bool:
+        """Persist a handler's state on its subtask; False when the lease was lost."""
+        rows = await self._rows("checkpoint_subtask", {
+            "executor_id": executor_id, "id": subtask_id, "attempt": attempt,
+            "state": Jsonb(state),
+        })
+        return bool(rows)
+
+    async def extend_leases(
+        self,
+        executor_id: str,
+        subtask_ids: Iterable[int],
+        lease_timeout: float,
+        *,
+        now: datetime | None = None,
+    ) -> set[int]:
+        """Extend the leases this executor still holds; return the ids it still holds."""
+        ids = list(subtask_ids)
+        if not ids:
+            return set()
+        rows = await self._rows("extend_leases", {
+            "executor_id": executor_id, "ids": ids, "lease_timeout": lease_timeout, "now": now,
+        })
+        return {row["id"] for row in rows}
+
+    async def release_subtasks(
+        self, executor_id: str, held: Sequence[tuple[int, int]]
+    ) -> set[int]:
+        """Give ``(subtask_id, attempt)`` back as pending without spending the attempt."""
+        if not held:
+            return set()
+        rows = await self._rows("release_subtasks", {
+            "executor_id": executor_id,
+            "ids": [subtask_id for subtask_id, _ in held],
+            "attempts": [attempt for _, attempt in held],
+        })
+        return {row["id"] for row in rows}
+
+    async def cancel_requested(self, subtask_ids: Iterable[int]) -> set[int]:
+        """Of these processing subtasks, the ones whose task was cancelled."""
+        ids = list(subtask_ids)
+        if not ids:
+            return set()
+        rows = await self._rows("cancel_requested", {"ids": ids})
+        return {row["id"] for row in rows}
+
+    async def record_errors(self, errors: Sequence[ErrorOccurrence]) -> None:
+        """Aggregate errors into error_logs by ``(error_type, message)``."""
+        if not errors:
+            return
+        merged: dict[tuple[str, str], ErrorOccurrence] = {}
+        for error in errors:
+            key = (error.error_type[:200], error.message[:MAX_ERROR_MESSAGE])
+            seen = merged.get(key)
+            merged[key] = ErrorOccurrence(
+                key[0], key[1],
+                error.stack_trace or (seen.stack_trace if seen else None),
+                error.queue, error.kind, error.count + (seen.count if seen else 0),
+            )
+        values = list(merged.values())
+        await self._rows("upsert_error_logs", {
+            "error_types": [e.error_type for e in values],
+            "messages": [e.message for e in values],
+            "counts": [e.count for e in values],
+            "stack_traces": [e.stack_trace for e in values],
+            "queues": [e.queue for e in values],
+            "kinds": [e.kind for e in values],
+        })
+
+    # -- executors ------------------------------------------------------------------------------
+
+    async def register_executor(self, info: ExecutorInfo) -> None:
+        await self._rows("register_executor", {
+            "id": info.id, "executor_group": info.executor_group, "hostname": info.hostname,
+            "pid": info.pid, "version": info.version, "concurrency": Jsonb(info.concurrency),
+            "metrics_url": info.metrics_url,
+        })
+
+    async def heartbeat_executor(
+        self,
+        executor_id: str,
+        concurrency: dict[str, int],
+        running: dict[str, int],
+        *,
+        now: datetime | None = None,
+    ) -> ExecutorStatus | None:
+        """Record a heartbeat; return the executor's status, None if its row is gone."""
+        rows = await self._rows("heartbeat_executor", {
+            "id": executor_id, "concurrency": Jsonb(concurrency), "running": Jsonb(running),
+            "now": now,
+        })
+        return rows[0]["status"] if rows else None
+
+    async def set_executor_status(self, executor_id: str, status: ExecutorStatus) -> None:
+        await self._rows("set_executor_status", {"id": executor_id, "status": status})
+
+    # -- maintenance ----------------------------------------------------------------------------
+
+    async def rescue_expired_leases(
+        self, *, limit: int = 1000, now: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Return expired leases to pending (failed when out of attempts); one batch."""
+        return await self._rows("rescue_expired_leases", {"limit": limit, "now": now})
+
+    async def mark_dead_executors(
+        self, dead_after: float, *, now: datetime | None = None
+    ) -> list[str]:
+        rows = await self._rows("mark_dead_executors", {"dead_after": dead_after, "now": now})
+        return [row["id"] for row in rows]
+
+    async def fail_pending_timeouts(
+        self, queue: str, pending_timeout: float, *, limit: int = 1000,
+        now: datetime | None = None,
+    ) -> int:
+        """Fail subtasks of ``queue`` pending longer than ``pending_timeout``; one batch."""
+        rows = await self._rows("fail_pending_timeouts", {
+            "queue": queue, "pending_timeout": pending_timeout, "limit": limit, "now": now,
+        })
+        return len(rows)
+
+    async def delete_finished(
+        self, retention: float, *, limit: int = 1000, now: datetime | None = None
+    ) -> tuple[int, int]:
+        """Delete one batch of finished subtasks and tasks older than ``retention``."""
+        params = {"retention": retention, "limit": limit, "now": now}
+        subtasks = await self._rows("delete_finished_subtasks", params)
+        tasks = await self._rows("delete_finished_tasks", params)
+        return len(subtasks), len(tasks)
+
+    @asynccontextmanager
+    async def rescuer_lock(self) -> AsyncIterator[bool]:
+        """Hold the rescuer's advisory lock for the block if no other executor holds it.
+
+        The lock is transaction-level: it is released when the block's transaction ends,
+        even if this process dies.
+        """
+        async with translated_errors(), self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(query("try_rescuer_lock"))
+            row = await cur.fetchone()
+            yield bool(row and row[0])
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    async def get_task(self, task_id: int) -> Task | None:
+        rows = await self._fetch("get_task", {"id": task_id}, Task)
+        return rows[0] if rows else None
+
+    async def list_subtasks(
+        self, task_id: int, *, after_id: int = 0, limit: int = 100
+    ) -> list[Subtask]:
+        return await self._fetch(
+            "list_subtasks", {"task_id": task_id, "after_id": after_id, "limit": limit}, Subtask
+        )
+
+    async def cancel_task(self, task_id: int) -> tuple[int, int]:
+        """Cancel pending subtasks, ask running ones to stop: (cancelled, asked to stop)."""
+        rows = await self._rows("cancel_task", {"task_id": task_id})
+        return int(rows[0]["cancelled"]), int(rows[0]["requested"])
+
+    async def retry_task(self, task_id: int) -> int:
+        """Put the task's failed subtasks back to pending with fresh attempts."""
+        return len(await self._rows("retry_failed_subtasks", {"task_id": task_id}))
+
+    async def database_now(self) -> datetime:
+        rows = await self._rows("database_now", {})
+        value: datetime = rows[0]["now"]
+        return value
+
+    # -- operators ------------------------------------------------------------------------------
+
+    async def overview(self) -> dict[str, Any]:
+        """Executors and queue counts across every host, for ``taskd status``."""
+        return {
+            "executors": await self._rows("executor_overview", {}),
+            "queues": await self._rows("queue_overview", {}),
+        }

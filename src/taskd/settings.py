@@ -1,0 +1,223 @@
+"""Settings: ``TASKD_*`` environment (nested with ``__``), then a TOML file, then defaults.
+
+One :class:`Settings` object is built at start (:func:`load_settings`) and passed down; nothing
+reads the environment later. Durations are seconds, floats allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from taskd.errors import ConfigError
+
+QUEUE_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+DEFAULT_CONFIG_PATH = Path("/etc/taskd/taskd.toml")
+
+# DESIGN.md's per-queue defaults; a queue not named here takes QueueSettings' own defaults.
+QUEUE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "standard": {"initial": 10, "max": 50, "step": 5, "scale_up_interval": 60.0,
+                 "scale_down_interval": 180.0},
+    "lumina": {"initial": 2, "max": 10, "step": 2, "scale_up_interval": 120.0,
+               "scale_down_interval": 180.0, "timeout": 300.0, "polling_interval": 5.0,
+               "max_polls": 60},
+}
+
+Seconds = float
+
+
+class QueueSettings(BaseModel):
+    """One queue's concurrency, retry and handler options (``queues.<name>``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    initial: int = Field(10, ge=1, description="concurrency at start and the scaler's floor")
+    max: int = Field(50, ge=1, description="the scaler's ceiling for this executor")
+    step: int = Field(5, ge=1, description="how much one scaler decision moves the limit")
+    scale_up_interval: Seconds = Field(60.0, gt=0)
+    scale_down_interval: Seconds = Field(180.0, gt=0)
+    cluster_max: int | None = Field(
+        None, ge=1, description="most subtasks of this queue processing across all executors"
+    )
+    timeout: Seconds = Field(300.0, gt=0, description="a handler running longer is cancelled")
+    max_attempts: int = Field(3, ge=1, le=1000)
+    pending_timeout: Seconds = Field(
+        600.0, ge=0, description="fail subtasks pending longer than this; 0 turns it off"
+    )
+    retry_base: Seconds = Field(1.0, gt=0, description="backoff is retry_base * 2^(attempt-1)")
+    retry_max: Seconds = Field(300.0, gt=0, description="backoff cap")
+    # Handler options (the lumina and http handlers read them).
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    submit_path: str = "/v1/jobs"
+    status_path: str = "/v1/jobs/{job_id}"
+    polling_interval: Seconds = Field(5.0, gt=0)
+    max_polls: int = Field(60, ge=1)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> QueueSettings:
+        if self.initial > self.max:
+            raise ValueError(f"initial ({self.initial}) must be <= max ({self.max})")
+        if self.retry_base > self.retry_max:
+            raise ValueError(
+                f"retry_base ({self.retry_base}) must be <= retry_max ({self.retry_max})"
+            )
+        return self
+
+
+class ApiSettings(BaseModel):
+    """The HTTP API's settings (``api.*``, ``TASKD_API__*``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    addr: str = "127.0.0.1:8080"
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    kinds: dict[str, str] = Field(
+        default_factory=lambda: {"lumina": "lumina", "noop": "standard"},
+        description="task kinds the API accepts, each with its default queue",
+    )
+
+
+def _default_executor_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+class Settings(BaseSettings):
+    """Every setting of taskd; see ``deploy/taskd.toml.example`` for the documented list."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TASKD_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+    )
+
+    database_url: SecretStr | None = Field(
+        None, description="PostgreSQL URL; unset starts the embedded database"
+    )
+    embedded_dir: Path | None = Field(None, description="data directory of the embedded database")
+    heartbeat_interval: Seconds = Field(5.0, gt=0)
+    lease_timeout: Seconds = Field(60.0, gt=0)
+    executor_dead_after: Seconds = Field(30.0, gt=0)
+    poll_interval: Seconds = Field(1.0, gt=0)
+    shutdown_grace: Seconds = Field(30.0, ge=0)
+    scale_check_interval: Seconds = Field(10.0, gt=0)
+    stats_interval: Seconds = Field(15.0, gt=0)
+    rescue_interval: Seconds = Field(5.0, gt=0)
+    retention: Seconds = Field(7 * 86400.0, gt=0, description="finished rows older are deleted")
+    metrics_addr: str = "0.0.0.0:9464"
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    executor_id: str = Field(default_factory=_default_executor_id, min_length=1, max_length=200)
+    executor_group: str = Field("default", min_length=1, max_length=200)
+    listen: bool = True
+    pool_size: int = Field(4, ge=2, le=100, description="database connections per daemon")
+    max_payload_bytes: int = Field(1024 * 1024, ge=1, description="largest payload accepted")
+    queues: dict[str, QueueSettings] = Field(
+        default_factory=lambda: {name: QueueSettings(**d) for name, d in QUEUE_DEFAULTS.items()}
+    )
+    handlers: dict[str, str] = Field(
+        default_factory=dict, description='extra handlers: {"kind": "module:function"}'
+    )
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _queue_defaults(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {}
+        for name, options in value.items():
+            if not isinstance(name, str) or not re.match(QUEUE_NAME_PATTERN, name):
+                raise ValueError(f"queue name {name!r} must match {QUEUE_NAME_PATTERN}")
+            if isinstance(options, dict):
+                merged[name] = {**QUEUE_DEFAULTS.get(name, {}), **options}
+            else:
+                merged[name] = options
+        return merged
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _check_addr(cls, value: str) -> str:
+        parse_addr(value)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_path()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def parse_addr(value: str) -> tuple[str, int]:
+    """Split ``host:port``; raise ``ValueError`` naming what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port with a port from 0 to 65535")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def config_path() -> Path | None:
+    """The TOML file to read: ``TASKD_CONFIG``, else /etc/taskd/taskd.toml when it exists."""
+    explicit = os.environ.get("TASKD_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"TASKD_CONFIG={explicit}: no such file")
+        return path
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings or raise :class:`ConfigError` with one line naming the setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc
+    except ValueError as exc:  # TOML syntax errors, undecodable environment values
+        raise ConfigError(f"invalid settings: {exc}") from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the setting and its environment variable."""
+    lines = []
+    for error in exc.errors():
+        path = ".".join(str(part) for part in error["loc"])
+        env = "TASKD_" + "__".join(str(part).upper() for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        given = error.get("input")
+        shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+        lines.append(f"invalid setting {path} [{env}]: {message}{shown}")
+    return "; ".join(lines)

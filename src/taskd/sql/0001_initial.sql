@@ -1,0 +1,291 @@
+-- taskd schema, version 1: tasks, subtasks, executors, error_logs, accounts, quota_ledger,
+-- and taskd.submit_task(), the door for SQL clients.
+-- The migrator creates schema taskd and taskd.schema_migrations before applying this file.
+
+CREATE TABLE taskd.tasks (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name            text NOT NULL DEFAULT '',
+    queue           text NOT NULL CONSTRAINT tasks_queue_check
+                        CHECK (queue ~ '^[a-z][a-z0-9_-]{0,62}$'),
+    kind            text NOT NULL CONSTRAINT tasks_kind_check
+                        CHECK (kind ~ '^[A-Za-z0-9_.:-]{1,200}$'),
+    priority        integer NOT NULL DEFAULT 0 CONSTRAINT tasks_priority_check
+                        CHECK (priority BETWEEN -1000 AND 1000),
+    user_id         text,
+    params          jsonb NOT NULL DEFAULT '{}'::jsonb,
+    status          text NOT NULL DEFAULT 'pending' CONSTRAINT tasks_status_check
+                        CHECK (status IN ('pending', 'processing', 'completed', 'failed', 'cancelled')),
+    total           integer NOT NULL CONSTRAINT tasks_total_check CHECK (total BETWEEN 1 AND 100000),
+    completed       integer NOT NULL DEFAULT 0 CHECK (completed >= 0),
+    failed          integer NOT NULL DEFAULT 0 CHECK (failed >= 0),
+    cancelled       integer NOT NULL DEFAULT 0 CHECK (cancelled >= 0),
+    -- Quota taken when the task was created through the API; refunded once if the task fails.
+    quota_cost      integer NOT NULL DEFAULT 0 CHECK (quota_cost >= 0),
+    idempotency_key text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    completed_at    timestamptz,
+    CONSTRAINT tasks_counters_check CHECK (completed + failed + cancelled <= total)
+);
+
+CREATE UNIQUE INDEX tasks_idempotency_idx ON taskd.tasks (user_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX tasks_user_idx ON taskd.tasks (user_id, id DESC) WHERE user_id IS NOT NULL;
+CREATE INDEX tasks_finished_idx ON taskd.tasks (completed_at) WHERE completed_at IS NOT NULL;
+
+CREATE TABLE taskd.subtasks (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_id          bigint NOT NULL REFERENCES taskd.tasks (id) ON DELETE CASCADE,
+    queue            text NOT NULL,
+    kind             text NOT NULL,
+    priority         integer NOT NULL DEFAULT 0,
+    status           text NOT NULL DEFAULT 'pending' CONSTRAINT subtasks_status_check
+                         CHECK (status IN ('pending', 'processing', 'completed', 'failed', 'cancelled')),
+    payload          jsonb NOT NULL DEFAULT '{}'::jsonb,
+    state            jsonb,
+    result           jsonb,
+    error            text,
+    attempt          integer NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+    max_attempts     integer NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+    run_after        timestamptz NOT NULL DEFAULT now(),
+    locked_by        text,
+    lease_expires_at timestamptz,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    started_at       timestamptz,
+    completed_at     timestamptz,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT subtasks_lease_check CHECK ((status = 'processing') = (locked_by IS NOT NULL))
+);
+
+-- The claim index: only pending rows, so it stays small however many finished rows exist.
+CREATE INDEX subtasks_claim_idx ON taskd.subtasks (queue, priority DESC, run_after, id)
+    WHERE status = 'pending';
+CREATE INDEX subtasks_processing_idx ON taskd.subtasks (locked_by, lease_expires_at)
+    WHERE status = 'processing';
+CREATE INDEX subtasks_task_idx ON taskd.subtasks (task_id);
+CREATE INDEX subtasks_finished_idx ON taskd.subtasks (completed_at)
+    WHERE completed_at IS NOT NULL;
+
+CREATE TABLE taskd.executors (
+    id                text PRIMARY KEY,
+    executor_group    text NOT NULL DEFAULT 'default',
+    hostname          text NOT NULL,
+    pid               integer NOT NULL,
+    version           text NOT NULL,
+    status            text NOT NULL DEFAULT 'running' CONSTRAINT executors_status_check
+                          CHECK (status IN ('running', 'stopping', 'stopped', 'dead')),
+    started_at        timestamptz NOT NULL DEFAULT now(),
+    last_heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    stopped_at        timestamptz,
+    concurrency       jsonb NOT NULL DEFAULT '{}'::jsonb,
+    running           jsonb NOT NULL DEFAULT '{}'::jsonb,
+    metrics_url       text
+);
+
+CREATE TABLE taskd.error_logs (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    error_type        text NOT NULL,
+    error_message     text NOT NULL,
+    count             bigint NOT NULL DEFAULT 1 CHECK (count >= 1),
+    stack_trace       text,
+    queue             text,
+    kind              text,
+    first_occurred_at timestamptz NOT NULL DEFAULT now(),
+    last_occurred_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT error_logs_key UNIQUE (error_type, error_message)
+);
+
+CREATE TABLE taskd.accounts (
+    user_id         text PRIMARY KEY,
+    is_member       boolean NOT NULL DEFAULT false,
+    quota_remaining integer NOT NULL DEFAULT 0 CONSTRAINT accounts_quota_check
+                        CHECK (quota_remaining >= 0),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE taskd.quota_ledger (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id    text NOT NULL REFERENCES taskd.accounts (user_id),
+    task_id    bigint,  -- no foreign key: the ledger outlives retention of finished tasks
+    delta      integer NOT NULL,
+    reason     text NOT NULL CONSTRAINT quota_ledger_reason_check
+                   CHECK (reason IN ('deduct', 'refund', 'adjust')),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- At most one deduction and one refund per task, whichever process gets there first.
+CREATE UNIQUE INDEX quota_ledger_refund_idx ON taskd.quota_ledger (task_id) WHERE reason = 'refund';
+CREATE UNIQUE INDEX quota_ledger_deduct_idx ON taskd.quota_ledger (task_id) WHERE reason = 'deduct';
+CREATE INDEX quota_ledger_user_idx ON taskd.quota_ledger (user_id, id);
+
+-- A task that took quota and ends failed gets it back once, in the transaction that failed it.
+CREATE FUNCTION taskd.refund_failed_task() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO taskd.quota_ledger (user_id, task_id, delta, reason)
+    VALUES (NEW.user_id, NEW.id, NEW.quota_cost, 'refund')
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        UPDATE taskd.accounts
+           SET quota_remaining = quota_remaining + NEW.quota_cost, updated_at = now()
+         WHERE user_id = NEW.user_id;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER tasks_refund_on_failure
+    AFTER UPDATE OF status ON taskd.tasks
+    FOR EACH ROW
+    WHEN (NEW.status = 'failed' AND OLD.status <> 'failed'
+          AND NEW.quota_cost > 0 AND NEW.user_id IS NOT NULL)
+    EXECUTE FUNCTION taskd.refund_failed_task();
+
+-- Task counters and status follow their subtasks in every path (claim, completion, rescue,
+-- timeout, cancel, retry, an operator's UPDATE), with at most one UPDATE per task per statement.
+CREATE FUNCTION taskd.subtasks_count_outcomes() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    WITH changes AS (
+        SELECT n.task_id,
+               count(*) FILTER (WHERE n.status = 'completed')
+                 - count(*) FILTER (WHERE o.status = 'completed') AS d_completed,
+               count(*) FILTER (WHERE n.status = 'failed')
+                 - count(*) FILTER (WHERE o.status = 'failed') AS d_failed,
+               count(*) FILTER (WHERE n.status = 'cancelled')
+                 - count(*) FILTER (WHERE o.status = 'cancelled') AS d_cancelled,
+               bool_or(n.status = 'processing') AS started
+          FROM new_rows n
+          JOIN old_rows o ON o.id = n.id
+         WHERE n.status <> o.status
+         GROUP BY n.task_id
+    ), locked AS (
+        -- Lock in id order, so that concurrent batches over the same tasks cannot deadlock.
+        SELECT t.id
+          FROM taskd.tasks t
+          JOIN changes c ON c.task_id = t.id
+         WHERE c.d_completed <> 0 OR c.d_failed <> 0 OR c.d_cancelled <> 0
+            OR (c.started AND t.status = 'pending')
+         ORDER BY t.id
+           FOR NO KEY UPDATE OF t
+    ), counted AS (
+        SELECT t.id,
+               t.completed + c.d_completed AS completed,
+               t.failed + c.d_failed AS failed,
+               t.cancelled + c.d_cancelled AS cancelled,
+               t.total,
+               c.started,
+               t.status
+          FROM taskd.tasks t
+          JOIN changes c ON c.task_id = t.id
+         WHERE t.id IN (SELECT id FROM locked)
+    )
+    UPDATE taskd.tasks t
+       SET completed = x.completed,
+           failed = x.failed,
+           cancelled = x.cancelled,
+           status = CASE
+               WHEN x.completed + x.failed + x.cancelled >= x.total THEN
+                   CASE WHEN x.failed > 0 THEN 'failed'
+                        WHEN x.cancelled > 0 THEN 'cancelled'
+                        ELSE 'completed' END
+               WHEN x.status = 'pending' AND NOT x.started
+                    AND x.completed + x.failed + x.cancelled = 0 THEN 'pending'
+               ELSE 'processing' END,
+           completed_at = CASE WHEN x.completed + x.failed + x.cancelled >= x.total
+                               THEN now() END,
+           updated_at = now()
+      FROM counted x
+     WHERE t.id = x.id;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER subtasks_count_outcomes
+    AFTER UPDATE ON taskd.subtasks
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION taskd.subtasks_count_outcomes();
+
+-- submit_task: a task and its subtasks in one call, validated, then one wake-up for the queue.
+-- Errors use SQLSTATE 22023 (invalid_parameter_value) with a message naming the argument.
+CREATE FUNCTION taskd.submit_task(
+    queue            text,
+    kind             text,
+    payloads         jsonb,
+    name             text DEFAULT '',
+    priority         integer DEFAULT 0,
+    params           jsonb DEFAULT '{}'::jsonb,
+    user_id          text DEFAULT NULL,
+    max_attempts     integer DEFAULT 3,
+    run_after        timestamptz DEFAULT NULL,
+    max_payload_bytes integer DEFAULT 1048576
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    n          integer;
+    bad_index  integer;
+    new_id     bigint;
+BEGIN
+    IF queue IS NULL OR queue !~ '^[a-z][a-z0-9_-]{0,62}$' THEN
+        RAISE EXCEPTION 'taskd: queue % is not a valid queue name (^[a-z][a-z0-9_-]{0,62}$)',
+            coalesce(quote_literal(queue), 'NULL') USING ERRCODE = '22023';
+    END IF;
+    IF kind IS NULL OR kind !~ '^[A-Za-z0-9_.:-]{1,200}$' THEN
+        RAISE EXCEPTION 'taskd: kind % is not a valid kind (letters, digits, _ . : -, at most 200)',
+            coalesce(quote_literal(kind), 'NULL') USING ERRCODE = '22023';
+    END IF;
+    IF priority IS NULL OR priority NOT BETWEEN -1000 AND 1000 THEN
+        RAISE EXCEPTION 'taskd: priority % is outside -1000..1000', coalesce(priority::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF max_attempts IS NULL OR max_attempts < 1 OR max_attempts > 1000 THEN
+        RAISE EXCEPTION 'taskd: max_attempts % is outside 1..1000', coalesce(max_attempts::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF params IS NULL OR jsonb_typeof(params) <> 'object' THEN
+        RAISE EXCEPTION 'taskd: params must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF payloads IS NULL OR jsonb_typeof(payloads) <> 'array' THEN
+        RAISE EXCEPTION 'taskd: payloads must be a JSON array of objects' USING ERRCODE = '22023';
+    END IF;
+    n := jsonb_array_length(payloads);
+    IF n = 0 THEN
+        RAISE EXCEPTION 'taskd: a task needs at least one subtask (payloads is empty)'
+            USING ERRCODE = '22023';
+    END IF;
+    IF n > 100000 THEN
+        RAISE EXCEPTION 'taskd: payloads holds % subtasks; at most 100000', n USING ERRCODE = '22023';
+    END IF;
+    SELECT min(ord) INTO bad_index
+      FROM jsonb_array_elements(payloads) WITH ORDINALITY AS p(value, ord)
+     WHERE jsonb_typeof(p.value) <> 'object';
+    IF bad_index IS NOT NULL THEN
+        RAISE EXCEPTION 'taskd: payloads[%] is not a JSON object', bad_index - 1
+            USING ERRCODE = '22023';
+    END IF;
+    SELECT min(ord) INTO bad_index
+      FROM jsonb_array_elements(payloads) WITH ORDINALITY AS p(value, ord)
+     WHERE octet_length(p.value::text) > max_payload_bytes;
+    IF bad_index IS NOT NULL THEN
+        RAISE EXCEPTION 'taskd: payloads[%] is larger than % bytes', bad_index - 1, max_payload_bytes
+            USING ERRCODE = '22023';
+    END IF;
+
+    INSERT INTO taskd.tasks (name, queue, kind, priority, user_id, params, total)
+    VALUES (coalesce(submit_task.name, ''), submit_task.queue, submit_task.kind,
+            submit_task.priority, submit_task.user_id, submit_task.params, n)
+    RETURNING id INTO new_id;
+
+    INSERT INTO taskd.subtasks (task_id, queue, kind, priority, payload, max_attempts, run_after)
+    SELECT new_id, submit_task.queue, submit_task.kind, submit_task.priority, p.value,
+           submit_task.max_attempts, coalesce(submit_task.run_after, now())
+      FROM jsonb_array_elements(payloads) WITH ORDINALITY AS p(value, ord)
+     ORDER BY p.ord;
+
+    PERFORM pg_notify('taskd', submit_task.queue);
+    RETURN new_id;
+END;
+$$;

@@ -1,0 +1,99 @@
+"""Migrations: idempotent, safe concurrently, equal to schema.sql; the version check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+
+from taskd.errors import SchemaMissing, SchemaOutdated, SchemaTooNew
+from taskd.queue import migrations
+from taskd.queue.store import Store
+
+pytestmark = pytest.mark.anyio
+
+# The structure of schema taskd, as catalog rows that can be compared between databases.
+STRUCTURE = {
+    "columns": """
+        SELECT table_name, column_name, data_type, is_nullable, column_default, is_identity
+          FROM information_schema.columns WHERE table_schema = 'taskd'
+         ORDER BY 1, 2""",
+    "constraints": """
+        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+          FROM pg_constraint WHERE connamespace = 'taskd'::regnamespace ORDER BY 1, 2""",
+    "indexes": """
+        SELECT tablename, indexname, indexdef FROM pg_indexes
+         WHERE schemaname = 'taskd' ORDER BY 1, 2""",
+    "functions": """
+        SELECT proname, pg_get_functiondef(oid) FROM pg_proc
+         WHERE pronamespace = 'taskd'::regnamespace ORDER BY 1""",
+    "triggers": """
+        SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger
+         WHERE tgrelid::regclass::text LIKE 'taskd.%' AND NOT tgisinternal ORDER BY 1""",
+    "versions": "SELECT version, name FROM taskd.schema_migrations ORDER BY 1",
+}
+
+
+def structure(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    with psycopg.connect(url) as conn:
+        return {name: conn.execute(q).fetchall() for name, q in STRUCTURE.items()}  # type: ignore[arg-type]
+
+
+async def test_migrating_an_empty_database_equals_schema_sql(
+    empty_database_url: str, database_url: str
+) -> None:
+    # database_url was migrated from the numbered files; load schema.sql into the empty one.
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute(migrations.canonical_schema().encode())
+    canonical, migrated = structure(empty_database_url), structure(database_url)
+    assert canonical["columns"], "the comparison must see the schema"
+    for part in STRUCTURE:
+        assert canonical[part] == migrated[part], f"schema.sql differs in {part}"
+
+
+async def test_migrate_twice_is_a_no_op(empty_database_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(empty_database_url, autocommit=True) as c:
+        first = await migrations.migrate(c)
+        assert [m.version for m in first] == [m.version for m in migrations.migrations()]
+        before = structure(empty_database_url)
+        assert await migrations.migrate(c) == []
+    assert structure(empty_database_url) == before
+
+
+def test_concurrent_migrate_commands_both_succeed(empty_database_url: str) -> None:
+    env = {"TASKD_DATABASE_URL": empty_database_url, "PATH": "/usr/bin:/bin"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "taskd", "migrate"], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    said = sorted(err.strip().splitlines()[-1] for _, err in outputs)
+    assert said[0].startswith("applied 0001_initial"), said
+    assert said[1].startswith("schema is up to date"), said
+    with psycopg.connect(empty_database_url) as conn:
+        rows = conn.execute("SELECT version FROM taskd.schema_migrations").fetchall()
+    assert rows == [(1,)]
+
+
+async def test_schema_check_names_taskd_migrate(empty_database_url: str) -> None:
+    with pytest.raises(SchemaMissing, match="taskd migrate"):
+        await Store.open(empty_database_url)
+
+
+async def test_schema_check_refuses_older_and_newer_schemas(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO taskd.schema_migrations (version, name) VALUES (999, 'future')")
+    with pytest.raises(SchemaTooNew, match="upgrade taskd"):
+        await Store.open(database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM taskd.schema_migrations")
+        conn.execute("INSERT INTO taskd.schema_migrations (version, name) VALUES (0, 'old')")
+    with pytest.raises(SchemaOutdated, match="taskd migrate"):
+        await Store.open(database_url)

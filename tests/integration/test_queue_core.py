@@ -1,0 +1,337 @@
+"""The queue core against a real PostgreSQL: claim, fencing, rescue, retries, counters."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pytest
+
+from taskd.queue import ErrorOccurrence, ExecutorInfo, Outcome, Store
+from tests.factories import fetch_one, submit
+
+pytestmark = pytest.mark.anyio
+
+LEASE = 30.0
+
+
+async def test_claims_highest_priority_then_oldest(store: Store, conn: Any) -> None:
+    low = await submit(store, 2, priority=-5)
+    high = await submit(store, 2, priority=10)
+    mid = await submit(store, 1, priority=0)
+    claimed = await store.claim_subtasks("standard", "e1", 10, LEASE)
+    assert [c.task_id for c in claimed] == [high, high, mid, low, low]
+    # Within one priority, the older (lower id, earlier run_after) goes first.
+    ids = [c.id for c in claimed]
+    assert ids[0] < ids[1] and ids[3] < ids[4]
+    assert all(c.attempt == 1 for c in claimed)
+
+
+async def test_claim_respects_limit_queue_and_run_after(store: Store, conn: Any) -> None:
+    await submit(store, 3, delay=3600)
+    await submit(store, 2, queue="other")
+    ready = await submit(store, 4)
+    claimed = await store.claim_subtasks("standard", "e1", 3, LEASE)
+    assert len(claimed) == 3 and {c.task_id for c in claimed} == {ready}
+    claimed += await store.claim_subtasks("standard", "e1", 10, LEASE)
+    assert len(claimed) == 4  # the delayed three are not ready yet
+    later = await store.database_now() + timedelta(hours=2)
+    delayed = await store.claim_subtasks("standard", "e1", 10, LEASE, now=later)
+    assert len(delayed) == 3
+
+
+async def test_claim_sets_lease_from_database_clock(store: Store, conn: Any) -> None:
+    await submit(store, 1)
+    [claimed] = await store.claim_subtasks("standard", "e1", 1, 45.0)
+    seconds = await fetch_one(
+        conn,
+        "SELECT extract(epoch FROM lease_expires_at - started_at) FROM taskd.subtasks"
+        " WHERE id = %s AND locked_by = 'e1' AND status = 'processing'",
+        claimed.id,
+    )
+    assert float(seconds) == pytest.approx(45.0)
+    assert await fetch_one(conn, "SELECT status FROM taskd.tasks") == "processing"
+
+
+@pytest.mark.slow
+async def test_concurrent_claimers_claim_each_subtask_exactly_once(
+    database_url: str, store: Store
+) -> None:
+    total = 10_000
+    for _ in range(total // 5000):
+        await submit(store, 5000)
+    claims: dict[str, list[int]] = {}
+
+    async def claimer(name: str) -> None:
+        own = await Store.open(database_url, max_size=1)
+        got: list[int] = []
+        try:
+            while batch := await own.claim_subtasks("standard", name, 50, LEASE):
+                got.extend(c.id for c in batch)
+        finally:
+            await own.close()
+        claims[name] = got
+
+    async with anyio.create_task_group() as tg:
+        for i in range(8):
+            tg.start_soon(claimer, f"claimer-{i}")
+    every = [sid for got in claims.values() for sid in got]
+    assert len(every) == total
+    assert len(set(every)) == total
+    assert sum(1 for got in claims.values() if got) > 1  # they really did run concurrently
+
+
+async def test_lost_lease_outcome_is_rejected_and_reclaimer_wins(
+    store: Store, conn: Any
+) -> None:
+    await submit(store, 1)
+    [first] = await store.claim_subtasks("standard", "slow", 1, LEASE)
+    later = await store.database_now() + timedelta(seconds=LEASE + 1)
+    rescued = await store.rescue_expired_leases(now=later)
+    assert [r["id"] for r in rescued] == [first.id]
+    [second] = await store.claim_subtasks("standard", "fast", 1, LEASE, now=later)
+    assert second.id == first.id and second.attempt == 2
+
+    applied = await store.record_outcomes(
+        "slow", [Outcome(first.id, first.attempt, "completed", {"by": "slow"})]
+    )
+    assert applied == set()
+    applied = await store.record_outcomes(
+        "fast", [Outcome(second.id, second.attempt, "completed", {"by": "fast"})]
+    )
+    assert applied == {second.id}
+    # The stale writer cannot overwrite the recorded outcome either.
+    assert await store.record_outcomes(
+        "slow", [Outcome(first.id, first.attempt, "failed", error="late")]
+    ) == set()
+    row = await fetch_one(conn, "SELECT status, result, attempt FROM taskd.subtasks")
+    assert row == ("completed", {"by": "fast"}, 2)
+
+
+async def test_expired_lease_is_rescued_then_failed_when_out_of_attempts(
+    store: Store, conn: Any
+) -> None:
+    await submit(store, 1, max_attempts=2)
+    now = await store.database_now()
+    for attempt in (1, 2):
+        [claimed] = await store.claim_subtasks("standard", "e1", 1, LEASE, now=now)
+        assert claimed.attempt == attempt
+        now += timedelta(seconds=LEASE + 1)
+        [rescued] = await store.rescue_expired_leases(now=now)
+        assert rescued["status"] == ("pending" if attempt == 1 else "failed")
+    row = await fetch_one(conn, "SELECT status, error, locked_by FROM taskd.subtasks")
+    assert row[0] == "failed" and "lease expired" in row[1] and row[2] is None
+    assert await store.claim_subtasks("standard", "e1", 1, LEASE, now=now) == []
+    task = await fetch_one(conn, "SELECT status, failed, completed_at IS NOT NULL FROM taskd.tasks")
+    assert task == ("failed", 1, True)
+
+
+async def test_unexpired_leases_are_not_rescued(store: Store) -> None:
+    await submit(store, 2)
+    await store.claim_subtasks("standard", "e1", 2, LEASE)
+    assert await store.rescue_expired_leases() == []
+
+
+async def test_retry_waits_its_backoff_in_database_time_and_survives_restart(
+    database_url: str,
+) -> None:
+    first = await Store.open(database_url)
+    await submit(first, 1)
+    [claimed] = await first.claim_subtasks("standard", "e1", 1, LEASE)
+    applied = await first.record_outcomes(
+        "e1", [Outcome(claimed.id, 1, "retry", error="boom", delay=120.0)]
+    )
+    assert applied == {claimed.id}
+    await first.close()  # the process that scheduled the retry is gone
+
+    second = await Store.open(database_url)
+    try:
+        now = await second.database_now()
+        assert await second.claim_subtasks("standard", "e2", 1, LEASE) == []
+        early = now + timedelta(seconds=100)
+        assert await second.claim_subtasks("standard", "e2", 1, LEASE, now=early) == []
+        late = now + timedelta(seconds=121)
+        [again] = await second.claim_subtasks("standard", "e2", 1, LEASE, now=late)
+        assert again.id == claimed.id and again.attempt == 2
+    finally:
+        await second.close()
+
+
+async def test_snooze_does_not_spend_the_attempt(store: Store) -> None:
+    await submit(store, 1)
+    [claimed] = await store.claim_subtasks("standard", "e1", 1, LEASE)
+    await store.record_outcomes("e1", [Outcome(claimed.id, 1, "snooze", delay=0)])
+    [again] = await store.claim_subtasks("standard", "e1", 1, LEASE)
+    assert again.attempt == 1
+
+
+async def test_task_counters_and_final_status(store: Store, conn: Any) -> None:
+    ok = await submit(store, 3)
+    bad = await submit(store, 2, queue="other")
+    claimed = await store.claim_subtasks("standard", "e1", 10, LEASE)
+    assert await fetch_one(conn, "SELECT status FROM taskd.tasks WHERE id = %s", ok) == (
+        "processing"
+    )
+    assert await fetch_one(conn, "SELECT status FROM taskd.tasks WHERE id = %s", bad) == (
+        "pending"
+    )
+    await store.record_outcomes("e1", [Outcome(c.id, 1, "completed", {}) for c in claimed[:2]])
+    row = await fetch_one(conn, "SELECT status, completed FROM taskd.tasks WHERE id = %s", ok)
+    assert row == ("processing", 2)
+    await store.record_outcomes("e1", [Outcome(claimed[2].id, 1, "completed", {})])
+    row = await fetch_one(
+        conn, "SELECT status, completed, completed_at IS NOT NULL FROM taskd.tasks WHERE id = %s",
+        ok,
+    )
+    assert row == ("completed", 3, True)
+
+    other = await store.claim_subtasks("other", "e1", 10, LEASE)
+    await store.record_outcomes("e1", [
+        Outcome(other[0].id, 1, "completed", {}),
+        Outcome(other[1].id, 1, "failed", error="nope"),
+    ])
+    row = await fetch_one(
+        conn, "SELECT status, completed, failed FROM taskd.tasks WHERE id = %s", bad
+    )
+    assert row == ("failed", 1, 1)
+
+
+async def test_one_batch_updates_each_task_once(store: Store, conn: Any) -> None:
+    """Many outcomes of one task in one batch: one UPDATE of the task row (one new version)."""
+    task_id = await submit(store, 50)
+    claimed = await store.claim_subtasks("standard", "e1", 50, LEASE)
+    await conn.execute("""
+        CREATE TABLE task_updates (task_id bigint);
+        CREATE FUNCTION count_task_update() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO task_updates VALUES (NEW.id); RETURN NULL; END $$;
+        CREATE TRIGGER count_task_update AFTER UPDATE ON taskd.tasks
+            FOR EACH ROW EXECUTE FUNCTION count_task_update();
+    """)
+    await store.record_outcomes("e1", [Outcome(c.id, 1, "completed", {}) for c in claimed])
+    assert await fetch_one(conn, "SELECT count(*) FROM task_updates") == 1
+    assert await fetch_one(conn, "SELECT completed FROM taskd.tasks WHERE id = %s", task_id) == 50
+
+
+async def test_error_logs_aggregate_identical_errors(store: Store, conn: Any) -> None:
+    boom = ErrorOccurrence("ValueError", "boom", "trace 1", "standard", "noop")
+    await store.record_errors([boom, boom])
+    await store.record_errors([ErrorOccurrence("ValueError", "boom", "trace 3")])
+    await store.record_errors([ErrorOccurrence("KeyError", "other")])
+    rows = await (await conn.execute(
+        "SELECT error_type, error_message, count, stack_trace FROM taskd.error_logs"
+        " ORDER BY error_type"
+    )).fetchall()
+    assert rows == [("KeyError", "other", 1, None), ("ValueError", "boom", 3, "trace 3")]
+
+
+async def test_pending_timeout_fails_old_pending_subtasks(store: Store, conn: Any) -> None:
+    await submit(store, 2)
+    now = await store.database_now()
+    assert await store.fail_pending_timeouts("standard", 600, now=now) == 0
+    assert await store.fail_pending_timeouts("standard", 600, now=now + timedelta(seconds=601)) == 2
+    row = await fetch_one(conn, "SELECT status, error FROM taskd.subtasks LIMIT 1")
+    assert row[0] == "failed" and "timed out waiting" in row[1]
+    assert await fetch_one(conn, "SELECT status FROM taskd.tasks") == "failed"
+
+
+async def test_extend_leases_only_for_the_holder(store: Store, conn: Any) -> None:
+    await submit(store, 2)
+    claimed = await store.claim_subtasks("standard", "e1", 2, LEASE)
+    ids = [c.id for c in claimed]
+    later = await store.database_now() + timedelta(seconds=20)
+    assert await store.extend_leases("e2", ids, LEASE, now=later) == set()
+    assert await store.extend_leases("e1", ids, LEASE, now=later) == set(ids)
+    # 20 s later plus a fresh 30 s lease: nothing expires at +40 s.
+    assert await store.rescue_expired_leases(now=later + timedelta(seconds=20)) == []
+
+
+async def test_release_gives_subtasks_back_without_spending_attempts(
+    store: Store, conn: Any
+) -> None:
+    await submit(store, 2)
+    claimed = await store.claim_subtasks("standard", "e1", 2, LEASE)
+    released = await store.release_subtasks("e1", [(c.id, c.attempt) for c in claimed])
+    assert released == {c.id for c in claimed}
+    rows = await (await conn.execute(
+        "SELECT status, attempt, locked_by, lease_expires_at FROM taskd.subtasks"
+    )).fetchall()
+    assert rows == [("pending", 0, None, None)] * 2
+
+
+async def test_checkpoint_is_fenced(store: Store, conn: Any) -> None:
+    await submit(store, 1)
+    [claimed] = await store.claim_subtasks("standard", "e1", 1, LEASE)
+    assert await store.checkpoint("e1", claimed.id, 1, {"job": "abc"})
+    assert not await store.checkpoint("e2", claimed.id, 1, {"job": "evil"})
+    assert not await store.checkpoint("e1", claimed.id, 2, {"job": "stale"})
+    await store.record_outcomes("e1", [Outcome(claimed.id, 1, "retry", delay=0)])
+    [again] = await store.claim_subtasks("standard", "e1", 1, LEASE)
+    assert again.state == {"job": "abc"}
+
+
+async def test_cluster_max_caps_processing_across_executors(store: Store) -> None:
+    await submit(store, 10)
+    first = await store.claim_subtasks("standard", "e1", 3, LEASE, cluster_max=4)
+    second = await store.claim_subtasks("standard", "e2", 3, LEASE, cluster_max=4)
+    assert (len(first), len(second)) == (3, 1)
+    await store.record_outcomes("e1", [Outcome(first[0].id, 1, "completed", {})])
+    assert len(await store.claim_subtasks("standard", "e2", 3, LEASE, cluster_max=4)) == 1
+
+
+async def test_executor_register_heartbeat_dead_and_back(store: Store, conn: Any) -> None:
+    info = ExecutorInfo("e1", "default", "host-a", 123, "0.1.0", {"standard": 10})
+    await store.register_executor(info)
+    now = await store.database_now()
+    assert await store.heartbeat_executor("e1", {"standard": 15}, {"standard": 2}, now=now) == (
+        "running"
+    )
+    assert await store.mark_dead_executors(30, now=now + timedelta(seconds=10)) == []
+    assert await store.mark_dead_executors(30, now=now + timedelta(seconds=31)) == ["e1"]
+    assert await store.heartbeat_executor("e1", {}, {}) == "running"
+    await store.set_executor_status("e1", "stopped")
+    row = await fetch_one(conn, "SELECT status, stopped_at IS NOT NULL FROM taskd.executors")
+    assert row == ("stopped", True)
+    assert await store.heartbeat_executor("missing", {}, {}) is None
+
+
+async def test_cancel_and_retry_task(store: Store, conn: Any) -> None:
+    task_id = await submit(store, 3)
+    [running] = await store.claim_subtasks("standard", "e1", 1, LEASE)
+    assert await store.cancel_task(task_id) == (2, 1)
+    assert await store.cancel_requested([running.id]) == {running.id}
+    await store.record_outcomes("e1", [Outcome(running.id, 1, "failed", error="stopped")])
+    row = await fetch_one(
+        conn, "SELECT status, failed, cancelled FROM taskd.tasks WHERE id = %s", task_id
+    )
+    assert row == ("failed", 1, 2)
+    assert await store.retry_task(task_id) == 1
+    row = await fetch_one(conn, "SELECT status, failed FROM taskd.tasks WHERE id = %s", task_id)
+    assert row == ("processing", 0)
+
+
+async def test_retention_deletes_only_old_finished_rows(store: Store, conn: Any) -> None:
+    done = await submit(store, 2)
+    await submit(store, 1, queue="other")
+    claimed = await store.claim_subtasks("standard", "e1", 2, LEASE)
+    await store.record_outcomes("e1", [Outcome(c.id, 1, "completed", {}) for c in claimed])
+    assert await store.delete_finished(3600) == (0, 0)
+    later = await store.database_now() + timedelta(hours=2)
+    assert await store.delete_finished(3600, now=later) == (2, 1)
+    assert await store.get_task(done) is None
+    assert await fetch_one(conn, "SELECT count(*) FROM taskd.subtasks") == 1
+
+
+async def test_rescuer_lock_is_held_by_one_at_a_time(store: Store) -> None:
+    async with store.rescuer_lock() as first:
+        async with store.rescuer_lock() as second:
+            assert (first, second) == (True, False)
+    async with store.rescuer_lock() as again:
+        assert again
+
+
+async def test_database_errors_surface_as_taskd_errors(database_url: str) -> None:
+    from taskd.errors import DatabaseUnavailable
+
+    with pytest.raises(DatabaseUnavailable):
+        await Store.open("postgresql://postgres@127.0.0.1:1/nothing", connect_timeout=1)

@@ -1,0 +1,145 @@
+"""Submitting: the Python door and the SQL function, and every bad input they reject."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+import pytest
+
+from taskd.errors import InvalidInput
+from taskd.queue import Store
+from tests.factories import fetch_one, table_counts
+
+pytestmark = pytest.mark.anyio
+
+GOOD: dict[str, Any] = {"queue": "standard", "kind": "noop", "payloads": [{"a": 1}]}
+
+BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
+    ("empty queue", {"queue": ""}, "queue"),
+    ("upper-case queue", {"queue": "Standard"}, "queue"),
+    ("queue with space", {"queue": "a b"}, "queue"),
+    ("queue too long", {"queue": "q" * 64}, "queue"),
+    ("queue with NUL", {"queue": "q\x00"}, "queue"),
+    ("empty kind", {"kind": ""}, "kind"),
+    ("priority too high", {"priority": 1001}, "priority"),
+    ("priority too low", {"priority": -1001}, "priority"),
+    ("payload not an object", {"payloads": [[1, 2]]}, "payloads[0]"),
+    ("payload a string", {"payloads": [{"a": 1}, "x"]}, "payloads[1]"),
+    ("payload with NUL", {"payloads": [{"a": "x\x00y"}]}, "payloads[0]"),
+    ("payload key with NUL", {"payloads": [{"a\x00": 1}]}, "payloads[0]"),
+    ("payload too big", {"payloads": [{"a": "x" * (1024 * 1024)}]}, "payloads[0]"),
+    ("zero subtasks", {"payloads": []}, "payloads"),
+    ("too many subtasks", {"payloads": [{}] * 100_001}, "payloads"),
+    ("max_attempts zero", {"max_attempts": 0}, "max_attempts"),
+    ("params not an object", {"params": [1]}, "params"),
+    ("name with NUL", {"name": "a\x00"}, "name"),
+    ("payload not JSON", {"payloads": [{"a": object()}]}, "payloads"),
+    ("payload NaN", {"payloads": [{"a": float("nan")}]}, "payloads"),
+]
+
+
+async def test_submit_writes_task_and_subtasks_and_notifies(
+    store: Store, database_url: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as listener:
+        await listener.execute("LISTEN taskd")
+        task_id = await store.submit(
+            "standard", "noop", [{"i": i} for i in range(3)], name="three", priority=7,
+            params={"p": 1}, user_id="u1", max_attempts=5,
+        )
+        notes = []
+        async for note in listener.notifies(timeout=5, stop_after=1):
+            notes.append(note)
+    assert [(n.channel, n.payload) for n in notes] == [("taskd", "standard")]
+    task = await store.get_task(task_id)
+    assert task is not None
+    assert (task.name, task.priority, task.total, task.status, task.user_id) == (
+        "three", 7, 3, "pending", "u1"
+    )
+    subtasks = await store.list_subtasks(task_id)
+    assert [s.payload for s in subtasks] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert {(s.priority, s.max_attempts, s.status) for s in subtasks} == {(7, 5, "pending")}
+
+
+async def test_one_notify_per_submit_whatever_the_subtask_count(
+    store: Store, database_url: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as listener:
+        await listener.execute("LISTEN taskd")
+        await store.submit("standard", "noop", [{}] * 500)
+        await store.submit("other", "noop", [{}] * 2)
+        payloads = [n.payload async for n in listener.notifies(timeout=1)]
+    assert payloads == ["standard", "other"]
+
+
+@pytest.mark.parametrize(("case", "change", "field"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+async def test_python_submit_rejects_bad_input_and_writes_nothing(
+    store: Store, conn: Any, case: str, change: dict[str, Any], field: str
+) -> None:
+    before = await table_counts(conn)
+    args = {**GOOD, **change}
+    with pytest.raises(InvalidInput) as raised:
+        await store.submit(args.pop("queue"), args.pop("kind"), args.pop("payloads"), **args)
+    assert raised.value.field == field
+    assert field.split("[")[0] in str(raised.value)
+    assert await table_counts(conn) == before
+
+
+SQL_BAD_INPUTS = [
+    (c, ch, f) for c, ch, f in BAD_INPUTS
+    if c not in {"payload not JSON", "payload NaN", "too many subtasks"}
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "change", "field"), SQL_BAD_INPUTS, ids=[c[0] for c in SQL_BAD_INPUTS]
+)
+async def test_sql_submit_task_rejects_bad_input_and_writes_nothing(
+    conn: Any, case: str, change: dict[str, Any], field: str
+) -> None:
+    before = await table_counts(conn)
+    args = {**GOOD, **change}
+    with pytest.raises(psycopg.DataError) as raised:
+        await conn.execute(
+            "SELECT taskd.submit_task(queue => %s, kind => %s, payloads => %s::jsonb,"
+            " name => %s, priority => %s, params => %s::jsonb, max_attempts => %s)",
+            (args["queue"], args["kind"], json.dumps(args["payloads"]), args.get("name", ""),
+             args.get("priority", 0), json.dumps(args.get("params", {})),
+             args.get("max_attempts", 3)),
+        )
+    message = str(raised.value)
+    assert field.split("[")[0] in message or "NUL" in message or "\\u0000" in message, message
+    assert await table_counts(conn) == before
+
+
+async def test_sql_submit_task_rejects_too_many_subtasks(conn: Any) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="at most 100000"):
+        await conn.execute(
+            "SELECT taskd.submit_task('standard', 'noop',"
+            " (SELECT jsonb_agg('{}'::jsonb) FROM generate_series(1, 100001)))"
+        )
+    assert await fetch_one(conn, "SELECT count(*) FROM taskd.subtasks") == 0
+
+
+async def test_sql_payload_limit_is_a_parameter(conn: Any) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"payloads\[0\] is larger"):
+        await conn.execute(
+            "SELECT taskd.submit_task('standard', 'noop', '[{\"a\": \"0123456789\"}]',"
+            " max_payload_bytes => 10)"
+        )
+
+
+async def test_sql_injection_in_values_is_plain_data(store: Store) -> None:
+    nasty = "'); DROP TABLE taskd.tasks; --"
+    task_id = await store.submit("standard", "noop", [{"q": nasty}], name=nasty)
+    task = await store.get_task(task_id)
+    assert task is not None and task.name == nasty
+
+
+async def test_max_subtasks_in_one_call(store: Store, conn: Any) -> None:
+    task_id = await store.submit("standard", "noop", [{}] * 100_000)
+    assert await fetch_one(
+        conn, "SELECT count(*) FROM taskd.subtasks WHERE task_id = %s", task_id
+    ) == 100_000

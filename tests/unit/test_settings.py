@@ -1,0 +1,109 @@
+"""Settings: sources, per-queue defaults, and one clear line for each invalid value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from taskd.errors import ConfigError
+from taskd.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("TASKD_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_follow_the_design() -> None:
+    s = load_settings()
+    assert (s.heartbeat_interval, s.lease_timeout, s.executor_dead_after) == (5, 60, 30)
+    assert (s.poll_interval, s.shutdown_grace, s.scale_check_interval) == (1, 30, 10)
+    assert s.metrics_addr == "0.0.0.0:9464" and s.listen is True
+    std, lum = s.queues["standard"], s.queues["lumina"]
+    assert (std.initial, std.max, std.step, std.scale_up_interval, std.scale_down_interval) == (
+        10, 50, 5, 60, 180
+    )
+    assert (lum.initial, lum.step, lum.scale_up_interval, lum.timeout) == (2, 2, 120, 300)
+    assert (lum.polling_interval, lum.max_polls) == (5, 60)
+
+
+def test_environment_nested_override_keeps_queue_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKD_QUEUES__STANDARD__MAX", "80")
+    monkeypatch.setenv("TASKD_LEASE_TIMEOUT", "12.5")
+    s = load_settings()
+    assert s.queues["standard"].max == 80
+    assert s.queues["standard"].initial == 10
+    assert s.lease_timeout == 12.5
+
+
+def test_toml_file_then_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "taskd.toml"
+    config.write_text(
+        'poll_interval = 0.25\nexecutor_group = "gpu"\n'
+        "[queues.images]\ninitial = 3\nmax = 6\ncluster_max = 4\n"
+        "[queues.standard]\nmax = 70\n"
+    )
+    monkeypatch.setenv("TASKD_CONFIG", str(config))
+    monkeypatch.setenv("TASKD_EXECUTOR_GROUP", "cpu")
+    monkeypatch.setenv("TASKD_QUEUES__STANDARD__STEP", "7")
+    s = load_settings()
+    assert s.poll_interval == 0.25 and s.executor_group == "cpu"
+    assert (s.queues["images"].initial, s.queues["images"].cluster_max) == (3, 4)
+    assert (s.queues["standard"].max, s.queues["standard"].step) == (70, 7)
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "named"),
+    [
+        ("TASKD_LEASE_TIMEOUT", "-1", "lease_timeout"),
+        ("TASKD_LEASE_TIMEOUT", "soon", "lease_timeout"),
+        ("TASKD_QUEUES__STANDARD__MAX", "abc", "queues.standard.max"),
+        ("TASKD_QUEUES__STANDARD__INITIAL", "99", "queues.standard"),
+        ("TASKD_QUEUES__STANDARD__STEP", "0", "queues.standard.step"),
+        ("TASKD_QUEUES__STANDARD__CLUSTER_MAX", "0", "queues.standard.cluster_max"),
+        ("TASKD_QUEUES__STANDARD__SCALE_UP_INTERVAL", "0", "queues.standard.scale_up_interval"),
+        ("TASKD_QUEUES__STANDARD__BOGUS", "1", "queues.standard.bogus"),
+        ("TASKD_LOG_FORMAT", "xml", "log_format"),
+        ("TASKD_METRICS_ADDR", "nowhere", "metrics_addr"),
+    ],
+)
+def test_invalid_values_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert f"invalid setting {named}" in message
+    assert "\n" not in message
+
+
+def test_bad_queue_name_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "taskd.toml"
+    config.write_text("[queues.Bad]\ninitial = 1\n")
+    monkeypatch.setenv("TASKD_CONFIG", str(config))
+    with pytest.raises(ConfigError, match="queue name 'Bad'"):
+        load_settings()
+
+
+def test_missing_config_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKD_CONFIG", "/nonexistent/taskd.toml")
+    with pytest.raises(ConfigError, match=r"/nonexistent/taskd\.toml"):
+        load_settings()
+
+
+def test_broken_toml_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "taskd.toml"
+    config.write_text("poll_interval = [\n")
+    monkeypatch.setenv("TASKD_CONFIG", str(config))
+    with pytest.raises(ConfigError):
+        load_settings()
