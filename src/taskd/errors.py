@@ -10,6 +10,7 @@ TaskdError
 │   └── SchemaTooNew          the database was migrated by a newer taskd
 ├── DatabaseError             any other failure reported by PostgreSQL
 │   └── DatabaseUnavailable   the server cannot be reached or the connection broke
+├── LeaseLost                 this executor no longer holds the subtask's lease
 └── HandlerError              raised by handlers to steer what happens to a subtask
     ├── PermanentError        fail now, do not retry
     └── RetryLater            retry after ``delay`` seconds, not counted as an error
@@ -63,6 +64,10 @@ class DatabaseError(TaskdError):
 
 class DatabaseUnavailable(DatabaseError):
     """PostgreSQL cannot be reached, or the connection broke mid-query."""
+
+
+class LeaseLost(TaskdError):
+    """A fenced write matched nothing: the lease was rescued and maybe claimed by another."""
 
 
 class HandlerError(TaskdError):

@@ -1,0 +1,116 @@
+"""Prometheus metrics (prefix ``taskd_``), on a registry of their own per daemon.
+
+Names and labels follow DESIGN.md. No label takes unbounded values: ``queue``, ``outcome``,
+``direction``, ``status``, ``state`` and ``error_type`` only.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Subtask durations span milliseconds (noop) to minutes (external APIs).
+DURATION_BUCKETS = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
+)
+
+
+class Metrics:
+    """Every taskd metric; components take one instance in their constructor."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.subtasks_claimed = Counter(
+            "taskd_subtasks_claimed_total", "Subtasks claimed by this executor.", ["queue"],
+            registry=r,
+        )
+        self.subtasks_finished = Counter(
+            "taskd_subtasks_finished_total",
+            "Attempts finished by this executor, by outcome "
+            "(completed, failed, retried, snoozed, released).",
+            ["queue", "outcome"], registry=r,
+        )
+        self.leases_lost = Counter(
+            "taskd_leases_lost_total",
+            "Outcomes dropped because this executor no longer held the lease.", ["queue"],
+            registry=r,
+        )
+        self.leases_rescued = Counter(
+            "taskd_leases_rescued_total",
+            "Expired leases this executor's rescuer returned to pending or failed.", ["queue"],
+            registry=r,
+        )
+        self.scaler_adjustments = Counter(
+            "taskd_scaler_adjustments_total", "Concurrency limit changes by the scaler.",
+            ["queue", "direction"], registry=r,
+        )
+        self.errors = Counter(
+            "taskd_errors_total", "Handler errors, by exception type.",
+            ["queue", "error_type"], registry=r,
+        )
+        self.subtask_duration = Histogram(
+            "taskd_subtask_duration_seconds", "Handler run time of one attempt.", ["queue"],
+            buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.subtask_wait = Histogram(
+            "taskd_subtask_wait_seconds", "Time from ready (run_after) to started.", ["queue"],
+            buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge(
+            "taskd_queue_depth", "Subtasks by status (cluster-wide, from the database).",
+            ["queue", "status"], registry=r,
+        )
+        self.queue_oldest_pending = Gauge(
+            "taskd_queue_oldest_pending_seconds",
+            "Age of the oldest ready subtask (cluster-wide, from the database).", ["queue"],
+            registry=r,
+        )
+        self.queue_concurrency_limit = Gauge(
+            "taskd_queue_concurrency_limit", "This executor's concurrency limit.", ["queue"],
+            registry=r,
+        )
+        self.queue_running = Gauge(
+            "taskd_queue_running", "Subtasks this executor is running.", ["queue"], registry=r,
+        )
+        self.executors = Gauge(
+            "taskd_executors", "Executors by status (cluster-wide, from the database).",
+            ["status"], registry=r,
+        )
+        self.executor_last_heartbeat = Gauge(
+            "taskd_executor_last_heartbeat_timestamp_seconds",
+            "When this executor last heartbeated successfully (Unix time).", registry=r,
+        )
+        self.db_pool_connections = Gauge(
+            "taskd_db_pool_connections", "Database pool connections by state (idle, used, max).",
+            ["state"], registry=r,
+        )
+        self.build_info = Gauge(
+            "taskd_build_info", "Always 1; labels carry the version.", ["version"], registry=r,
+        )
+
+
+class Health:
+    """What ``/healthz`` and ``/readyz`` answer from; the daemon's components update it.
+
+    ``registered``: the executor row exists. ``last_db_ok``: ``time.monotonic()`` of the last
+    query that succeeded (the heartbeat sets it). ``ready_window``: how recent that must be.
+    """
+
+    def __init__(self, ready_window: float) -> None:
+        self.registered = False
+        self.last_db_ok: float | None = None
+        self.ready_window = ready_window
+
+    def db_ok(self) -> None:
+        import time
+
+        self.last_db_ok = time.monotonic()
+
+    def ready(self) -> bool:
+        import time
+
+        return (
+            self.registered
+            and self.last_db_ok is not None
+            and time.monotonic() - self.last_db_ok <= self.ready_window
+        )
