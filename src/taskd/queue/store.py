@@ -245,9 +245,13 @@ class Store:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    async def _fetch(
+    async def fetch_as(
         self, name: str, params: dict[str, Any], row_type: type[Row]
     ) -> list[Row]:
+        """Run the named query; return its rows as ``row_type`` (a dataclass).
+
+        For the queue package's own modules; deadlocks are retried, errors translated.
+        """
         async for attempt in _retry_conflicts:
             with attempt:
                 async with translated_errors(), self.pool.connection() as conn:
@@ -257,7 +261,8 @@ class Store:
                     return rows
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def fetch_rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Run the named query; return its rows as dicts (none for a statement without rows)."""
         async for attempt in _retry_conflicts:
             with attempt:
                 async with translated_errors(), self.pool.connection() as conn:
@@ -291,7 +296,7 @@ class Store:
             params={} if params is None else params, user_id=user_id,
             max_attempts=max_attempts, delay=delay, max_payload_bytes=max_payload_bytes,
         )
-        rows = await self._rows("submit_task", {
+        rows = await self.fetch_rows("submit_task", {
             "queue": queue, "kind": kind, "payloads": payloads_json, "name": name,
             "priority": priority, "params": params_json, "user_id": user_id,
             "max_attempts": max_attempts, "delay": float(delay),
@@ -321,7 +326,7 @@ class Store:
         params = {"queue": queue, "executor_id": executor_id, "limit": limit,
                   "lease_timeout": lease_timeout, "cluster_max": cluster_max, "now": now}
         if cluster_max is None:
-            return await self._fetch("claim_subtasks", params, ClaimedSubtask)
+            return await self.fetch_as("claim_subtasks", params, ClaimedSubtask)
         async with translated_errors(), self.pool.connection() as conn, conn.transaction():
             await conn.execute(query("lock_queue_claims"), params)
             cur = conn.cursor(row_factory=class_row(ClaimedSubtask))
@@ -338,7 +343,7 @@ class Store:
         """
         if not outcomes:
             return set()
-        rows = await self._rows("record_outcomes", {
+        rows = await self.fetch_rows("record_outcomes", {
             "executor_id": executor_id,
             "ids": [o.subtask_id for o in outcomes],
             "attempts": [o.attempt for o in outcomes],
@@ -354,7 +359,7 @@ class Store:
         self, executor_id: str, subtask_id: int, attempt: int, state: JSON
     ) -> bool:
         """Persist a handler's state on its subtask; False when the lease was lost."""
-        rows = await self._rows("checkpoint_subtask", {
+        rows = await self.fetch_rows("checkpoint_subtask", {
             "executor_id": executor_id, "id": subtask_id, "attempt": attempt,
             "state": Jsonb(state),
         })
@@ -372,7 +377,7 @@ class Store:
         ids = list(subtask_ids)
         if not ids:
             return set()
-        rows = await self._rows("extend_leases", {
+        rows = await self.fetch_rows("extend_leases", {
             "executor_id": executor_id, "ids": ids, "lease_timeout": lease_timeout, "now": now,
         })
         return {row["id"] for row in rows}
@@ -383,7 +388,7 @@ class Store:
         """Give ``(subtask_id, attempt)`` back as pending without spending the attempt."""
         if not held:
             return set()
-        rows = await self._rows("release_subtasks", {
+        rows = await self.fetch_rows("release_subtasks", {
             "executor_id": executor_id,
             "ids": [subtask_id for subtask_id, _ in held],
             "attempts": [attempt for _, attempt in held],
@@ -395,7 +400,7 @@ class Store:
         ids = list(subtask_ids)
         if not ids:
             return set()
-        rows = await self._rows("cancel_requested", {"ids": ids})
+        rows = await self.fetch_rows("cancel_requested", {"ids": ids})
         return {row["id"] for row in rows}
 
     async def record_errors(self, errors: Sequence[ErrorOccurrence]) -> None:
@@ -412,7 +417,7 @@ class Store:
                 error.queue, error.kind, error.count + (seen.count if seen else 0),
             )
         values = list(merged.values())
-        await self._rows("upsert_error_logs", {
+        await self.fetch_rows("upsert_error_logs", {
             "error_types": [e.error_type for e in values],
             "messages": [e.message for e in values],
             "counts": [e.count for e in values],
@@ -424,7 +429,7 @@ class Store:
     # -- executors ------------------------------------------------------------------------------
 
     async def register_executor(self, info: ExecutorInfo) -> None:
-        await self._rows("register_executor", {
+        await self.fetch_rows("register_executor", {
             "id": info.id, "executor_group": info.executor_group, "hostname": info.hostname,
             "pid": info.pid, "version": info.version, "concurrency": Jsonb(info.concurrency),
             "metrics_url": info.metrics_url,
@@ -439,14 +444,14 @@ class Store:
         now: datetime | None = None,
     ) -> ExecutorStatus | None:
         """Record a heartbeat; return the executor's status, None if its row is gone."""
-        rows = await self._rows("heartbeat_executor", {
+        rows = await self.fetch_rows("heartbeat_executor", {
             "id": executor_id, "concurrency": Jsonb(concurrency), "running": Jsonb(running),
             "now": now,
         })
         return rows[0]["status"] if rows else None
 
     async def set_executor_status(self, executor_id: str, status: ExecutorStatus) -> None:
-        await self._rows("set_executor_status", {"id": executor_id, "status": status})
+        await self.fetch_rows("set_executor_status", {"id": executor_id, "status": status})
 
     # -- maintenance ----------------------------------------------------------------------------
 
@@ -454,12 +459,12 @@ class Store:
         self, *, limit: int = 1000, now: datetime | None = None
     ) -> list[dict[str, Any]]:
         """Return expired leases to pending (failed when out of attempts); one batch."""
-        return await self._rows("rescue_expired_leases", {"limit": limit, "now": now})
+        return await self.fetch_rows("rescue_expired_leases", {"limit": limit, "now": now})
 
     async def mark_dead_executors(
         self, dead_after: float, *, now: datetime | None = None
     ) -> list[str]:
-        rows = await self._rows("mark_dead_executors", {"dead_after": dead_after, "now": now})
+        rows = await self.fetch_rows("mark_dead_executors", {"dead_after": dead_after, "now": now})
         return [row["id"] for row in rows]
 
     async def fail_pending_timeouts(
@@ -467,7 +472,7 @@ class Store:
         now: datetime | None = None,
     ) -> int:
         """Fail subtasks of ``queue`` pending longer than ``pending_timeout``; one batch."""
-        rows = await self._rows("fail_pending_timeouts", {
+        rows = await self.fetch_rows("fail_pending_timeouts", {
             "queue": queue, "pending_timeout": pending_timeout, "limit": limit, "now": now,
         })
         return len(rows)
@@ -477,8 +482,8 @@ class Store:
     ) -> tuple[int, int]:
         """Delete one batch of finished subtasks and tasks older than ``retention``."""
         params = {"retention": retention, "limit": limit, "now": now}
-        subtasks = await self._rows("delete_finished_subtasks", params)
-        tasks = await self._rows("delete_finished_tasks", params)
+        subtasks = await self.fetch_rows("delete_finished_subtasks", params)
+        tasks = await self.fetch_rows("delete_finished_tasks", params)
         return len(subtasks), len(tasks)
 
     @asynccontextmanager
@@ -496,27 +501,27 @@ class Store:
     # -- tasks ----------------------------------------------------------------------------------
 
     async def get_task(self, task_id: int) -> Task | None:
-        rows = await self._fetch("get_task", {"id": task_id}, Task)
+        rows = await self.fetch_as("get_task", {"id": task_id}, Task)
         return rows[0] if rows else None
 
     async def list_subtasks(
         self, task_id: int, *, after_id: int = 0, limit: int = 100
     ) -> list[Subtask]:
-        return await self._fetch(
+        return await self.fetch_as(
             "list_subtasks", {"task_id": task_id, "after_id": after_id, "limit": limit}, Subtask
         )
 
     async def cancel_task(self, task_id: int) -> tuple[int, int]:
         """Cancel pending subtasks, ask running ones to stop: (cancelled, asked to stop)."""
-        rows = await self._rows("cancel_task", {"task_id": task_id})
+        rows = await self.fetch_rows("cancel_task", {"task_id": task_id})
         return int(rows[0]["cancelled"]), int(rows[0]["requested"])
 
     async def retry_task(self, task_id: int) -> int:
         """Put the task's failed subtasks back to pending with fresh attempts."""
-        return len(await self._rows("retry_failed_subtasks", {"task_id": task_id}))
+        return len(await self.fetch_rows("retry_failed_subtasks", {"task_id": task_id}))
 
     async def database_now(self) -> datetime:
-        rows = await self._rows("database_now", {})
+        rows = await self.fetch_rows("database_now", {})
         value: datetime = rows[0]["now"]
         return value
 
@@ -525,6 +530,6 @@ class Store:
     async def overview(self) -> dict[str, Any]:
         """Executors and queue counts across every host, for ``taskd status``."""
         return {
-            "executors": await self._rows("executor_overview", {}),
-            "queues": await self._rows("queue_overview", {}),
+            "executors": await self.fetch_rows("executor_overview", {}),
+            "queues": await self.fetch_rows("queue_overview", {}),
         }
