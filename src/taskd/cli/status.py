@@ -1,48 +1,240 @@
-"""``taskd status``: the operators' view, read from the database so it sees every host."""
+"""``taskd status`` and ``taskd errors``: the operators' view, read from the database so it
+sees every executor on every host."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import typer
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from taskd.cli.app import app, open_store, run_async, settings_of
+from taskd.cli.app import app, err_console, run_async, settings_of
+from taskd.database import database_url
+from taskd.errors import DatabaseError
+from taskd.queue.status import ErrorRow, StatusReport, list_errors, read_status
+from taskd.queue.store import Store
+from taskd.settings import Settings
+
+EXIT_HEALTHY = 0
+EXIT_ATTENTION = 1
+EXIT_UNREACHABLE = 2
+CONNECT_TIMEOUT = 5.0
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    """A small store for one operator command, checked against the schema.
+
+    The pool's own warnings ("error connecting ...") are held back while it opens: an
+    unreachable database is reported once, as DatabaseUnavailable, by the caller.
+    Raises DatabaseUnavailable after CONNECT_TIMEOUT seconds, or a SchemaError.
+    """
+    pool_logger = logging.getLogger("psycopg.pool")
+    level = pool_logger.level
+    pool_logger.setLevel(logging.ERROR)
+    try:
+        store = await Store.open(
+            database_url(settings), min_size=1, max_size=2, application_name="taskd-cli",
+            connect_timeout=CONNECT_TIMEOUT,
+        )
+        try:
+            yield store
+        finally:
+            await store.close()
+    finally:
+        pool_logger.setLevel(level)
+
+
+def format_age(seconds: float | None) -> str:
+    """``42s``, ``3m05s``, ``2h07m``, ``3d04h``; ``-`` for none."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def format_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def render_status(report: StatusReport) -> RenderableType:
+    """The report as rich tables: executors, queues, errors, database, then any problems."""
+    executors = Table(title="executors", title_justify="left", expand=False)
+    for column in ("id", "host", "pid", "status", "heartbeat", "leases"):
+        executors.add_column(column, justify="right" if column in ("pid", "leases") else "left")
+    executors.add_column("queues (running/limit)")
+    for e in report.executors:
+        style = "" if e.alive else "red"
+        slots = ", ".join(
+            f"{name} {s.running}/{'-' if s.limit is None else s.limit}"
+            for name, s in e.queues.items()
+        )
+        executors.add_row(
+            e.id, e.hostname, str(e.pid), e.status if e.alive or e.status != "running"
+            else "running (stale)", format_age(e.heartbeat_age_seconds) + " ago",
+            str(e.leases), slots or "-", style=style,
+        )
+    queues = Table(title="queues", title_justify="left")
+    queues.add_column("queue")
+    for column in ("ready", "scheduled", "processing", "done 1h", "failed 1h",
+                   "per min 1/5/15m", "oldest pending"):
+        queues.add_column(column, justify="right")
+    for q in report.queues:
+        r = q.rate_per_minute
+        queues.add_row(
+            q.queue, str(q.ready), str(q.scheduled), str(q.processing),
+            str(q.completed_last_hour), str(q.failed_last_hour),
+            f"{r['1m']:.1f} / {r['5m']:.1f} / {r['15m']:.1f}",
+            format_age(q.oldest_pending_seconds),
+        )
+    parts: list[RenderableType] = [executors, queues, render_errors(report.errors, "errors (24h)")]
+    db = report.database
+    parts.append(Text(
+        f"database: PostgreSQL {db.server_version}, {format_bytes(db.size_bytes)}, "
+        f"{db.connections}/{db.max_connections} connections, oldest transaction "
+        f"{format_age(db.oldest_transaction_seconds)}, "
+        f"{db.subtasks_dead_tuples if db.subtasks_dead_tuples is not None else '-'} dead "
+        f"tuples in subtasks, schema version {db.schema_version}"
+    ))
+    if report.problems:
+        parts.extend(Text(f"attention: {p.message}", style="bold red") for p in report.problems)
+    else:
+        parts.append(Text("healthy", style="green"))
+    return Group(*parts)
+
+
+def render_errors(errors: list[ErrorRow], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("count", justify="right")
+    for column in ("type", "message", "queue", "last seen (UTC)"):
+        table.add_column(column)
+    for e in errors:
+        table.add_row(str(e.count), e.error_type, e.message, e.queue or "-",
+                      f"{e.last_occurred_at:%Y-%m-%d %H:%M:%S}")
+    return table
+
+
+def exit_code(report: StatusReport) -> int:
+    return EXIT_HEALTHY if report.healthy else EXIT_ATTENTION
 
 
 @app.command()
 def status(
     ctx: typer.Context,
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object for scripts"),
+    as_json: bool = typer.Option(
+        False, "--json",
+        help="print one JSON object (shape in docs/operations.md); with --watch, one per line",
+    ),
+    watch: bool = typer.Option(False, "--watch", "-w", help="refresh until Ctrl-C"),
+    interval: float = typer.Option(
+        2.0, "--interval", min=0.1, help="seconds between refreshes with --watch"
+    ),
 ) -> None:
-    """Show executors and queues on every host, from the database."""
+    """Show executors, queues, recent errors and the database, across every host.
+
+    Exit code: 0 healthy; 1 when something needs attention (unfinished work and no live
+    executor for its queue, or a dead executor still holding leases); 2 when the database
+    cannot be reached.
+    """
+    settings = settings_of(ctx)
+    dead_after = settings.executor_dead_after
+
+    if not watch:
+        async def once() -> StatusReport:
+            async with open_store(settings) as store:
+                return await read_status(store, dead_after=dead_after)
+
+        report = run_async(once)
+        if as_json:
+            typer.echo(json.dumps(report.to_json(), indent=2))
+        else:
+            Console().print(render_status(report))
+        raise typer.Exit(exit_code(report))
+
+    last_code = EXIT_HEALTHY
+
+    async def loop() -> None:
+        nonlocal last_code
+        console = Console()
+        async with open_store(settings) as store:
+            live = None if as_json else Live(console=console, auto_refresh=False)
+            with contextlib.ExitStack() as stack:
+                if live is not None:
+                    stack.enter_context(live)
+                while True:
+                    try:
+                        report = await read_status(store, dead_after=dead_after)
+                    except DatabaseError as exc:
+                        # Keep watching: the pool reconnects when the database is back.
+                        last_code = EXIT_UNREACHABLE
+                        err_console.print(f"taskd: error: {exc}", markup=False)
+                    else:
+                        last_code = exit_code(report)
+                        if as_json:
+                            sys.stdout.write(json.dumps(report.to_json()) + "\n")
+                            sys.stdout.flush()
+                        else:
+                            assert live is not None
+                            live.update(render_status(report), refresh=True)
+                    await anyio.sleep(interval)
+
+    # Ctrl-C ends the watch; the exit code is the last refresh's.
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(loop)
+    raise typer.Exit(last_code)
+
+
+@app.command()
+def errors(
+    ctx: typer.Context,
+    queue: str | None = typer.Option(None, "--queue", help="only errors of this queue"),
+    limit: int = typer.Option(20, "--limit", min=1, max=1000, help="how many to show"),
+    traces: bool = typer.Option(False, "--traces", help="print each error's latest stack trace"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list for scripts"),
+) -> None:
+    """Show errors aggregated by type and message (error_logs), newest first."""
     settings = settings_of(ctx)
 
-    async def go() -> dict[str, Any]:
+    async def go() -> list[ErrorRow]:
         async with open_store(settings) as store:
-            return await store.overview()
+            return await list_errors(store, queue=queue, limit=limit)
 
-    report = run_async(go)
+    rows = run_async(go)
     if as_json:
-        typer.echo(json.dumps(report, default=str, indent=2))
+        payload: list[dict[str, Any]] = [
+            {"error_type": e.error_type, "message": e.message, "count": e.count,
+             "queue": e.queue, "kind": e.kind,
+             "first_occurred_at": e.first_occurred_at.isoformat(),
+             "last_occurred_at": e.last_occurred_at.isoformat(),
+             "stack_trace": e.stack_trace}
+            for e in rows
+        ]
+        typer.echo(json.dumps(payload, indent=2))
         return
     console = Console()
-    executors = Table(title="executors")
-    for column in ("id", "host", "status", "heartbeat age", "concurrency", "running"):
-        executors.add_column(column)
-    for e in report["executors"]:
-        executors.add_row(
-            e["id"], e["hostname"], e["status"], f"{e['heartbeat_age_seconds']:.1f}s",
-            json.dumps(e["concurrency"]), json.dumps(e["running"]),
-        )
-    queues = Table(title="queues")
-    for column in ("queue", "ready", "scheduled", "processing", "oldest pending"):
-        queues.add_column(column)
-    for q in report["queues"]:
-        age = q["oldest_pending_seconds"]
-        queues.add_row(q["queue"], str(q["ready"]), str(q["scheduled"]), str(q["processing"]),
-                       "-" if age is None else f"{age:.1f}s")
-    console.print(executors)
-    console.print(queues)
+    console.print(render_errors(rows, "errors, newest first"))
+    if traces:
+        for e in rows:
+            if e.stack_trace:
+                console.rule(f"{e.error_type}: {e.message}")
+                console.print(e.stack_trace, markup=False, highlight=False)

@@ -1,21 +1,145 @@
--- Read-only queries for operators (`taskd status`).
+-- Read-only queries for operators (`taskd status`, `taskd errors`, `taskd tasks`) and for the
+-- metrics' stats collector. Backlog counts read only unfinished rows through the partial
+-- indexes, so they stay cheap however many finished rows exist.
 
 -- name: queue_overview
-SELECT queue,
-       count(*) FILTER (WHERE status = 'pending' AND run_after <= now()) AS ready,
-       count(*) FILTER (WHERE status = 'pending' AND run_after > now()) AS scheduled,
-       count(*) FILTER (WHERE status = 'processing') AS processing,
-       extract(epoch FROM now() - min(run_after) FILTER (
-           WHERE status = 'pending' AND run_after <= now()))::float8 AS oldest_pending_seconds
-  FROM taskd.subtasks
- WHERE status IN ('pending', 'processing')
- GROUP BY queue
- ORDER BY queue;
+-- Backlog per queue, plus what finished in the last hour (through subtasks_finished_idx).
+-- Rates are finished subtasks (completed or failed) per minute over 1, 5 and 15 minutes.
+WITH backlog AS (
+    SELECT queue,
+           count(*) FILTER (WHERE run_after <= now()) AS ready,
+           count(*) FILTER (WHERE run_after > now()) AS scheduled,
+           0::bigint AS processing,
+           min(run_after) FILTER (WHERE run_after <= now()) AS oldest_ready_at
+      FROM taskd.subtasks
+     WHERE status = 'pending'
+     GROUP BY queue
+    UNION ALL
+    SELECT queue, 0, 0, count(*), NULL
+      FROM taskd.subtasks
+     WHERE status = 'processing'
+     GROUP BY queue
+), pending AS (
+    SELECT queue, sum(ready)::bigint AS ready, sum(scheduled)::bigint AS scheduled,
+           sum(processing)::bigint AS processing, min(oldest_ready_at) AS oldest_ready_at
+      FROM backlog
+     GROUP BY queue
+), recent AS (
+    SELECT queue,
+           count(*) FILTER (WHERE status = 'completed') AS completed_last_hour,
+           count(*) FILTER (WHERE status = 'failed') AS failed_last_hour,
+           count(*) FILTER (WHERE status IN ('completed', 'failed')
+                              AND completed_at > now() - interval '1 minute') AS finished_1m,
+           count(*) FILTER (WHERE status IN ('completed', 'failed')
+                              AND completed_at > now() - interval '5 minutes') AS finished_5m,
+           count(*) FILTER (WHERE status IN ('completed', 'failed')
+                              AND completed_at > now() - interval '15 minutes') AS finished_15m
+      FROM taskd.subtasks
+     WHERE completed_at > now() - interval '1 hour'
+     GROUP BY queue
+)
+SELECT coalesce(p.queue, r.queue) AS queue,
+       coalesce(p.ready, 0) AS ready,
+       coalesce(p.scheduled, 0) AS scheduled,
+       coalesce(p.processing, 0) AS processing,
+       coalesce(r.completed_last_hour, 0) AS completed_last_hour,
+       coalesce(r.failed_last_hour, 0) AS failed_last_hour,
+       coalesce(r.finished_1m, 0)::float8 AS rate_1m,
+       coalesce(r.finished_5m, 0)::float8 / 5 AS rate_5m,
+       coalesce(r.finished_15m, 0)::float8 / 15 AS rate_15m,
+       extract(epoch FROM now() - p.oldest_ready_at)::float8 AS oldest_pending_seconds
+  FROM pending p
+  FULL JOIN recent r ON r.queue = p.queue
+ ORDER BY 1;
 
 -- name: executor_overview
-SELECT id, executor_group, hostname, pid, version, status, started_at,
-       extract(epoch FROM now() - last_heartbeat_at)::float8 AS heartbeat_age_seconds,
-       concurrency, running, metrics_url
+-- Executors that run, or stopped or died within the hour, or still hold leases; leases counts
+-- the processing subtasks locked by each (through subtasks_processing_idx).
+SELECT e.id, e.executor_group, e.hostname, e.pid, e.version, e.status, e.started_at,
+       extract(epoch FROM now() - e.last_heartbeat_at)::float8 AS heartbeat_age_seconds,
+       e.concurrency, e.running, e.metrics_url,
+       (SELECT count(*) FROM taskd.subtasks s
+         WHERE s.status = 'processing' AND s.locked_by = e.id) AS leases
+  FROM taskd.executors e
+ WHERE e.status IN ('running', 'stopping')
+    OR e.last_heartbeat_at > now() - interval '1 hour'
+    OR EXISTS (SELECT 1 FROM taskd.subtasks s
+                WHERE s.status = 'processing' AND s.locked_by = e.id)
+ ORDER BY e.executor_group, e.id;
+
+-- name: recent_errors
+-- The most frequent errors that occurred within `since` seconds.
+SELECT error_type, error_message, count, queue, kind, first_occurred_at, last_occurred_at
+  FROM taskd.error_logs
+ WHERE last_occurred_at > now() - make_interval(secs => %(since)s)
+ ORDER BY count DESC, last_occurred_at DESC
+ LIMIT %(limit)s;
+
+-- name: list_errors
+-- Aggregated errors, newest first, optionally of one queue.
+SELECT error_type, error_message, count, queue, kind, first_occurred_at, last_occurred_at,
+       stack_trace
+  FROM taskd.error_logs
+ WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+ ORDER BY last_occurred_at DESC, id DESC
+ LIMIT %(limit)s;
+
+-- name: database_overview
+SELECT current_setting('server_version') AS server_version,
+       pg_database_size(current_database()) AS size_bytes,
+       (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database())
+           AS connections,
+       current_setting('max_connections')::integer AS max_connections,
+       (SELECT extract(epoch FROM now() - min(xact_start))::float8
+          FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND xact_start IS NOT NULL) AS oldest_transaction_seconds,
+       (SELECT n_dead_tup FROM pg_stat_user_tables
+         WHERE schemaname = 'taskd' AND relname = 'subtasks') AS subtasks_dead_tuples,
+       (SELECT max(version) FROM taskd.schema_migrations) AS schema_version,
+       now() AS now;
+
+-- name: stats_snapshot
+-- One cheap query for the metrics' stats collector: the backlog per queue and status
+-- (ready, scheduled, processing), the oldest ready subtask's age, and executors by status.
+SELECT 'queue' AS kind, queue, 'ready' AS status, count(*)::float8 AS value,
+       extract(epoch FROM now() - min(run_after))::float8 AS oldest_seconds
+  FROM taskd.subtasks
+ WHERE status = 'pending' AND run_after <= now()
+ GROUP BY queue
+UNION ALL
+SELECT 'queue', queue, 'scheduled', count(*)::float8, NULL
+  FROM taskd.subtasks
+ WHERE status = 'pending' AND run_after > now()
+ GROUP BY queue
+UNION ALL
+SELECT 'queue', queue, 'processing', count(*)::float8, NULL
+  FROM taskd.subtasks
+ WHERE status = 'processing'
+ GROUP BY queue
+UNION ALL
+SELECT 'executor', NULL, status, count(*)::float8, NULL
   FROM taskd.executors
- WHERE status <> 'stopped' OR stopped_at > now() - interval '1 hour'
- ORDER BY executor_group, id;
+ GROUP BY status;
+
+-- name: list_tasks
+-- Tasks newest first, optionally filtered by status and queue; `before_id` pages backwards.
+SELECT id, name, queue, kind, priority, user_id, params, status, total, completed, failed,
+       cancelled, quota_cost, created_at, updated_at, completed_at
+  FROM taskd.tasks
+ WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ ORDER BY id DESC
+ LIMIT %(limit)s;
+
+-- name: task_subtask_counts
+-- A task's subtasks by status, ready and scheduled told apart.
+SELECT CASE WHEN status = 'pending' AND run_after > now() THEN 'scheduled'
+            WHEN status = 'pending' THEN 'ready'
+            ELSE status END AS status,
+       count(*) AS count
+  FROM taskd.subtasks
+ WHERE task_id = %(task_id)s
+ GROUP BY 1
+ ORDER BY 1;

@@ -1,0 +1,176 @@
+"""``taskd tasks list|show|retry|cancel``: look at and steer tasks from a shell."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from taskd.cli.app import app, run_async, settings_of
+from taskd.cli.status import open_store
+from taskd.queue.models import Subtask, Task
+from taskd.queue.status import list_tasks, subtask_counts
+
+tasks_app = typer.Typer(
+    name="tasks", help="List, show, retry and cancel tasks.", no_args_is_help=True,
+)
+app.add_typer(tasks_app)
+
+EXIT_NOT_FOUND = 1
+
+
+class TaskStatusChoice(StrEnum):
+    pending = "pending"
+    processing = "processing"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id, "name": task.name, "queue": task.queue, "kind": task.kind,
+        "priority": task.priority, "user_id": task.user_id, "status": task.status,
+        "total": task.total, "completed": task.completed, "failed": task.failed,
+        "cancelled": task.cancelled, "params": task.params,
+        "created_at": task.created_at.isoformat(), "updated_at": task.updated_at.isoformat(),
+        "completed_at": task.completed_at.isoformat() if task.completed_at else None,
+    }
+
+
+def subtask_json(s: Subtask) -> dict[str, Any]:
+    return {
+        "id": s.id, "status": s.status, "attempt": s.attempt, "max_attempts": s.max_attempts,
+        "error": s.error, "locked_by": s.locked_by, "run_after": s.run_after.isoformat(),
+        "started_at": s.started_at.isoformat() if s.started_at else None,
+        "completed_at": s.completed_at.isoformat() if s.completed_at else None,
+    }
+
+
+def _not_found(task_id: int) -> typer.Exit:
+    Console(stderr=True).print(f"taskd: error: no task {task_id}", markup=False)
+    return typer.Exit(EXIT_NOT_FOUND)
+
+
+@tasks_app.command("list")
+def list_command(
+    ctx: typer.Context,
+    status: TaskStatusChoice | None = typer.Option(None, "--status", help="only this status"),
+    queue: str | None = typer.Option(None, "--queue", help="only this queue"),
+    limit: int = typer.Option(20, "--limit", min=1, max=1000, help="how many, newest first"),
+    before: int | None = typer.Option(None, "--before", help="only ids below this (paging)"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list for scripts"),
+) -> None:
+    """List tasks, newest first."""
+    settings = settings_of(ctx)
+
+    async def go() -> list[Task]:
+        async with open_store(settings) as store:
+            return await list_tasks(
+                store, status=status.value if status else None, queue=queue,
+                before_id=before, limit=limit,
+            )
+
+    tasks = run_async(go)
+    if as_json:
+        typer.echo(json.dumps([task_json(t) for t in tasks], indent=2))
+        return
+    table = Table(title="tasks, newest first", title_justify="left")
+    for column in ("id", "queue", "kind", "status", "done/failed/cancelled/total", "name",
+                   "created (UTC)"):
+        table.add_column(column, justify="right" if column == "id" else "left")
+    for t in tasks:
+        table.add_row(str(t.id), t.queue, t.kind, t.status,
+                      f"{t.completed}/{t.failed}/{t.cancelled}/{t.total}", t.name or "-",
+                      f"{t.created_at:%Y-%m-%d %H:%M:%S}")
+    Console().print(table)
+
+
+@tasks_app.command("show")
+def show_command(
+    ctx: typer.Context,
+    task_id: int = typer.Argument(..., help="the task's id"),
+    limit: int = typer.Option(20, "--limit", min=0, max=10000, help="subtasks to list"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object for scripts"),
+) -> None:
+    """Show a task, its subtasks by status, and its first subtasks. Exit 1 if there is none."""
+    settings = settings_of(ctx)
+
+    async def go() -> tuple[Task | None, dict[str, int], list[Subtask]]:
+        async with open_store(settings) as store:
+            task = await store.get_task(task_id)
+            if task is None:
+                return None, {}, []
+            counts = await subtask_counts(store, task_id)
+            subtasks = await store.list_subtasks(task_id, limit=limit) if limit else []
+            return task, counts, subtasks
+
+    task, counts, subtasks = run_async(go)
+    if task is None:
+        raise _not_found(task_id)
+    if as_json:
+        typer.echo(json.dumps({**task_json(task), "subtasks_by_status": counts,
+                               "subtasks": [subtask_json(s) for s in subtasks]}, indent=2))
+        return
+    console = Console()
+    console.print(
+        f"task {task.id} [bold]{task.status}[/bold]  queue={task.queue} kind={task.kind} "
+        f"priority={task.priority} name={task.name or '-'} user={task.user_id or '-'}",
+        highlight=False,
+    )
+    console.print(
+        f"created {task.created_at:%Y-%m-%d %H:%M:%S} UTC; subtasks: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False,
+    )
+    table = Table(title=f"subtasks (first {limit})", title_justify="left")
+    for column in ("id", "status", "attempt", "locked by", "error"):
+        table.add_column(column)
+    for s in subtasks:
+        table.add_row(str(s.id), s.status, f"{s.attempt}/{s.max_attempts}",
+                      s.locked_by or "-", s.error or "")
+    if subtasks:
+        console.print(table)
+
+
+@tasks_app.command("retry")
+def retry_command(
+    ctx: typer.Context, task_id: int = typer.Argument(..., help="the task's id")
+) -> None:
+    """Put the task's failed subtasks back to pending with fresh attempts."""
+    settings = settings_of(ctx)
+
+    async def go() -> int | None:
+        async with open_store(settings) as store:
+            if await store.get_task(task_id) is None:
+                return None
+            return await store.retry_task(task_id)
+
+    retried = run_async(go)
+    if retried is None:
+        raise _not_found(task_id)
+    typer.echo(f"task {task_id}: {retried} failed subtasks back to pending")
+
+
+@tasks_app.command("cancel")
+def cancel_command(
+    ctx: typer.Context, task_id: int = typer.Argument(..., help="the task's id")
+) -> None:
+    """Cancel the task's pending subtasks and ask its running ones to stop."""
+    settings = settings_of(ctx)
+
+    async def go() -> tuple[int, int] | None:
+        async with open_store(settings) as store:
+            if await store.get_task(task_id) is None:
+                return None
+            return await store.cancel_task(task_id)
+
+    result = run_async(go)
+    if result is None:
+        raise _not_found(task_id)
+    cancelled, requested = result
+    typer.echo(f"task {task_id}: {cancelled} pending subtasks cancelled, "
+               f"{requested} running subtasks asked to stop")

@@ -1,0 +1,274 @@
+"""Read-only views for operators: ``taskd status``, ``taskd errors`` and ``taskd tasks``.
+
+Everything here is read from the database, never from one daemon's memory, so it shows every
+executor on every host. Ages are computed by the database clock. The JSON shape produced by
+:meth:`StatusReport.to_json` is documented in ``docs/operations.md`` and kept stable: fields are
+only ever added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from taskd.queue.models import Task
+from taskd.queue.store import Store
+
+# Bump only for an incompatible change of the JSON shape; adding fields keeps it.
+STATUS_FORMAT = 1
+
+ProblemCode = Literal["no_live_executor", "dead_executor_holds_leases"]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSlots:
+    """One executor's concurrency limit and running count for one queue."""
+
+    limit: int | None
+    running: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorRow:
+    """One executor as ``taskd status`` shows it.
+
+    ``alive`` is false when the row says dead, stopped, or its heartbeat is older than
+    ``executor_dead_after`` (an executor that died with no peer left to mark it dead).
+    """
+
+    id: str
+    group: str
+    hostname: str
+    pid: int
+    version: str
+    status: str
+    alive: bool
+    started_at: datetime
+    heartbeat_age_seconds: float
+    queues: dict[str, QueueSlots]
+    leases: int
+    metrics_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """One queue's backlog and recent throughput (rates are finished subtasks per minute)."""
+
+    queue: str
+    ready: int
+    scheduled: int
+    processing: int
+    completed_last_hour: int
+    failed_last_hour: int
+    rate_per_minute: dict[str, float]
+    oldest_pending_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRow:
+    """One aggregated error from error_logs."""
+
+    error_type: str
+    message: str
+    count: int
+    queue: str | None
+    kind: str | None
+    first_occurred_at: datetime
+    last_occurred_at: datetime
+    stack_trace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseRow:
+    """The database as the operator sees it."""
+
+    server_version: str
+    size_bytes: int
+    connections: int
+    max_connections: int
+    oldest_transaction_seconds: float | None
+    subtasks_dead_tuples: int | None
+    schema_version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something that needs an operator's attention; ``taskd status`` then exits with 1."""
+
+    code: ProblemCode
+    message: str
+    queue: str | None = None
+    executor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """Everything ``taskd status`` shows, taken at the database time ``generated_at``."""
+
+    generated_at: datetime
+    executors: list[ExecutorRow]
+    queues: list[QueueRow]
+    errors: list[ErrorRow]
+    database: DatabaseRow
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented JSON shape (docs/operations.md); timestamps are ISO 8601 strings."""
+        data = asdict(self)
+        data = {"format": STATUS_FORMAT, "healthy": self.healthy, **data}
+        for error in data["errors"]:
+            error.pop("stack_trace", None)
+        return _jsonable(data)  # type: ignore[no-any-return]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _slots(concurrency: dict[str, Any], running: dict[str, Any]) -> dict[str, QueueSlots]:
+    names = sorted(set(concurrency) | set(running))
+    return {
+        name: QueueSlots(
+            limit=int(concurrency[name]) if name in concurrency else None,
+            running=int(running.get(name, 0)),
+        )
+        for name in names
+    }
+
+
+def find_problems(
+    executors: list[ExecutorRow], queues: list[QueueRow]
+) -> list[Problem]:
+    """What needs attention: unfinished work no live executor serves, and dead executors that
+    still hold leases. An executor that names no queue in its concurrency serves every queue.
+    """
+    problems: list[Problem] = []
+    live = [e for e in executors if e.alive]
+    for q in queues:
+        unfinished = q.ready + q.scheduled + q.processing
+        served = any(not e.queues or q.queue in e.queues for e in live)
+        if unfinished and not served:
+            problems.append(Problem(
+                "no_live_executor",
+                f"queue {q.queue} has {unfinished} unfinished subtasks and no live executor",
+                queue=q.queue,
+            ))
+    for e in executors:
+        if not e.alive and e.leases:
+            problems.append(Problem(
+                "dead_executor_holds_leases",
+                f"executor {e.id} on {e.hostname} is {e.status} (heartbeat "
+                f"{e.heartbeat_age_seconds:.0f}s ago) and holds {e.leases} leases",
+                executor=e.id,
+            ))
+    return problems
+
+
+async def read_executors(store: Store, dead_after: float) -> list[ExecutorRow]:
+    """Executors running, recently stopped or dead, or holding leases; DatabaseError on failure."""
+    rows = await store.fetch_rows("executor_overview", {})
+    return [
+        ExecutorRow(
+            id=r["id"], group=r["executor_group"], hostname=r["hostname"], pid=r["pid"],
+            version=r["version"], status=r["status"],
+            alive=r["status"] in ("running", "stopping")
+            and r["heartbeat_age_seconds"] <= dead_after,
+            started_at=r["started_at"], heartbeat_age_seconds=r["heartbeat_age_seconds"],
+            queues=_slots(r["concurrency"] or {}, r["running"] or {}),
+            leases=int(r["leases"]), metrics_url=r["metrics_url"],
+        )
+        for r in rows
+    ]
+
+
+async def read_queues(store: Store) -> list[QueueRow]:
+    """Each queue with unfinished work or subtasks finished within the hour."""
+    rows = await store.fetch_rows("queue_overview", {})
+    return [
+        QueueRow(
+            queue=r["queue"], ready=int(r["ready"]), scheduled=int(r["scheduled"]),
+            processing=int(r["processing"]),
+            completed_last_hour=int(r["completed_last_hour"]),
+            failed_last_hour=int(r["failed_last_hour"]),
+            rate_per_minute={"1m": r["rate_1m"], "5m": r["rate_5m"], "15m": r["rate_15m"]},
+            oldest_pending_seconds=r["oldest_pending_seconds"],
+        )
+        for r in rows
+    ]
+
+
+def _error_row(r: dict[str, Any]) -> ErrorRow:
+    return ErrorRow(
+        error_type=r["error_type"], message=r["error_message"], count=int(r["count"]),
+        queue=r["queue"], kind=r["kind"], first_occurred_at=r["first_occurred_at"],
+        last_occurred_at=r["last_occurred_at"], stack_trace=r.get("stack_trace"),
+    )
+
+
+async def recent_errors(store: Store, *, since: float = 86400.0, limit: int = 10) -> list[ErrorRow]:
+    """The most frequent errors that occurred within ``since`` seconds."""
+    rows = await store.fetch_rows("recent_errors", {"since": float(since), "limit": limit})
+    return [_error_row(r) for r in rows]
+
+
+async def list_errors(
+    store: Store, *, queue: str | None = None, limit: int = 50
+) -> list[ErrorRow]:
+    """Aggregated errors, newest first, with their latest stack trace."""
+    rows = await store.fetch_rows("list_errors", {"queue": queue, "limit": limit})
+    return [_error_row(r) for r in rows]
+
+
+async def read_database(store: Store) -> tuple[DatabaseRow, datetime]:
+    """The database's version, size, connections, oldest transaction, dead tuples; and now()."""
+    r = (await store.fetch_rows("database_overview", {}))[0]
+    row = DatabaseRow(
+        server_version=r["server_version"], size_bytes=int(r["size_bytes"]),
+        connections=int(r["connections"]), max_connections=int(r["max_connections"]),
+        oldest_transaction_seconds=r["oldest_transaction_seconds"],
+        subtasks_dead_tuples=r["subtasks_dead_tuples"], schema_version=r["schema_version"],
+    )
+    return row, r["now"]
+
+
+async def read_status(store: Store, *, dead_after: float, error_limit: int = 10) -> StatusReport:
+    """The whole operators' view. Raises DatabaseUnavailable / DatabaseError from the store."""
+    database, now = await read_database(store)
+    executors = await read_executors(store, dead_after)
+    queues = await read_queues(store)
+    errors = await recent_errors(store, limit=error_limit)
+    return StatusReport(
+        generated_at=now, executors=executors, queues=queues, errors=errors,
+        database=database, problems=find_problems(executors, queues),
+    )
+
+
+async def list_tasks(
+    store: Store,
+    *,
+    status: str | None = None,
+    queue: str | None = None,
+    before_id: int | None = None,
+    limit: int = 20,
+) -> list[Task]:
+    """Tasks newest first, filtered by status and queue; ``before_id`` pages backwards."""
+    return await store.fetch_as("list_tasks", {
+        "status": status, "queue": queue, "before_id": before_id, "limit": limit,
+    }, Task)
+
+
+async def subtask_counts(store: Store, task_id: int) -> dict[str, int]:
+    """A task's subtasks by status (``ready`` and ``scheduled`` instead of ``pending``)."""
+    rows = await store.fetch_rows("task_subtask_counts", {"task_id": task_id})
+    return {r["status"]: int(r["count"]) for r in rows}
