@@ -71,6 +71,10 @@ def test_toml_file_then_environment_wins(
         ("TASKD_QUEUES__STANDARD__STEP", "0", "queues.standard.step"),
         ("TASKD_QUEUES__STANDARD__CLUSTER_MAX", "0", "queues.standard.cluster_max"),
         ("TASKD_QUEUES__STANDARD__SCALE_UP_INTERVAL", "0", "queues.standard.scale_up_interval"),
+        ("TASKD_QUEUES__STANDARD__SCALE_DOWN_INTERVAL", "-5",
+         "queues.standard.scale_down_interval"),
+        ("TASKD_QUEUES__LUMINA__STEP", "-1", "queues.lumina.step"),
+        ("TASKD_QUEUES__LUMINA__INITIAL", "11", "queues.lumina"),
         ("TASKD_QUEUES__STANDARD__BOGUS", "1", "queues.standard.bogus"),
         ("TASKD_LOG_FORMAT", "xml", "log_format"),
         ("TASKD_METRICS_ADDR", "nowhere", "metrics_addr"),
@@ -107,3 +111,14 @@ def test_broken_toml_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("TASKD_CONFIG", str(config))
     with pytest.raises(ConfigError):
         load_settings()
+
+
+def test_initial_above_max_names_the_queue_and_both_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKD_QUEUES__IMAGES__INITIAL", "8")
+    monkeypatch.setenv("TASKD_QUEUES__IMAGES__MAX", "4")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "invalid setting queues.images" in str(raised.value)
+    assert "initial (8) must be <= max (4)" in str(raised.value)
