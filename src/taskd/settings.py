@@ -93,7 +93,8 @@ class ApiSettings(BaseModel):
     jwt_secret: SecretStr | None = None
     jwt_public_key: str | None = None
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
-    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    pool_size: int = Field(10, ge=1, le=100, description="database connections per API process")
     kinds: dict[str, str] = Field(
         default_factory=lambda: {"lumina": "lumina", "noop": "standard"},
         description="task kinds the API accepts, each with its default queue",

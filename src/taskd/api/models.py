@@ -1,0 +1,261 @@
+"""Request and response bodies of the HTTP API, and the prompt x variables expansion."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+from taskd.errors import InvalidInput
+from taskd.queue.api import MAX_QUOTA
+from taskd.queue.store import MAX_SUBTASKS
+from taskd.settings import QUEUE_NAME_PATTERN
+
+VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+# The expanded payloads are held in memory before they are written: bound their total size.
+MAX_EXPANDED_CHARS = 64 * 1024 * 1024
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]{0,63})\}")
+
+Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+VariableValue = StrictStr | StrictInt | FiniteFloat
+VariableName = Annotated[str, Field(pattern=VARIABLE_NAME_PATTERN)]
+
+
+def _clean_text(value: str, what: str) -> str:
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} must be valid Unicode (no unpaired surrogates)") from exc
+    return value
+
+
+class CreateTaskRequest(BaseModel):
+    """``POST /v1/tasks``: either ``subtasks`` or ``prompts`` (+ ``variables``, ``batch_size``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=200, description="a label for people")
+    kind: str = Field(min_length=1, max_length=200,
+                      description="the handler; one of the kinds this deployment allows")
+    queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN,
+                              description="defaults to the kind's configured queue")
+    priority: int = Field(1, ge=-1000, le=1000, description="higher runs first")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="task-level parameters, stored as given")
+    subtasks: list[dict[str, Any]] | None = Field(
+        None, min_length=1, max_length=MAX_SUBTASKS,
+        description="one JSON object per subtask",
+    )
+    prompts: list[Annotated[str, Field(min_length=1, max_length=20_000)]] | None = Field(
+        None, min_length=1, max_length=MAX_SUBTASKS,
+        description="one subtask per prompt and per combination of the variables' values",
+    )
+    variables: dict[VariableName, Annotated[list[VariableValue], Field(
+        min_length=1, max_length=MAX_SUBTASKS)]] | None = Field(
+        None, max_length=20,
+        description="values filled into the prompts' {name} placeholders",
+    )
+    batch_size: int | None = Field(None, ge=1, le=1000,
+                                   description="images per prompt subtask (default 1)")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_text(cls, value: str) -> str:
+        return _clean_text(value, "name")
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_are_text(cls, value: list[str] | None) -> list[str] | None:
+        for prompt in value or ():
+            _clean_text(prompt, "prompts")
+        return value
+
+    def plan(self) -> tuple[list[dict[str, Any]], int]:
+        """The subtask payloads and the batch size. Raises :class:`InvalidInput`."""
+        if (self.subtasks is None) == (self.prompts is None):
+            raise InvalidInput("give either subtasks or prompts, not both and not neither",
+                               field="subtasks")
+        if self.subtasks is not None:
+            if self.variables is not None:
+                raise InvalidInput("variables need prompts", field="variables")
+            if self.batch_size is not None:
+                raise InvalidInput("batch_size needs prompts", field="batch_size")
+            return self.subtasks, 1
+        assert self.prompts is not None
+        batch_size = self.batch_size or 1
+        return expand_prompts(self.prompts, self.variables or {}, batch_size), batch_size
+
+
+def expand_prompts(
+    prompts: list[str], variables: dict[str, list[Any]], batch_size: int
+) -> list[dict[str, Any]]:
+    """One payload per prompt x combination of values, ``{name}`` placeholders filled.
+
+    Placeholders without a variable stay as written. Raises :class:`InvalidInput` when the
+    expansion exceeds 100,000 subtasks or 64 Mi characters.
+    """
+    combinations = math.prod(len(values) for values in variables.values())
+    count = len(prompts) * combinations
+    if count > MAX_SUBTASKS:
+        raise InvalidInput(
+            f"prompts x variables expand to {count} subtasks; at most {MAX_SUBTASKS}",
+            field="variables" if variables else "prompts",
+        )
+    names = list(variables)
+    payloads: list[dict[str, Any]] = []
+    size = 0
+    for prompt in prompts:
+        for combo in itertools.product(*variables.values()):
+            values = dict(zip(names, combo, strict=True))
+            text = _PLACEHOLDER.sub(
+                lambda m, v=values: str(v[m[1]]) if m[1] in v else m[0],  # type: ignore[misc]
+                prompt,
+            )
+            size += len(text) + 64
+            if size > MAX_EXPANDED_CHARS:
+                raise InvalidInput(
+                    f"the expanded prompts exceed {MAX_EXPANDED_CHARS} characters",
+                    field="prompts",
+                )
+            payload: dict[str, Any] = {"prompt": text, "batch_size": batch_size}
+            if names:
+                payload["variables"] = values
+            payloads.append(payload)
+    return payloads
+
+
+class Progress(BaseModel):
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+    percent: float = Field(description="finished subtasks (any outcome) / total x 100")
+
+
+class TaskSummaryOut(BaseModel):
+    id: int
+    name: str
+    kind: str
+    queue: str
+    status: Status
+    priority: int
+    user_id: str | None
+    params: dict[str, Any]
+    progress: Progress
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+class TaskOut(TaskSummaryOut):
+    running: int = Field(description="subtasks processing now")
+    batch_size: int
+    total_images: int = Field(description="subtasks x batch_size")
+    results: list[Any] = Field(description="results of the first 100 completed subtasks, in "
+                                           "subtask order; the rest via /subtasks")
+    error: str | None = Field(description="the latest failed subtask's error")
+
+
+class TaskCreated(TaskOut):
+    replayed: bool = Field(description="true: the Idempotency-Key named an earlier task")
+    quota_remaining: int | None = Field(description="after this request; null on a replay")
+
+
+class TaskList(BaseModel):
+    items: list[TaskSummaryOut]
+    total: int = Field(description="tasks matching the filters, on every page")
+    next_cursor: str | None = Field(description="pass as cursor for the next page")
+
+
+class SubtaskOut(BaseModel):
+    id: int
+    status: Status
+    payload: dict[str, Any]
+    result: Any
+    error: str | None
+    attempt: int
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+
+
+class SubtaskList(BaseModel):
+    items: list[SubtaskOut]
+    total: int
+    next_cursor: str | None
+
+
+class CancelOut(BaseModel):
+    id: int
+    cancelled: int = Field(description="pending subtasks now cancelled")
+    stopping: int = Field(description="running subtasks asked to stop")
+
+
+class RetryOut(BaseModel):
+    id: int
+    retried: int = Field(description="failed subtasks back to pending")
+    quota_taken: int = Field(description="quota taken again because the task had been refunded")
+
+
+class AccountIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    is_member: StrictBool
+    quota_remaining: StrictInt = Field(ge=0, le=MAX_QUOTA)
+
+
+class AccountOut(BaseModel):
+    user_id: str
+    is_member: bool
+    quota_remaining: int
+    created: bool = Field(description="true when this request created the account")
+    created_at: datetime
+    updated_at: datetime
+
+
+class QueueStatus(BaseModel):
+    concurrency: int = Field(description="sum of live executors' concurrency limits")
+    running: int = Field(description="subtasks live executors report running")
+    pending: int = Field(description="ready to run now")
+    scheduled: int = Field(description="pending with a later run_after (retries)")
+    processing: int = Field(description="claimed subtasks, from the database")
+    oldest_pending_seconds: float | None
+
+
+class DatabaseStatus(BaseModel):
+    status: Literal["ok"]
+    latency_ms: float
+    server_version: str
+
+
+class ProcessingRate(BaseModel):
+    window_seconds: float
+    completed: int
+    failed: int
+    completed_per_second: float
+    failed_per_second: float
+
+
+class StatusOut(BaseModel):
+    health: Literal["ok", "degraded"] = Field(
+        description="degraded: no executor is running")
+    version: str
+    uptime_seconds: float = Field(description="of this API process")
+    database: DatabaseStatus
+    executors: dict[str, int] = Field(description="executors by status")
+    queues: dict[str, QueueStatus]
+    tasks: dict[str, int] = Field(description="tasks by status")
+    processing_rate: ProcessingRate
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]

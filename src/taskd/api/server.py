@@ -1,0 +1,159 @@
+"""Running the API: uvicorn in this process (``taskd api``) or in a background thread (tests,
+embedding). Either way the store is opened first, in the server's own event loop, so a bad
+database URL or an unmigrated schema stops the start with one clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import uvicorn
+
+from taskd.api.app import create_app
+from taskd.api.auth import TokenVerifier
+from taskd.database import database_url as resolve_database_url
+from taskd.queue.store import Store
+from taskd.settings import Settings, parse_addr
+
+log = logging.getLogger(__name__)
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (``Type=notify``) about ``state``; False when not run by systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        except OSError as exc:
+            log.warning("cannot notify systemd at %s: %s", address, exc)
+            return False
+    return True
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that tells systemd when it listens and when it stops."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            sd_notify("READY=1\nSTATUS=serving")
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        sd_notify("STOPPING=1")
+        await super().shutdown(sockets)
+
+
+def _config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    host, port = parse_addr(settings.api.addr)
+    return uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=True, proxy_headers=False,
+        server_header=False, timeout_graceful_shutdown=10, **overrides,
+    )
+
+
+async def serve(settings: Settings, *, database_url: str | None = None) -> None:
+    """Open the store, then serve until SIGTERM/SIGINT. Raises :class:`taskd.TaskdError`
+    (ConfigError for unusable JWT settings, DatabaseUnavailable, SchemaError) before serving."""
+    TokenVerifier(settings.api)  # refuse a missing or short secret before touching anything
+    url = database_url or resolve_database_url(settings)
+    store = await Store.open(url, min_size=1, max_size=settings.api.pool_size,
+                             application_name="taskd-api")
+    try:
+        app = create_app(settings, store)
+        server = _Server(_config(app, settings))
+        log.info("taskd api listening on %s", settings.api.addr)
+        await server.serve()
+    finally:
+        await store.close()
+
+
+@dataclass
+class RunningApi:
+    """An API served from a background thread: ``url`` is where it listens."""
+
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+    errors: list[BaseException] = field(default_factory=list)
+
+
+@contextmanager
+def serve_in_thread(
+    settings: Settings, database_url: str, *, startup_timeout: float = 30.0
+) -> Iterator[RunningApi]:
+    """Serve on 127.0.0.1 on a free port from a background thread for the block's duration.
+
+    Waits until the server accepts connections. Raises the thread's error (a
+    :class:`taskd.TaskdError` for a bad database or settings) or :class:`TimeoutError`.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    ready = threading.Event()
+    holder: dict[str, uvicorn.Server] = {}
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        store = await Store.open(database_url, min_size=1, max_size=settings.api.pool_size,
+                                 application_name="taskd-api")
+        try:
+            app = create_app(settings, store)
+            server = uvicorn.Server(_config(app, settings, log_level="warning"))
+            holder["server"] = server
+            ready.set()
+            await server.serve(sockets=[sock])
+        finally:
+            await store.close()
+
+    def run() -> None:
+        try:
+            anyio.run(main)
+        except BaseException as exc:  # handed to the caller's thread below
+            errors.append(exc)
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, name="taskd-api", daemon=True)
+    thread.start()
+    try:
+        if not ready.wait(startup_timeout):
+            raise TimeoutError("the API did not start in time")
+        if errors:
+            raise errors[0]
+        server = holder["server"]
+        if not _wait_started(server, thread, startup_timeout):
+            raise errors[0] if errors else TimeoutError("the API did not start listening")
+        yield RunningApi(f"http://127.0.0.1:{port}", server, thread, errors)
+    finally:
+        if "server" in holder:
+            holder["server"].should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def _wait_started(server: uvicorn.Server, thread: threading.Thread, timeout: float) -> bool:
+    """Poll ``server.started`` (set once uvicorn listens) with a deadline."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.started:
+            return True
+        if not thread.is_alive():
+            return False
+        time.sleep(0.01)
+    return False

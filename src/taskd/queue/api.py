@@ -1,0 +1,427 @@
+"""The HTTP API's database access: accounts, quota, and tasks as their owners see them.
+
+:class:`ApiStore` wraps a :class:`taskd.queue.Store` and offers one typed method per API
+operation. Operations that must be atomic (create with quota, retry with quota, account
+updates) run as one transaction of named queries from ``queries/api.sql``.
+
+Errors (all :class:`taskd.errors.TaskdError`)::
+
+    AccountError
+    ├── AccountNotFound      the user has no account
+    ├── NotAMember           the account's membership is not active
+    └── QuotaExhausted       quota_remaining is too low
+    IdempotencyConflict      the Idempotency-Key was used for a different request
+    TaskNotFound             no task with that id
+    TaskFinished             the task has already ended (nothing to cancel)
+    NothingToRetry           the task has no failed subtasks
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row, dict_row
+
+from taskd.errors import TaskdError
+from taskd.queue.models import JSON, SubtaskStatus, TaskStatus
+from taskd.queue.queries import query
+from taskd.queue.store import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Store,
+    _retry_conflicts,
+    translated_errors,
+    validate_submission,
+)
+
+# One unit of quota per task, whatever its size: the product's unit is "a task request".
+TASK_QUOTA_COST = 1
+MAX_QUOTA = 2**31 - 1  # accounts.quota_remaining is an integer
+
+
+class AccountError(TaskdError):
+    """The caller's account does not allow this request."""
+
+
+class AccountNotFound(AccountError):
+    """The user has no account (an admin creates it with ``PUT /v1/accounts/{user_id}``)."""
+
+
+class NotAMember(AccountError):
+    """The account exists but its membership is not active."""
+
+
+class QuotaExhausted(AccountError):
+    """The account has no quota left for this request."""
+
+
+class IdempotencyConflict(TaskdError):
+    """The Idempotency-Key already names a task created from a different request."""
+
+    def __init__(self, message: str, *, task_id: int) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskNotFound(TaskdError):
+    """No task has this id."""
+
+
+class TaskFinished(TaskdError):
+    """The task has already ended; ``status`` says how."""
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NothingToRetry(TaskdError):
+    """The task has no failed subtasks."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """What :meth:`ApiStore.create_task` should insert (already validated by the caller)."""
+
+    user_id: str
+    name: str
+    kind: str
+    queue: str
+    priority: int
+    params: dict[str, JSON]
+    payloads: Sequence[dict[str, JSON]]
+    max_attempts: int = 3
+    idempotency_key: str | None = None
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedTask:
+    task_id: int
+    replayed: bool  # True: the Idempotency-Key named an existing task; nothing was taken
+    quota_remaining: int | None  # None on a replay
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    user_id: str
+    is_member: bool
+    quota_remaining: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSummary:
+    id: int
+    name: str
+    kind: str
+    queue: str
+    status: TaskStatus
+    priority: int
+    user_id: str | None
+    params: dict[str, JSON]
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+    quota_cost: int
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDetail:
+    id: int
+    name: str
+    kind: str
+    queue: str
+    status: TaskStatus
+    priority: int
+    user_id: str | None
+    params: dict[str, JSON]
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+    quota_cost: int
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    batch_size: int
+    processing: int
+    results: list[JSON]
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubtaskView:
+    id: int
+    status: SubtaskStatus
+    payload: dict[str, JSON]
+    result: JSON | None
+    error: str | None
+    attempt: int
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RetryReport:
+    retried: int
+    quota_taken: int
+
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+class ApiStore:
+    """The API's typed queries over a :class:`Store`'s pool."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Conn]:
+        # Callers wrap the retry loop in translated_errors: the loop must see psycopg's own
+        # DeadlockDetected / SerializationFailure to retry them.
+        async with self.store.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    @staticmethod
+    async def _rows(conn: Conn, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(query(name), params)
+        return await cur.fetchall() if cur.description else []
+
+    # -- accounts -------------------------------------------------------------------------
+
+    @staticmethod
+    async def _take_quota(conn: Conn, user_id: str, cost: int) -> int:
+        """Take ``cost`` units under the account's row lock; return what remains.
+
+        Raises :class:`AccountNotFound`, :class:`NotAMember` or :class:`QuotaExhausted`.
+        """
+        taken = await ApiStore._rows(conn, "api_take_quota", {"user_id": user_id, "cost": cost})
+        if taken:
+            return int(taken[0]["quota_remaining"])
+        accounts = await ApiStore._rows(conn, "api_get_account", {"user_id": user_id})
+        if not accounts:
+            raise AccountNotFound(f"user {user_id!r} not found")
+        if not accounts[0]["is_member"]:
+            raise NotAMember("please activate membership first")
+        raise QuotaExhausted(
+            f"quota exhausted: {accounts[0]['quota_remaining']} left, {cost} needed"
+        )
+
+    async def get_account(self, user_id: str) -> Account | None:
+        rows = await self.store.fetch_as("api_get_account", {"user_id": user_id}, Account)
+        return rows[0] if rows else None
+
+    async def put_account(
+        self, user_id: str, *, is_member: bool, quota_remaining: int
+    ) -> tuple[Account, bool]:
+        """Create or update an account; the quota change goes to the ledger as ``adjust``.
+
+        Returns the account and whether it was created. Raises :class:`ValueError` for a quota
+        outside 0..2^31-1.
+        """
+        if not 0 <= quota_remaining <= MAX_QUOTA:
+            raise ValueError(f"quota_remaining {quota_remaining} is outside 0..{MAX_QUOTA}")
+        async with translated_errors():
+            async for attempt in _retry_conflicts.copy():
+                with attempt:
+                    async with self._transaction() as conn:
+                        created = bool(await self._rows(conn, "api_ensure_account",
+                                                        {"user_id": user_id}))
+                        old = await self._rows(conn, "api_lock_account", {"user_id": user_id})
+                        before = int(old[0]["quota_remaining"])
+                        cur = conn.cursor(row_factory=class_row(Account))
+                        await cur.execute(query("api_update_account"), {
+                            "user_id": user_id, "is_member": is_member,
+                            "quota_remaining": quota_remaining,
+                        })
+                        account = await cur.fetchone()
+                        assert account is not None
+                        if quota_remaining != before:
+                            await self._rows(conn, "api_record_ledger", {
+                                "user_id": user_id, "task_id": None,
+                                "delta": quota_remaining - before, "reason": "adjust",
+                            })
+                        return account, created
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    async def create_task(self, new: NewTask) -> CreatedTask:
+        """Take one unit of quota and create the task and its subtasks, in one transaction.
+
+        With an idempotency key, a request that repeats an earlier one returns the earlier
+        task and takes nothing. Raises :class:`taskd.errors.InvalidInput` (bad input),
+        :class:`AccountError` subclasses and :class:`IdempotencyConflict`; nothing is written
+        when any is raised.
+        """
+        payloads_json, params_json = validate_submission(
+            new.queue, new.kind, new.payloads, name=new.name, priority=new.priority,
+            params=new.params, user_id=new.user_id, max_attempts=new.max_attempts, delay=0.0,
+            max_payload_bytes=new.max_payload_bytes,
+        )
+        async with translated_errors():
+            async for attempt in _retry_conflicts.copy():
+                with attempt:
+                    async with self._transaction() as conn:
+                        if new.idempotency_key is not None:
+                            earlier = await self._earlier_request(conn, new)
+                            if earlier is not None:
+                                return CreatedTask(earlier, replayed=True, quota_remaining=None)
+                        remaining = await self._take_quota(conn, new.user_id, TASK_QUOTA_COST)
+                        rows = await self._rows(conn, "submit_task", {
+                            "queue": new.queue, "kind": new.kind, "payloads": payloads_json,
+                            "name": new.name, "priority": new.priority, "params": params_json,
+                            "user_id": new.user_id, "max_attempts": new.max_attempts,
+                            "delay": 0.0, "max_payload_bytes": new.max_payload_bytes,
+                        })
+                        task_id = int(rows[0]["task_id"])
+                        await self._rows(conn, "api_mark_api_task", {
+                            "id": task_id, "cost": TASK_QUOTA_COST, "key": new.idempotency_key,
+                        })
+                        await self._rows(conn, "api_record_ledger", {
+                            "user_id": new.user_id, "task_id": task_id,
+                            "delta": -TASK_QUOTA_COST, "reason": "deduct",
+                        })
+                        return CreatedTask(task_id, replayed=False, quota_remaining=remaining)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _earlier_request(self, conn: Conn, new: NewTask) -> int | None:
+        """The task this idempotency key already created, or None; waits for a racing twin."""
+        key = {"user_id": new.user_id, "key": new.idempotency_key}
+        await self._rows(conn, "api_lock_idempotency_key", key)
+        found = await self._rows(conn, "api_find_idempotent_task", key)
+        if not found:
+            return None
+        row = found[0]
+        asked = (new.name, new.kind, new.queue, new.priority, new.params, len(new.payloads))
+        stored = (row["name"], row["kind"], row["queue"], row["priority"], row["params"],
+                  row["total"])
+        if asked != stored:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {new.idempotency_key!r} was already used for task "
+                f"{row['id']}, created from a different request",
+                task_id=int(row["id"]),
+            )
+        return int(row["id"])
+
+    async def task_owner(self, task_id: int) -> str | None:
+        """The task's user id (None for a task without one). Raises :class:`TaskNotFound`."""
+        rows = await self.store.fetch_rows("api_task_owner", {"id": task_id})
+        if not rows:
+            raise TaskNotFound(f"task {task_id} not found")
+        owner: str | None = rows[0]["user_id"]
+        return owner
+
+    async def task_detail(self, task_id: int, *, results_limit: int = 100) -> TaskDetail:
+        """The task with progress, its first results and latest error.
+
+        Raises :class:`TaskNotFound`.
+        """
+        rows = await self.store.fetch_as(
+            "api_task_detail", {"id": task_id, "results_limit": results_limit}, TaskDetail
+        )
+        if not rows:
+            raise TaskNotFound(f"task {task_id} not found")
+        return rows[0]
+
+    async def list_tasks(
+        self,
+        user_id: str,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        before_id: int | None = None,
+        limit: int = 20,
+    ) -> tuple[list[TaskSummary], int]:
+        """The user's tasks, newest first, after the cursor; and how many match in all."""
+        params = {"user_id": user_id, "status": status, "kind": kind,
+                  "before_id": before_id, "limit": limit}
+        tasks = await self.store.fetch_as("api_list_tasks", params, TaskSummary)
+        total = await self.store.fetch_rows("api_count_tasks", params)
+        return tasks, int(total[0]["total"])
+
+    async def list_subtasks(
+        self, task_id: int, *, status: str | None = None, after_id: int = 0, limit: int = 20
+    ) -> tuple[list[SubtaskView], int]:
+        """A page of the task's subtasks in id order; and how many match in all."""
+        params = {"task_id": task_id, "status": status, "after_id": after_id, "limit": limit}
+        subtasks = await self.store.fetch_as("api_list_subtasks", params, SubtaskView)
+        total = await self.store.fetch_rows("api_count_subtasks", params)
+        return subtasks, int(total[0]["total"])
+
+    async def cancel_task(self, task_id: int) -> tuple[int, int]:
+        """Cancel pending subtasks and ask running ones to stop: (cancelled, asked to stop).
+
+        Raises :class:`TaskNotFound`, or :class:`TaskFinished` when the task has ended.
+        """
+        detail = await self.store.get_task(task_id)
+        if detail is None:
+            raise TaskNotFound(f"task {task_id} not found")
+        if detail.status in ("completed", "failed", "cancelled"):
+            raise TaskFinished(f"task {task_id} has already ended ({detail.status})",
+                               status=detail.status)
+        return await self.store.cancel_task(task_id)
+
+    async def retry_task(self, task_id: int, *, charge_user: bool) -> RetryReport:
+        """Put the task's failed subtasks back to pending.
+
+        With ``charge_user``, a task whose quota was refunded (it had ended failed) takes one
+        unit again, so a retried task never runs free; the refund happens once per task.
+        Raises :class:`TaskNotFound`, :class:`NothingToRetry` and :class:`AccountError`.
+        """
+        async with translated_errors():
+            async for attempt in _retry_conflicts.copy():
+                with attempt:
+                    async with self._transaction() as conn:
+                        rows = await self._rows(conn, "api_lock_task", {"id": task_id})
+                        if not rows:
+                            raise TaskNotFound(f"task {task_id} not found")
+                        task = rows[0]
+                        if task["failed"] == 0:
+                            raise NothingToRetry(f"task {task_id} has no failed subtasks")
+                        owed = 0
+                        paid = task["quota_cost"] - task["refunded"]
+                        if charge_user and task["quota_cost"] > 0 and paid < TASK_QUOTA_COST:
+                            owed = TASK_QUOTA_COST - paid
+                            await self._take_quota(conn, task["user_id"], owed)
+                            await self._rows(conn, "api_add_task_quota_cost",
+                                             {"id": task_id, "cost": owed})
+                            await self._rows(conn, "api_record_ledger", {
+                                "user_id": task["user_id"], "task_id": task_id,
+                                "delta": -owed, "reason": "adjust",
+                            })
+                        retried = await self._rows(conn, "api_retry_failed_subtasks",
+                                                   {"task_id": task_id})
+                        await self._rows(conn, "api_notify_queue", {"queue": task["queue"]})
+                        return RetryReport(retried=len(retried), quota_taken=owed)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- system status --------------------------------------------------------------------
+
+    async def task_statistics(self) -> dict[str, int]:
+        rows = await self.store.fetch_rows("api_task_statistics", {})
+        return {row["status"]: int(row["count"]) for row in rows}
+
+    async def finished_in_window(self, window: float) -> tuple[int, int]:
+        """Subtasks (completed, failed) in the last ``window`` seconds, by the database clock."""
+        rows = await self.store.fetch_rows("api_processing_rate", {"window": window})
+        return int(rows[0]["completed"]), int(rows[0]["failed"])
+
+    async def database_info(self) -> dict[str, Any]:
+        rows = await self.store.fetch_rows("api_database_info", {})
+        return rows[0]
