@@ -84,6 +84,15 @@ class Metrics:
             "taskd_db_pool_connections", "Database pool connections by state (idle, used, max).",
             ["state"], registry=r,
         )
+        self.db_pool_waiting = Gauge(
+            "taskd_db_pool_requests_waiting",
+            "Requests waiting for a database pool connection.", registry=r,
+        )
+        self.queue_pending_timeout = Gauge(
+            "taskd_queue_pending_timeout_seconds",
+            "The queue's pending_timeout setting (0 = off), for the oldest-pending alert.",
+            ["queue"], registry=r,
+        )
         self.build_info = Gauge(
             "taskd_build_info", "Always 1; labels carry the version.", ["version"], registry=r,
         )

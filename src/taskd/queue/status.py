@@ -272,3 +272,33 @@ async def subtask_counts(store: Store, task_id: int) -> dict[str, int]:
     """A task's subtasks by status (``ready`` and ``scheduled`` instead of ``pending``)."""
     rows = await store.fetch_rows("task_subtask_counts", {"task_id": task_id})
     return {r["status"]: int(r["count"]) for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot:
+    """What the metrics' stats collector reads in one query.
+
+    ``depth``: queue -> status (ready, scheduled, processing) -> count, only where non-zero;
+    ``oldest_pending``: queue -> age in seconds of its oldest ready subtask;
+    ``executors``: status -> count.
+    """
+
+    depth: dict[str, dict[str, int]]
+    oldest_pending: dict[str, float]
+    executors: dict[str, int]
+
+
+async def stats_snapshot(store: Store) -> StatsSnapshot:
+    """One cheap query over unfinished rows and executors; raises DatabaseError on failure."""
+    rows = await store.fetch_rows("stats_snapshot", {})
+    depth: dict[str, dict[str, int]] = {}
+    oldest: dict[str, float] = {}
+    executors: dict[str, int] = {}
+    for r in rows:
+        if r["kind"] == "executor":
+            executors[r["status"]] = int(r["value"])
+            continue
+        depth.setdefault(r["queue"], {})[r["status"]] = int(r["value"])
+        if r["oldest_seconds"] is not None:
+            oldest[r["queue"]] = max(0.0, float(r["oldest_seconds"]))
+    return StatsSnapshot(depth, oldest, executors)

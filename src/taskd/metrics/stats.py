@@ -1,0 +1,91 @@
+"""Cluster-wide gauges from the database, refreshed every ``stats_interval``, not per scrape.
+
+One cheap query (``stats_snapshot``: unfinished rows only, through the partial indexes) sets
+``taskd_queue_depth{queue,status}`` (status ready, scheduled, processing),
+``taskd_queue_oldest_pending_seconds{queue}`` and ``taskd_executors{status}``; the pool's own
+statistics set ``taskd_db_pool_connections{state}`` (idle, used, max) and
+``taskd_db_pool_requests_waiting``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+
+import anyio
+
+from taskd.errors import TaskdError
+from taskd.metrics import Metrics
+from taskd.queue.status import stats_snapshot
+from taskd.queue.store import Store
+
+log = logging.getLogger(__name__)
+
+DEPTH_STATUSES = ("ready", "scheduled", "processing")
+EXECUTOR_STATUSES = ("running", "stopping", "stopped", "dead")
+
+
+class StatsCollector:
+    """Refreshes the cluster-wide gauges every ``interval`` seconds (with 10 % jitter).
+
+    ``pending_timeouts`` (queue -> seconds, 0 = off) sets
+    ``taskd_queue_pending_timeout_seconds``, which the oldest-pending alert compares against.
+    """
+
+    def __init__(
+        self, store: Store, metrics: Metrics, interval: float, pool_max: int, *,
+        pending_timeouts: Mapping[str, float] | None = None,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be > 0 seconds")
+        self.store = store
+        self.metrics = metrics
+        self.interval = interval
+        self.pool_max = pool_max
+        self.pending_timeouts = dict(pending_timeouts or {})
+        self._queues_seen: set[str] = set(self.pending_timeouts)
+
+    async def run(self) -> None:
+        """Collect until cancelled; database errors are logged and the next round tries again."""
+        for queue, seconds in self.pending_timeouts.items():
+            self.metrics.queue_pending_timeout.labels(queue).set(seconds)
+        while True:
+            try:
+                # A query that hangs must not stop the gauges for good.
+                with anyio.fail_after(max(self.interval, 5.0)):
+                    await self.collect()
+            except (TaskdError, TimeoutError) as exc:
+                log.warning("stats query failed: %s", exc or type(exc).__name__)
+            self.collect_pool()
+            await anyio.sleep(self.interval * random.uniform(0.9, 1.1))
+
+    async def collect(self) -> None:
+        """Run the stats query once and set the queue and executor gauges.
+
+        Queues seen before that now have no unfinished rows are set to 0, not left stale.
+        Raises DatabaseError / DatabaseUnavailable from the store.
+        """
+        snapshot = await stats_snapshot(self.store)
+        self._queues_seen |= set(snapshot.depth) | set(snapshot.oldest_pending)
+        for queue in self._queues_seen:
+            for status in DEPTH_STATUSES:
+                self.metrics.queue_depth.labels(queue, status).set(
+                    snapshot.depth.get(queue, {}).get(status, 0)
+                )
+            self.metrics.queue_oldest_pending.labels(queue).set(
+                snapshot.oldest_pending.get(queue, 0.0)
+            )
+        for status in sorted(set(EXECUTOR_STATUSES) | set(snapshot.executors)):
+            self.metrics.executors.labels(status).set(snapshot.executors.get(status, 0))
+        self.collect_pool()
+
+    def collect_pool(self) -> None:
+        """Set the pool gauges from the pool's own counters (no query)."""
+        stats = self.store.pool.get_stats()
+        size = stats.get("pool_size", 0)
+        idle = stats.get("pool_available", 0)
+        self.metrics.db_pool_connections.labels("idle").set(idle)
+        self.metrics.db_pool_connections.labels("used").set(max(0, size - idle))
+        self.metrics.db_pool_connections.labels("max").set(self.pool_max)
+        self.metrics.db_pool_waiting.set(stats.get("requests_waiting", 0))

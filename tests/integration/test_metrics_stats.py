@@ -1,0 +1,123 @@
+"""StatsCollector against a real database: the cluster-wide gauges, and carrying on after
+database errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+
+from taskd.metrics import Metrics
+from taskd.metrics.stats import StatsCollector
+from taskd.queue.models import Outcome
+from taskd.queue.store import Store
+from tests import factories
+from tests.integration.test_status import arrange_cluster
+
+pytestmark = pytest.mark.anyio
+
+AnyConn = psycopg.AsyncConnection[Any]
+
+
+def gauge(metrics: Metrics, name: str, **labels: str) -> float | None:
+    value = metrics.registry.get_sample_value(name, labels)
+    return value
+
+
+async def test_collect_sets_depth_oldest_and_executors(store: Store) -> None:
+    await arrange_cluster(store)
+    metrics = Metrics()
+    collector = StatsCollector(store, metrics, 15, pool_max=10,
+                               pending_timeouts={"standard": 600.0, "lumina": 0.0})
+    await collector.collect()
+    depth = {
+        (q, s): gauge(metrics, "taskd_queue_depth", queue=q, status=s)
+        for q in ("standard", "lumina") for s in ("ready", "scheduled", "processing")
+    }
+    assert depth == {
+        ("standard", "ready"): 4, ("standard", "scheduled"): 1, ("standard", "processing"): 2,
+        ("lumina", "ready"): 0, ("lumina", "scheduled"): 3, ("lumina", "processing"): 0,
+    }
+    oldest = gauge(metrics, "taskd_queue_oldest_pending_seconds", queue="standard")
+    assert oldest is not None and 0 <= oldest < 60
+    assert gauge(metrics, "taskd_queue_oldest_pending_seconds", queue="lumina") == 0
+    executors = {s: gauge(metrics, "taskd_executors", status=s)
+                 for s in ("running", "stopping", "stopped", "dead")}
+    assert executors == {"running": 2, "stopping": 0, "stopped": 0, "dead": 1}
+    assert gauge(metrics, "taskd_db_pool_connections", state="max") == 10
+    used = gauge(metrics, "taskd_db_pool_connections", state="used")
+    idle = gauge(metrics, "taskd_db_pool_connections", state="idle")
+    assert used is not None and idle is not None and used + idle >= 1
+    assert gauge(metrics, "taskd_db_pool_requests_waiting") == 0
+
+
+async def test_a_drained_queue_goes_to_zero_not_stale(store: Store) -> None:
+    task_id = await factories.submit(store, 2, queue="drain")
+    metrics = Metrics()
+    collector = StatsCollector(store, metrics, 15, pool_max=4)
+    await collector.collect()
+    assert gauge(metrics, "taskd_queue_depth", queue="drain", status="ready") == 2
+    claimed = await store.claim_subtasks("drain", "x", 2, 60)
+    await store.record_outcomes("x", [Outcome(c.id, c.attempt, "completed") for c in claimed])
+    assert (await store.get_task(task_id)).status == "completed"  # type: ignore[union-attr]
+    await collector.collect()
+    assert gauge(metrics, "taskd_queue_depth", queue="drain", status="ready") == 0
+    assert gauge(metrics, "taskd_queue_depth", queue="drain", status="processing") == 0
+    assert gauge(metrics, "taskd_queue_oldest_pending_seconds", queue="drain") == 0
+
+
+async def test_run_logs_database_errors_and_carries_on(
+    store: Store, conn: AnyConn, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = Metrics()
+    collector = StatsCollector(store, metrics, 0.05, pool_max=4,
+                               pending_timeouts={"standard": 600.0})
+    # The stats query fails while its table is missing, then works again.
+    await conn.execute("ALTER TABLE taskd.executors RENAME TO executors_away")
+    caplog.set_level(logging.WARNING, logger="taskd.metrics.stats")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(collector.run)
+        with anyio.fail_after(10):
+            while sum("stats query failed" in r.getMessage() for r in caplog.records) < 2:
+                await anyio.sleep(0.02)
+        await factories.submit(store, 3)
+        await conn.execute("ALTER TABLE taskd.executors_away RENAME TO executors")
+        with anyio.fail_after(10):
+            while gauge(metrics, "taskd_queue_depth", queue="standard", status="ready") != 3:
+                await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()
+    assert gauge(metrics, "taskd_queue_pending_timeout_seconds", queue="standard") == 600
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    nodes = [plan]
+    for child in plan.get("Plans", []):
+        nodes.extend(_plan_nodes(child))
+    return nodes
+
+
+@pytest.mark.slow
+async def test_stats_query_never_scans_finished_rows(conn: AnyConn) -> None:
+    # 200,000 finished rows and a small backlog: the query must read the backlog only.
+    task = await factories.fetch_one(
+        conn, "INSERT INTO taskd.tasks (queue, kind, total) VALUES ('standard', 'noop', 100000)"
+              " RETURNING id")
+    await conn.execute(
+        "INSERT INTO taskd.subtasks (task_id, queue, kind, status, completed_at)"
+        " SELECT %s, 'standard', 'noop', 'completed', now() - interval '2 hours'"
+        " FROM generate_series(1, 200000)", (task,))
+    await factories.insert_subtasks(conn, 5, task_id=task)
+    await conn.execute("ANALYZE taskd.subtasks")
+    from taskd.queue.queries import query
+
+    cur = await conn.execute(b"EXPLAIN (FORMAT JSON) " + query("stats_snapshot").as_bytes(None))
+    row = await cur.fetchone()
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    scans = [n for n in _plan_nodes(plan[0]["Plan"]) if n.get("Relation Name") == "subtasks"]
+    assert scans, plan
+    assert all(n["Node Type"] != "Seq Scan" for n in scans), [n["Node Type"] for n in scans]
