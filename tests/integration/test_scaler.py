@@ -3,6 +3,7 @@ an injected clock, and waits on conditions rather than sleeps."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from taskd.errors import InvalidInput
 from taskd.metrics import Metrics
 from taskd.queue import ExecutorInfo, Outcome, Store, scaling
 from taskd.queue.capacity import Capacity
+from taskd.queue.queries import query
 from taskd.scaler import Scaler
 from taskd.settings import QueueSettings
 from tests.factories import fetch_one, insert_subtasks, submit
@@ -314,3 +316,37 @@ async def test_bad_construction_is_named(store: Store) -> None:
         Scaler(store, {"images": Capacity(1)}, {"standard": SMALL}, 1.0, Metrics(), EXECUTOR)
     with pytest.raises(InvalidInput, match="interval"):
         Scaler(store, {}, {}, 0.0, Metrics(), EXECUTOR)
+
+
+def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    nodes = [node]
+    for child in node.get("Plans", []):
+        nodes.extend(plan_nodes(child))
+    return nodes
+
+
+@pytest.mark.slow
+async def test_backlog_query_reads_the_claim_index_not_the_table(
+    store: Store, conn: Any
+) -> None:
+    # 300,000 pending rows of one queue; an empty queue beside it must not cost a table scan.
+    await conn.execute("""
+        INSERT INTO taskd.tasks (queue, kind, total) VALUES ('standard', 'noop', 100000);
+        INSERT INTO taskd.subtasks (task_id, queue, kind)
+        SELECT 1, 'standard', 'noop' FROM generate_series(1, 300000);
+    """)
+    await conn.execute("VACUUM ANALYZE taskd.subtasks")
+    params = {"queues": ["standard", "lumina"], "caps": [101, 101], "now": None}
+    cur = await conn.execute(
+        b"EXPLAIN (ANALYZE, FORMAT JSON) " + query("scaler_ready_backlog").as_bytes(None), params
+    )
+    raw = (await cur.fetchone())[0]
+    plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+    on_subtasks = [n for n in plan_nodes(plan) if n.get("Relation Name") == "subtasks"]
+    assert on_subtasks and all(n.get("Index Name") == "subtasks_claim_idx"
+                               for n in on_subtasks), json.dumps(plan)
+    # Each queue stopped at its cap: at most 101 rows read per queue.
+    assert all(n["Actual Rows"] <= 101 for n in on_subtasks), json.dumps(plan)
+    assert await scaling.ready_backlog(store, {"standard": 101, "lumina": 101}) == {
+        "standard": 101, "lumina": 0,
+    }

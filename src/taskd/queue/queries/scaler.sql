@@ -2,9 +2,11 @@
 -- statement and records its own limits on its executor row.
 
 -- name: scaler_ready_backlog
--- Ready pending subtasks per queue, through the claim index (subtasks_claim_idx), counted up to
--- each queue's cap: past 2 × max + 1 no decision changes, and stopping there keeps one check
--- as cheap with a million pending rows as with a hundred.
+-- Ready pending subtasks per queue, counted up to each queue's cap: past 2 * max + 1 no
+-- decision changes, and stopping there keeps one check as cheap with a million pending rows as
+-- with a hundred. The ORDER BY is the claim index's (subtasks_claim_idx): without it the
+-- planner, which cannot tell queues apart, picks a sequential scan that reads the whole table
+-- for a queue with no rows (0.2 ms against 95 ms with 1M pending rows).
 SELECT q.queue,
        (SELECT count(*)
           FROM (SELECT 1
@@ -12,6 +14,7 @@ SELECT q.queue,
                  WHERE s.status = 'pending'
                    AND s.queue = q.queue
                    AND s.run_after <= coalesce(%(now)s::timestamptz, now())
+                 ORDER BY s.priority DESC, s.run_after, s.id
                  LIMIT q.cap) AS ready) AS ready
   FROM unnest(%(queues)s::text[], %(caps)s::bigint[]) AS q(queue, cap);
 
