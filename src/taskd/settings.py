@@ -72,6 +72,13 @@ class QueueSettings(BaseModel):
     status_path: str = "/v1/jobs/{job_id}"
     polling_interval: Seconds = Field(5.0, gt=0)
     max_polls: int = Field(60, ge=1)
+    url: str | None = Field(None, description="the http handler's URL when the payload has none")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = Field(
+        "POST", description="the http handler's method when the payload has none"
+    )
+    request_timeout: Seconds = Field(
+        30.0, gt=0, description="one HTTP request of the http and lumina handlers"
+    )
 
     @model_validator(mode="after")
     def _check_bounds(self) -> QueueSettings:
@@ -135,7 +142,7 @@ class Settings(BaseSettings):
     executor_id: str = Field(default_factory=_default_executor_id, min_length=1, max_length=200)
     executor_group: str = Field("default", min_length=1, max_length=200)
     listen: bool = True
-    pool_size: int = Field(4, ge=2, le=100, description="database connections per daemon")
+    pool_size: int = Field(5, ge=2, le=100, description="database connections per daemon")
     max_payload_bytes: int = Field(1024 * 1024, ge=1, description="largest payload accepted")
     queues: dict[str, QueueSettings] = Field(
         default_factory=lambda: {name: QueueSettings(**d) for name, d in QUEUE_DEFAULTS.items()}

@@ -1,5 +1,27 @@
-"""Handlers: where users' work runs. See :mod:`taskd.handlers.base` for the contract."""
+"""Handlers: where users' work runs. See :mod:`taskd.handlers.base` for the contract.
 
-from taskd.handlers.base import Handler, RegisteredHandler, SubtaskContext
+:class:`HandlerRegistry` finds a handler by kind (built-ins, entry points of the group
+``taskd.handlers``, then the ``handlers`` setting); :func:`run_subtask` runs one attempt and
+turns what happened into an outcome.
+"""
 
-__all__ = ["Handler", "RegisteredHandler", "SubtaskContext"]
+from taskd.handlers.base import (
+    Handler,
+    HandlerTimeout,
+    RegisteredHandler,
+    SubtaskContext,
+)
+from taskd.handlers.registry import ENTRY_POINT_GROUP, HandlerRegistry
+from taskd.handlers.runner import RunResult, backoff_delay, run_subtask
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Handler",
+    "HandlerRegistry",
+    "HandlerTimeout",
+    "RegisteredHandler",
+    "RunResult",
+    "SubtaskContext",
+    "backoff_delay",
+    "run_subtask",
+]

@@ -1,0 +1,218 @@
+"""The ``lumina`` built-in handler: submit a job to an external API, then poll it until it ends.
+
+The API (see :mod:`taskd.testing.fake_lumina` for a complete, runnable one):
+
+- ``POST {base_url}{submit_path}`` with ``{"input": <payload>, "client_reference":
+  "taskd-subtask-<id>"}`` and ``Authorization: Bearer <api_key>`` when a key is set, answers
+  ``{"id": "<job id>", "status": ...}``; a 4xx answer rejects the input for good.
+- ``GET {base_url}{status_path}`` (``{job_id}`` replaced) answers ``{"id", "status":
+  "queued" | "running" | "done" | "failed", "output": ..., "error": {"code", "message"}}``.
+
+The handler submits, checkpoints ``{"job_id": ...}`` on the subtask, then polls every
+``polling_interval`` seconds: ``done`` → the job's ``output`` is the result; ``failed`` → a
+retry (which submits again), or a permanent failure when the error's code is
+``invalid_input``; ``max_polls`` polls without an end → :class:`LuminaPollsExhausted`, retried.
+A retried attempt whose state holds a job id polls that job instead of submitting again, so a
+crashed executor never causes a second submission once the checkpoint is written.
+
+Transient HTTP trouble (connection errors, timeouts, 408, 429, 5xx) is retried inside the
+attempt with tenacity, :data:`TRANSIENT_TRIES` tries with jittered exponential backoff; after
+that the error ends the attempt and the subtask is retried with the queue's backoff. While it
+waits, the handler holds no database connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from taskd.errors import HandlerError, PermanentError
+from taskd.handlers.base import HandlerTimeout, SubtaskContext
+from taskd.queue.models import JSON
+
+TRANSIENT_TRIES = 4
+TRANSIENT_WAIT_MAX = 2.0
+TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+MAX_ERROR_BODY = 500
+INVALID_INPUT = "invalid_input"
+
+
+class LuminaError(HandlerError):
+    """The Lumina API did not do what was asked; the subtask is retried."""
+
+
+class LuminaUnavailable(LuminaError):
+    """The API answered with a transient status (408, 429, 5xx) on every try."""
+
+
+class LuminaJobFailed(LuminaError):
+    """The job ended ``failed`` for a reason other than its input; it is submitted again."""
+
+
+class LuminaJobLost(LuminaError):
+    """The API does not know the checkpointed job (404); the next attempt submits again."""
+
+
+class LuminaInputRejected(PermanentError):
+    """The API rejected the payload (a 4xx at submit, or a job failed with invalid_input)."""
+
+
+class LuminaPollsExhausted(HandlerTimeout):
+    """``max_polls`` polls saw no end; the next attempt resumes polling the same job."""
+
+
+def client_reference(ctx: SubtaskContext) -> str:
+    """The reference sent with each submission: one per subtask, the same on every attempt."""
+    return f"taskd-subtask-{ctx.id}"
+
+
+async def handle(ctx: SubtaskContext) -> JSON:
+    """Submit (or resume) the subtask's job and poll it to its end; return its output.
+
+    Raises :class:`LuminaInputRejected` (permanent), :class:`LuminaJobFailed`,
+    :class:`LuminaJobLost`, :class:`LuminaUnavailable`, :class:`LuminaPollsExhausted` or an
+    :class:`httpx.HTTPError` (retried), :class:`taskd.PermanentError` when the queue has no
+    ``base_url``, and :class:`taskd.errors.LeaseLost` from the checkpoint.
+    """
+    settings = ctx.queue_settings
+    if not settings.base_url:
+        raise PermanentError(f"queue {ctx.queue!r} sets no base_url for the lumina handler")
+    state = ctx.state if isinstance(ctx.state, dict) else {}
+    job_id = state.get("job_id")
+    resumed = isinstance(job_id, str) and bool(job_id)
+    if resumed:
+        ctx.logger.info("resuming lumina job %s", job_id)
+    else:
+        job_id = await _submit(ctx)
+        # From here on, a crash resumes this job instead of submitting a second one.
+        await ctx.checkpoint({**state, "job_id": job_id})
+        ctx.logger.info("submitted lumina job %s", job_id)
+    assert isinstance(job_id, str)
+
+    for poll in range(settings.max_polls):
+        if poll > 0 or not resumed:
+            await anyio.sleep(settings.polling_interval)
+        job = await _status(ctx, job_id)
+        status = job.get("status")
+        if status == "done":
+            ctx.logger.info("lumina job %s done after %d polls", job_id, poll + 1)
+            return job.get("output")
+        if status == "failed":
+            await _forget_job(ctx, state, job_id)
+            error = job.get("error")
+            if not isinstance(error, dict):
+                error = {}
+            code = error.get("code", "unknown")
+            message = f"lumina job {job_id} failed ({code}): {error.get('message', '')}".strip()
+            if code == INVALID_INPUT:
+                raise LuminaInputRejected(message)
+            raise LuminaJobFailed(message)
+    raise LuminaPollsExhausted(
+        f"lumina job {job_id} did not end within {settings.max_polls} polls "
+        f"{settings.polling_interval:g} s apart; the next attempt resumes polling it"
+    )
+
+
+async def _submit(ctx: SubtaskContext) -> str:
+    settings = ctx.queue_settings
+    url = f"{settings.base_url}{settings.submit_path}"
+    body = {"input": ctx.payload, "client_reference": client_reference(ctx)}
+    response = await _send(ctx, "POST", url, json=body)
+    if response.status_code >= 400:
+        raise LuminaInputRejected(
+            f"lumina rejected the input ({response.status_code}): {_api_message(response)}"
+        )
+    job_id = _json_object(response).get("id")
+    if not isinstance(job_id, (str, int)) or isinstance(job_id, bool) or str(job_id) == "":
+        raise LuminaError(f"POST {url} answered {response.status_code} without a job id")
+    return str(job_id)
+
+
+async def _status(ctx: SubtaskContext, job_id: str) -> dict[str, Any]:
+    settings = ctx.queue_settings
+    url = f"{settings.base_url}{settings.status_path.format(job_id=job_id)}"
+    response = await _send(ctx, "GET", url)
+    if response.status_code == 404:
+        await _forget_job(ctx, ctx.state if isinstance(ctx.state, dict) else {}, job_id)
+        raise LuminaJobLost(f"lumina does not know job {job_id} (404); it will be submitted again")
+    if response.status_code >= 400:
+        raise LuminaError(
+            f"GET {url} returned {response.status_code}: {_api_message(response)}"
+        )
+    return _json_object(response)
+
+
+async def _forget_job(ctx: SubtaskContext, state: dict[str, Any], job_id: str) -> None:
+    # The next attempt must submit again, not poll a job that has ended or vanished.
+    ended = [*state.get("ended_job_ids", []), job_id][-20:]
+    await ctx.checkpoint({"job_id": None, "ended_job_ids": ended})
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, (httpx.TransportError, LuminaUnavailable))
+
+
+async def _send(
+    ctx: SubtaskContext, method: str, url: str, *, json: Any = None
+) -> httpx.Response:
+    """One request, retried on transient trouble; returns any non-transient response."""
+    settings = ctx.queue_settings
+    headers = {}
+    if settings.api_key is not None:
+        headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(TRANSIENT_TRIES),
+        wait=wait_random_exponential(multiplier=0.1, max=TRANSIENT_WAIT_MAX),
+        retry=retry_if_exception(_is_transient),
+        sleep=anyio.sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            response = await ctx.http.request(
+                method, url, json=json, headers=headers,
+                timeout=httpx.Timeout(settings.request_timeout),
+            )
+            if response.status_code in TRANSIENT_STATUSES:
+                raise LuminaUnavailable(
+                    f"{method} {url} returned {response.status_code}: {_api_message(response)}"
+                )
+            return response
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise LuminaError(
+            f"{response.request.method} {response.request.url} answered "
+            f"{response.status_code} with a body that is not JSON"
+        ) from exc
+    if not isinstance(body, dict):
+        raise LuminaError(f"{response.request.url} answered {type(body).__name__}, not an object")
+    return body
+
+
+def _api_message(response: httpx.Response) -> str:
+    """The API's own words about an error: ``error.message``, ``message``, or the text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:MAX_ERROR_BODY].strip() or response.reason_phrase
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:MAX_ERROR_BODY]
+        for key in ("message", "detail", "error"):
+            if isinstance(body.get(key), str):
+                return str(body[key])[:MAX_ERROR_BODY]
+    return response.text[:MAX_ERROR_BODY]

@@ -1,0 +1,146 @@
+"""Run one attempt of a subtask through its handler and decide its outcome.
+
+The daemon enters ``ctx.cancel_scope`` around :func:`run_subtask` and cancels it for shutdown
+or a cancelled task; that cancellation propagates out of here untouched, and the daemon
+decides what becomes of the subtask. Everything else ends in a :class:`RunResult`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from taskd.errors import LeaseLost, PermanentError, RetryLater
+from taskd.handlers.base import HandlerTimeout, RegisteredHandler, SubtaskContext
+from taskd.handlers.registry import HandlerRegistry
+from taskd.queue import ErrorOccurrence, Outcome
+
+# Stack traces go to error_logs; the top frames say where, the rest is noise in a table.
+MAX_STACK_TRACE = 8000
+# Up to this fraction of the backoff is added at random, so that retries of a batch that
+# failed together do not come back together.
+JITTER = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What one attempt came to.
+
+    ``outcome`` is None when the lease was lost (drop it, count it). ``error`` is the error to
+    add to error_logs: None for successes and for :class:`taskd.RetryLater`.
+    """
+
+    outcome: Outcome | None
+    error: ErrorOccurrence | None
+    duration: float
+
+
+def backoff_delay(
+    attempt: int, retry_base: float, retry_max: float, *, rng: random.Random | None = None
+) -> float:
+    """Seconds before retrying after attempt ``attempt`` failed.
+
+    ``min(retry_max, retry_base * 2^(attempt-1))`` plus up to 10% of it at random.
+    """
+    exponent = min(max(attempt - 1, 0), 64)  # 2^64 seconds is past any retry_max
+    delay = min(retry_max, retry_base * 2.0**exponent)
+    return delay + delay * JITTER * (rng or random).random()
+
+
+def error_text(exc: BaseException) -> str:
+    """``"<ExceptionType>: <message>"``, the text stored on the subtask."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def to_json(result: Any) -> Any:
+    """The handler's result as plain JSON values (tuples become lists).
+
+    Raises :class:`taskd.PermanentError` saying why when it is not JSON-serialisable.
+    """
+    try:
+        text = json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise PermanentError(f"the handler's result is not JSON-serialisable: {exc}") from exc
+    if "\\u0000" in text:
+        # PostgreSQL's jsonb cannot hold NUL characters.
+        raise PermanentError("the handler's result is not storable: it contains a NUL character")
+    return json.loads(text)
+
+
+async def run_subtask(
+    registry: HandlerRegistry, ctx: SubtaskContext, *, thread_limiter: anyio.CapacityLimiter
+) -> RunResult:
+    """Run the subtask's handler once under the queue's timeout; return its outcome.
+
+    Never raises for a handler's failure: an unknown kind, a :class:`taskd.PermanentError` or
+    a result that is not JSON become a ``failed`` outcome; :class:`taskd.RetryLater` a
+    ``snooze``; :class:`taskd.errors.LeaseLost` an outcome of None; anything else a ``retry``
+    with backoff, or ``failed`` on the last attempt. Cancellation from outside propagates.
+    """
+    started = time.monotonic()
+    handler = registry.get(ctx.kind)
+    try:
+        if handler is None:
+            raise PermanentError(
+                f"no handler for kind {ctx.kind!r}; registered kinds: "
+                + ", ".join(registry.kinds())
+            )
+        result = to_json(await _call(handler, ctx, thread_limiter))
+    except LeaseLost:
+        ctx.logger.warning("lease lost; the outcome of this attempt is dropped")
+        return RunResult(None, None, time.monotonic() - started)
+    except RetryLater as exc:
+        ctx.logger.info("retry later in %gs: %s", exc.delay, exc)
+        outcome = Outcome(ctx.id, ctx.attempt, "snooze", error=error_text(exc), delay=exc.delay)
+        return RunResult(outcome, None, time.monotonic() - started)
+    except Exception as exc:
+        return _failure(ctx, exc, time.monotonic() - started)
+    duration = time.monotonic() - started
+    return RunResult(Outcome(ctx.id, ctx.attempt, "completed", result=result), None, duration)
+
+
+async def _call(
+    handler: RegisteredHandler, ctx: SubtaskContext, thread_limiter: anyio.CapacityLimiter
+) -> Any:
+    timeout = ctx.queue_settings.timeout
+    with anyio.move_on_after(timeout) as scope:
+        if handler.is_async:
+            return await handler.fn(ctx)
+        # A thread cannot be stopped: past the timeout it is abandoned and runs to its end
+        # in the background, while its slot is given back.
+        return await anyio.to_thread.run_sync(
+            handler.fn, ctx, limiter=thread_limiter, abandon_on_cancel=True
+        )
+    # Only our own deadline lands here; the daemon's cancellation propagates through.
+    assert scope.cancelled_caught
+    raise HandlerTimeout(f"{ctx.kind} handler ran longer than the queue's timeout of {timeout:g} s")
+
+
+def _failure(ctx: SubtaskContext, exc: Exception, duration: float) -> RunResult:
+    text = error_text(exc)
+    permanent = isinstance(exc, PermanentError)
+    last = ctx.attempt >= ctx.max_attempts
+    stack = "".join(traceback.format_exception(exc))[-MAX_STACK_TRACE:]
+    error = ErrorOccurrence(
+        error_type=type(exc).__name__, message=str(exc), stack_trace=stack,
+        queue=ctx.queue, kind=ctx.kind,
+    )
+    if permanent or last:
+        why = "permanent error" if permanent else f"attempt {ctx.attempt} of {ctx.max_attempts}"
+        ctx.logger.warning("failed (%s): %s", why, text)
+        return RunResult(Outcome(ctx.id, ctx.attempt, "failed", error=text), error, duration)
+    settings = ctx.queue_settings
+    delay = backoff_delay(ctx.attempt, settings.retry_base, settings.retry_max)
+    ctx.logger.info(
+        "attempt %d of %d failed, retry in %.1fs: %s", ctx.attempt, ctx.max_attempts, delay, text
+    )
+    outcome = Outcome(ctx.id, ctx.attempt, "retry", error=text, delay=delay)
+    return RunResult(outcome, error, duration)

@@ -1,0 +1,322 @@
+"""A fake Lumina API: a real HTTP server on loopback that accepts jobs and runs them by the clock.
+
+For tests, ``make run``'s example configuration and the benchmark. In a test::
+
+    with FakeLumina(job_seconds=0.2, transient_rate=0.1) as api:
+        ...  # point a queue's base_url at api.url
+        assert api.stats().max_in_flight <= 2
+
+Standalone: ``python -m taskd.testing.fake_lumina --port 8099 --job-seconds 2``.
+
+Endpoints (the protocol :mod:`taskd.handlers.lumina` speaks):
+
+- ``POST /v1/jobs`` ``{"input": {...}, "client_reference": "..."}`` → 201 ``{"id", "status"}``.
+  An input with ``"reject": "<message>"`` gets 422 ``{"error": {"code": "invalid_input",
+  "message": ...}}``. The input may set ``"seconds"`` (this job's duration) and
+  ``"fail": "<code>"`` (this job ends failed with that code).
+- ``GET /v1/jobs/<id>`` → ``{"id", "status": "running" | "done" | "failed", "output",
+  "error"}``; 404 for an unknown id.
+- ``GET /v1/stats`` → the counters of :class:`FakeLuminaStats` as JSON.
+
+A job is in flight from its submission until its duration has passed, whether or not anyone
+polls it. With ``transient_rate``, that fraction of all requests get a 503 before anything
+happens (nothing is recorded for them but the count). With ``failure_rate``, that fraction of
+jobs end ``failed`` with code ``internal``. With ``api_key``, requests without
+``Authorization: Bearer <api_key>`` get 401.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+JOBS_PATH = "/v1/jobs"
+STATS_PATH = "/v1/stats"
+MAX_BODY = 1024 * 1024
+
+
+@dataclass
+class Job:
+    id: str
+    reference: str | None
+    input: dict[str, Any]
+    submitted_at: float
+    ends_at: float
+    fail_code: str | None
+
+    def view(self, now: float) -> dict[str, Any]:
+        if now < self.ends_at:
+            return {"id": self.id, "status": "running"}
+        if self.fail_code is not None:
+            return {"id": self.id, "status": "failed",
+                    "error": {"code": self.fail_code, "message": f"job {self.id} failed"}}
+        return {"id": self.id, "status": "done",
+                "output": {"job_id": self.id, "image_url": f"https://lumina.invalid/{self.id}.png",
+                           "input": self.input}}
+
+
+@dataclass
+class FakeLuminaStats:
+    """What the fake API saw. ``submissions`` counts accepted submissions per reference."""
+
+    submissions: dict[str, int] = field(default_factory=dict)
+    jobs: int = 0
+    requests: int = 0
+    polls: int = 0
+    transient_errors: int = 0
+    rejected: int = 0
+    unauthorized: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "submissions": dict(self.submissions), "jobs": self.jobs, "requests": self.requests,
+            "polls": self.polls, "transient_errors": self.transient_errors,
+            "rejected": self.rejected, "unauthorized": self.unauthorized,
+            "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+        }
+
+
+class FakeLumina:
+    """The fake API's state and its server thread; a context manager that starts and stops it."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        job_seconds: float = 2.0,
+        failure_rate: float = 0.0,
+        transient_rate: float = 0.0,
+        api_key: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        for name, rate in (("failure_rate", failure_rate), ("transient_rate", transient_rate)):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be from 0 to 1, got {rate}")
+        if job_seconds < 0:
+            raise ValueError(f"job_seconds must be >= 0, got {job_seconds}")
+        self.job_seconds = job_seconds
+        self.failure_rate = failure_rate
+        self.transient_rate = transient_rate
+        self.api_key = api_key
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._submissions: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()
+        self._max_in_flight = 0
+        self._ends: list[float] = []
+        self._server = ThreadingHTTPServer((host, port), _handler_class(self))
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> FakeLumina:
+        """Serve in a background thread; returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, name="fake-lumina", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; safe to call twice."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> FakeLumina:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stats(self) -> FakeLuminaStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            now = time.monotonic()
+            return FakeLuminaStats(
+                submissions=dict(self._submissions),
+                jobs=len(self._jobs),
+                requests=self._counts["requests"],
+                polls=self._counts["polls"],
+                transient_errors=self._counts["transient"],
+                rejected=self._counts["rejected"],
+                unauthorized=self._counts["unauthorized"],
+                in_flight=self._in_flight(now),
+                max_in_flight=self._max_in_flight,
+            )
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        """The job as a poll would show it now, or None."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return None if job is None else job.view(time.monotonic())
+
+    # -- requests (called from the server's threads) -----------------------------------------
+
+    def _in_flight(self, now: float) -> int:
+        # A min-heap of end times: ended jobs leave from the top, the rest are in flight.
+        while self._ends and self._ends[0] < now:
+            heapq.heappop(self._ends)
+        return len(self._ends)
+
+    def answer(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """The status and JSON body for one request."""
+        with self._lock:
+            self._counts["requests"] += 1
+            if self.api_key is not None and headers.get("authorization") != (
+                f"Bearer {self.api_key}"
+            ):
+                self._counts["unauthorized"] += 1
+                return 401, _error("unauthorized", "missing or wrong API key")
+        if path == STATS_PATH and method == "GET":
+            return 200, self.stats().as_json()
+        with self._lock:
+            if self.transient_rate and self._random.random() < self.transient_rate:
+                self._counts["transient"] += 1
+                return 503, _error("unavailable", "try again")
+            if path == JOBS_PATH and method == "POST":
+                return self._submit(body)
+            if path.startswith(JOBS_PATH + "/") and method == "GET":
+                self._counts["polls"] += 1
+                job = self._jobs.get(path.removeprefix(JOBS_PATH + "/"))
+                if job is None:
+                    return 404, _error("not_found", "no such job")
+                return 200, job.view(time.monotonic())
+            return 404, _error("not_found", f"no route {method} {path}")
+
+    def _submit(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            request = json.loads(body or b"null")
+        except ValueError:
+            return 400, _error("invalid_request", "the body is not JSON")
+        if not isinstance(request, dict) or not isinstance(request.get("input"), dict):
+            return 400, _error("invalid_request", "expected {\"input\": {...}}")
+        job_input: dict[str, Any] = request["input"]
+        reference = request.get("client_reference")
+        if reference is not None and not isinstance(reference, str):
+            return 400, _error("invalid_request", "client_reference must be a string")
+        if "reject" in job_input:
+            self._counts["rejected"] += 1
+            return 422, _error("invalid_input", str(job_input["reject"]))
+        seconds = job_input.get("seconds", self.job_seconds)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            self._counts["rejected"] += 1
+            return 422, _error("invalid_input", "seconds must be a number >= 0")
+        fail_code = job_input.get("fail")
+        if fail_code is None and self.failure_rate and self._random.random() < self.failure_rate:
+            fail_code = "internal"
+        now = time.monotonic()
+        job = Job(
+            id=f"job-{len(self._jobs) + 1}", reference=reference, input=job_input,
+            submitted_at=now, ends_at=now + float(seconds),
+            fail_code=None if fail_code is None else str(fail_code),
+        )
+        self._jobs[job.id] = job
+        heapq.heappush(self._ends, job.ends_at)
+        if reference is not None:
+            self._submissions[reference] += 1
+        # In-flight only grows at a submission, so measuring here catches every maximum.
+        self._max_in_flight = max(self._max_in_flight, self._in_flight(now))
+        return 201, {"id": job.id, "status": "running"}
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _handler_class(api: FakeLumina) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "FakeLumina/1"
+        timeout = 30  # an idle keep-alive connection gives its thread back
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                status, answer = 413, _error("too_large", "body over 1 MiB")
+                self.close_connection = True
+            else:
+                body = self.rfile.read(length) if length else b""
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, answer = api.answer(self.command, self.path, headers, body)
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = _serve
+        do_POST = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # one line per poll would drown a test's output
+
+    return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the fake API until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m taskd.testing.fake_lumina",
+        description="A fake Lumina API on loopback: jobs that run by the clock, for trying the "
+        "lumina handler without the real service.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8099, help="port to listen on (8099; 0 = any)")
+    parser.add_argument("--job-seconds", type=float, default=2.0,
+                        help="how long each job runs (2.0)")
+    parser.add_argument("--failure-rate", type=float, default=0.0,
+                        help="fraction of jobs that end failed with code 'internal' (0)")
+    parser.add_argument("--transient-rate", type=float, default=0.0,
+                        help="fraction of requests answered 503 before anything happens (0)")
+    parser.add_argument("--api-key", default=None,
+                        help="require 'Authorization: Bearer KEY' (default: no key)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for the random failures")
+    args = parser.parse_args(argv)
+    try:
+        api = FakeLumina(
+            host=args.host, port=args.port, job_seconds=args.job_seconds,
+            failure_rate=args.failure_rate, transient_rate=args.transient_rate,
+            api_key=args.api_key, seed=args.seed,
+        )
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with api:
+        print(f"fake lumina listening on {api.url}", flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()
