@@ -128,7 +128,7 @@ async def _submit(ctx: SubtaskContext) -> str:
     response = await _send(ctx, "POST", url, json=body)
     if response.status_code >= 400:
         raise LuminaInputRejected(
-            f"lumina rejected the input ({response.status_code}): {_api_message(response)}"
+            f"lumina rejected the submission ({response.status_code}): {_api_message(response)}"
         )
     job_id = _json_object(response).get("id")
     if not isinstance(job_id, (str, int)) or isinstance(job_id, bool) or str(job_id) == "":

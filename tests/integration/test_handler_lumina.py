@@ -1,0 +1,241 @@
+"""The lumina handler against the fake Lumina API (a real HTTP server on loopback)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from taskd.handlers import HandlerRegistry, RunResult, SubtaskContext, run_subtask
+from taskd.queue.store import Store
+from taskd.settings import QueueSettings, Settings
+from taskd.testing import FakeLumina
+from tests.factories import fetch_one
+from tests.fixtures.contexts import EXECUTOR_ID, claim_one, context_for, submit_and_claim
+
+pytestmark = pytest.mark.anyio
+
+REGISTRY = HandlerRegistry.load(Settings(handlers={}))
+
+
+def lumina_settings(api: FakeLumina | str, **options: Any) -> QueueSettings:
+    base_url = api if isinstance(api, str) else api.url
+    defaults: dict[str, Any] = {"polling_interval": 0.05, "max_polls": 100, "timeout": 10,
+                                "retry_base": 0.1, "retry_max": 1}
+    return QueueSettings(base_url=base_url, **{**defaults, **options})
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+async def run(ctx: SubtaskContext) -> RunResult:
+    return await run_subtask(REGISTRY, ctx, thread_limiter=anyio.CapacityLimiter(1))
+
+
+def reference(ctx: SubtaskContext) -> str:
+    return f"taskd-subtask-{ctx.id}"
+
+
+async def test_a_job_is_submitted_once_checkpointed_polled_and_its_output_returned(
+    store: Store, http: httpx.AsyncClient, conn: Any
+) -> None:
+    with FakeLumina(job_seconds=0.2) as api:
+        ctx = await submit_and_claim(store, http, "lumina", {"prompt": "a cat"},
+                                     lumina_settings(api), queue="lumina")
+        result = await run(ctx)
+        stats = api.stats()
+    assert result.outcome is not None and result.outcome.outcome == "completed"
+    assert result.outcome.result == {
+        "job_id": "job-1", "image_url": "https://lumina.invalid/job-1.png",
+        "input": {"prompt": "a cat"},
+    }
+    assert stats.submissions == {reference(ctx): 1}
+    assert stats.polls >= 2  # 0.2 s job, polled every 0.05 s
+    state = await fetch_one(conn, "SELECT state FROM taskd.subtasks WHERE id = %s", ctx.id)
+    assert state == {"job_id": "job-1"}
+
+
+async def test_a_rejected_input_fails_for_good_with_the_api_message(
+    store: Store, http: httpx.AsyncClient
+) -> None:
+    with FakeLumina(job_seconds=0.1) as api:
+        ctx = await submit_and_claim(store, http, "lumina", {"reject": "prompt is empty"},
+                                     lumina_settings(api), queue="lumina", max_attempts=5)
+        result = await run(ctx)
+    assert result.outcome is not None and result.outcome.outcome == "failed"
+    assert result.outcome.error == (
+        "LuminaInputRejected: lumina rejected the submission (422): prompt is empty"
+    )
+
+
+async def test_a_job_failed_for_its_input_fails_for_good(
+    store: Store, http: httpx.AsyncClient
+) -> None:
+    with FakeLumina(job_seconds=0.05) as api:
+        ctx = await submit_and_claim(store, http, "lumina", {"fail": "invalid_input"},
+                                     lumina_settings(api), queue="lumina")
+        result = await run(ctx)
+    assert result.outcome is not None and result.outcome.outcome == "failed"
+    assert result.outcome.error == (
+        "LuminaInputRejected: lumina job job-1 failed (invalid_input): job job-1 failed"
+    )
+
+
+async def test_a_failed_job_is_retried_with_a_new_submission(
+    store: Store, http: httpx.AsyncClient, conn: Any
+) -> None:
+    with FakeLumina(job_seconds=0.05) as api:
+        ctx = await submit_and_claim(store, http, "lumina", {"fail": "internal"},
+                                     lumina_settings(api), queue="lumina")
+        result = await run(ctx)
+        assert result.outcome is not None and result.outcome.outcome == "retry"
+        assert result.outcome.error == (
+            "LuminaJobFailed: lumina job job-1 failed (internal): job job-1 failed"
+        )
+        # The ended job is forgotten, so the next attempt submits again.
+        state = await fetch_one(conn, "SELECT state FROM taskd.subtasks WHERE id = %s", ctx.id)
+        assert state == {"job_id": None, "ended_job_ids": ["job-1"]}
+        await store.record_outcomes(EXECUTOR_ID, [dataclasses.replace(result.outcome, delay=0)])
+        retried = context_for(store, await claim_one(store, "lumina"), http, ctx.queue_settings)
+        assert retried.state == state
+        await run(retried)
+        assert api.stats().submissions == {reference(ctx): 2}
+
+
+async def test_transient_5xx_are_retried_within_the_attempt(
+    store: Store, http: httpx.AsyncClient
+) -> None:
+    with FakeLumina(job_seconds=0.1, transient_rate=0.3, seed=7) as api:
+        await store.submit("lumina", "lumina", [{"n": i} for i in range(5)])
+        claimed = await store.claim_subtasks("lumina", EXECUTOR_ID, 5, lease_timeout=60)
+        settings = lumina_settings(api)
+        results: list[RunResult] = []
+
+        async def one(ctx: SubtaskContext) -> None:
+            results.append(await run(ctx))
+
+        async with anyio.create_task_group() as tg:
+            for c in claimed:
+                tg.start_soon(one, context_for(store, c, http, settings))
+        stats = api.stats()
+    assert [r.outcome.outcome for r in results if r.outcome] == ["completed"] * 5
+    assert stats.transient_errors > 0
+    assert sorted(stats.submissions.values()) == [1] * 5
+
+
+async def test_an_unreachable_api_is_retried_then_failed_and_counted_by_type(
+    store: Store, http: httpx.AsyncClient, conn: Any
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    settings = lumina_settings(url)
+    ctx = await submit_and_claim(store, http, "lumina", {}, settings, queue="lumina",
+                                 max_attempts=2)
+    first = await run(ctx)
+    assert first.outcome is not None and first.outcome.outcome == "retry"
+    assert first.error is not None and first.error.error_type == "ConnectError"
+    await store.record_outcomes(EXECUTOR_ID, [dataclasses.replace(first.outcome, delay=0)])
+    last = await run(context_for(store, await claim_one(store, "lumina"), http, settings))
+    assert last.outcome is not None and last.outcome.outcome == "failed"
+    assert last.outcome.error is not None and last.outcome.error.startswith("ConnectError: ")
+    assert first.error is not None and last.error is not None
+    await store.record_errors([first.error, last.error])
+    assert await fetch_one(
+        conn, "SELECT sum(count) FROM taskd.error_logs WHERE error_type = 'ConnectError'"
+    ) == 2
+
+
+async def test_polls_exhausted_retry_resumes_the_same_job(
+    store: Store, http: httpx.AsyncClient
+) -> None:
+    with FakeLumina(job_seconds=0.5) as api:
+        settings = lumina_settings(api, max_polls=2)
+        ctx = await submit_and_claim(store, http, "lumina", {}, settings, queue="lumina")
+        first = await run(ctx)
+        assert first.outcome is not None and first.outcome.outcome == "retry"
+        assert first.outcome.error is not None
+        assert first.outcome.error.startswith(
+            "LuminaPollsExhausted: lumina job job-1 did not end within 2 polls"
+        )
+        await store.record_outcomes(EXECUTOR_ID, [dataclasses.replace(first.outcome, delay=0)])
+        retried = context_for(store, await claim_one(store, "lumina"), http,
+                              lumina_settings(api, max_polls=100))
+        assert retried.state == {"job_id": "job-1"}
+        second = await run(retried)
+        assert second.outcome is not None and second.outcome.outcome == "completed"
+        assert second.outcome.result["job_id"] == "job-1"
+        assert api.stats().submissions == {reference(ctx): 1}
+
+
+async def test_an_executor_that_vanishes_mid_poll_is_resumed_without_a_second_submission(
+    store: Store, http: httpx.AsyncClient
+) -> None:
+    with FakeLumina(job_seconds=0.6) as api:
+        settings = lumina_settings(api)
+        ctx = await submit_and_claim(store, http, "lumina", {}, settings, queue="lumina")
+        with anyio.CancelScope() as scope:
+            ctx.cancel_scope = scope
+
+            async def cancel_once_submitted() -> None:
+                with anyio.fail_after(5):
+                    while not api.stats().submissions:  # noqa: ASYNC110  (server thread)
+                        await anyio.sleep(0.01)
+                scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_once_submitted)
+                await run(ctx)
+        # Nobody completes the attempt; the rescuer takes the lease back once it expires.
+        later = await store.database_now() + timedelta(seconds=90)
+        assert [r["id"] for r in await store.rescue_expired_leases(now=later)] == [ctx.id]
+        resumed = context_for(store, await claim_one(store, "lumina"), http, settings)
+        assert resumed.attempt == 2 and resumed.state == {"job_id": "job-1"}
+        result = await run(resumed)
+        assert result.outcome is not None and result.outcome.outcome == "completed"
+        assert api.stats().submissions == {reference(ctx): 1}
+
+
+async def test_the_api_key_is_sent_and_never_logged(
+    store: Store, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "sk-very-secret-123"
+    caplog.set_level(logging.DEBUG)
+    with FakeLumina(job_seconds=0.05, api_key=secret) as api:
+        ctx = await submit_and_claim(store, http, "lumina", {},
+                                     lumina_settings(api, api_key=SecretStr(secret)),
+                                     queue="lumina")
+        ok = await run(ctx)
+        wrong = await submit_and_claim(store, http, "lumina", {},
+                                       lumina_settings(api, api_key=SecretStr("nope")),
+                                       queue="lumina")
+        refused = await run(wrong)
+    assert ok.outcome is not None and ok.outcome.outcome == "completed"
+    assert refused.outcome is not None and refused.outcome.outcome == "failed"
+    assert refused.outcome.error == (
+        "LuminaInputRejected: lumina rejected the submission (401): missing or wrong API key"
+    )
+    assert secret not in caplog.text and "nope" not in caplog.text
+    assert secret not in repr(ctx.queue_settings)
+
+
+async def test_a_queue_without_base_url_fails_saying_so(
+    store: Store, http: httpx.AsyncClient
+) -> None:
+    ctx = await submit_and_claim(store, http, "lumina", {}, QueueSettings(), queue="lumina")
+    result = await run(ctx)
+    assert result.outcome is not None and result.outcome.outcome == "failed"
+    assert result.outcome.error == (
+        "PermanentError: queue 'lumina' sets no base_url for the lumina handler"
+    )
