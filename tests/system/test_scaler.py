@@ -25,11 +25,12 @@ from tests.system.daemons import (
 pytestmark = pytest.mark.system
 
 
-def submit(url: str, count: int, kind: str, **payload: object) -> int:
+def submit(url: str, count: int, kind: str, priority: int = 0, **payload: object) -> int:
     async def go() -> int:
         store = await Store.open(url)
         try:
-            return await store.submit("standard", kind, [{**payload, "n": i} for i in range(count)])
+            return await store.submit("standard", kind, [{**payload, "n": i} for i in range(count)],
+                                      priority=priority)
         finally:
             await store.close()
 
@@ -60,8 +61,7 @@ def test_backlog_raises_the_limit_step_by_step_and_draining_lowers_it(
         "TASKD_QUEUES__STANDARD__SCALE_UP_INTERVAL": "0.5",
         "TASKD_QUEUES__STANDARD__SCALE_DOWN_INTERVAL": "0.5",
     }
-    total = 500
-    submit(database_url, total, "sleep", ms=100)
+    total = 510
     seen: list[int] = []  # each distinct limit the executor row showed, in order
 
     def row_limit(executor_id: str) -> int:
@@ -72,12 +72,19 @@ def test_backlog_raises_the_limit_step_by_step_and_draining_lowers_it(
         return int(value)
 
     with daemons(database_url, 1, **env) as (daemon,):
+        # Submitted once the row shows the initial limit, so that every step can be seen.
+        wait_for(lambda: row_limit(daemon.executor_id) == 2, message="the initial limit 2")
+        # 500 short subtasks, then 10 long ones (lower priority, so last): those are running
+        # when the backlog is gone and the limit comes down.
+        submit(database_url, 500, "sleep", priority=1, ms=100)
+        submit(database_url, 10, "sleep", priority=0, ms=3000)
         wait_for(lambda: row_limit(daemon.executor_id) == 10, timeout=30, interval=0.02,
                  message="the limit to reach max 10")
-        wait_for(lambda: counts(database_url).get("completed", 0) == total, timeout=60,
-                 message=f"{total} completions")
-        wait_for(lambda: row_limit(daemon.executor_id) == 2, timeout=30, interval=0.02,
-                 message="the limit to come back to initial 2")
+        # The row is read all along, so that no step down goes unseen.
+        wait_for(lambda: row_limit(daemon.executor_id) == 2
+                 and counts(database_url).get("completed", 0) == total,
+                 timeout=60, interval=0.02,
+                 message=f"{total} completions and the limit back at initial 2")
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0
         changes = scaler_events(daemon.events())
