@@ -335,3 +335,30 @@ async def test_database_errors_surface_as_taskd_errors(database_url: str) -> Non
 
     with pytest.raises(DatabaseUnavailable):
         await Store.open("postgresql://postgres@127.0.0.1:1/nothing", connect_timeout=1)
+
+
+@pytest.mark.slow
+async def test_concurrent_batches_on_one_task_keep_exact_counters(
+    database_url: str, store: Store, conn: Any
+) -> None:
+    """Regression: counters were computed from a stale snapshot and lost concurrent updates."""
+    total = 2000
+    task_id = await submit(store, total)
+
+    async def worker(name: str) -> None:
+        own = await Store.open(database_url, max_size=1)
+        try:
+            while batch := await own.claim_subtasks("standard", name, 10, LEASE):
+                await own.record_outcomes(
+                    name, [Outcome(c.id, c.attempt, "completed", {}) for c in batch]
+                )
+        finally:
+            await own.close()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(4):
+            tg.start_soon(worker, f"w{i}")
+    row = await fetch_one(
+        conn, "SELECT status, completed, failed FROM taskd.tasks WHERE id = %s", task_id
+    )
+    assert row == ("completed", total, 0)

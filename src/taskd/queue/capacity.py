@@ -45,9 +45,9 @@ class Capacity:
         self._running = max(0, self._running - n)
         self._notify()
 
-    async def wait_for_free(self) -> None:
-        """Return when at least one slot is free."""
-        while self.free() <= 0:
+    async def wait_for_free(self, slots: int = 1) -> None:
+        """Return when at least ``slots`` slots are free (or the limit is below that)."""
+        while self.free() < min(slots, self._limit):
             await self._changed.wait()
 
     def _notify(self) -> None:

@@ -10,7 +10,7 @@ JSON = Any
 SubtaskStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 TaskStatus = SubtaskStatus
 ExecutorStatus = Literal["running", "stopping", "stopped", "dead"]
-OutcomeKind = Literal["completed", "failed", "retry", "snooze"]
+OutcomeKind = Literal["completed", "failed", "retry", "snooze", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)

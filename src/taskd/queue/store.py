@@ -54,15 +54,18 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
 Row = TypeVar("Row")
 
-# A deadlock or serialization failure rolled its statement back whole: trying again is safe.
-_retry_conflicts = AsyncRetrying(
-    retry=retry_if_exception_type(
-        (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.LockNotAvailable)
-    ),
-    stop=stop_after_attempt(5),
-    wait=wait_random_exponential(multiplier=0.01, max=0.5),
-    reraise=True,
-)
+_CONFLICTS = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.LockNotAvailable)
+
+
+def _conflict_retrying() -> AsyncRetrying:
+    """A deadlock or serialization failure rolled its statement back whole: trying again is
+    safe. (tenacity's call form, which re-raises cancellation; one object per call.)"""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(_CONFLICTS),
+        stop=stop_after_attempt(5),
+        wait=wait_random_exponential(multiplier=0.01, max=0.5),
+        reraise=True,
+    )
 
 
 def translate_error(exc: psycopg.Error) -> TaskdError:
@@ -91,10 +94,10 @@ async def translated_errors() -> AsyncIterator[None]:
 
 def connection_kwargs(application_name: str, statement_timeout: float | None) -> dict[str, Any]:
     """Keyword arguments for every taskd connection."""
-    options = f"-c application_name={application_name}"
+    kwargs: dict[str, Any] = {"autocommit": True, "application_name": application_name}
     if statement_timeout:
-        options += f" -c statement_timeout={int(statement_timeout * 1000)}"
-    return {"autocommit": True, "options": options}
+        kwargs["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+    return kwargs
 
 
 def _dumps(value: Any, what: str) -> str:
@@ -252,24 +255,32 @@ class Store:
 
         For the queue package's own modules; deadlocks are retried, errors translated.
         """
-        async for attempt in _retry_conflicts:
-            with attempt:
-                async with translated_errors(), self.pool.connection() as conn:
-                    cur = conn.cursor(row_factory=class_row(row_type))
-                    await cur.execute(query(name), params)
-                    rows: list[Row] = await cur.fetchall()
-                    return rows
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def once() -> list[Row]:
+            async with self.pool.connection() as conn:
+                cur = conn.cursor(row_factory=class_row(row_type))
+                await cur.execute(query(name), params)
+                rows: list[Row] = await cur.fetchall()
+                return rows
+
+        try:
+            return await _conflict_retrying()(once)
+        except psycopg.Error as exc:
+            raise translate_error(exc) from exc
 
     async def fetch_rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Run the named query; return its rows as dicts (none for a statement without rows)."""
-        async for attempt in _retry_conflicts:
-            with attempt:
-                async with translated_errors(), self.pool.connection() as conn:
-                    cur = conn.cursor(row_factory=dict_row)
-                    await cur.execute(query(name), params)
-                    return await cur.fetchall() if cur.description else []
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def once() -> list[dict[str, Any]]:
+            async with self.pool.connection() as conn:
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(query(name), params)
+                return await cur.fetchall() if cur.description else []
+
+        try:
+            return await _conflict_retrying()(once)
+        except psycopg.Error as exc:
+            raise translate_error(exc) from exc
 
     # -- submitting ---------------------------------------------------------------------------
 

@@ -170,35 +170,30 @@ BEGIN
             OR (c.started AND t.status = 'pending')
          ORDER BY t.id
            FOR NO KEY UPDATE OF t
-    ), counted AS (
-        SELECT t.id,
-               t.completed + c.d_completed AS completed,
-               t.failed + c.d_failed AS failed,
-               t.cancelled + c.d_cancelled AS cancelled,
-               t.total,
-               c.started,
-               t.status
-          FROM taskd.tasks t
-          JOIN changes c ON c.task_id = t.id
-         WHERE t.id IN (SELECT id FROM locked)
     )
+    -- Counters are computed from the target row itself, never from a CTE: after waiting for
+    -- the row lock, the UPDATE re-reads the newest version, so concurrent batches add up.
     UPDATE taskd.tasks t
-       SET completed = x.completed,
-           failed = x.failed,
-           cancelled = x.cancelled,
+       SET completed = t.completed + c.d_completed,
+           failed = t.failed + c.d_failed,
+           cancelled = t.cancelled + c.d_cancelled,
            status = CASE
-               WHEN x.completed + x.failed + x.cancelled >= x.total THEN
-                   CASE WHEN x.failed > 0 THEN 'failed'
-                        WHEN x.cancelled > 0 THEN 'cancelled'
+               WHEN t.completed + c.d_completed + t.failed + c.d_failed
+                    + t.cancelled + c.d_cancelled >= t.total THEN
+                   CASE WHEN t.failed + c.d_failed > 0 THEN 'failed'
+                        WHEN t.cancelled + c.d_cancelled > 0 THEN 'cancelled'
                         ELSE 'completed' END
-               WHEN x.status = 'pending' AND NOT x.started
-                    AND x.completed + x.failed + x.cancelled = 0 THEN 'pending'
+               WHEN t.status = 'pending' AND NOT c.started
+                    AND t.completed + c.d_completed + t.failed + c.d_failed
+                        + t.cancelled + c.d_cancelled = 0 THEN 'pending'
                ELSE 'processing' END,
-           completed_at = CASE WHEN x.completed + x.failed + x.cancelled >= x.total
+           completed_at = CASE WHEN t.completed + c.d_completed + t.failed + c.d_failed
+                                    + t.cancelled + c.d_cancelled >= t.total
                                THEN now() END,
            updated_at = now()
-      FROM counted x
-     WHERE t.id = x.id;
+      FROM changes c
+     WHERE t.id = c.task_id
+       AND t.id IN (SELECT id FROM locked);
     RETURN NULL;
 END;
 $$;

@@ -70,7 +70,7 @@ UPDATE taskd.subtasks s
                         ELSE s.run_after END,
        locked_by = NULL,
        lease_expires_at = NULL,
-       completed_at = CASE WHEN o.outcome IN ('completed', 'failed')
+       completed_at = CASE WHEN o.outcome IN ('completed', 'failed', 'cancelled')
                            THEN coalesce(%(now)s, now()) END,
        updated_at = coalesce(%(now)s, now())
   FROM outcome o

@@ -1,0 +1,92 @@
+"""``taskd run`` and ``taskd submit``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import anyio
+import typer
+
+from taskd.cli.app import app, configure_logging, open_store, run_async, settings_of
+from taskd.errors import InvalidInput
+
+
+@app.command()
+def run(ctx: typer.Context) -> None:
+    """Run the executor daemon: claim subtasks of the configured queues and run their handlers.
+
+    Runs until SIGTERM or SIGINT: then it stops claiming, lets running handlers finish for
+    shutdown_grace seconds, gives back what is still running, and exits 0. A second signal
+    exits at once. Under systemd (Type=notify) it reports READY, WATCHDOG and STOPPING.
+    """
+    settings = settings_of(ctx)
+    configure_logging(settings)
+    from taskd.daemon import Daemon
+
+    code = run_async(Daemon(settings).run)
+    sys.exit(code)
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    queue: str = typer.Option("standard", "--queue", "-q", help="queue to put the task on"),
+    kind: str = typer.Option("noop", "--kind", "-k", help="handler kind, e.g. noop, sleep"),
+    priority: int = typer.Option(0, "--priority", "-p", help="-1000..1000; higher runs first"),
+    payload: str = typer.Option("{}", "--payload", help="JSON object given to each subtask"),
+    count: int = typer.Option(1, "--count", "-n", help="how many subtasks (1..100000)"),
+    name: str = typer.Option("", "--name", help="a label for the task"),
+    max_attempts: int | None = typer.Option(
+        None, "--max-attempts", help="default: the queue's max_attempts setting"
+    ),
+    wait: bool = typer.Option(False, "--wait", help="show progress until the task finishes"),
+) -> None:
+    """Submit one task of COUNT subtasks, each with PAYLOAD; print the task id.
+
+    Example: taskd submit --queue standard --kind sleep --payload '{"ms": 200}' --count 50 --wait
+    """
+    settings = settings_of(ctx)
+    try:
+        body: Any = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--payload is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("--payload must be a JSON object")
+    if not 1 <= count <= 100_000:
+        raise InvalidInput(f"--count {count} is outside 1..100000")
+    queue_settings = settings.queues.get(queue)
+    attempts = max_attempts or (queue_settings.max_attempts if queue_settings else 3)
+
+    async def go() -> str:
+        async with open_store(settings) as store:
+            task_id = await store.submit(
+                queue, kind, [body] * count, name=name, priority=priority,
+                max_attempts=attempts, max_payload_bytes=settings.max_payload_bytes,
+            )
+            typer.echo(task_id)
+            if not wait:
+                return "submitted"
+            return await _wait(store, task_id, count)
+
+    status = run_async(go)
+    if status not in ("submitted", "completed"):
+        sys.exit(1)
+
+
+async def _wait(store: Any, task_id: int, total: int) -> str:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("task {task.fields[task_id]} {task.fields[status]}"), BarColumn(),
+                  MofNCompleteColumn(), transient=False) as progress:
+        bar = progress.add_task("task", total=total, task_id=task_id, status="pending")
+        while True:
+            task = await store.get_task(task_id)
+            if task is None:
+                return "missing"
+            done = task.completed + task.failed + task.cancelled
+            progress.update(bar, completed=done, status=task.status)
+            if task.status in ("completed", "failed", "cancelled"):
+                return str(task.status)
+            await anyio.sleep(0.2)

@@ -1,0 +1,196 @@
+"""``taskd run``: wires the components together in one anyio task group.
+
+Start: open the pool and check the schema, load handlers, register the executor, tell systemd
+READY. Run: heartbeat, notifier, completer, rescuer, scaler, metrics, and one producer per queue.
+Any component that crashes stops the daemon with a non-zero exit (systemd restarts it).
+
+Shutdown (SIGTERM or SIGINT): stop claiming; let running handlers finish for ``shutdown_grace``
+while the heartbeat keeps extending their leases; cancel what is left and give those subtasks
+back as pending (the attempt not spent); flush the completer; mark the executor stopped; exit 0.
+A second signal exits at once (leases then expire and the rescuer returns the work).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, replace
+
+import anyio
+import httpx
+
+from taskd import __version__, systemd
+from taskd.database import database_url, redact
+from taskd.handlers.registry import HandlerRegistry
+from taskd.metrics import Health, Metrics
+from taskd.metrics.server import MetricsServer
+from taskd.metrics.stats import StatsCollector
+from taskd.queue.capacity import Capacity
+from taskd.queue.completer import Completer
+from taskd.queue.gate import ClaimGate
+from taskd.queue.heartbeat import Heartbeat
+from taskd.queue.models import ExecutorInfo
+from taskd.queue.notifier import Notifier
+from taskd.queue.producer import Producer
+from taskd.queue.rescuer import Rescuer
+from taskd.queue.running import RunningSet
+from taskd.queue.store import Store
+from taskd.queue.wakeup import Wakeup
+from taskd.scaler.scaler import Scaler
+from taskd.settings import Settings, parse_addr
+
+log = logging.getLogger(__name__)
+
+EXIT_IMMEDIATE = 130
+
+
+@dataclass
+class ShutdownReport:
+    released: int
+    finished_in_grace: bool
+
+
+class Daemon:
+    """One executor: everything ``taskd run`` does, for one process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.health = Health(ready_window=3 * settings.heartbeat_interval + 5)
+        self.running = RunningSet()
+        self.gate = ClaimGate()
+        self.capacities = {q: Capacity(s.initial) for q, s in settings.queues.items()}
+        self.wakeups = {q: Wakeup() for q in settings.queues}
+        self.stopping = anyio.Event()
+        self.producers: list[Producer] = []
+        self.immediate = False
+
+    async def run(self) -> int:
+        """Run until a signal; return the exit code."""
+        s = self.settings
+        url = database_url(s)
+        log.info("starting", extra={"executor_id": s.executor_id, "version": __version__,
+                                     "database": redact(url), "queues": sorted(s.queues)})
+        registry = HandlerRegistry.load(s)
+        store = await Store.open(url, min_size=2, max_size=s.pool_size,
+                                 application_name=f"taskd {s.executor_id}"[:63])
+        try:
+            return await self._run(store, url, registry)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.close()
+
+    async def _run(self, store: Store, url: str, registry: HandlerRegistry) -> int:
+        s = self.settings
+        metrics_server = MetricsServer(s.metrics_addr, self.metrics, self.health)
+        info = ExecutorInfo(
+            id=s.executor_id, executor_group=s.executor_group, hostname=socket.gethostname(),
+            pid=os.getpid(), version=__version__,
+            concurrency={q: c.limit for q, c in self.capacities.items()},
+        )
+        completer = Completer(store, s.executor_id, self.metrics)
+        async with httpx.AsyncClient(timeout=30.0) as http:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_signals, tg.cancel_scope)
+                tg.start_soon(metrics_server.run)
+                with anyio.fail_after(10):
+                    await metrics_server.started.wait()
+                host, _ = parse_addr(s.metrics_addr)
+                shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+                info = replace(
+                    info, metrics_url=f"http://{shown}:{metrics_server.port}/metrics"
+                )
+                await store.register_executor(info)
+                self.health.registered = True
+                self.health.db_ok()
+                self.metrics.build_info.labels(__version__).set(1)
+                for queue, capacity in self.capacities.items():
+                    self.metrics.queue_concurrency_limit.labels(queue).set(capacity.limit)
+
+                heartbeat = Heartbeat(
+                    store, info, self.capacities, self.running, self.gate, self.metrics,
+                    self.health, interval=s.heartbeat_interval, lease_timeout=s.lease_timeout,
+                )
+                tg.start_soon(heartbeat.run)
+                if s.listen:
+                    tg.start_soon(Notifier(url, self.wakeups).run)
+                tg.start_soon(completer.run)
+                tg.start_soon(Rescuer(
+                    store, s.queues, self.metrics, interval=s.rescue_interval,
+                    executor_dead_after=s.executor_dead_after, retention=s.retention,
+                ).run)
+                tg.start_soon(Scaler(
+                    store, self.capacities, dict(s.queues), s.scale_check_interval,
+                    self.metrics, s.executor_id,
+                ).run)
+                tg.start_soon(StatsCollector(store, self.metrics, s.stats_interval,
+                                             s.pool_size).run)
+                thread_limiter = anyio.CapacityLimiter(
+                    max(4, sum(c.limit for c in self.capacities.values()))
+                )
+                async with anyio.create_task_group() as work:
+                    for queue, queue_settings in s.queues.items():
+                        producer = Producer(
+                            queue, queue_settings, store, s.executor_id,
+                            self.capacities[queue], self.wakeups[queue], self.gate, completer,
+                            self.running, registry, http, self.metrics,
+                            lease_timeout=s.lease_timeout, poll_interval=s.poll_interval,
+                            thread_limiter=thread_limiter,
+                        )
+                        self.producers.append(producer)
+                        work.start_soon(producer.run)
+                    systemd.notify("READY=1")
+                    log.info("ready", extra={"metrics_url": info.metrics_url})
+                    await self.stopping.wait()
+                    await self._drain(store)
+                report = await self._finish(store, completer)
+                log.info("stopped", extra={"released": report.released,
+                                           "finished_in_grace": report.finished_in_grace})
+                tg.cancel_scope.cancel()
+        return EXIT_IMMEDIATE if self.immediate else 0
+
+    async def _watch_signals(self, everything: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if not self.stopping.is_set():
+                    log.info("shutting down", extra={"signal": signal.Signals(signum).name,
+                                                     "grace_s": self.settings.shutdown_grace})
+                    systemd.notify("STOPPING=1")
+                    self.stopping.set()
+                else:
+                    log.warning("second signal: exiting now")
+                    self.immediate = True
+                    everything.cancel()
+
+    async def _drain(self, store: Store) -> None:
+        """Stop claiming, wait up to the grace period, then stop what is still running."""
+        for producer in self.producers:
+            producer.stop_claiming()
+        try:
+            with anyio.CancelScope(shield=True):
+                await store.set_executor_status(self.settings.executor_id, "stopping")
+        except Exception as exc:  # the database may be down; shutdown goes on
+            log.warning("could not mark the executor stopping: %s", exc)
+        with anyio.move_on_after(self.settings.shutdown_grace):
+            await self.running.wait_empty()
+        left = self.running.entries()
+        if left:
+            log.info("grace period over, giving back running subtasks",
+                     extra={"count": len(left)})
+        for entry in left:
+            entry.stop("shutdown")
+
+    async def _finish(self, store: Store, completer: Completer) -> ShutdownReport:
+        """Shielded final writes: outcomes, given-back subtasks, the executor's status."""
+        released = [held for p in self.producers for held in p.released]
+        # Shielded from the shutdown, yet bounded: a database that stays down must not hold
+        # the process forever (leases then expire and the rescuer returns the work).
+        with anyio.move_on_after(max(10.0, self.settings.lease_timeout), shield=True):
+            await completer.flush()
+            if released:
+                await store.release_subtasks(self.settings.executor_id, released)
+            await store.set_executor_status(self.settings.executor_id, "stopped")
+        return ShutdownReport(released=len(released), finished_in_grace=not released)
+

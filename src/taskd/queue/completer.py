@@ -1,0 +1,118 @@
+"""The completer: writes outcomes in batches, fenced, and aggregates errors.
+
+Handlers hand their outcome over with :meth:`Completer.add` and move on; the completer flushes
+when a batch is full or a few milliseconds after the first outcome arrived. A database outage
+delays the write (retried with backoff), never loses it; an outcome whose lease was lost in the
+meantime is dropped by the fence and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import anyio
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from taskd.errors import DatabaseError
+from taskd.metrics import Metrics
+from taskd.queue.models import ErrorOccurrence, Outcome
+from taskd.queue.store import Store
+
+log = logging.getLogger(__name__)
+
+FINISHED_LABEL = {"completed": "completed", "failed": "failed", "retry": "retried",
+                  "snooze": "snoozed", "cancelled": "cancelled"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    queue: str
+    outcome: Outcome
+    error: ErrorOccurrence | None
+
+
+class Completer:
+    """Batches outcomes and writes them with one statement per batch."""
+
+    def __init__(
+        self,
+        store: Store,
+        executor_id: str,
+        metrics: Metrics,
+        *,
+        batch_size: int = 500,
+        flush_delay: float = 0.002,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.executor_id = executor_id
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.flush_delay = flush_delay
+        self.max_backoff = max_backoff
+        self._buffer: list[_Pending] = []
+        self._arrived = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    def add(self, queue: str, outcome: Outcome, error: ErrorOccurrence | None = None) -> None:
+        """Queue an outcome for writing; never blocks."""
+        self._buffer.append(_Pending(queue, outcome, error))
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._arrived.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    async def run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            if len(self._buffer) < self.batch_size:
+                await anyio.sleep(self.flush_delay)  # let a batch gather
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything buffered; retries through database outages until it succeeds."""
+        while self._buffer:
+            batch, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size :]
+            await self._write(batch)
+        self._arrived = anyio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once everything added so far has been written."""
+        await self._idle.wait()
+
+    def _retrying(self, n: int) -> AsyncRetrying:
+        # Through a database outage: the outcomes wait here until it is back.
+        return AsyncRetrying(
+            retry=retry_if_exception_type(DatabaseError),
+            wait=wait_random_exponential(multiplier=0.05, max=self.max_backoff),
+            before_sleep=lambda state: log.warning(
+                "writing %d outcomes failed, retrying: %s", n,
+                state.outcome.exception() if state.outcome else "",
+            ),
+            reraise=True,
+        )
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        applied: set[int] = await self._retrying(len(batch))(
+            self.store.record_outcomes, self.executor_id, [p.outcome for p in batch]
+        )
+        errors = [p.error for p in batch if p.error is not None and p.outcome.subtask_id in applied]
+        await self._retrying(len(errors))(self.store.record_errors, errors)
+        for p in batch:
+            if p.outcome.subtask_id in applied:
+                label = FINISHED_LABEL.get(p.outcome.outcome, p.outcome.outcome)
+                self.metrics.subtasks_finished.labels(p.queue, label).inc()
+                if p.error is not None:
+                    self.metrics.errors.labels(p.queue, p.error.error_type).inc()
+            else:
+                self.metrics.leases_lost.labels(p.queue).inc()
+                log.warning(
+                    "outcome dropped: lease lost",
+                    extra={"subtask_id": p.outcome.subtask_id, "attempt": p.outcome.attempt,
+                           "queue": p.queue},
+                )

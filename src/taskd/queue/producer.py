@@ -1,0 +1,164 @@
+"""The producer, one per queue: wait for free slots and a wake-up, claim a batch, run it.
+
+Claims happen only while the queue has free capacity (which the scaler may move) and the claim
+gate is open. Each claimed subtask runs in the producer's task group under a cancel scope of its
+own, so shutdown, a cancelled task or a lost lease can stop exactly that handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import TYPE_CHECKING
+
+import anyio
+import httpx
+
+from taskd.errors import DatabaseError
+from taskd.handlers.base import SubtaskContext
+from taskd.metrics import Metrics
+from taskd.queue.capacity import Capacity
+from taskd.queue.completer import Completer
+from taskd.queue.gate import ClaimGate
+from taskd.queue.models import Outcome
+from taskd.queue.running import RunningSet, RunningSubtask
+from taskd.queue.store import Store
+from taskd.queue.wakeup import Wakeup
+from taskd.settings import QueueSettings
+
+if TYPE_CHECKING:
+    from taskd.handlers.registry import HandlerRegistry
+
+log = logging.getLogger(__name__)
+
+
+class Producer:
+    def __init__(
+        self,
+        queue: str,
+        settings: QueueSettings,
+        store: Store,
+        executor_id: str,
+        capacity: Capacity,
+        wakeup: Wakeup,
+        gate: ClaimGate,
+        completer: Completer,
+        running: RunningSet,
+        registry: HandlerRegistry,
+        http: httpx.AsyncClient,
+        metrics: Metrics,
+        *,
+        lease_timeout: float,
+        poll_interval: float,
+        thread_limiter: anyio.CapacityLimiter,
+        batch_max: int = 100,
+        refill_delay: float = 0.005,
+    ) -> None:
+        self.queue = queue
+        self.settings = settings
+        self.store = store
+        self.executor_id = executor_id
+        self.capacity = capacity
+        self.wakeup = wakeup
+        self.gate = gate
+        self.completer = completer
+        self.running = running
+        self.registry = registry
+        self.http = http
+        self.metrics = metrics
+        self.lease_timeout = lease_timeout
+        self.poll_interval = poll_interval
+        self.thread_limiter = thread_limiter
+        self.batch_max = batch_max
+        self.refill_delay = refill_delay
+        self.released: list[tuple[int, int]] = []  # (id, attempt) stopped by shutdown
+        self._claiming = anyio.CancelScope()
+        self.log = logging.LoggerAdapter(log, {"queue": queue})
+
+    def stop_claiming(self) -> None:
+        """Claim nothing more; running handlers go on. Idempotent."""
+        self._claiming.cancel()
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as runs:
+            with self._claiming:
+                await self._claim_loop(runs)
+        # Leaving the task group waited for every handler this producer started.
+
+    async def _claim_loop(self, runs: anyio.abc.TaskGroup) -> None:
+        backoff = 0.1
+        while True:
+            await self.capacity.wait_for_free()
+            if self.capacity.free() < min(self.batch_max, self.capacity.limit // 4):
+                # A few ms for more slots to free up: one claim for many, not one per slot.
+                with anyio.move_on_after(self.refill_delay):
+                    await self.capacity.wait_for_free(min(self.batch_max, self.capacity.limit))
+            await self.gate.wait_open()
+            want = min(self.capacity.free(), self.batch_max)
+            try:
+                # Shielded: a claim cancelled mid-flight could commit and lose its rows.
+                with anyio.CancelScope(shield=True):
+                    claimed = await self.store.claim_subtasks(
+                        self.queue, self.executor_id, want, self.lease_timeout,
+                        cluster_max=self.settings.cluster_max,
+                    )
+            except DatabaseError as exc:
+                self.log.warning("claim failed, retrying in %.1fs: %s", backoff, exc)
+                await self.wakeup.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            if claimed:
+                self.capacity.take(len(claimed))
+                self.metrics.subtasks_claimed.labels(self.queue).inc(len(claimed))
+                for subtask in claimed:
+                    runs.start_soon(self._run, self.running.add(subtask))
+            if len(claimed) < want:
+                await self.wakeup.wait(self.poll_interval)
+
+    async def _run(self, entry: RunningSubtask) -> None:
+        from taskd.handlers.runner import run_subtask
+
+        subtask = entry.subtask
+        wait = (subtask.started_at - subtask.run_after).total_seconds()
+        self.metrics.subtask_wait.labels(self.queue).observe(max(0.0, wait))
+        ctx = SubtaskContext(
+            subtask=subtask,
+            queue_settings=self.settings,
+            logger=logging.LoggerAdapter(
+                logging.getLogger(f"taskd.handler.{subtask.kind}"),
+                {"subtask_id": subtask.id, "task_id": subtask.task_id, "queue": self.queue,
+                 "attempt": subtask.attempt},
+            ),
+            http=self.http,
+            cancel_scope=entry.scope,
+            _checkpoint=partial(self.store.checkpoint, self.executor_id, subtask.id,
+                                subtask.attempt),
+            state=subtask.state,
+        )
+        try:
+            result = None
+            with entry.scope:
+                result = await run_subtask(self.registry, ctx, thread_limiter=self.thread_limiter)
+            if result is None:  # stopped through entry.stop()
+                self._stopped(entry)
+            elif result.outcome is None:
+                self.metrics.leases_lost.labels(self.queue).inc()
+            else:
+                self.metrics.subtask_duration.labels(self.queue).observe(result.duration)
+                self.completer.add(self.queue, result.outcome, result.error)
+        finally:
+            self.running.remove(subtask.id)
+            self.capacity.release()
+
+    def _stopped(self, entry: RunningSubtask) -> None:
+        subtask = entry.subtask
+        if entry.stop_reason == "shutdown":
+            self.released.append((subtask.id, subtask.attempt))
+        elif entry.stop_reason == "cancelled":
+            self.completer.add(
+                self.queue,
+                Outcome(subtask.id, subtask.attempt, "cancelled", error="cancelled on request"),
+            )
+        elif entry.stop_reason == "lease_lost":
+            self.metrics.leases_lost.labels(self.queue).inc()

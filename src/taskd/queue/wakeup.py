@@ -1,0 +1,24 @@
+"""A wake-up signal that is not lost between a claim and the next wait."""
+
+from __future__ import annotations
+
+import anyio
+
+
+class Wakeup:
+    """Set by the notifier (or anyone); a producer waits on it with its poll interval."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, within: float) -> bool:
+        """Wait until set or ``within`` seconds pass; return whether it was set. Resets it."""
+        with anyio.move_on_after(within):
+            await self._event.wait()
+        was_set = self._event.is_set()
+        if was_set:
+            self._event = anyio.Event()
+        return was_set

@@ -1,0 +1,205 @@
+"""`taskd run` as real processes: crashes, signals, lost connections, wake-up latency."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import anyio
+import pytest
+
+from taskd.queue import Store
+from tests.system.daemons import (
+    create_executions_table,
+    daemons,
+    query,
+    scalar,
+    wait_for,
+)
+
+# Short timings so that rescue and shutdown happen within seconds.
+FAST = {
+    "TASKD_HEARTBEAT_INTERVAL": "0.5",
+    "TASKD_LEASE_TIMEOUT": "3",
+    "TASKD_RESCUE_INTERVAL": "0.5",
+    "TASKD_EXECUTOR_DEAD_AFTER": "2",
+    "TASKD_POLL_INTERVAL": "0.5",
+    "TASKD_QUEUES__STANDARD__INITIAL": "20",
+    "TASKD_QUEUES__STANDARD__MAX": "20",
+}
+
+
+def submit(url: str, count: int, kind: str = "record", **payload: object) -> int:
+    async def go() -> int:
+        store = await Store.open(url)
+        try:
+            return await store.submit("standard", kind, [{**payload, "n": i} for i in range(count)])
+        finally:
+            await store.close()
+
+    return anyio.run(go)
+
+
+def counts(url: str) -> dict[str, int]:
+    return dict(query(url, "SELECT status, count(*) FROM taskd.subtasks GROUP BY status"))
+
+
+@pytest.mark.slow
+def test_kill_9_one_of_three_daemons_loses_and_duplicates_nothing(database_url: str) -> None:
+    create_executions_table(database_url)
+    total = 5000
+    submit(database_url, total, ms=2)
+    with daemons(database_url, 3, **FAST) as (victim, *_survivors):
+        wait_for(lambda: counts(database_url).get("completed", 0) >= 1000, timeout=60,
+                 message="1,000 completions")
+        held = scalar(database_url, "SELECT count(*) FROM taskd.subtasks"
+                      " WHERE locked_by = %s AND status = 'processing'", victim.executor_id)
+        victim.kill()
+        killed_at = time.monotonic()
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM taskd.subtasks"
+                                " WHERE locked_by = %s", victim.executor_id) == 0,
+                 timeout=30, message="the victim's leases rescued")
+        rescued_after = time.monotonic() - killed_at
+        wait_for(lambda: counts(database_url).get("completed", 0) == total, timeout=120,
+                 message="every subtask completed")
+    assert counts(database_url) == {"completed": total}
+    # Exactly one recorded outcome each, and never more executions than attempts.
+    over = query(database_url, """
+        SELECT s.id, s.attempt, count(e.id) FROM taskd.subtasks s
+          LEFT JOIN public.executions e ON e.subtask_id = s.id
+         GROUP BY s.id, s.attempt HAVING count(e.id) > s.attempt OR count(e.id) = 0""")
+    assert over == []
+    assert scalar(database_url, "SELECT count(*) FROM taskd.subtasks WHERE attempt > 1") <= held
+    # lease_timeout (3 s) + one rescuer interval (0.5 s, jittered) + polling slack.
+    assert rescued_after < 3 + 0.6 + 1.5, rescued_after
+    task = query(database_url, "SELECT status, completed, failed FROM taskd.tasks")
+    assert task == [("completed", total, 0)]
+
+
+def test_sigterm_lets_running_handlers_finish(database_url: str) -> None:
+    create_executions_table(database_url)
+    submit(database_url, 10, ms=800)
+    with daemons(database_url, 1, **FAST, TASKD_SHUTDOWN_GRACE="10") as (d,):
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM public.executions") == 10,
+                 message="all ten handlers started")
+        d.signal(signal.SIGTERM)
+        assert d.wait(timeout=30) == 0, d.log()
+    assert counts(database_url) == {"completed": 10}
+    assert scalar(database_url, "SELECT status FROM taskd.executors") == "stopped"
+    assert scalar(database_url,
+                  "SELECT count(*) FROM public.executions WHERE finished_at IS NULL") == 0
+
+
+def test_sigterm_gives_back_handlers_that_outlive_the_grace(database_url: str) -> None:
+    create_executions_table(database_url)
+    submit(database_url, 3, ms=60_000)
+    with daemons(database_url, 1, **FAST, TASKD_SHUTDOWN_GRACE="0.5") as (d,):
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM public.executions") == 3,
+                 message="three handlers started")
+        started = time.monotonic()
+        d.signal(signal.SIGTERM)
+        assert d.wait(timeout=30) == 0, d.log()
+        assert time.monotonic() - started < 10
+    rows = query(database_url,
+                 "SELECT status, attempt, locked_by, lease_expires_at FROM taskd.subtasks")
+    assert rows == [("pending", 0, None, None)] * 3
+    assert scalar(database_url, "SELECT status FROM taskd.executors") == "stopped"
+
+
+def test_second_signal_exits_at_once(database_url: str) -> None:
+    create_executions_table(database_url)
+    submit(database_url, 2, ms=60_000)
+    with daemons(database_url, 1, **FAST, TASKD_SHUTDOWN_GRACE="60") as (d,):
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM public.executions") == 2,
+                 message="handlers started")
+        d.signal(signal.SIGINT)
+        wait_for(lambda: any(e.get("message") == "shutting down" for e in d.events()),
+                 message="graceful shutdown begun")
+        d.signal(signal.SIGINT)
+        assert d.wait(timeout=10) == 130
+
+
+def test_connections_terminated_by_the_server_are_recovered(database_url: str) -> None:
+    create_executions_table(database_url)
+    total = 600
+    submit(database_url, total, ms=20)
+    with daemons(database_url, 2, **FAST):
+        wait_for(lambda: counts(database_url).get("completed", 0) >= 100,
+                 message="100 completions")
+        killed = scalar(database_url, """
+            SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name LIKE 'taskd%%'
+               AND pid <> pg_backend_pid()""")
+        assert killed >= 2
+        wait_for(lambda: counts(database_url).get("completed", 0) == total, timeout=90,
+                 message="all work finished after the connections were killed")
+    assert counts(database_url) == {"completed": total}
+
+
+def started_within(url: str, task_id: int) -> float:
+    return float(scalar(url, "SELECT extract(epoch FROM s.started_at - t.created_at)"
+                        " FROM taskd.subtasks s JOIN taskd.tasks t ON t.id = s.task_id"
+                        " WHERE t.id = %s", task_id))
+
+
+def test_listen_wakes_an_idle_daemon_within_50ms(database_url: str) -> None:
+    with daemons(database_url, 1, TASKD_POLL_INTERVAL="30") as (d,):
+        wait_for(lambda: any(e.get("message") == "ready" for e in d.events()))
+        latencies = []
+        for _ in range(5):
+            task_id = submit(database_url, 1, kind="noop")
+            wait_for(lambda task_id=task_id: scalar(
+                database_url, "SELECT status FROM taskd.tasks WHERE id = %s", task_id
+            ) == "completed", timeout=10, message="the subtask ran")
+            latencies.append(started_within(database_url, task_id))
+    assert sorted(latencies)[2] < 0.05, latencies  # the median, from database timestamps
+
+
+def test_without_listen_polling_finds_work_within_the_poll_interval(database_url: str) -> None:
+    with daemons(database_url, 1, TASKD_LISTEN="false", TASKD_POLL_INTERVAL="0.5"):
+        task_id = submit(database_url, 1, kind="noop")
+        wait_for(lambda: scalar(database_url, "SELECT status FROM taskd.tasks WHERE id = %s",
+                                task_id) == "completed", timeout=10)
+    assert started_within(database_url, task_id) < 0.5 + 0.3
+
+
+def test_unknown_kind_fails_at_once_and_permanently(database_url: str) -> None:
+    with daemons(database_url, 1, **FAST) as (d,):
+        task_id = submit(database_url, 1, kind="no_such_kind")
+        wait_for(lambda: scalar(database_url, "SELECT status FROM taskd.tasks WHERE id = %s",
+                                task_id) == "failed", timeout=10)
+        log = d.log()
+    status, attempt, error = query(database_url,
+                                   "SELECT status, attempt, error FROM taskd.subtasks")[0]
+    assert (status, attempt) == ("failed", 1)
+    assert "no_such_kind" in error
+    assert scalar(database_url, "SELECT count FROM taskd.error_logs") == 1
+    assert "no_such_kind" in log
+
+
+def test_handler_past_its_timeout_is_cancelled_and_retried(database_url: str) -> None:
+    create_executions_table(database_url)
+    env = {**FAST, "TASKD_QUEUES__STANDARD__TIMEOUT": "0.3",
+           "TASKD_QUEUES__STANDARD__RETRY_BASE": "0.1"}
+    with daemons(database_url, 1, **env):
+        submit(database_url, 1, ms=5_000)
+        wait_for(lambda: scalar(database_url, "SELECT status FROM taskd.subtasks") == "failed",
+                 timeout=20, message="three timed-out attempts")
+    attempt, error = query(database_url, "SELECT attempt, error FROM taskd.subtasks")[0]
+    assert attempt == 3
+    assert "timeout" in error.lower() or "timed out" in error.lower()
+    assert scalar(database_url, "SELECT count(*) FROM public.executions") == 3
+
+
+def test_logs_never_show_the_database_password(database_url: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    parts = conninfo_to_dict(database_url)
+    # Trust authentication ignores the password; the logs must not repeat it anyway.
+    with_password = make_conninfo(**{**parts, "password": "s3cr3t-pass"})  # type: ignore[arg-type]
+    with daemons(with_password, 1, TASKD_LOG_LEVEL="debug") as (d,):
+        d.signal(signal.SIGTERM)
+        assert d.wait(timeout=30) == 0
+        log = d.log()
+    assert "starting" in log
+    assert "s3cr3t-pass" not in log
