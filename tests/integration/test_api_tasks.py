@@ -210,6 +210,7 @@ def test_list_is_newest_first_filtered_and_paginated_with_a_total(client: Client
     assert_error(alice.get("/v1/tasks", params={"limit": 101}), 422, 4001)
     assert_error(alice.get("/v1/tasks", params={"status": "bogus"}), 422, 4001)
     assert_error(alice.get("/v1/tasks", params={"cursor": "x"}), 422, 4001)
+    assert_error(alice.get("/v1/tasks", params={"limt": 3}), 422, 4001, "limt")
     admin_view = client("root", admin=True).get("/v1/tasks", params={"user_id": "bob"}).json()
     assert admin_view["total"] == 1
 

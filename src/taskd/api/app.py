@@ -94,6 +94,27 @@ def principal(
 Caller = Annotated[Principal, Depends(principal)]
 
 
+def reject_unknown_query(request: Request) -> None:
+    """Unknown query parameters are 422, like unknown body fields: a typo must not be ignored."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = {param.alias for param in _query_params(dependant)}
+    unknown = sorted(set(request.query_params.keys()) - known)
+    if unknown:
+        raise ApiError(422, codes.INVALID_INPUT, f"unknown query parameter {unknown[0]!r}",
+                       [{"field": name, "problem": "unknown query parameter"}
+                        for name in unknown])
+
+
+def _query_params(dependant: Any) -> list[Any]:
+    found = list(dependant.query_params)
+    for sub in dependant.dependencies:
+        found += _query_params(sub)
+    return found
+
+
 def require_admin(caller: Principal) -> None:
     if not caller.is_admin:
         raise ApiError(403, codes.FORBIDDEN, "admin role required")
@@ -140,6 +161,7 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
         "Every request under /v1 needs `Authorization: Bearer <JWT>`. Errors have one shape: "
         '`{"errorCode": 4001, "message": "...", "details": ...}`.',
         responses=_ERRORS,
+        dependencies=[Depends(reject_unknown_query)],
     )
     install_error_handlers(app)
     # Added last is outermost: authenticate first, then read (and bound) the body.

@@ -18,14 +18,20 @@ Errors (all :class:`taskd.errors.TaskdError`)::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg import errors as pgerrors
 from psycopg.rows import class_row, dict_row
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from taskd.errors import TaskdError
 from taskd.queue.models import JSON, SubtaskStatus, TaskStatus
@@ -33,8 +39,7 @@ from taskd.queue.queries import query
 from taskd.queue.store import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     Store,
-    _retry_conflicts,
-    translated_errors,
+    translate_error,
     validate_submission,
 )
 
@@ -181,6 +186,19 @@ class RetryReport:
 
 
 Conn = psycopg.AsyncConnection[Any]
+T = TypeVar("T")
+
+
+def _conflict_retrying() -> AsyncRetrying:
+    # A deadlock or serialization failure rolled the whole transaction back: trying it again
+    # is safe. One object per call: tenacity keeps per-run state on it.
+    return AsyncRetrying(
+        retry=retry_if_exception_type(
+            (pgerrors.DeadlockDetected, pgerrors.SerializationFailure)),
+        stop=stop_after_attempt(5),
+        wait=wait_random_exponential(multiplier=0.01, max=0.5),
+        reraise=True,
+    )
 
 
 class ApiStore:
@@ -189,12 +207,17 @@ class ApiStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Conn]:
-        # Callers wrap the retry loop in translated_errors: the loop must see psycopg's own
-        # DeadlockDetected / SerializationFailure to retry them.
-        async with self.store.pool.connection() as conn, conn.transaction():
-            yield conn
+    async def _in_transaction(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run ``work`` in one transaction, again after a deadlock; translate errors."""
+
+        async def once() -> T:
+            async with self.store.pool.connection() as conn, conn.transaction():
+                return await work(conn)
+
+        try:
+            return await _conflict_retrying()(once)
+        except psycopg.Error as exc:
+            raise translate_error(exc) from exc
 
     @staticmethod
     async def _rows(conn: Conn, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -236,28 +259,27 @@ class ApiStore:
         """
         if not 0 <= quota_remaining <= MAX_QUOTA:
             raise ValueError(f"quota_remaining {quota_remaining} is outside 0..{MAX_QUOTA}")
-        async with translated_errors():
-            async for attempt in _retry_conflicts.copy():
-                with attempt:
-                    async with self._transaction() as conn:
-                        created = bool(await self._rows(conn, "api_ensure_account",
-                                                        {"user_id": user_id}))
-                        old = await self._rows(conn, "api_lock_account", {"user_id": user_id})
-                        before = int(old[0]["quota_remaining"])
-                        cur = conn.cursor(row_factory=class_row(Account))
-                        await cur.execute(query("api_update_account"), {
-                            "user_id": user_id, "is_member": is_member,
-                            "quota_remaining": quota_remaining,
-                        })
-                        account = await cur.fetchone()
-                        assert account is not None
-                        if quota_remaining != before:
-                            await self._rows(conn, "api_record_ledger", {
-                                "user_id": user_id, "task_id": None,
-                                "delta": quota_remaining - before, "reason": "adjust",
-                            })
-                        return account, created
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def work(conn: Conn) -> tuple[Account, bool]:
+            created = bool(await self._rows(conn, "api_ensure_account",
+                                            {"user_id": user_id}))
+            old = await self._rows(conn, "api_lock_account", {"user_id": user_id})
+            before = int(old[0]["quota_remaining"])
+            cur = conn.cursor(row_factory=class_row(Account))
+            await cur.execute(query("api_update_account"), {
+                "user_id": user_id, "is_member": is_member,
+                "quota_remaining": quota_remaining,
+            })
+            account = await cur.fetchone()
+            assert account is not None
+            if quota_remaining != before:
+                await self._rows(conn, "api_record_ledger", {
+                    "user_id": user_id, "task_id": None,
+                    "delta": quota_remaining - before, "reason": "adjust",
+                })
+            return account, created
+
+        return await self._in_transaction(work)
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -274,31 +296,30 @@ class ApiStore:
             params=new.params, user_id=new.user_id, max_attempts=new.max_attempts, delay=0.0,
             max_payload_bytes=new.max_payload_bytes,
         )
-        async with translated_errors():
-            async for attempt in _retry_conflicts.copy():
-                with attempt:
-                    async with self._transaction() as conn:
-                        if new.idempotency_key is not None:
-                            earlier = await self._earlier_request(conn, new)
-                            if earlier is not None:
-                                return CreatedTask(earlier, replayed=True, quota_remaining=None)
-                        remaining = await self._take_quota(conn, new.user_id, TASK_QUOTA_COST)
-                        rows = await self._rows(conn, "submit_task", {
-                            "queue": new.queue, "kind": new.kind, "payloads": payloads_json,
-                            "name": new.name, "priority": new.priority, "params": params_json,
-                            "user_id": new.user_id, "max_attempts": new.max_attempts,
-                            "delay": 0.0, "max_payload_bytes": new.max_payload_bytes,
-                        })
-                        task_id = int(rows[0]["task_id"])
-                        await self._rows(conn, "api_mark_api_task", {
-                            "id": task_id, "cost": TASK_QUOTA_COST, "key": new.idempotency_key,
-                        })
-                        await self._rows(conn, "api_record_ledger", {
-                            "user_id": new.user_id, "task_id": task_id,
-                            "delta": -TASK_QUOTA_COST, "reason": "deduct",
-                        })
-                        return CreatedTask(task_id, replayed=False, quota_remaining=remaining)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def work(conn: Conn) -> CreatedTask:
+            if new.idempotency_key is not None:
+                earlier = await self._earlier_request(conn, new)
+                if earlier is not None:
+                    return CreatedTask(earlier, replayed=True, quota_remaining=None)
+            remaining = await self._take_quota(conn, new.user_id, TASK_QUOTA_COST)
+            rows = await self._rows(conn, "submit_task", {
+                "queue": new.queue, "kind": new.kind, "payloads": payloads_json,
+                "name": new.name, "priority": new.priority, "params": params_json,
+                "user_id": new.user_id, "max_attempts": new.max_attempts,
+                "delay": 0.0, "max_payload_bytes": new.max_payload_bytes,
+            })
+            task_id = int(rows[0]["task_id"])
+            await self._rows(conn, "api_mark_api_task", {
+                "id": task_id, "cost": TASK_QUOTA_COST, "key": new.idempotency_key,
+            })
+            await self._rows(conn, "api_record_ledger", {
+                "user_id": new.user_id, "task_id": task_id,
+                "delta": -TASK_QUOTA_COST, "reason": "deduct",
+            })
+            return CreatedTask(task_id, replayed=False, quota_remaining=remaining)
+
+        return await self._in_transaction(work)
 
     async def _earlier_request(self, conn: Conn, new: NewTask) -> int | None:
         """The task this idempotency key already created, or None; waits for a racing twin."""
@@ -384,32 +405,31 @@ class ApiStore:
         unit again, so a retried task never runs free; the refund happens once per task.
         Raises :class:`TaskNotFound`, :class:`NothingToRetry` and :class:`AccountError`.
         """
-        async with translated_errors():
-            async for attempt in _retry_conflicts.copy():
-                with attempt:
-                    async with self._transaction() as conn:
-                        rows = await self._rows(conn, "api_lock_task", {"id": task_id})
-                        if not rows:
-                            raise TaskNotFound(f"task {task_id} not found")
-                        task = rows[0]
-                        if task["failed"] == 0:
-                            raise NothingToRetry(f"task {task_id} has no failed subtasks")
-                        owed = 0
-                        paid = task["quota_cost"] - task["refunded"]
-                        if charge_user and task["quota_cost"] > 0 and paid < TASK_QUOTA_COST:
-                            owed = TASK_QUOTA_COST - paid
-                            await self._take_quota(conn, task["user_id"], owed)
-                            await self._rows(conn, "api_add_task_quota_cost",
-                                             {"id": task_id, "cost": owed})
-                            await self._rows(conn, "api_record_ledger", {
-                                "user_id": task["user_id"], "task_id": task_id,
-                                "delta": -owed, "reason": "adjust",
-                            })
-                        retried = await self._rows(conn, "api_retry_failed_subtasks",
-                                                   {"task_id": task_id})
-                        await self._rows(conn, "api_notify_queue", {"queue": task["queue"]})
-                        return RetryReport(retried=len(retried), quota_taken=owed)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def work(conn: Conn) -> RetryReport:
+            rows = await self._rows(conn, "api_lock_task", {"id": task_id})
+            if not rows:
+                raise TaskNotFound(f"task {task_id} not found")
+            task = rows[0]
+            if task["failed"] == 0:
+                raise NothingToRetry(f"task {task_id} has no failed subtasks")
+            owed = 0
+            paid = task["quota_cost"] - task["refunded"]
+            if charge_user and task["quota_cost"] > 0 and paid < TASK_QUOTA_COST:
+                owed = TASK_QUOTA_COST - paid
+                await self._take_quota(conn, task["user_id"], owed)
+                await self._rows(conn, "api_add_task_quota_cost",
+                                 {"id": task_id, "cost": owed})
+                await self._rows(conn, "api_record_ledger", {
+                    "user_id": task["user_id"], "task_id": task_id,
+                    "delta": -owed, "reason": "adjust",
+                })
+            retried = await self._rows(conn, "api_retry_failed_subtasks",
+                                       {"task_id": task_id})
+            await self._rows(conn, "api_notify_queue", {"queue": task["queue"]})
+            return RetryReport(retried=len(retried), quota_taken=owed)
+
+        return await self._in_transaction(work)
 
     # -- system status --------------------------------------------------------------------
 
