@@ -13,8 +13,10 @@ $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[embedded]'
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+# The dev install adds tests/fixtures/example-handlers: handlers offered by entry points.
+$(VENV)/.dev-installed: pyproject.toml tests/fixtures/example-handlers/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,embedded,api]'
+	$(BIN)/python -m pip install --quiet --no-deps -e tests/fixtures/example-handlers
 	touch $@
 
 ## run: the daemon on the embedded PostgreSQL (or TASKD_DATABASE_URL when set)

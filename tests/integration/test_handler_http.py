@@ -102,7 +102,7 @@ async def run_http(
     settings: QueueSettings | None = None,
 ) -> RunResult:
     ctx = await submit_and_claim(store, http, "http", payload, settings or QueueSettings())
-    registry = HandlerRegistry.load(Settings(handlers={}))
+    registry = HandlerRegistry.load(Settings(handlers={}), discovered=[])
     return await run_subtask(registry, ctx, thread_limiter=anyio.CapacityLimiter(1))
 
 

@@ -23,7 +23,7 @@ from tests.fixtures.contexts import EXECUTOR_ID, claim_one, context_for, submit_
 
 pytestmark = pytest.mark.anyio
 
-REGISTRY = HandlerRegistry.load(Settings(handlers={}))
+REGISTRY = HandlerRegistry.load(Settings(handlers={}), discovered=[])
 
 
 def lumina_settings(api: FakeLumina | str, **options: Any) -> QueueSettings:

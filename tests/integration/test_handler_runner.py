@@ -33,7 +33,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def registry() -> HandlerRegistry:
-    return HandlerRegistry.load(Settings(handlers={}))
+    return HandlerRegistry.load(Settings(handlers={}), discovered=[])
 
 
 @pytest.fixture

@@ -1,0 +1,67 @@
+"""`taskd handlers` and the standalone fake Lumina API, as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+
+
+def taskd(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "taskd", *args], env={**clean, **env},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_taskd_handlers_lists_every_kind_with_its_source() -> None:
+    done = taskd("handlers", "--json", TASKD_HANDLERS='{"noop": "json:dumps"}')
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    by_kind = {h["kind"]: h for h in report["handlers"]}
+    assert by_kind["noop"] == {"kind": "noop", "source": "settings", "origin": "json:dumps",
+                               "runs": "thread"}
+    assert by_kind["lumina"]["source"] == "builtin"
+    assert by_kind["example-echo"]["source"] == "entry point"
+    assert report["overridden"] == [
+        {"kind": "noop", "source": "builtin", "origin": "taskd.handlers.standard:noop"}
+    ]
+    table = taskd("handlers")
+    assert table.returncode == 0 and "example-shout" in table.stdout
+
+
+def test_a_handler_path_that_does_not_import_stops_with_exit_2_and_one_line() -> None:
+    done = taskd("handlers", TASKD_HANDLERS='{"resize": "myapp.jobs:resize"}')
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "taskd: error: invalid setting handlers.resize: 'myapp.jobs:resize' does not import: "
+        "ModuleNotFoundError: No module named 'myapp'"
+    )
+
+
+def test_the_fake_lumina_api_runs_standalone_and_stops_on_sigterm() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taskd.testing.fake_lumina", "--port", "0", "--job-seconds", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("fake lumina listening on http://127.0.0.1:"), line
+        url = line.rsplit(" ", 1)[1].strip()
+        job = httpx.post(url + "/v1/jobs", json={"input": {}, "client_reference": "x"}).json()
+        assert httpx.get(f"{url}/v1/jobs/{job['id']}").json()["status"] == "done"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()

@@ -1,0 +1,53 @@
+"""The fake Lumina API itself, over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from taskd.testing import FakeLumina
+
+
+def test_jobs_run_by_the_clock_and_are_counted_per_reference() -> None:
+    with FakeLumina(job_seconds=0.2) as api, httpx.Client(base_url=api.url) as client:
+        first = client.post("/v1/jobs", json={"input": {"p": 1}, "client_reference": "r1"})
+        second = client.post("/v1/jobs", json={"input": {"p": 2, "seconds": 5},
+                                               "client_reference": "r2"})
+        assert (first.status_code, first.json()) == (201, {"id": "job-1", "status": "running"})
+        assert client.get("/v1/jobs/job-1").json()["status"] == "running"
+        deadline = time.monotonic() + 5
+        while client.get("/v1/jobs/job-1").json()["status"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)  # the job's clock runs in the server: polling it is the point
+        done = client.get("/v1/jobs/job-1").json()
+        assert done["status"] == "done" and done["output"]["input"] == {"p": 1}
+        assert second.json()["id"] == "job-2"
+        assert client.get("/v1/jobs/job-9").status_code == 404
+        stats = client.get("/v1/stats").json()
+    assert stats["submissions"] == {"r1": 1, "r2": 1}
+    assert stats["max_in_flight"] == 2 and stats["in_flight"] == 1
+
+
+def test_rejections_failures_transient_errors_and_the_api_key() -> None:
+    with FakeLumina(job_seconds=0, api_key="k") as api, httpx.Client(base_url=api.url) as client:
+        assert client.post("/v1/jobs", json={"input": {}}).status_code == 401
+        client.headers["Authorization"] = "Bearer k"
+        rejected = client.post("/v1/jobs", json={"input": {"reject": "no prompt"}})
+        assert rejected.status_code == 422
+        assert rejected.json() == {"error": {"code": "invalid_input", "message": "no prompt"}}
+        failing = client.post("/v1/jobs", json={"input": {"fail": "internal"}}).json()
+        assert client.get(f"/v1/jobs/{failing['id']}").json()["error"]["code"] == "internal"
+        assert client.post("/v1/jobs", content=b"{").status_code == 400
+    with FakeLumina(transient_rate=1.0) as api, httpx.Client(base_url=api.url) as client:
+        assert client.post("/v1/jobs", json={"input": {}}).status_code == 503
+        assert api.stats().transient_errors == 1 and api.stats().jobs == 0
+    with FakeLumina(job_seconds=0, failure_rate=1.0) as api, httpx.Client(base_url=api.url) as c:
+        job = c.post("/v1/jobs", json={"input": {}}).json()
+        assert c.get(f"/v1/jobs/{job['id']}").json()["status"] == "failed"
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="transient_rate must be from 0 to 1"):
+        FakeLumina(transient_rate=2)
