@@ -209,3 +209,30 @@ async def test_cluster_max_counts_only_processing_rows_of_its_queue(store: Store
     await store.record_outcomes("e2", [Outcome(s.id, s.attempt, "completed", {})
                                        for s in again])
     assert len(await store.claim_subtasks("standard", "e3", 1, LEASE, cluster_max=4)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="core.sql's claim_subtasks: with cluster_max the LIMIT is an expression the planner "
+    "estimates at a share of the pending rows, so with a long backlog the UPDATE joins picked by "
+    "hashing a sequential scan of subtasks (330 ms per claim with 1M pending vs 1.4 ms). "
+    "`WHERE s.id = ANY(ARRAY(SELECT id FROM picked))` fixes it; core.sql is not the scaler's",
+)
+async def test_a_capped_claim_stays_on_indexes_with_a_long_backlog(conn: Any) -> None:
+    # A capped queue is the one whose backlog grows (its external API is the bottleneck).
+    await conn.execute("""
+        INSERT INTO taskd.tasks (queue, kind, total) VALUES ('standard', 'noop', 100000);
+        INSERT INTO taskd.subtasks (task_id, queue, kind)
+        SELECT 1, 'standard', 'noop' FROM generate_series(1, 200000);
+    """)
+    await conn.execute("VACUUM ANALYZE taskd.subtasks")
+    params = {"queue": "standard", "executor_id": "e1", "limit": 10, "lease_timeout": 60.0,
+              "cluster_max": 100, "now": None}
+    cur = await conn.execute(b"EXPLAIN (FORMAT JSON) " + query("claim_subtasks").as_bytes(None),
+                             params)
+    raw = (await cur.fetchone())[0]
+    plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+    scans = [n for n in plan_nodes(plan)
+             if n.get("Relation Name") == "subtasks" and n["Node Type"] == "Seq Scan"]
+    assert scans == [], json.dumps(plan)
