@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -54,6 +56,14 @@ class _Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         sd_notify("STOPPING=1")
         await super().shutdown(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # SIGTERM is how systemd stops us: after the drain, exit 0 rather than have uvicorn
+        # re-raise the signal (which reads as a crash). SIGINT still ends as an interrupt.
+        if sig == signal.SIGTERM:
+            self._captured_signals = [s for s in self._captured_signals
+                                      if s != signal.SIGTERM]
 
 
 def _config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
