@@ -242,6 +242,9 @@ async def test_run_checks_every_interval_and_publishes_limits(
         assert capacity.limit == 4
         clock.advance(SMALL.scale_up_interval)
         await wait_until(lambda: capacity.limit == 6)
+        # The check that moved the limit writes the row next; let it (and one more) finish.
+        done = scaler.checks
+        await wait_until(lambda: scaler.checks > done)
         tg.cancel_scope.cancel()
     assert await row_concurrency(conn) == {"standard": 6}
     assert adjustments(metrics, "standard", "up") == 2
