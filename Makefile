@@ -19,10 +19,14 @@ $(VENV)/.dev-installed: pyproject.toml tests/fixtures/example-handlers/pyproject
 	$(BIN)/python -m pip install --quiet --no-deps -e tests/fixtures/example-handlers
 	touch $@
 
-## run: the daemon on the embedded PostgreSQL (or TASKD_DATABASE_URL when set)
+## run: the daemon on the embedded PostgreSQL (or TASKD_DATABASE_URL when set), with a fake
+## Lumina API on 127.0.0.1:8099 behind the lumina queue. Ctrl-C stops both gracefully.
 run: $(VENV)/.run-installed
-	$(BIN)/taskd migrate
-	$(BIN)/taskd status
+	@$(BIN)/python -m taskd.testing.fake_lumina --port 8099 --job-seconds 2 & \
+	trap 'kill $$! 2>/dev/null' EXIT; \
+	TASKD_QUEUES__LUMINA__BASE_URL=$${TASKD_QUEUES__LUMINA__BASE_URL:-http://127.0.0.1:8099} \
+	TASKD_METRICS_ADDR=$${TASKD_METRICS_ADDR:-127.0.0.1:9464} \
+	$(BIN)/taskd run
 
 ## test: the whole suite against a real PostgreSQL (see tests/conftest.py for which)
 test: $(VENV)/.dev-installed

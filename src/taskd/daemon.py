@@ -125,8 +125,10 @@ class Daemon:
                     store, self.capacities, dict(s.queues), s.scale_check_interval,
                     self.metrics, s.executor_id,
                 ).run)
-                tg.start_soon(StatsCollector(store, self.metrics, s.stats_interval,
-                                             s.pool_size).run)
+                tg.start_soon(StatsCollector(
+                    store, self.metrics, s.stats_interval, s.pool_size,
+                    pending_timeouts={q: qs.pending_timeout for q, qs in s.queues.items()},
+                ).run)
                 thread_limiter = anyio.CapacityLimiter(
                     max(4, sum(c.limit for c in self.capacities.values()))
                 )

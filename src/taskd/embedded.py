@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 from taskd.errors import ConfigError, DatabaseUnavailable
@@ -24,7 +25,10 @@ def default_data_dir() -> Path:
 def start_embedded(data_dir: Path | None = None) -> str:
     """Start (or join) the embedded server and return its connection URL."""
     try:
-        import pgserver  # an optional extra: taskd[embedded]
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, containers).
+            warnings.simplefilter("ignore")
+            import pgserver  # an optional extra: taskd[embedded]
     except ImportError as exc:
         raise ConfigError(
             "TASKD_DATABASE_URL is not set and the embedded database is not installed: "
@@ -33,11 +37,18 @@ def start_embedded(data_dir: Path | None = None) -> str:
     path = (data_dir or default_data_dir()).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     try:
-        server = pgserver.get_server(path, cleanup_mode="stop")  # type: ignore[attr-defined]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = pgserver.get_server(path, cleanup_mode="stop")  # type: ignore[attr-defined]
     except Exception as exc:  # pgserver raises plain exceptions for its subprocess failures
         raise DatabaseUnavailable(
             f"could not start the embedded database in {path}: {exc}"
         ) from exc
     url: str = server.get_uri()
+    from taskd.queue.migrations import migrate_blocking
+
+    for migration in migrate_blocking(url):
+        log.info("embedded database: applied migration %04d_%s", migration.version,
+                 migration.name)
     log.info("embedded PostgreSQL in %s; connect with: psql '%s'", path, url)
     return url

@@ -13,7 +13,8 @@ TaskdError
 ├── LeaseLost                 this executor no longer holds the subtask's lease
 └── HandlerError              raised by handlers to steer what happens to a subtask
     ├── PermanentError        fail now, do not retry
-    └── RetryLater            retry after ``delay`` seconds, not counted as an error
+    ├── RetryLater            retry after ``delay`` seconds, not counted as an error
+    └── HandlerTimeout        the attempt ran out of time; retried like any error
 ```
 
 Callers match on types, never on message text. Database errors are translated in one place,
@@ -86,3 +87,8 @@ class RetryLater(HandlerError):
             raise ValueError("RetryLater delay must be >= 0 seconds")
         super().__init__(message or f"retry in {delay:g}s")
         self.delay = delay
+
+
+class HandlerTimeout(HandlerError, TimeoutError):
+    """The attempt ran out of time (the queue's ``timeout``, or a handler's own limit such as
+    lumina's ``max_polls``); the subtask is retried like after any other error."""

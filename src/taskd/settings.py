@@ -223,9 +223,13 @@ def describe_validation_error(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         path = ".".join(str(part) for part in error["loc"])
-        env = "TASKD_" + "__".join(str(part).upper() for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         given = error.get("input")
-        shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+        if isinstance(given, dict):
+            # A rule across several settings of one table: no single variable to name.
+            lines.append(f"invalid setting {path}: {message}")
+            continue
+        env = "TASKD_" + "__".join(str(part).upper() for part in error["loc"])
+        shown = "" if given is None else f" (got {given!r})"
         lines.append(f"invalid setting {path} [{env}]: {message}{shown}")
     return "; ".join(lines)

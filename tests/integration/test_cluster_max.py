@@ -37,10 +37,10 @@ def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def count_subplans(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """The subplans that count processing rows: InitPlans other than the CTE."""
+    """The subplans that count processing rows: InitPlans that aggregate."""
     return [n for n in plan_nodes(plan)
             if n.get("Parent Relationship") == "InitPlan"
-            and not n.get("Subplan Name", "").startswith("CTE")]
+            and n["Node Type"] == "Aggregate"]
 
 
 async def explain_claim(conn: Any, cluster_max: int | None, plan_cache_mode: str) -> Any:
@@ -212,13 +212,6 @@ async def test_cluster_max_counts_only_processing_rows_of_its_queue(store: Store
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="core.sql's claim_subtasks: with cluster_max the LIMIT is an expression the planner "
-    "estimates at a share of the pending rows, so with a long backlog the UPDATE joins picked by "
-    "hashing a sequential scan of subtasks (330 ms per claim with 1M pending vs 1.4 ms). "
-    "`WHERE s.id = ANY(ARRAY(SELECT id FROM picked))` fixes it; core.sql is not the scaler's",
-)
 async def test_a_capped_claim_stays_on_indexes_with_a_long_backlog(conn: Any) -> None:
     # A capped queue is the one whose backlog grows (its external API is the bottleneck).
     await conn.execute("""

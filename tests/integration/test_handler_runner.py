@@ -13,8 +13,8 @@ import anyio
 import httpx
 import pytest
 
+from taskd.errors import HandlerTimeout
 from taskd.handlers import HandlerRegistry, SubtaskContext, run_subtask
-from taskd.handlers.base import HandlerTimeout
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings, Settings
 from tests.factories import fetch_one

@@ -203,3 +203,44 @@ def test_logs_never_show_the_database_password(database_url: str) -> None:
         log = d.log()
     assert "starting" in log
     assert "s3cr3t-pass" not in log
+
+
+@pytest.mark.slow
+def test_a_30_second_database_outage_loses_and_duplicates_nothing(database_url: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from tests.system.proxy import CuttableProxy
+
+    parts = conninfo_to_dict(database_url)
+    total = 3000
+    target = (str(parts.get("host", "127.0.0.1")), int(parts.get("port", 5432)))
+    with CuttableProxy(target) as proxy:
+        through_proxy = make_conninfo(**{**parts, "host": "127.0.0.1",  # type: ignore[arg-type]
+                                         "port": str(proxy.port)})
+        env = {"TASKD_HEARTBEAT_INTERVAL": "1", "TASKD_LEASE_TIMEOUT": "60",
+               "TASKD_POLL_INTERVAL": "0.5", "TASKD_QUEUES__STANDARD__INITIAL": "20"}
+        submit(database_url, total, kind="sleep", ms=20)
+        with daemons(through_proxy, 2, **env) as running:
+            wait_for(lambda: counts(database_url).get("completed", 0) >= 300,
+                     message="300 completions")
+            proxy.cut()
+            cut_at = time.monotonic()
+            done_at_cut = counts(database_url).get("completed", 0)
+            while time.monotonic() - cut_at < 30:
+                assert all(d.proc.poll() is None for d in running), "a daemon died"
+                time.sleep(0.5)  # the outage itself: a fixed 30 s, by design
+            frozen = counts(database_url).get("completed", 0)
+            assert frozen - done_at_cut < 100  # nothing can be recorded while cut off...
+            proxy.restore()
+            restored_at = time.monotonic()
+            wait_for(lambda: counts(database_url).get("completed", 0) > frozen, timeout=15,
+                     message="work resumed")
+            resumed_after = time.monotonic() - restored_at
+            wait_for(lambda: counts(database_url).get("completed", 0) == total, timeout=120,
+                     message="all work finished after the outage")
+            assert all(d.proc.poll() is None for d in running)
+    assert counts(database_url) == {"completed": total}
+    assert query(database_url, "SELECT status, completed FROM taskd.tasks") == [
+        ("completed", total)
+    ]
+    assert resumed_after < 10, resumed_after

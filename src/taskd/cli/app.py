@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> Any:
         return app(args=argv)
     except TaskdError as exc:
         code = next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
-        err_console.print(f"taskd: error: {exc}", markup=False)
+        # One line: server messages carry newlines and hints.
+        err_console.print(f"taskd: error: {' '.join(str(exc).split())}", markup=False)
         sys.exit(code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -5,12 +5,8 @@
 turns what happened into an outcome.
 """
 
-from taskd.handlers.base import (
-    Handler,
-    HandlerTimeout,
-    RegisteredHandler,
-    SubtaskContext,
-)
+from taskd.errors import HandlerTimeout
+from taskd.handlers.base import Handler, RegisteredHandler, SubtaskContext
 from taskd.handlers.registry import ENTRY_POINT_GROUP, HandlerRegistry
 from taskd.handlers.runner import RunResult, backoff_delay, run_subtask
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import anyio
 import httpx
 
-from taskd.errors import HandlerError, LeaseLost
+from taskd.errors import LeaseLost
 from taskd.queue.models import JSON, ClaimedSubtask
 from taskd.settings import QueueSettings
 
@@ -23,11 +23,6 @@ AsyncHandler = Callable[["SubtaskContext"], Awaitable[JSON]]
 SyncHandler = Callable[["SubtaskContext"], JSON]
 Handler = AsyncHandler | SyncHandler
 HandlerSource = Literal["builtin", "entry point", "settings"]
-
-
-class HandlerTimeout(HandlerError, TimeoutError):
-    """The attempt ran out of time (the queue's ``timeout``, or a handler's own limit such as
-    lumina's ``max_polls``); the subtask is retried like after any other error."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,8 +34,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from taskd.errors import HandlerError, PermanentError
-from taskd.handlers.base import HandlerTimeout, SubtaskContext
+from taskd.errors import HandlerError, HandlerTimeout, PermanentError
+from taskd.handlers.base import SubtaskContext
 from taskd.queue.models import JSON
 
 TRANSIENT_TRIES = 4

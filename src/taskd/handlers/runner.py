@@ -17,8 +17,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from taskd.errors import LeaseLost, PermanentError, RetryLater
-from taskd.handlers.base import HandlerTimeout, RegisteredHandler, SubtaskContext
+from taskd.errors import HandlerTimeout, LeaseLost, PermanentError, RetryLater
+from taskd.handlers.base import RegisteredHandler, SubtaskContext
 from taskd.handlers.registry import HandlerRegistry
 from taskd.queue import ErrorOccurrence, Outcome
 

@@ -122,3 +122,23 @@ async def check_schema(conn: psycopg.AsyncConnection[Any]) -> int:
             f"({expected}): upgrade taskd before running it against this database"
         )
     return version
+
+
+def migrate_blocking(conninfo: str) -> list[Migration]:
+    """:func:`migrate` for code without an event loop, or inside one (it runs in a thread).
+
+    Used by the embedded database, which is migrated as it starts.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import anyio
+
+    async def go() -> list[Migration]:
+        conn = await psycopg.AsyncConnection.connect(
+            conninfo, autocommit=True, application_name="taskd-migrate"
+        )
+        async with conn:
+            return await migrate(conn)
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(anyio.run, go).result()

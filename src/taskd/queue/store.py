@@ -195,6 +195,19 @@ def validate_submission(
     return payloads_json, params_json
 
 
+async def _why_unreachable(conninfo: str, connect_timeout: float) -> DatabaseUnavailable:
+    """The pool only says it timed out; one direct attempt tells why (refused, auth, ...)."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            conninfo, connect_timeout=max(1, int(connect_timeout))
+        )
+    except psycopg.Error as exc:
+        return DatabaseUnavailable(f"database unavailable: {exc}".strip())
+    await conn.close()
+    return DatabaseUnavailable("database unavailable: no connection within "
+                               f"{connect_timeout:g} s")
+
+
 class Store:
     """Typed access to taskd's tables over a connection pool."""
 
@@ -230,6 +243,9 @@ class Store:
         try:
             async with translated_errors():
                 await pool.open(wait=True, timeout=connect_timeout)
+        except DatabaseUnavailable:
+            await pool.close()
+            raise await _why_unreachable(conninfo, connect_timeout) from None
         except BaseException:
             await pool.close()
             raise
@@ -337,13 +353,16 @@ class Store:
         params = {"queue": queue, "executor_id": executor_id, "limit": limit,
                   "lease_timeout": lease_timeout, "cluster_max": cluster_max, "now": now}
         if cluster_max is None:
-            return await self.fetch_as("claim_subtasks", params, ClaimedSubtask)
-        async with translated_errors(), self.pool.connection() as conn, conn.transaction():
-            await conn.execute(query("lock_queue_claims"), params)
-            cur = conn.cursor(row_factory=class_row(ClaimedSubtask))
-            await cur.execute(query("claim_subtasks"), params)
-            claimed: list[ClaimedSubtask] = await cur.fetchall()
-            return claimed
+            claimed = await self.fetch_as("claim_subtasks", params, ClaimedSubtask)
+        else:
+            async with translated_errors(), self.pool.connection() as conn, conn.transaction():
+                await conn.execute(query("lock_queue_claims"), params)
+                cur = conn.cursor(row_factory=class_row(ClaimedSubtask))
+                await cur.execute(query("claim_subtasks"), params)
+                claimed = await cur.fetchall()
+        # RETURNING has no order; callers start work in claim order.
+        claimed.sort(key=lambda c: (-c.priority, c.run_after, c.id))
+        return claimed
 
     async def record_outcomes(
         self, executor_id: str, outcomes: Sequence[Outcome], *, now: datetime | None = None

@@ -40,8 +40,9 @@ UPDATE taskd.subtasks s
        lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_timeout)s),
        started_at = coalesce(%(now)s, now()),
        updated_at = coalesce(%(now)s, now())
-  FROM picked
- WHERE s.id = picked.id
+-- An id array, not a join: with cluster_max the LIMIT is an expression the planner cannot
+-- estimate, and a join would then hash a sequential scan of subtasks on a long backlog.
+ WHERE s.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING s.id, s.task_id, s.queue, s.kind, s.priority, s.payload, s.state, s.attempt,
           s.max_attempts, s.run_after, s.started_at;
 
