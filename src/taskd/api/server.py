@@ -6,7 +6,6 @@ database URL or an unmigrated schema stops the start with one clear error.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import threading
@@ -19,6 +18,7 @@ from typing import Any
 import anyio
 import uvicorn
 
+from taskd import systemd
 from taskd.api.app import create_app
 from taskd.api.auth import TokenVerifier
 from taskd.database import database_url as resolve_database_url
@@ -28,33 +28,16 @@ from taskd.settings import Settings, parse_addr
 log = logging.getLogger(__name__)
 
 
-def sd_notify(state: str) -> bool:
-    """Tell systemd (``Type=notify``) about ``state``; False when not run by systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):  # an abstract socket
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(address)
-            sock.sendall(state.encode())
-        except OSError as exc:
-            log.warning("cannot notify systemd at %s: %s", address, exc)
-            return False
-    return True
-
-
 class _Server(uvicorn.Server):
     """uvicorn that tells systemd when it listens and when it stops."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            sd_notify("READY=1\nSTATUS=serving")
+            systemd.notify("READY=1\nSTATUS=serving")
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        sd_notify("STOPPING=1")
+        systemd.notify("STOPPING=1")
         await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

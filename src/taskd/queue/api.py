@@ -34,7 +34,7 @@ from tenacity import (
 )
 
 from taskd.errors import TaskdError
-from taskd.queue.models import JSON, SubtaskStatus, TaskStatus
+from taskd.queue.models import JSON, SubtaskStatus, Task
 from taskd.queue.queries import query
 from taskd.queue.store import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -120,44 +120,14 @@ class Account:
     updated_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class TaskSummary:
-    id: int
-    name: str
-    kind: str
-    queue: str
-    status: TaskStatus
-    priority: int
-    user_id: str | None
-    params: dict[str, JSON]
-    total: int
-    completed: int
-    failed: int
-    cancelled: int
-    quota_cost: int
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None
+# A task as listed: the same row as the queue core's Task.
+TaskSummary = Task
 
 
 @dataclass(frozen=True, slots=True)
-class TaskDetail:
-    id: int
-    name: str
-    kind: str
-    queue: str
-    status: TaskStatus
-    priority: int
-    user_id: str | None
-    params: dict[str, JSON]
-    total: int
-    completed: int
-    failed: int
-    cancelled: int
-    quota_cost: int
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None
+class TaskDetail(Task):
+    """A task as one reads it: its row, plus what its subtasks say."""
+
     batch_size: int
     processing: int
     results: list[JSON]
