@@ -61,8 +61,9 @@ class Daemon:
         self.health = Health(ready_window=3 * settings.heartbeat_interval + 5)
         self.running = RunningSet()
         self.gate = ClaimGate()
-        self.capacities = {q: Capacity(s.initial) for q, s in settings.queues.items()}
-        self.wakeups = {q: Wakeup() for q in settings.queues}
+        self.queues = settings.active_queues
+        self.capacities = {q: Capacity(s.initial) for q, s in self.queues.items()}
+        self.wakeups = {q: Wakeup() for q in self.queues}
         self.stopping = anyio.Event()
         self.producers: list[Producer] = []
         self.immediate = False
@@ -72,7 +73,7 @@ class Daemon:
         s = self.settings
         url = database_url(s)
         log.info("starting", extra={"executor_id": s.executor_id, "version": __version__,
-                                     "database": redact(url), "queues": sorted(s.queues)})
+                                     "database": redact(url), "queues": sorted(self.queues)})
         registry = HandlerRegistry.load(s)
         store = await Store.open(url, min_size=2, max_size=s.pool_size,
                                  application_name=f"taskd {s.executor_id}"[:63])
@@ -118,22 +119,22 @@ class Daemon:
                     tg.start_soon(Notifier(url, self.wakeups).run)
                 tg.start_soon(completer.run)
                 tg.start_soon(Rescuer(
-                    store, s.queues, self.metrics, interval=s.rescue_interval,
+                    store, self.queues, self.metrics, interval=s.rescue_interval,
                     executor_dead_after=s.executor_dead_after, retention=s.retention,
                 ).run)
                 tg.start_soon(Scaler(
-                    store, self.capacities, dict(s.queues), s.scale_check_interval,
+                    store, self.capacities, dict(self.queues), s.scale_check_interval,
                     self.metrics, s.executor_id,
                 ).run)
                 tg.start_soon(StatsCollector(
                     store, self.metrics, s.stats_interval, s.pool_size,
-                    pending_timeouts={q: qs.pending_timeout for q, qs in s.queues.items()},
+                    pending_timeouts={q: qs.pending_timeout for q, qs in self.queues.items()},
                 ).run)
                 thread_limiter = anyio.CapacityLimiter(
                     max(4, sum(c.limit for c in self.capacities.values()))
                 )
                 async with anyio.create_task_group() as work:
-                    for queue, queue_settings in s.queues.items():
+                    for queue, queue_settings in self.queues.items():
                         producer = Producer(
                             queue, queue_settings, store, s.executor_id,
                             self.capacities[queue], self.wakeups[queue], self.gate, completer,

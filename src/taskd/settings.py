@@ -50,6 +50,7 @@ class QueueSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    enabled: bool = Field(True, description="false: executors do not claim from this queue")
     initial: int = Field(10, ge=1, description="concurrency at start and the scaler's floor")
     max: int = Field(50, ge=1, description="the scaler's ceiling for this executor")
     step: int = Field(5, ge=1, description="how much one scaler decision moves the limit")
@@ -157,7 +158,9 @@ class Settings(BaseSettings):
     def _queue_defaults(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
-        merged: dict[str, Any] = {}
+        # The built-in queues are always there (a queue is turned off with enabled = false):
+        # TASKD_QUEUES__STANDARD__MAX=80 must not make the lumina queue disappear.
+        merged: dict[str, Any] = {name: dict(d) for name, d in QUEUE_DEFAULTS.items()}
         for name, options in value.items():
             if not isinstance(name, str) or not re.match(QUEUE_NAME_PATTERN, name):
                 raise ValueError(f"queue name {name!r} must match {QUEUE_NAME_PATTERN}")
@@ -166,6 +169,11 @@ class Settings(BaseSettings):
             else:
                 merged[name] = options
         return merged
+
+    @property
+    def active_queues(self) -> dict[str, QueueSettings]:
+        """The queues this executor claims from (``enabled``)."""
+        return {name: q for name, q in self.queues.items() if q.enabled}
 
     @field_validator("metrics_addr")
     @classmethod

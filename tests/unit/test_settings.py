@@ -122,3 +122,19 @@ def test_initial_above_max_names_the_queue_and_both_settings(
         load_settings()
     assert "invalid setting queues.images" in str(raised.value)
     assert "initial (8) must be <= max (4)" in str(raised.value)
+
+
+def test_overriding_one_queue_keeps_the_other_built_in_queues(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKD_QUEUES__LUMINA__BASE_URL", "http://127.0.0.1:8099")
+    s = load_settings()
+    assert sorted(s.active_queues) == ["lumina", "standard"]
+    assert s.queues["standard"].initial == 10
+
+
+def test_a_queue_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKD_QUEUES__LUMINA__ENABLED", "false")
+    monkeypatch.setenv("TASKD_QUEUES__IMAGES__MAX", "40")
+    s = load_settings()
+    assert sorted(s.active_queues) == ["images", "standard"]
