@@ -1,0 +1,41 @@
+"""Log lines: one per event, JSON when asked, never a password."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from taskd.logs import JsonFormatter, TextFormatter, redact_secrets
+
+
+@pytest.mark.parametrize(
+    ("text", "hidden"),
+    [
+        ("postgresql://app:s3cret@db:5432/app", "s3cret"),
+        ("postgres://app:p%40ss@db/app", "p%40ss"),
+        ("host=db user=app password=hunter2 dbname=app", "hunter2"),
+    ],
+)
+def test_passwords_are_redacted(text: str, hidden: str) -> None:
+    out = redact_secrets(text)
+    assert hidden not in out
+    assert "***" in out
+
+
+def test_an_empty_password_stays_copyable() -> None:
+    # The embedded database's URL has none; psql must accept what the log shows.
+    url = "postgresql://postgres:@/postgres?host=/tmp/pg"
+    assert redact_secrets(url) == url
+
+
+def test_json_lines_carry_extras_and_no_password() -> None:
+    record = logging.makeLogRecord({
+        "name": "taskd.daemon", "levelname": "INFO", "levelno": 20,
+        "msg": "starting %s", "args": ("postgresql://u:pw123@h/db",), "queue": "standard",
+    })
+    event = json.loads(JsonFormatter().format(record))
+    assert event["queue"] == "standard" and event["level"] == "info"
+    assert "pw123" not in json.dumps(event)
+    assert "\n" not in TextFormatter().format(record)
