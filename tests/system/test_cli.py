@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,17 @@ def test_unreachable_database_is_one_line_exit_2() -> None:
     done = taskd("status", TASKD_DATABASE_URL="postgresql://postgres@127.0.0.1:1/x")
     assert done.returncode == 2
     assert "database unavailable" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_without_a_database_url_the_embedded_database_is_started_and_migrated(
+    tmp_path: Path,
+) -> None:
+    data = str(tmp_path / "pgdata")
+    done = taskd("submit", "--count", "3", TASKD_EMBEDDED_DIR=data)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
+    status = taskd("status", "--json", TASKD_EMBEDDED_DIR=data)
+    assert status.returncode == 1, status.stderr  # work is pending and no executor is live
+    queues = {q["queue"]: q for q in json.loads(status.stdout)["queues"]}
+    assert queues["standard"]["ready"] == 3

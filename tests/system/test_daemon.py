@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import Any
 
 import anyio
 import pytest
@@ -244,3 +245,21 @@ def test_a_30_second_database_outage_loses_and_duplicates_nothing(database_url: 
         ("completed", total)
     ]
     assert resumed_after < 10, resumed_after
+
+
+def test_systemd_hears_ready_watchdog_and_stopping(database_url: str, tmp_path: Any) -> None:
+    import socket as socketlib
+
+    path = str(tmp_path / "notify.sock")
+    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(20)
+        # WATCHDOG_USEC of 2 s: the heartbeat pings at least every second.
+        with daemons(database_url, 1, NOTIFY_SOCKET=path, WATCHDOG_USEC="2000000") as (d,):
+            heard = [sock.recv(4096).decode() for _ in range(2)]
+            d.signal(signal.SIGTERM)
+            while "STOPPING=1" not in heard:
+                heard.append(sock.recv(4096).decode())
+            assert d.wait(timeout=30) == 0
+    assert heard[0] == "READY=1"
+    assert "WATCHDOG=1" in heard

@@ -225,6 +225,7 @@ class Store:
         statement_timeout: float | None = 30.0,
         check_schema: bool = True,
         connect_timeout: float = 10.0,
+        checkout_timeout: float = 10.0,
     ) -> Store:
         """Open a pool, wait for its first connection and check the schema version.
 
@@ -237,6 +238,9 @@ class Store:
             kwargs=connection_kwargs(application_name, statement_timeout),
             open=False,
             name=application_name,
+            # How long a query waits for a connection (e.g. while the database is away)
+            # before it fails with DatabaseUnavailable and its caller's backoff takes over.
+            timeout=checkout_timeout,
             # A broken connection is noticed on checkout, not by the query that gets it.
             check=AsyncConnectionPool.check_connection,
         )

@@ -1,0 +1,79 @@
+"""The heartbeat against a real database behind a link that a test can cut."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from taskd.metrics import Health, Metrics
+from taskd.queue import ExecutorInfo, Store
+from taskd.queue.capacity import Capacity
+from taskd.queue.gate import ClaimGate
+from taskd.queue.heartbeat import Heartbeat
+from taskd.queue.running import RunningSet
+from tests.factories import fetch_one, submit
+from tests.system.proxy import CuttableProxy
+
+pytestmark = pytest.mark.anyio
+
+
+async def wait_until(condition: Any, timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.02)
+
+
+async def test_heartbeat_extends_leases_and_pauses_claims_when_it_cannot_beat(
+    database_url: str, store: Store, conn: Any
+) -> None:
+    parts = conninfo_to_dict(database_url)
+    with CuttableProxy((str(parts["host"]), int(parts.get("port", 5432)))) as proxy:
+        url = make_conninfo(database_url, host="127.0.0.1", port=str(proxy.port))
+        own = await Store.open(url, max_size=2, connect_timeout=2, checkout_timeout=0.3)
+        info = ExecutorInfo("hb", "default", "host", 1, "test")
+        await own.register_executor(info)
+        await submit(store, 1)
+        [claimed] = await own.claim_subtasks("standard", "hb", 1, lease_timeout=0.5)
+        running = RunningSet()
+        running.add(claimed)
+        gate = ClaimGate()
+        heartbeat = Heartbeat(own, info, {"standard": Capacity(3)}, running, gate, Metrics(),
+                              Health(10), interval=0.1, lease_timeout=1.0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(heartbeat.run)
+            await wait_until(lambda: heartbeat.beats >= 3)
+            # Each beat moves the lease to now() + 1 s: past the claim's own 0.5 s.
+            extended = await fetch_one(conn, "SELECT lease_expires_at - started_at"
+                                       " FROM taskd.subtasks WHERE id = %s", claimed.id)
+            assert extended > timedelta(seconds=1)
+            assert gate.is_open
+            proxy.cut()
+            await wait_until(lambda: not gate.is_open)
+            assert gate.reason and "longer than the lease" in gate.reason
+            proxy.restore()
+            await wait_until(lambda: gate.is_open)
+            tg.cancel_scope.cancel()
+        await own.close()
+    row = await fetch_one(conn, "SELECT concurrency, running FROM taskd.executors")
+    assert row == ({"standard": 3}, {"standard": 0})
+
+
+async def test_a_lost_lease_stops_the_handler(store: Store) -> None:
+    await submit(store, 1)
+    [claimed] = await store.claim_subtasks("standard", "hb", 1, lease_timeout=60)
+    info = ExecutorInfo("hb", "default", "host", 1, "test")
+    await store.register_executor(info)
+    running = RunningSet()
+    entry = running.add(claimed)
+    # Another executor's rescue took it: the lease is no longer this executor's.
+    later = await store.database_now() + timedelta(seconds=61)
+    await store.rescue_expired_leases(now=later)
+    heartbeat = Heartbeat(store, info, {}, running, ClaimGate(), Metrics(), Health(10),
+                          interval=1, lease_timeout=60)
+    await heartbeat.beat()
+    assert entry.stop_reason == "lease_lost"
+    assert entry.scope.cancel_called
