@@ -21,9 +21,10 @@ from tests.system.proxy import CuttableProxy
 pytestmark = pytest.mark.anyio
 
 
-async def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not condition():
+async def wait_until(condition: Any) -> None:
+    """Poll a condition set by another task (the heartbeat exposes no event for these)."""
+    with anyio.fail_after(10):
+        while not condition():  # noqa: ASYNC110
             await anyio.sleep(0.02)
 
 
