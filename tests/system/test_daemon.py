@@ -263,3 +263,24 @@ def test_systemd_hears_ready_watchdog_and_stopping(database_url: str, tmp_path: 
             assert d.wait(timeout=30) == 0
     assert heard[0] == "READY=1"
     assert "WATCHDOG=1" in heard
+
+
+def test_metrics_port_in_use_stops_the_daemon_with_one_line(database_url: str) -> None:
+    import os
+    import socket as socketlib
+    import subprocess
+    import sys
+
+    with socketlib.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "taskd", "run"], capture_output=True, text=True, timeout=60,
+            env={**env, "TASKD_DATABASE_URL": database_url,
+                 "TASKD_METRICS_ADDR": f"127.0.0.1:{port}"}, check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"metrics_addr 127.0.0.1:{port}" in done.stderr.splitlines()[-1]

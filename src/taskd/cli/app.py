@@ -87,7 +87,12 @@ def configure_logging(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> Any:
     """Console entry point: taskd's errors become one line on stderr and an exit code."""
     try:
-        return app(args=argv)
+        try:
+            return app(args=argv)
+        except BaseExceptionGroup as group:
+            # A component of the daemon failed inside its task group: when what failed is one
+            # of taskd's own errors (a port in use, a bad handler path), say it in one line.
+            raise _sole_taskd_error(group) or group from None
     except TaskdError as exc:
         code = next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
         # One line: server messages carry newlines and hints.
@@ -98,3 +103,23 @@ def main(argv: list[str] | None = None) -> Any:
 
 
 logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+
+
+def _sole_taskd_error(group: BaseExceptionGroup[BaseException]) -> TaskdError | None:
+    """The TaskdError in ``group`` when it is the only error besides cancellations."""
+    import asyncio
+
+    cancelled = asyncio.CancelledError  # taskd runs anyio on its asyncio backend
+    found: list[BaseException] = []
+
+    def leaves(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                leaves(inner)
+        elif not isinstance(exc, cancelled):
+            found.append(exc)
+
+    leaves(group)
+    if len(found) == 1 and isinstance(found[0], TaskdError):
+        return found[0]
+    return None
