@@ -46,7 +46,8 @@ class CreateTaskRequest(BaseModel):
                       description="the handler; one of the kinds this deployment allows")
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN,
                               description="defaults to the kind's configured queue")
-    priority: int = Field(1, ge=-1000, le=1000, description="higher runs first")
+    # Strict: JSON true, "5" or 5.0 is a wrong type, not a priority (pydantic would coerce).
+    priority: StrictInt = Field(1, ge=-1000, le=1000, description="higher runs first")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="task-level parameters, stored as given")
     subtasks: list[dict[str, Any]] | None = Field(
@@ -62,8 +63,8 @@ class CreateTaskRequest(BaseModel):
         None, max_length=20,
         description="values filled into the prompts' {name} placeholders",
     )
-    batch_size: int | None = Field(None, ge=1, le=1000,
-                                   description="images per prompt subtask (default 1)")
+    batch_size: StrictInt | None = Field(None, ge=1, le=1000,
+                                         description="images per prompt subtask (default 1)")
 
     @field_validator("name")
     @classmethod
