@@ -6,6 +6,7 @@ reads the environment later. Durations are seconds, floats allowed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -224,6 +225,21 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(describe_validation_error(exc)) from exc
     except ValueError as exc:  # TOML syntax errors, undecodable environment values
         raise ConfigError(f"invalid settings: {exc}") from exc
+    except RecursionError as exc:  # a JSON value in the environment nested too deeply
+        names = [name for name, value in os.environ.items()
+                 if name.upper().startswith("TASKD_") and _too_deep(value)]
+        raise ConfigError(f"invalid settings: {', '.join(names) or 'a JSON value'} is nested "
+                          "too deeply") from exc
+
+
+def _too_deep(value: str) -> bool:
+    try:
+        json.loads(value)
+    except RecursionError:
+        return True
+    except ValueError:
+        return False
+    return False
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -50,14 +50,17 @@ def submit(
     settings = settings_of(ctx)
     try:
         body: Any = json.loads(payload)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # also too deep, or an int of 4,300+ digits
         raise InvalidInput(f"--payload is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidInput("--payload must be a JSON object")
     if not 1 <= count <= 100_000:
         raise InvalidInput(f"--count {count} is outside 1..100000")
     queue_settings = settings.queues.get(queue)
-    attempts = max_attempts or (queue_settings.max_attempts if queue_settings else 3)
+    if max_attempts is not None:
+        attempts = max_attempts  # 0 too is checked (and refused), not replaced by the default
+    else:
+        attempts = queue_settings.max_attempts if queue_settings else 3
 
     async def go() -> str:
         async with open_store(settings) as store:

@@ -107,6 +107,14 @@ def _dumps(value: Any, what: str) -> str:
         raise InvalidInput(f"{what} is not JSON-serialisable: {exc}", field=what) from exc
 
 
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _has_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value
@@ -159,6 +167,9 @@ def validate_submission(
     for label, text in (("name", name), ("user_id", user_id)):
         if text is not None and (not isinstance(text, str) or "\x00" in text):
             raise InvalidInput(f"{label} must be text without NUL characters", field=label)
+        if text is not None and not _encodes(text):
+            # Lone surrogates: argv or JSON bytes that were not UTF-8.
+            raise InvalidInput(f"{label} must be valid UTF-8 text", field=label)
     if not isinstance(params, dict):
         raise InvalidInput("params must be a JSON object", field="params")
     if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Sequence):
