@@ -1,0 +1,146 @@
+"""sql/roles.sql: idempotent; each role can do its job (a real daemon, the API, `taskd status`)
+and cannot do more. Roles are cluster-wide, so the test names its own and drops them after."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from taskd.api import mint_token, serve_in_thread
+from tests.integration.test_api_harness import make_settings
+from tests.system.daemons import daemons, scalar, wait_for
+
+ROLES_SQL = resources.files("taskd.sql").joinpath("roles.sql").read_text("utf-8")
+
+
+def apply_roles(url: str, names: dict[str, str]) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for kind, name in names.items():
+            conn.execute(sql.SQL("SET taskd.{} = {}").format(
+                sql.Identifier(f"{kind}_role"), sql.Literal(name)))
+        conn.execute(ROLES_SQL)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def roles(database_url: str) -> Iterator[dict[str, str]]:
+    """Group roles from roles.sql and a login role in each, with names of this test's own."""
+    suffix = uuid.uuid4().hex[:8]
+    groups = {kind: f"t{suffix}_{kind}" for kind in ("executor", "api", "readonly")}
+    logins = {kind: f"{name}_login" for kind, name in groups.items()}
+    try:
+        apply_roles(database_url, groups)
+        apply_roles(database_url, groups)  # idempotent: a second run changes nothing
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for kind, login in logins.items():
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                    sql.Identifier(login), sql.Identifier(groups[kind])))
+        yield {kind: make_conninfo(database_url, user=login) for kind, login in logins.items()}
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for name in [*logins.values(), *groups.values()]:
+                if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+                    # Grants in this database; the database itself is dropped after the test.
+                    conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+                    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def _refused(url: str, statement: str, *params: Any) -> None:
+    with psycopg.connect(url, autocommit=True) as conn, \
+            pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(statement, params)  # type: ignore[arg-type]
+
+
+def test_the_api_role_serves_the_api_and_can_do_nothing_else(
+    roles: dict[str, str], database_url: str
+) -> None:
+    settings = make_settings(roles["api"])
+    with serve_in_thread(settings, roles["api"]) as api:
+        def c(user: str, admin: bool = False) -> httpx.Client:
+            token = mint_token(settings.api, user, admin=admin, ttl=600)
+            return httpx.Client(base_url=api.url, timeout=30,
+                                headers={"Authorization": f"Bearer {token}"})
+
+        with c("root", admin=True) as root, c("alice") as alice:
+            assert root.put("/v1/accounts/alice",
+                            json={"is_member": True, "quota_remaining": 3}).status_code == 200
+            made = alice.post("/v1/tasks", json={"kind": "noop", "subtasks": [{"n": 1}] * 3})
+            assert made.status_code == 201, made.text
+            task_id = made.json()["id"]
+            assert alice.get(f"/v1/tasks/{task_id}/subtasks").status_code == 200
+            assert alice.post(f"/v1/tasks/{task_id}/cancel").status_code == 200
+            assert root.get("/v1/status").status_code == 200
+    api = roles["api"]
+    _refused(api, "DELETE FROM taskd.tasks")
+    _refused(api, "DELETE FROM taskd.quota_ledger")
+    _refused(api, "UPDATE taskd.quota_ledger SET delta = 100")
+    _refused(api, "UPDATE taskd.executors SET status = 'dead'")
+    _refused(api, "INSERT INTO taskd.error_logs (error_type, error_message) VALUES ('x', 'y')")
+    _refused(api, "CREATE TABLE taskd.intruder (id int)")
+    _refused(api, "TRUNCATE taskd.subtasks")
+    _refused(api, "DROP TABLE taskd.tasks")
+
+
+def test_the_executor_role_runs_a_daemon_and_can_do_nothing_else(
+    roles: dict[str, str], database_url: str
+) -> None:
+    with psycopg.connect(roles["api"], autocommit=True) as api:
+        api.execute("SELECT taskd.submit_task('standard', 'noop', %s::jsonb)",
+                    ('[{"n": 1}, {"n": 2}]',))
+    with daemons(roles["executor"], 1, TASKD_POLL_INTERVAL="0.5", TASKD_RESCUE_INTERVAL="0.5"):
+        wait_for(lambda: scalar(database_url, "SELECT count(*) FROM taskd.subtasks "
+                                "WHERE status = 'completed'") == 2, timeout=30,
+                 message="the executor role completes the subtasks")
+        assert scalar(database_url, "SELECT status FROM taskd.tasks") == "completed"
+    ex = roles["executor"]
+    _refused(ex, "SELECT taskd.submit_task('standard', 'noop', '[{}]'::jsonb)")
+    _refused(ex, "INSERT INTO taskd.tasks (queue, kind, total) VALUES ('standard', 'noop', 1)")
+    _refused(ex, "INSERT INTO taskd.accounts (user_id) VALUES ('mallory')")
+    _refused(ex, "UPDATE taskd.accounts SET is_member = true")
+    _refused(ex, "DELETE FROM taskd.quota_ledger")
+    _refused(ex, "CREATE TABLE taskd.intruder (id int)")
+    _refused(ex, "TRUNCATE taskd.tasks")
+
+
+def test_the_executor_role_can_refund_a_failed_api_task(
+    roles: dict[str, str], database_url: str
+) -> None:
+    """The refund trigger runs with the executor's rights when a daemon fails a task."""
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("INSERT INTO taskd.accounts (user_id, is_member, quota_remaining) "
+                      "VALUES ('alice', true, 0)")
+        task_id = admin.execute("SELECT taskd.submit_task('standard', 'fail', %s::jsonb, "
+                                "user_id => 'alice', max_attempts => 1)",
+                                ('[{"permanent": true}]',)).fetchone()[0]  # type: ignore[index]
+        admin.execute("UPDATE taskd.tasks SET quota_cost = 1 WHERE id = %s", (task_id,))
+    with daemons(roles["executor"], 1, TASKD_POLL_INTERVAL="0.5"):
+        wait_for(lambda: scalar(database_url, "SELECT status FROM taskd.tasks") == "failed",
+                 timeout=30, message="the task failed")
+    assert scalar(database_url, "SELECT quota_remaining FROM taskd.accounts") == 1
+
+
+def test_the_readonly_role_runs_taskd_status_and_can_write_nothing(
+    roles: dict[str, str], database_url: str
+) -> None:
+    env = {"TASKD_DATABASE_URL": roles["readonly"], "PATH": "/usr/bin:/bin"}
+    for args in (["status", "--json"], ["tasks", "list", "--json"]):
+        done = subprocess.run([sys.executable, "-m", "taskd", *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+    ro = roles["readonly"]
+    for statement in ("SELECT taskd.submit_task('standard', 'noop', '[{}]'::jsonb)",
+                      "UPDATE taskd.subtasks SET status = 'failed'",
+                      "DELETE FROM taskd.executors",
+                      "INSERT INTO taskd.accounts (user_id) VALUES ('mallory')",
+                      "CREATE TABLE taskd.intruder (id int)"):
+        _refused(ro, statement)
+    assert conninfo_to_dict(ro)["user"].endswith("_readonly_login")
