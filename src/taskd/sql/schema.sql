@@ -69,8 +69,10 @@ CREATE TABLE taskd.subtasks (
 -- The claim index: only pending rows, so it stays small however many finished rows exist.
 CREATE INDEX subtasks_claim_idx ON taskd.subtasks (queue, priority DESC, run_after, id)
     WHERE status = 'pending';
-CREATE INDEX subtasks_processing_idx ON taskd.subtasks (locked_by, lease_expires_at)
-    WHERE status = 'processing';
+-- Held leases by expiry, for the rescuer. Not on status = 'processing': fenced writes would
+-- then scan it (and every dead entry in it) instead of finding their rows by primary key.
+CREATE INDEX subtasks_lease_idx ON taskd.subtasks (lease_expires_at)
+    WHERE lease_expires_at IS NOT NULL;
 CREATE INDEX subtasks_task_idx ON taskd.subtasks (task_id);
 CREATE INDEX subtasks_finished_idx ON taskd.subtasks (completed_at)
     WHERE completed_at IS NOT NULL;
@@ -293,4 +295,4 @@ BEGIN
 END;
 $$;
 
-INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial');
+INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index');

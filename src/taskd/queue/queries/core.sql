@@ -29,7 +29,9 @@ WITH picked AS (
      LIMIT CASE WHEN %(cluster_max)s::integer IS NULL THEN %(limit)s
                 ELSE greatest(0, least(%(limit)s, %(cluster_max)s::integer - (
                          SELECT count(*) FROM taskd.subtasks
-                          WHERE status = 'processing' AND queue = %(queue)s)))
+                          -- a lease is held exactly while processing: subtasks_lease_idx
+                          WHERE lease_expires_at IS NOT NULL AND status = 'processing'
+                            AND queue = %(queue)s)))
            END
        FOR UPDATE SKIP LOCKED
 )
@@ -75,7 +77,10 @@ UPDATE taskd.subtasks s
                            THEN coalesce(%(now)s, now()) END,
        updated_at = coalesce(%(now)s, now())
   FROM outcome o
- WHERE s.id = o.id
+ -- Rows by primary key from an id array the planner cannot size (as in the claim): joined
+ -- on o.id alone, a table not yet analyzed got a nested loop over a sequential scan.
+ WHERE s.id = ANY(ARRAY(SELECT id FROM outcome))
+   AND s.id = o.id
    AND s.locked_by = %(executor_id)s
    AND s.attempt = o.attempt
    AND s.status = 'processing'
@@ -108,7 +113,8 @@ UPDATE taskd.subtasks s
        run_after = now(),
        updated_at = now()
   FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS r(id, attempt)
- WHERE s.id = r.id
+ WHERE s.id = ANY(ARRAY(SELECT unnest(%(ids)s::bigint[])))
+   AND s.id = r.id
    AND s.locked_by = %(executor_id)s
    AND s.attempt = r.attempt
    AND s.status = 'processing'

@@ -17,7 +17,7 @@ WITH backlog AS (
     UNION ALL
     SELECT queue, 0, 0, count(*), NULL
       FROM taskd.subtasks
-     WHERE status = 'processing'
+     WHERE status = 'processing' AND lease_expires_at IS NOT NULL  -- subtasks_lease_idx
      GROUP BY queue
 ), pending AS (
     SELECT queue, sum(ready)::bigint AS ready, sum(scheduled)::bigint AS scheduled,
@@ -54,17 +54,20 @@ SELECT coalesce(p.queue, r.queue) AS queue,
 
 -- name: executor_overview
 -- Executors that run, or stopped or died within the hour, or still hold leases; leases counts
--- the processing subtasks locked by each (through subtasks_processing_idx).
+-- the processing subtasks locked by each (a lease is held exactly while processing, so
+-- lease_expires_at IS NOT NULL reads them through subtasks_lease_idx).
 SELECT e.id, e.executor_group, e.hostname, e.pid, e.version, e.status, e.started_at,
        extract(epoch FROM now() - e.last_heartbeat_at)::float8 AS heartbeat_age_seconds,
        e.concurrency, e.running, e.metrics_url,
        (SELECT count(*) FROM taskd.subtasks s
-         WHERE s.status = 'processing' AND s.locked_by = e.id) AS leases
+         WHERE s.lease_expires_at IS NOT NULL AND s.status = 'processing'
+           AND s.locked_by = e.id) AS leases
   FROM taskd.executors e
  WHERE e.status IN ('running', 'stopping')
     OR e.last_heartbeat_at > now() - interval '1 hour'
     OR EXISTS (SELECT 1 FROM taskd.subtasks s
-                WHERE s.status = 'processing' AND s.locked_by = e.id)
+                WHERE s.lease_expires_at IS NOT NULL AND s.status = 'processing'
+                  AND s.locked_by = e.id)
  ORDER BY e.executor_group, e.id;
 
 -- name: recent_errors
@@ -115,7 +118,7 @@ SELECT 'queue', queue, 'scheduled', count(*)::float8, NULL
 UNION ALL
 SELECT 'queue', queue, 'processing', count(*)::float8, NULL
   FROM taskd.subtasks
- WHERE status = 'processing'
+ WHERE status = 'processing' AND lease_expires_at IS NOT NULL  -- subtasks_lease_idx
  GROUP BY queue
 UNION ALL
 SELECT 'executor', NULL, status, count(*)::float8, NULL
