@@ -284,3 +284,25 @@ def test_metrics_port_in_use_stops_the_daemon_with_one_line(database_url: str) -
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert f"metrics_addr 127.0.0.1:{port}" in done.stderr.splitlines()[-1]
+
+
+def test_a_payload_too_deep_for_python_fails_alone_and_the_daemon_lives(
+    database_url: str,
+) -> None:
+    # PostgreSQL stores JSON nested 10,000 deep; Python's decoder cannot read it back.
+    # Regression: the claim that fetched it raised RecursionError and the daemon exited.
+    deep = "[" * 10_000 + "]" * 10_000
+    query(database_url, "SELECT taskd.submit_task('standard', 'noop', %s::jsonb)",
+          f'[{{"deep": {deep}}}]')
+    with daemons(database_url, 1, **FAST) as (d,):
+        wait_for(lambda: scalar(database_url, "SELECT status FROM taskd.tasks") == "failed",
+                 timeout=20, message="the unreadable subtask failed")
+        after = submit(database_url, 2, kind="noop")
+        wait_for(lambda: scalar(database_url, "SELECT status FROM taskd.tasks WHERE id = %s",
+                                after) == "completed", timeout=20, message="later work ran")
+        assert d.proc.poll() is None
+    status, attempt, error = query(
+        database_url, "SELECT status, attempt, error FROM taskd.subtasks ORDER BY id LIMIT 1"
+    )[0]
+    assert (status, attempt) == ("failed", 1)
+    assert "nested too deeply" in error

@@ -21,8 +21,10 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from taskd.errors import ConfigError
-from taskd.handlers import http, lumina, standard
 from taskd.handlers.base import Handler, HandlerSource, RegisteredHandler
+from taskd.handlers.http import handle as http_handle
+from taskd.handlers.lumina import handle as lumina_handle
+from taskd.handlers.standard import fail, noop, sleep
 from taskd.settings import Settings
 
 ENTRY_POINT_GROUP = "taskd.handlers"
@@ -30,11 +32,11 @@ ENTRY_POINT_GROUP = "taskd.handlers"
 KIND_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 
 BUILTINS: dict[str, Handler] = {
-    "noop": standard.noop,
-    "sleep": standard.sleep,
-    "fail": standard.fail,
-    "http": http.handle,
-    "lumina": lumina.handle,
+    "noop": noop,
+    "sleep": sleep,
+    "fail": fail,
+    "http": http_handle,
+    "lumina": lumina_handle,
 }
 
 

@@ -21,6 +21,7 @@ from taskd.errors import HandlerTimeout, LeaseLost, PermanentError, RetryLater
 from taskd.handlers.base import RegisteredHandler, SubtaskContext
 from taskd.handlers.registry import HandlerRegistry
 from taskd.queue import ErrorOccurrence, Outcome
+from taskd.queue.jsonload import UnreadableJSON
 
 # Stack traces go to error_logs; the top frames say where, the rest is noise in a table.
 MAX_STACK_TRACE = 8000
@@ -88,6 +89,9 @@ async def run_subtask(
     started = time.monotonic()
     handler = registry.get(ctx.kind)
     try:
+        for what, value in (("payload", ctx.subtask.payload), ("state", ctx.state)):
+            if isinstance(value, UnreadableJSON):
+                raise PermanentError(f"the subtask's {what} cannot be read: {value.reason}")
         if handler is None:
             raise PermanentError(
                 f"no handler for kind {ctx.kind!r}; registered kinds: "

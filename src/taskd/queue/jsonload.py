@@ -1,0 +1,34 @@
+"""Reading JSON columns without letting one unreadable value take the daemon down.
+
+PostgreSQL accepts JSON nested far deeper than Python's decoder can follow (it raises
+RecursionError). Such a value comes back as :class:`UnreadableJSON`, so that the subtask holding
+it fails on its own, permanently, instead of the claim that fetched it crashing the executor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import set_json_loads
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableJSON:
+    """Stands for a JSON value that could not be decoded; ``reason`` says why."""
+
+    reason: str
+
+
+def tolerant_loads(data: str | bytes) -> Any:
+    try:
+        return json.loads(data)
+    except RecursionError:
+        return UnreadableJSON("JSON nested too deeply for Python to decode")
+
+
+async def configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Pool ``configure`` hook: json and jsonb columns decode with :func:`tolerant_loads`."""
+    set_json_loads(tolerant_loads, conn)
