@@ -75,7 +75,9 @@ class Daemon:
         log.info("starting", extra={"executor_id": s.executor_id, "version": __version__,
                                      "database": redact(url), "queues": sorted(self.queues)})
         registry = HandlerRegistry.load(s)
-        store = await Store.open(url, min_size=2, max_size=s.pool_size,
+        # pool_size counts every connection of the daemon: the notifier's LISTEN is one.
+        pool_max = s.pool_size - 1 if s.listen else s.pool_size
+        store = await Store.open(url, min_size=min(2, pool_max), max_size=pool_max,
                                  application_name=f"taskd {s.executor_id}"[:63])
         try:
             return await self._run(store, url, registry)
@@ -116,7 +118,10 @@ class Daemon:
                 )
                 tg.start_soon(heartbeat.run)
                 if s.listen:
-                    tg.start_soon(Notifier(url, self.wakeups).run)
+                    tg.start_soon(Notifier(
+                        url, self.wakeups,
+                        application_name=f"taskd-listen {s.executor_id}"[:63],
+                    ).run)
                 tg.start_soon(completer.run)
                 tg.start_soon(Rescuer(
                     store, self.queues, self.metrics, interval=s.rescue_interval,

@@ -17,7 +17,9 @@ class Capacity:
             raise ValueError("limit must be >= 1")
         self._limit = limit
         self._running = 0
-        self._changed = anyio.Event()
+        # Created only when someone waits: an event per released slot costs more than the
+        # no-op handler it follows.
+        self._changed: anyio.Event | None = None
 
     @property
     def limit(self) -> int:
@@ -48,8 +50,11 @@ class Capacity:
     async def wait_for_free(self, slots: int = 1) -> None:
         """Return when at least ``slots`` slots are free (or the limit is below that)."""
         while self.free() < min(slots, self._limit):
+            if self._changed is None:
+                self._changed = anyio.Event()
             await self._changed.wait()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None

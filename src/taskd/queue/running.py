@@ -30,7 +30,7 @@ class RunningSet:
 
     def __init__(self) -> None:
         self._entries: dict[int, RunningSubtask] = {}
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None  # created only while someone waits
 
     def add(self, subtask: ClaimedSubtask) -> RunningSubtask:
         entry = RunningSubtask(subtask)
@@ -39,8 +39,9 @@ class RunningSet:
 
     def remove(self, subtask_id: int) -> None:
         self._entries.pop(subtask_id, None)
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def get(self, subtask_id: int) -> RunningSubtask | None:
         return self._entries.get(subtask_id)
@@ -56,4 +57,6 @@ class RunningSet:
 
     async def wait_empty(self) -> None:
         while self._entries:
+            if self._changed is None:
+                self._changed = anyio.Event()
             await self._changed.wait()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -219,6 +221,20 @@ async def _why_unreachable(conninfo: str, connect_timeout: float) -> DatabaseUna
                                f"{connect_timeout:g} s")
 
 
+# A connection that finished a statement this recently is not checked on checkout: the check
+# is a round trip, as many as the hot path's own statements. One that broke meanwhile fails
+# its statement, and every caller retries or backs off on DatabaseUnavailable.
+CHECK_IDLE_AFTER = 2.0
+_last_ok: WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = WeakKeyDictionary()
+
+
+async def _check_when_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    last = _last_ok.get(conn)
+    if last is not None and time.monotonic() - last < CHECK_IDLE_AFTER and not conn.broken:
+        return
+    await AsyncConnectionPool.check_connection(conn)
+
+
 class Store:
     """Typed access to taskd's tables over a connection pool."""
 
@@ -253,7 +269,7 @@ class Store:
             # before it fails with DatabaseUnavailable and its caller's backoff takes over.
             timeout=checkout_timeout,
             # A broken connection is noticed on checkout, not by the query that gets it.
-            check=AsyncConnectionPool.check_connection,
+            check=_check_when_idle,
         )
         try:
             async with translated_errors():
@@ -292,6 +308,7 @@ class Store:
                 cur = conn.cursor(row_factory=class_row(row_type))
                 await cur.execute(query(name), params)
                 rows: list[Row] = await cur.fetchall()
+                _last_ok[conn] = time.monotonic()
                 return rows
 
         try:
@@ -306,7 +323,9 @@ class Store:
             async with self.pool.connection() as conn:
                 cur = conn.cursor(row_factory=dict_row)
                 await cur.execute(query(name), params)
-                return await cur.fetchall() if cur.description else []
+                rows = await cur.fetchall() if cur.description else []
+                _last_ok[conn] = time.monotonic()
+                return rows
 
         try:
             return await _conflict_retrying()(once)
