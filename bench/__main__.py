@@ -1,0 +1,117 @@
+"""``python -m bench <workload> [options]``; ``python -m bench --help`` lists the workloads."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bench import peers, taskd_workloads
+from bench.common import print_table, temp_database, write_json
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """taskd and its peers, throughput then latency, in one run; ratios taskd / peer."""
+    tp: list[dict[str, Any]] = []
+    for _ in range(args.repeat):
+        for p in (1, 2):
+            with temp_database() as url:
+                stats = taskd_workloads.drain(url, args.n, p, args.concurrency)
+            tp.append({"system": f"taskd ({p} proc, concurrency {args.concurrency})",
+                       "n": args.n, **stats})
+        tp.append(peers.pgqueuer_throughput(args.n, 2, 100))
+        tp.append(peers.bare_batch(args.n))
+        if args.procrastinate_n:
+            tp.append(peers.procrastinate_throughput(args.procrastinate_n, 1, 10))
+    lat: list[dict[str, Any]] = []
+    for _ in range(args.repeat):
+        lat.append(taskd_workloads.latency(args.rate, args.seconds)["results"][0])
+        lat.append(peers.pgqueuer_latency(args.rate, args.seconds))
+        if args.procrastinate_n:
+            lat.append(peers.procrastinate_latency(args.rate, args.seconds))
+        lat.append(peers.bare_listen_latency(args.rate, args.seconds))
+    best_taskd = {k: max(r["per_s"] for r in tp if r["system"].startswith(f"taskd ({k} proc"))
+                  for k in (1, 2)}
+    for row in tp:
+        row["taskd_2proc_vs_this"] = best_taskd[2] / row["per_s"]
+    print_table(f"throughput ({args.repeat} run(s) each; ratio uses taskd's best 2-process run)",
+                tp)
+    taskd_lat = [r for r in lat if r["system"] == "taskd"]
+    p50 = min(r["p50_ms"] for r in taskd_lat)
+    p99 = min(r["p99_ms"] for r in taskd_lat)
+    for row in lat:
+        row["taskd_p50_vs_this"] = p50 / row["p50_ms"]
+        row["taskd_p99_vs_this"] = p99 / row["p99_ms"]
+    print_table(f"latency at {args.rate:g}/s ({args.repeat} run(s) each)", lat)
+    return {"n": args.n, "throughput": tp, "latency": lat}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="workload", required=True)
+
+    p = sub.add_parser("throughput", help="N noop subtasks drained by 1 and 2 daemons")
+    p.add_argument("-n", type=int, default=100_000)
+    p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--repeat", type=int, default=1)
+
+    p = sub.add_parser("latency", help="enqueue-to-start at a steady rate, idle daemon")
+    p.add_argument("--rate", type=float, default=50.0)
+    p.add_argument("--seconds", type=float, default=10.0)
+
+    p = sub.add_parser("growth", help="throughput with many finished rows in the table")
+    p.add_argument("--history", type=int, nargs="+", default=[0, 1_000_000, 5_000_000])
+    p.add_argument("-n", type=int, default=50_000)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=200)
+
+    p = sub.add_parser("external", help="lumina subtasks against the fake API")
+    p.add_argument("-n", type=int, default=1000)
+    p.add_argument("--job-seconds", type=float, default=0.5)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--polling", type=float, default=0.05)
+
+    p = sub.add_parser("submit", help="taskd.submit_task batches and the HTTP API")
+    p.add_argument("--tasks", type=int, default=50)
+    p.add_argument("--per-task", type=int, default=1000)
+    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--per-request", type=int, default=1)
+
+    p = sub.add_parser("footprint", help="RSS and connections of one daemon")
+    p.add_argument("-n", type=int, default=10_000)
+    p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--sleep-ms", type=int, default=200)
+
+    p = sub.add_parser("peers", help="taskd vs PgQueuer, Procrastinate and bare loops")
+    p.add_argument("-n", type=int, default=100_000)
+    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--procrastinate-n", type=int, default=5000,
+                   help="Procrastinate drains at a few hundred/s; 0 skips it")
+    p.add_argument("--rate", type=float, default=50.0)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--repeat", type=int, default=1)
+
+    args = parser.parse_args(argv)
+    w = args.workload
+    if w == "throughput":
+        data = taskd_workloads.throughput(args.n, args.processes, args.concurrency, args.repeat)
+    elif w == "latency":
+        data = taskd_workloads.latency(args.rate, args.seconds)
+    elif w == "growth":
+        data = taskd_workloads.growth(args.history, args.n, args.processes, args.concurrency)
+    elif w == "external":
+        data = taskd_workloads.external_api(args.n, args.job_seconds, args.limit, args.polling)
+    elif w == "submit":
+        data = {"sql": taskd_workloads.submit_sql(args.tasks, args.per_task),
+                "http": taskd_workloads.submit_http(args.clients, args.seconds,
+                                                    args.per_request)}
+    elif w == "footprint":
+        data = taskd_workloads.footprint(args.n, args.concurrency, args.sleep_ms)
+    else:
+        data = compare(args)
+    write_json(w, {"args": vars(args), **data})
+
+
+if __name__ == "__main__":
+    main()

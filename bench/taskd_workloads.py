@@ -1,0 +1,324 @@
+"""Workloads that measure taskd itself: throughput, latency, growth, external API, submit,
+footprint. Each returns a dict (what its JSON holds) and prints a table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.common import (
+    connect,
+    daemons,
+    latency_summary,
+    print_table,
+    queue_env,
+    rows,
+    scalar,
+    temp_database,
+    wait_for,
+)
+
+SUBMIT = ("SELECT taskd.submit_task(queue => %s, kind => %s, payloads => %s::jsonb,"
+          " max_attempts => 3)")
+CHUNK = 10_000
+
+
+def submit_noops(conn: psycopg.Connection[Any], n: int, *, queue: str = "standard",
+                 kind: str = "noop", payload: dict[str, Any] | None = None) -> None:
+    """Insert ``n`` subtasks as tasks of up to 10,000, in the caller's transaction."""
+    text = json.dumps(payload or {})
+    left = n
+    while left > 0:
+        k = min(CHUNK, left)
+        conn.execute(SUBMIT, (queue, kind, "[" + ",".join([text] * k) + "]"))
+        left -= k
+
+
+def drain_stats(url: str) -> dict[str, Any]:
+    """Completed subtasks and the span from the first claim to the last completion."""
+    n, first, last = rows(
+        url, "SELECT count(*), min(started_at), max(completed_at) FROM taskd.subtasks"
+             " WHERE status = 'completed' AND task_id NOT IN"
+             " (SELECT id FROM taskd.tasks WHERE name = 'bench-history')")[0]
+    seconds = (last - first).total_seconds() if n else float("nan")
+    return {"completed": n, "seconds": seconds, "per_s": n / seconds if n and seconds else 0.0}
+
+
+def wait_completed(url: str, n: int, timeout: float) -> None:
+    wait_for(lambda: (scalar(url, "SELECT coalesce(sum(completed + failed), 0)"
+                                  " FROM taskd.tasks") or 0) >= n,
+             timeout=timeout, interval=0.1, what=f"{n} subtasks finished")
+
+
+def drain(url: str, n: int, processes: int, concurrency: int,
+          extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Start the daemons idle, then make ``n`` noop subtasks visible in one commit."""
+    env = {**queue_env("standard", concurrency), **(extra_env or {})}
+    with daemons(url, processes, env):
+        time.sleep(0.5)  # let the first idle polls pass
+        with connect(url) as conn, conn.transaction():
+            submit_noops(conn, n)
+        wait_completed(url, n, timeout=max(120.0, n / 200))
+    return drain_stats(url)
+
+
+def throughput(n: int, processes: Sequence[int], concurrency: int,
+               repeat: int = 1) -> dict[str, Any]:
+    table = []
+    for p in processes:
+        for r in range(repeat):
+            with temp_database() as url:
+                stats = drain(url, n, p, concurrency)
+            table.append({"system": "taskd", "processes": p, "concurrency": concurrency,
+                          "run": r + 1, "n": n, **stats})
+    print_table(f"throughput: {n:,} noop subtasks", table)
+    return {"n": n, "concurrency": concurrency, "results": table}
+
+
+def paced(rate: float, seconds: float, send: Any) -> None:
+    """Call ``send(i)`` at a steady ``rate`` per second for ``seconds`` seconds."""
+    count = int(rate * seconds)
+    start = time.perf_counter()
+    for i in range(count):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        send(i)
+
+
+def latency(rate: float, seconds: float) -> dict[str, Any]:
+    """An idle daemon; one subtask per submit_task call at ``rate``/s; enqueue-to-start."""
+    with temp_database() as url:
+        with daemons(url, 1, queue_env("standard", 10)):
+            time.sleep(1.0)
+            with connect(url) as conn:
+                paced(rate, seconds, lambda _i: conn.execute(
+                    SUBMIT, ("standard", "noop", "[{}]")))
+            count = int(rate * seconds)
+            wait_completed(url, count, timeout=60)
+        ms = [r[0] for r in rows(url, "SELECT extract(epoch FROM started_at - created_at) * 1000"
+                                      " FROM taskd.subtasks")]
+    summary = {"system": "taskd", "rate_per_s": rate, **latency_summary([float(x) for x in ms])}
+    print_table(f"latency: enqueue-to-start at {rate:g}/s for {seconds:g} s", [summary])
+    return {"rate": rate, "seconds": seconds, "results": [summary]}
+
+
+FILL = """
+INSERT INTO taskd.subtasks (task_id, queue, kind, status, payload, attempt, run_after,
+                            created_at, started_at, completed_at, updated_at, result)
+SELECT %(task_id)s, 'standard', 'noop', 'completed', '{}'::jsonb, 1, now(), now(), now(),
+       now(), now(), 'null'::jsonb
+  FROM generate_series(1, %(n)s)
+"""
+
+
+def fill_history(url: str, n: int) -> float:
+    """Add ``n`` finished subtasks (INSERT ... SELECT generate_series); return seconds."""
+    started = time.perf_counter()
+    with connect(url) as conn:
+        task_id = conn.execute(
+            "INSERT INTO taskd.tasks (name, queue, kind, total, status) VALUES"
+            " ('bench-history', 'standard', 'noop', 1, 'completed') RETURNING id").fetchone()[0]  # type: ignore[index]
+        step = 1_000_000
+        for done in range(0, n, step):
+            conn.execute(FILL, {"task_id": task_id, "n": min(step, n - done)})
+        conn.execute("VACUUM ANALYZE taskd.subtasks")
+        conn.execute("CHECKPOINT")
+    return time.perf_counter() - started
+
+
+def growth(history: Sequence[int], n: int, processes: int, concurrency: int) -> dict[str, Any]:
+    table = []
+    for h in history:
+        with temp_database() as url:
+            fill_s = fill_history(url, h) if h else 0.0
+            stats = drain(url, n, processes, concurrency)
+            size = scalar(url, "SELECT pg_size_pretty(pg_relation_size('taskd.subtasks'))")
+        table.append({"finished_rows": h, "fill_s": fill_s, "table_size": size,
+                      "processes": processes, "n": n, **stats})
+    base = table[0]["per_s"] if table and table[0]["finished_rows"] == 0 else None
+    for row in table:
+        row["vs_empty"] = row["per_s"] / base if base else float("nan")
+    print_table(f"growth: {n:,} noop subtasks after N finished rows", table)
+    return {"n": n, "processes": processes, "results": table}
+
+
+def external_api(n: int, job_seconds: float, limit: int, polling: float) -> dict[str, Any]:
+    from taskd.testing.fake_lumina import FakeLumina
+
+    with FakeLumina(job_seconds=job_seconds) as api, temp_database() as url:
+        env = {**queue_env("lumina", limit), "TASKD_QUEUES__LUMINA__BASE_URL": api.url,
+               "TASKD_QUEUES__LUMINA__POLLING_INTERVAL": str(polling)}
+        with daemons(url, 1, env):
+            time.sleep(0.5)
+            started = time.perf_counter()
+            with connect(url) as conn:
+                submit_noops(conn, n, queue="lumina", kind="lumina",
+                             payload={"prompt": "bench"})
+            wait_completed(url, n, timeout=max(120.0, n * job_seconds))
+            wall = time.perf_counter() - started
+        failed = scalar(url, "SELECT count(*) FROM taskd.subtasks WHERE status <> 'completed'")
+        stats = api.stats()
+    ideal = n * job_seconds / limit
+    row = {"system": "taskd", "n": n, "job_s": job_seconds, "limit": limit,
+           "polling_s": polling, "wall_s": wall, "ideal_s": ideal, "wall_vs_ideal": wall / ideal,
+           "not_completed": failed, "max_in_flight": stats.max_in_flight}
+    print_table("external API: lumina subtasks against the fake API", [row])
+    return {"results": [row]}
+
+
+def submit_sql(tasks: int, per_task: int) -> dict[str, Any]:
+    """Subtasks/s through taskd.submit_task, one call per task of ``per_task`` subtasks."""
+    table = []
+    with temp_database() as url, connect(url) as conn:
+        for size in (1, per_task):
+            count = tasks if size > 1 else tasks * 10
+            payloads = "[" + ",".join(['{"i":1}'] * size) + "]"
+            started = time.perf_counter()
+            for _ in range(count):
+                conn.execute(SUBMIT, ("standard", "noop", payloads))
+            seconds = time.perf_counter() - started
+            table.append({"path": "taskd.submit_task", "subtasks_per_call": size,
+                          "calls": count, "seconds": seconds, "calls_per_s": count / seconds,
+                          "subtasks_per_s": count * size / seconds})
+    print_table("submit: taskd.submit_task, one connection", table)
+    return {"results": table}
+
+
+async def _http_clients(base: str, token: str, clients: int, seconds: float,
+                        per_request: int) -> list[float]:
+    import httpx
+
+    body = {"name": "bench", "kind": "noop", "subtasks": [{"i": 1}] * per_request}
+    headers = {"Authorization": f"Bearer {token}"}
+    deadline = time.perf_counter() + seconds
+    times: list[float] = []
+    errors: list[int] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits,
+                                 timeout=30) as client:
+        async def one() -> None:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                r = await client.post("/v1/tasks", json=body)
+                times.append((time.perf_counter() - t0) * 1000)
+                if r.status_code != 201:
+                    errors.append(r.status_code)
+
+        await asyncio.gather(*(one() for _ in range(clients)))
+    if errors:
+        raise RuntimeError(f"{len(errors)} API errors, e.g. {errors[:5]}")
+    return times
+
+
+def submit_http(clients: int, seconds: float, per_request: int) -> dict[str, Any]:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+    import jwt
+
+    from bench.common import REPO
+
+    secret = "bench-" + "x" * 40
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with temp_database() as url:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+        env = {**clean, "TASKD_DATABASE_URL": url, "TASKD_API__JWT_SECRET": secret,
+               "TASKD_API__ADDR": f"127.0.0.1:{port}"}
+        proc = subprocess.Popen([sys.executable, "-m", "taskd", "api"], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            def up() -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError("taskd api exited")
+                try:
+                    return httpx.get(base + "/v1/status").status_code in (200, 401)
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(up, timeout=30, what="taskd api listening")
+            exp = int(time.time()) + 3600
+            admin = jwt.encode({"sub": "bench-admin", "role": "admin", "exp": exp}, secret,
+                               algorithm="HS256")
+            user = jwt.encode({"sub": "bench", "exp": exp}, secret, algorithm="HS256")
+            r = httpx.put(base + "/v1/accounts/bench", headers={"Authorization": f"Bearer {admin}"},
+                          json={"is_member": True, "quota_remaining": 10_000_000})
+            r.raise_for_status()
+            times = asyncio.run(_http_clients(base, user, clients, seconds, per_request))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    row = {"path": "POST /v1/tasks", "clients": clients, "subtasks_per_request": per_request,
+           "requests": len(times), "requests_per_s": len(times) / seconds,
+           **{k: v for k, v in latency_summary(times).items() if k != "n"}}
+    print_table(f"submit: HTTP API, {clients} concurrent clients for {seconds:g} s", [row])
+    return {"results": [row]}
+
+
+def _rss_kib(pid: int) -> tuple[int, int]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    status = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
+
+
+def footprint(n: int, concurrency: int, sleep_ms: int) -> dict[str, Any]:
+    """RSS of one daemon running ``n`` sleep subtasks at ``concurrency``; its connections."""
+    with temp_database() as url:
+        dbname = scalar(url, "SELECT current_database()")
+        with daemons(url, 1, queue_env("standard", concurrency)) as (d,):
+            idle_rss, _ = _rss_kib(d.pid)
+            with connect(url) as conn, conn.transaction():
+                submit_noops(conn, n, kind="sleep", payload={"ms": sleep_ms})
+            peak_conns = 0
+            rss_samples = []
+            deadline = time.monotonic() + max(120.0, n * sleep_ms / 1000 / concurrency * 3)
+            while time.monotonic() < deadline:
+                done = scalar(url, "SELECT coalesce(sum(completed + failed), 0) FROM taskd.tasks")
+                conns = scalar(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                                    " AND application_name LIKE 'taskd%%'", dbname)
+                peak_conns = max(peak_conns, conns)
+                rss_samples.append(_rss_kib(d.pid)[0])
+                if done >= n:
+                    break
+                time.sleep(0.2)
+            _, hwm = _rss_kib(d.pid)
+            metrics = _metric_pool_max(d.log())
+    row = {"system": "taskd", "n": n, "concurrency": concurrency, "sleep_ms": sleep_ms,
+           "idle_rss_mib": idle_rss / 1024, "peak_rss_mib": max(rss_samples) / 1024,
+           "hwm_rss_mib": hwm / 1024, "peak_connections": peak_conns,
+           "pool_size_reported": metrics}
+    print_table("footprint: one daemon", [row])
+    return {"results": [row]}
+
+
+def _metric_pool_max(log: str) -> Any:
+    """The daemon's reported pool size, from its /metrics (``db_pool_connections{max}``)."""
+    import re
+
+    import httpx
+
+    for line in log.splitlines():
+        match = re.search(r'"metrics_url": "([^"]+)"', line)
+        if match:
+            url = match.group(1).replace(match.group(1).split("//")[1].split(":")[0],
+                                         "127.0.0.1")
+            try:
+                text = httpx.get(url, timeout=5).text
+            except httpx.HTTPError:
+                return None
+            for m in text.splitlines():
+                if m.startswith('taskd_db_pool_connections{state="max"}'):
+                    return float(m.split()[-1])
+    return None

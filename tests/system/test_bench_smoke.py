@@ -1,0 +1,64 @@
+"""Each benchmark workload's code path, once, with tiny sizes: the harness must not rot.
+
+These time nothing and assert no speed: only that every workload runs and counts what it ran.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from bench import common, peers, taskd_workloads
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _server(admin_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "ADMIN_URL", admin_url)
+
+
+def test_throughput_and_growth() -> None:
+    result = taskd_workloads.throughput(60, [1], concurrency=20)
+    assert result["results"][0]["completed"] == 60
+    grown = taskd_workloads.growth([0, 500], 30, processes=1, concurrency=10)
+    assert [r["completed"] for r in grown["results"]] == [30, 30]
+
+
+def test_latency() -> None:
+    result = taskd_workloads.latency(rate=20, seconds=0.3)
+    assert result["results"][0]["n"] == 6
+
+
+def test_external_api() -> None:
+    result = taskd_workloads.external_api(4, job_seconds=0.05, limit=2, polling=0.02)
+    assert result["results"][0]["not_completed"] == 0
+
+
+def test_submit() -> None:
+    assert taskd_workloads.submit_sql(2, 10)["results"][1]["subtasks_per_call"] == 10
+    if importlib.util.find_spec("fastapi") and importlib.util.find_spec("jwt"):
+        assert taskd_workloads.submit_http(2, 0.3, 1)["results"][0]["requests"] > 0
+
+
+def test_footprint() -> None:
+    row = taskd_workloads.footprint(20, concurrency=5, sleep_ms=5)["results"][0]
+    assert row["peak_rss_mib"] > 0
+    assert row["peak_connections"] >= 1
+
+
+def test_bare_loops() -> None:
+    assert peers.bare_batch(300, connections=2, batch=50)["n"] == 300
+    assert peers.bare_listen_latency(rate=20, seconds=0.3)["n"] == 6
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pgqueuer") is None, reason="bench extra")
+def test_pgqueuer() -> None:
+    assert peers.pgqueuer_throughput(50, 1, 10)["n"] == 50
+    assert peers.pgqueuer_latency(rate=20, seconds=0.3)["n"] == 6
+
+
+@pytest.mark.skipif(importlib.util.find_spec("procrastinate") is None, reason="bench extra")
+def test_procrastinate() -> None:
+    assert peers.procrastinate_throughput(20, 1, 2)["n"] == 20
+    assert peers.procrastinate_latency(rate=20, seconds=0.3)["n"] == 6
