@@ -64,7 +64,10 @@ WITH outcome AS (
            AS o(id, attempt, outcome, result, error, delay)
 )
 UPDATE taskd.subtasks s
-   SET status = CASE WHEN o.outcome IN ('retry', 'snooze') THEN 'pending' ELSE o.outcome END,
+   -- A retry of a subtask whose task was cancelled meanwhile ends it: never run it again.
+   SET status = CASE WHEN o.outcome NOT IN ('retry', 'snooze') THEN o.outcome
+                     WHEN s.cancel_requested THEN 'cancelled'
+                     ELSE 'pending' END,
        result = o.result,
        error = o.error,
        attempt = CASE WHEN o.outcome = 'snooze' THEN s.attempt - 1 ELSE s.attempt END,
@@ -74,6 +77,7 @@ UPDATE taskd.subtasks s
        locked_by = NULL,
        lease_expires_at = NULL,
        completed_at = CASE WHEN o.outcome IN ('completed', 'failed', 'cancelled')
+                                OR s.cancel_requested
                            THEN coalesce(%(now)s, now()) END,
        updated_at = coalesce(%(now)s, now())
   FROM outcome o
@@ -131,12 +135,15 @@ WITH expired AS (
        FOR UPDATE SKIP LOCKED
 )
 UPDATE taskd.subtasks s
-   SET status = CASE WHEN s.attempt >= s.max_attempts THEN 'failed' ELSE 'pending' END,
-       error = CASE WHEN s.attempt >= s.max_attempts
+   -- Its task was cancelled while it ran: cancelled, not returned to be run again.
+   SET status = CASE WHEN s.cancel_requested THEN 'cancelled'
+                     WHEN s.attempt >= s.max_attempts THEN 'failed' ELSE 'pending' END,
+       error = CASE WHEN s.cancel_requested THEN 'cancelled'
+                    WHEN s.attempt >= s.max_attempts
                     THEN format('lease expired (executor %%s) on attempt %%s of %%s',
                                 s.locked_by, s.attempt, s.max_attempts)
                     ELSE s.error END,
-       completed_at = CASE WHEN s.attempt >= s.max_attempts
+       completed_at = CASE WHEN s.cancel_requested OR s.attempt >= s.max_attempts
                            THEN coalesce(%(now)s, now()) END,
        locked_by = NULL,
        lease_expires_at = NULL,
