@@ -7,6 +7,7 @@ table with :data:`EXECUTIONS_TABLE` first. The daemon's ``TASKD_DATABASE_URL`` s
 from __future__ import annotations
 
 import os
+import random
 from typing import Any
 
 import anyio
@@ -35,6 +36,9 @@ async def _connections() -> AsyncConnectionPool[Any]:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             os.environ["TASKD_DATABASE_URL"], min_size=1, max_size=4, open=False,
             kwargs={"autocommit": True},
+            # A connection broken by a server restart is replaced on checkout, so that the
+            # handler fails only when a test asks it to.
+            check=AsyncConnectionPool.check_connection,
         )
         await pool.open()
         _pool = pool
@@ -42,7 +46,11 @@ async def _connections() -> AsyncConnectionPool[Any]:
 
 
 async def record(ctx: SubtaskContext) -> dict[str, Any]:
-    """Record the start, sleep ``ms``, record the end; ``fail`` raises, ``permanent`` too."""
+    """Record the start, sleep ``ms``, record the end; ``fail`` raises, ``permanent`` too.
+
+    ``fail_rate`` (0..1) fails that share of attempts at random, decided by an RNG seeded with
+    the subtask id and attempt, so that a test can tell which attempts were meant to fail.
+    """
     pool = await _connections()
     async with pool.connection() as conn:
         cur = await conn.execute(
@@ -62,4 +70,11 @@ async def record(ctx: SubtaskContext) -> dict[str, Any]:
         raise PermanentError("asked to fail for good")
     if ctx.payload.get("fail"):
         raise RuntimeError("asked to fail")
-    return {"n": ctx.payload.get("n"), "pid": os.getpid()}
+    if random_failure(ctx.id, ctx.attempt, float(ctx.payload.get("fail_rate", 0))):
+        raise RuntimeError("failed at random")
+    return {"n": ctx.payload.get("n"), "pid": os.getpid(), "attempt": ctx.attempt}
+
+
+def random_failure(subtask_id: int, attempt: int, fail_rate: float) -> bool:
+    """Whether ``record`` fails this attempt on purpose (the same answer every time)."""
+    return fail_rate > 0 and random.Random(f"{subtask_id}:{attempt}").random() < fail_rate
