@@ -57,3 +57,14 @@ async def test_cancel_requested_subtask_that_asks_for_a_retry_ends_cancelled(
     task = await store.get_task(task_id)
     assert task is not None
     assert (task.status, task.cancelled) == ("cancelled", 1)
+
+
+async def test_cancel_requested_subtask_given_back_on_shutdown_ends_cancelled(
+    store: Store,
+) -> None:
+    task_id, subtask_id = await _claimed_then_cancelled(store)
+    assert await store.release_subtasks("e1", [(subtask_id, 1)]) == {subtask_id}
+    assert await store.claim_subtasks("standard", "e2", 10, LEASE) == []
+    task = await store.get_task(task_id)
+    assert task is not None
+    assert (task.status, task.cancelled) == ("cancelled", 1)

@@ -108,12 +108,15 @@ UPDATE taskd.subtasks
 RETURNING id;
 
 -- name: release_subtasks
--- Give subtasks back on shutdown: pending again, lease cleared, the attempt not spent.
+-- Give subtasks back on shutdown: pending again, lease cleared, the attempt not spent; one
+-- whose task was cancelled meanwhile ends cancelled instead.
 UPDATE taskd.subtasks s
-   SET status = 'pending',
+   SET status = CASE WHEN s.cancel_requested THEN 'cancelled' ELSE 'pending' END,
+       error = CASE WHEN s.cancel_requested THEN 'cancelled' ELSE s.error END,
+       completed_at = CASE WHEN s.cancel_requested THEN now() END,
        locked_by = NULL,
        lease_expires_at = NULL,
-       attempt = s.attempt - 1,
+       attempt = CASE WHEN s.cancel_requested THEN s.attempt ELSE s.attempt - 1 END,
        run_after = now(),
        updated_at = now()
   FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS r(id, attempt)
