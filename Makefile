@@ -30,7 +30,7 @@ run: $(VENV)/.run-installed
 
 ## test: the whole suite against a real PostgreSQL (see tests/conftest.py for which)
 test: $(VENV)/.dev-installed
-	$(BIN)/pytest -n auto
+	$(BIN)/pytest -n auto --dist worksteal
 
 ## lint: ruff and mypy --strict
 lint: $(VENV)/.dev-installed
