@@ -15,7 +15,7 @@ $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
 
 # The dev install adds tests/fixtures/example-handlers: handlers offered by entry points.
 $(VENV)/.dev-installed: pyproject.toml tests/fixtures/example-handlers/pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,embedded,api]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded,api,bench]'
 	$(BIN)/python -m pip install --quiet --no-deps -e tests/fixtures/example-handlers
 	touch $@
 
