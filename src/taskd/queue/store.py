@@ -36,6 +36,7 @@ from taskd.errors import (
     TaskdError,
 )
 from taskd.queue import migrations
+from taskd.queue.jsonload import configure_connection
 from taskd.queue.models import (
     JSON,
     ClaimedSubtask,
@@ -270,6 +271,7 @@ class Store:
             timeout=checkout_timeout,
             # A broken connection is noticed on checkout, not by the query that gets it.
             check=_check_when_idle,
+            configure=configure_connection,
         )
         try:
             async with translated_errors():
