@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("throughput", help="N noop subtasks drained by 1 and 2 daemons")
     p.add_argument("-n", type=int, default=100_000)
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=500)
     p.add_argument("--repeat", type=int, default=1)
 
     p = sub.add_parser("latency", help="enqueue-to-start at a steady rate, idle daemon")
@@ -63,13 +63,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--history", type=int, nargs="+", default=[0, 1_000_000, 5_000_000])
     p.add_argument("-n", type=int, default=50_000)
     p.add_argument("--processes", type=int, default=2)
-    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=500)
 
     p = sub.add_parser("external", help="lumina subtasks against the fake API")
     p.add_argument("-n", type=int, default=1000)
     p.add_argument("--job-seconds", type=float, default=0.5)
     p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--polling", type=float, default=0.05)
+    p.add_argument("--polling", type=float, default=0.1)
 
     p = sub.add_parser("submit", help="taskd.submit_task batches and the HTTP API")
     p.add_argument("--tasks", type=int, default=50)
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--per-request", type=int, default=1)
+    p.add_argument("--users", type=int, default=None, help="accounts (default: one per client)")
 
     p = sub.add_parser("footprint", help="RSS and connections of one daemon")
     p.add_argument("-n", type=int, default=10_000)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("peers", help="taskd vs PgQueuer, Procrastinate and bare loops")
     p.add_argument("-n", type=int, default=100_000)
-    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=500)
     p.add_argument("--procrastinate-n", type=int, default=5000,
                    help="Procrastinate drains at a few hundred/s; 0 skips it")
     p.add_argument("--rate", type=float, default=50.0)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     elif w == "submit":
         data = {"sql": taskd_workloads.submit_sql(args.tasks, args.per_task),
                 "http": taskd_workloads.submit_http(args.clients, args.seconds,
-                                                    args.per_request)}
+                                                    args.per_request, args.users)}
     elif w == "footprint":
         data = taskd_workloads.footprint(args.n, args.concurrency, args.sleep_ms)
     else:

@@ -150,25 +150,51 @@ def growth(history: Sequence[int], n: int, processes: int, concurrency: int) -> 
 
 
 def external_api(n: int, job_seconds: float, limit: int, polling: float) -> dict[str, Any]:
-    from taskd.testing.fake_lumina import FakeLumina
+    """``n`` lumina subtasks against the fake API (its own process, as a real API would be)."""
+    import socket
+    import subprocess
+    import sys
 
-    with FakeLumina(job_seconds=job_seconds) as api, temp_database() as url:
-        env = {**queue_env("lumina", limit), "TASKD_QUEUES__LUMINA__BASE_URL": api.url,
-               "TASKD_QUEUES__LUMINA__POLLING_INTERVAL": str(polling)}
-        with daemons(url, 1, env):
-            time.sleep(0.5)
-            started = time.perf_counter()
-            with connect(url) as conn:
-                submit_noops(conn, n, queue="lumina", kind="lumina",
-                             payload={"prompt": "bench"})
-            wait_completed(url, n, timeout=max(120.0, n * job_seconds))
-            wall = time.perf_counter() - started
-        failed = scalar(url, "SELECT count(*) FROM taskd.subtasks WHERE status <> 'completed'")
-        stats = api.stats()
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api = subprocess.Popen(
+        [sys.executable, "-m", "taskd.testing.fake_lumina", "--port", str(port),
+         "--job-seconds", str(job_seconds)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(base + "/v1/stats").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout=30, what="fake Lumina API")
+        with temp_database() as url:
+            env = {**queue_env("lumina", limit), "TASKD_QUEUES__LUMINA__BASE_URL": base,
+                   "TASKD_QUEUES__LUMINA__POLLING_INTERVAL": str(polling)}
+            with daemons(url, 1, env):
+                time.sleep(0.5)
+                started = time.perf_counter()
+                with connect(url) as conn:
+                    submit_noops(conn, n, queue="lumina", kind="lumina",
+                                 payload={"prompt": "bench"})
+                wait_completed(url, n, timeout=max(120.0, n * job_seconds))
+                wall = time.perf_counter() - started
+            failed = scalar(url,
+                            "SELECT count(*) FROM taskd.subtasks WHERE status <> 'completed'")
+        stats = httpx.get(base + "/v1/stats").json()
+    finally:
+        api.terminate()
+        api.wait(timeout=10)
     ideal = n * job_seconds / limit
     row = {"system": "taskd", "n": n, "job_s": job_seconds, "limit": limit,
            "polling_s": polling, "wall_s": wall, "ideal_s": ideal, "wall_vs_ideal": wall / ideal,
-           "not_completed": failed, "max_in_flight": stats.max_in_flight}
+           "not_completed": failed, "max_in_flight": stats.get("max_in_flight"),
+           "jobs": stats.get("jobs"), "polls": stats.get("polls")}
     print_table("external API: lumina subtasks against the fake API", [row])
     return {"results": [row]}
 
@@ -191,33 +217,35 @@ def submit_sql(tasks: int, per_task: int) -> dict[str, Any]:
     return {"results": table}
 
 
-async def _http_clients(base: str, token: str, clients: int, seconds: float,
+async def _http_clients(base: str, tokens: list[str], clients: int, seconds: float,
                         per_request: int) -> list[float]:
     import httpx
 
     body = {"name": "bench", "kind": "noop", "subtasks": [{"i": 1}] * per_request}
-    headers = {"Authorization": f"Bearer {token}"}
     deadline = time.perf_counter() + seconds
     times: list[float] = []
     errors: list[int] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits,
-                                 timeout=30) as client:
-        async def one() -> None:
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        async def one(token: str) -> None:
+            headers = {"Authorization": f"Bearer {token}"}
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                r = await client.post("/v1/tasks", json=body)
+                r = await client.post("/v1/tasks", json=body, headers=headers)
                 times.append((time.perf_counter() - t0) * 1000)
                 if r.status_code != 201:
                     errors.append(r.status_code)
 
-        await asyncio.gather(*(one() for _ in range(clients)))
+        await asyncio.gather(*(one(tokens[i % len(tokens)]) for i in range(clients)))
     if errors:
         raise RuntimeError(f"{len(errors)} API errors, e.g. {errors[:5]}")
     return times
 
 
-def submit_http(clients: int, seconds: float, per_request: int) -> dict[str, Any]:
+def submit_http(clients: int, seconds: float, per_request: int,
+                users: int | None = None) -> dict[str, Any]:
+    """POST /v1/tasks from ``clients`` concurrent clients as ``users`` accounts (default one
+    per client: one account's creates queue on its quota row lock, by design)."""
     import os
     import socket
     import subprocess
@@ -252,15 +280,20 @@ def submit_http(clients: int, seconds: float, per_request: int) -> dict[str, Any
             exp = int(time.time()) + 3600
             admin = jwt.encode({"sub": "bench-admin", "role": "admin", "exp": exp}, secret,
                                algorithm="HS256")
-            user = jwt.encode({"sub": "bench", "exp": exp}, secret, algorithm="HS256")
-            r = httpx.put(base + "/v1/accounts/bench", headers={"Authorization": f"Bearer {admin}"},
-                          json={"is_member": True, "quota_remaining": 10_000_000})
-            r.raise_for_status()
-            times = asyncio.run(_http_clients(base, user, clients, seconds, per_request))
+            tokens = []
+            for i in range(users or clients):
+                r = httpx.put(f"{base}/v1/accounts/bench{i}",
+                              headers={"Authorization": f"Bearer {admin}"},
+                              json={"is_member": True, "quota_remaining": 10_000_000})
+                r.raise_for_status()
+                tokens.append(jwt.encode({"sub": f"bench{i}", "exp": exp}, secret,
+                                         algorithm="HS256"))
+            times = asyncio.run(_http_clients(base, tokens, clients, seconds, per_request))
         finally:
             proc.terminate()
             proc.wait(timeout=20)
-    row = {"path": "POST /v1/tasks", "clients": clients, "subtasks_per_request": per_request,
+    row = {"path": "POST /v1/tasks", "clients": clients, "users": len(tokens),
+           "subtasks_per_request": per_request,
            "requests": len(times), "requests_per_s": len(times) / seconds,
            **{k: v for k, v in latency_summary(times).items() if k != "n"}}
     print_table(f"submit: HTTP API, {clients} concurrent clients for {seconds:g} s", [row])
