@@ -114,9 +114,6 @@ def test_sql_metacharacters_in_name_params_and_payloads_are_data(db: Conn) -> No
     assert row == (nasty, nasty, {nasty: 1}, {"q": nasty})
 
 
-@pytest.mark.xfail(strict=True, reason="submit_task has no nesting limit: a 10,000-level payload "
-                   "is stored; the daemon then fails that subtask alone (it cannot decode it), "
-                   "but refusing it up front needs a depth check in a migration")
 def test_submit_task_refuses_payloads_nested_deeper_than_python_can_read(db: Conn) -> None:
     before = table_snapshot(db)
     with pytest.raises(psycopg.Error) as caught:

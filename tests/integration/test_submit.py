@@ -143,3 +143,40 @@ async def test_max_subtasks_in_one_call(store: Store, conn: Any) -> None:
     assert await fetch_one(
         conn, "SELECT count(*) FROM taskd.subtasks WHERE task_id = %s", task_id
     ) == 100_000
+
+
+@pytest.mark.parametrize(
+    ("depth", "refused"), [(499, False), (500, False), (501, True), (10_000, True)]
+)
+async def test_sql_submit_task_refuses_payloads_nested_deeper_than_500(
+    conn: Any, depth: int, refused: bool
+) -> None:
+    # Each level is one array; the payload object itself is one more.
+    inner = "[" * (depth - 1) + "]" * (depth - 1)
+    payloads = json.dumps([{"x": json.loads(inner) if depth < 900 else None}])
+    if depth >= 900:  # too deep for Python's json to build: write the text by hand
+        payloads = '[{"x": ' + inner + "}]"
+    call = "SELECT taskd.submit_task('standard', 'noop', %s::jsonb)"
+    if refused:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="deeper than 500"):
+            await conn.execute(call, (payloads,))
+        assert await fetch_one(conn, "SELECT count(*) FROM taskd.tasks") == 0
+    else:
+        await conn.execute(call, (payloads,))
+        assert await fetch_one(conn, "SELECT count(*) FROM taskd.subtasks") == 1
+
+
+async def test_brackets_inside_strings_do_not_count_as_nesting(conn: Any) -> None:
+    text = "[" * 2000 + '\\"{' * 300
+    await conn.execute("SELECT taskd.submit_task('standard', 'noop', %s::jsonb)",
+                       (json.dumps([{"s": text}]),))
+    assert await fetch_one(conn, "SELECT count(*) FROM taskd.subtasks") == 1
+
+
+async def test_sql_submit_task_refuses_params_nested_too_deep(conn: Any) -> None:
+    params = '{"p": ' + "[" * 600 + "]" * 600 + "}"
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="params is nested deeper"):
+        await conn.execute(
+            "SELECT taskd.submit_task('standard', 'noop', '[{}]', params => %s::jsonb)",
+            (params,),
+        )
