@@ -291,9 +291,14 @@ def test_a_payload_too_deep_for_python_fails_alone_and_the_daemon_lives(
 ) -> None:
     # PostgreSQL stores JSON nested 10,000 deep; Python's decoder cannot read it back.
     # Regression: the claim that fetched it raised RecursionError and the daemon exited.
+    # submit_task refuses such payloads now (migration 0003): write around it, as a direct
+    # INSERT could.
     deep = "[" * 10_000 + "]" * 10_000
-    query(database_url, "SELECT taskd.submit_task('standard', 'noop', %s::jsonb)",
-          f'[{{"deep": {deep}}}]')
+    query(database_url, """
+        WITH t AS (INSERT INTO taskd.tasks (queue, kind, total)
+                   VALUES ('standard', 'noop', 1) RETURNING id)
+        INSERT INTO taskd.subtasks (task_id, queue, kind, payload)
+        SELECT id, 'standard', 'noop', %s::jsonb FROM t RETURNING id""", f'{{"deep": {deep}}}')
     with daemons(database_url, 1, **FAST) as (d,):
         wait_for(lambda: scalar(database_url, "SELECT status FROM taskd.tasks") == "failed",
                  timeout=20, message="the unreadable subtask failed")
