@@ -53,18 +53,11 @@ class Completer:
         self.max_backoff = max_backoff
         self._buffer: list[_Pending] = []
         self._arrived = anyio.Event()
-        self._idle = anyio.Event()
-        self._idle.set()
 
     def add(self, queue: str, outcome: Outcome, error: ErrorOccurrence | None = None) -> None:
         """Queue an outcome for writing; never blocks."""
         self._buffer.append(_Pending(queue, outcome, error))
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self._arrived.set()
-
-    @property
-    def pending(self) -> int:
-        return len(self._buffer)
 
     async def run(self) -> None:
         while True:
@@ -79,11 +72,6 @@ class Completer:
             batch, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size :]
             await self._write(batch)
         self._arrived = anyio.Event()
-        self._idle.set()
-
-    async def wait_idle(self) -> None:
-        """Return once everything added so far has been written."""
-        await self._idle.wait()
 
     def _retrying(self, n: int) -> AsyncRetrying:
         # Through a database outage: the outcomes wait here until it is back.
