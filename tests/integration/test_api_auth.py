@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from test_api_harness are parameters here)
 """Authentication: every failure is a 401 in the one error shape; roles and ownership."""
 
 from __future__ import annotations
@@ -15,15 +14,11 @@ from taskd.api import mint_token, serve_in_thread
 from taskd.api.auth import TokenVerifier, parse_ttl
 from taskd.errors import ConfigError
 from taskd.settings import ApiSettings
-from tests.integration.test_api_harness import (  # noqa: F401  (fixtures)
+from tests.integration.api_support import (
     SECRET,
     Client,
-    api,
-    api_settings,
     assert_error,
-    client,
     create,
-    db,
     make_settings,
     put_account,
 )

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from test_api_harness are parameters here)
 """Quota under concurrency: no overselling, idempotent replays, refunds exactly once."""
 
 from __future__ import annotations
@@ -15,14 +14,10 @@ from taskd.api import RunningApi, mint_token
 from taskd.queue import Outcome
 from taskd.queue.store import Store
 from taskd.settings import Settings
-from tests.integration.test_api_harness import (  # noqa: F401  (fixtures)
+from tests.integration.api_support import (
     Client,
-    api,
-    api_settings,
     assert_error,
-    client,
     create,
-    db,
     put_account,
 )
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from test_api_harness are parameters here)
 """schemathesis against the served OpenAPI document: no 500, no answer that breaks the schema.
 
 The number of examples per operation is bounded (``TASKD_SCHEMATHESIS_EXAMPLES``, default 25)
@@ -25,11 +24,8 @@ from schemathesis.specs.openapi.checks import (
 
 from taskd.api import RunningApi, mint_token
 from taskd.settings import Settings
-from tests.integration.test_api_harness import (  # noqa: F401  (fixtures)
+from tests.integration.api_support import (
     Client,
-    api,
-    api_settings,
-    client,
     put_account,
 )
 

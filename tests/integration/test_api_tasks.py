@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from test_api_harness are parameters here)
 """Tasks through the API: create, read, list, subtasks, cancel, retry; accounts and status."""
 
 from __future__ import annotations
@@ -8,14 +7,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.test_api_harness import (  # noqa: F401  (fixtures)
+from tests.integration.api_support import (
     Client,
-    api,
-    api_settings,
     assert_error,
-    client,
     create,
-    db,
     put_account,
 )
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from test_api_harness are parameters here)
 """Hostile input over the HTTP API, table-driven.
 
 Every row sends one request that must be refused with its documented status and errorCode in
@@ -29,13 +28,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from taskd.api import RunningApi
-from tests.integration.test_api_harness import (  # noqa: F401  (fixtures)
+from tests.integration.api_support import (
     SECRET,
     Client,
-    api,
-    api_settings,
-    client,
-    db,
     put_account,
 )
 

@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from taskd.api import mint_token, serve_in_thread
-from tests.integration.test_api_harness import make_settings
+from tests.integration.api_support import make_settings
 from tests.system.daemons import daemons, scalar, wait_for
 
 ROLES_SQL = resources.files("taskd.sql").joinpath("roles.sql").read_text("utf-8")

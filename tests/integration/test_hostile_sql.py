@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (the db fixture, imported, is a parameter here)
 """Hostile input to ``taskd.submit_task``, the door for SQL clients, table-driven.
 
 Each call must fail with its SQLSTATE (22023 and a message naming the argument for the
@@ -13,7 +12,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.test_api_harness import db  # noqa: F401  (fixture)
 from tests.integration.test_hostile_api import table_snapshot
 
 Conn = psycopg.Connection[tuple[Any, ...]]
