@@ -16,6 +16,7 @@ import httpx
 
 from taskd.errors import DatabaseError
 from taskd.handlers.base import SubtaskContext
+from taskd.handlers.runner import run_subtask
 from taskd.metrics import Metrics
 from taskd.queue.capacity import Capacity
 from taskd.queue.completer import Completer
@@ -117,8 +118,6 @@ class Producer:
                 await self.wakeup.wait(self.poll_interval)
 
     async def _run(self, entry: RunningSubtask) -> None:
-        from taskd.handlers.runner import run_subtask
-
         subtask = entry.subtask
         wait = (subtask.started_at - subtask.run_after).total_seconds()
         self.metrics.subtask_wait.labels(self.queue).observe(max(0.0, wait))
