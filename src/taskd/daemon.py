@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import anyio
 import httpx
@@ -44,12 +44,6 @@ from taskd.settings import Settings, parse_addr
 log = logging.getLogger(__name__)
 
 EXIT_IMMEDIATE = 130
-
-
-@dataclass
-class ShutdownReport:
-    released: int
-    finished_in_grace: bool
 
 
 class Daemon:
@@ -153,9 +147,8 @@ class Daemon:
                     log.info("ready", extra={"metrics_url": info.metrics_url})
                     await self.stopping.wait()
                     await self._drain(store)
-                report = await self._finish(store, completer)
-                log.info("stopped", extra={"released": report.released,
-                                           "finished_in_grace": report.finished_in_grace})
+                released = await self._finish(store, completer)
+                log.info("stopped", extra={"released": released})
                 tg.cancel_scope.cancel()
         return EXIT_IMMEDIATE if self.immediate else 0
 
@@ -190,8 +183,11 @@ class Daemon:
         for entry in left:
             entry.stop("shutdown")
 
-    async def _finish(self, store: Store, completer: Completer) -> ShutdownReport:
-        """Shielded final writes: outcomes, given-back subtasks, the executor's status."""
+    async def _finish(self, store: Store, completer: Completer) -> int:
+        """Shielded final writes: outcomes, given-back subtasks, the executor's status.
+
+        Returns how many subtasks were given back (0: everything finished within the grace).
+        """
         released = [held for p in self.producers for held in p.released]
         # Shielded from the shutdown, yet bounded: a database that stays down must not hold
         # the process forever (leases then expire and the rescuer returns the work).
@@ -200,5 +196,5 @@ class Daemon:
             if released:
                 await store.release_subtasks(self.settings.executor_id, released)
             await store.set_executor_status(self.settings.executor_id, "stopped")
-        return ShutdownReport(released=len(released), finished_in_grace=not released)
+        return len(released)
 
