@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import anyio
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -74,3 +76,14 @@ async def table_counts(conn: AnyConn) -> dict[str, int]:
     for table in ("tasks", "subtasks", "executors", "error_logs", "accounts", "quota_ledger"):
         counts[table] = await fetch_one(conn, f"SELECT count(*) FROM taskd.{table}")  # noqa: S608
     return counts
+
+
+async def wait_until(condition: Callable[[], object], within: float = 10.0,
+                     message: str = "condition") -> None:
+    """Poll a condition another task or process makes true (where there is no event to await);
+    fail the test after ``within`` seconds."""
+    with anyio.move_on_after(within):
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+        return
+    raise AssertionError(f"{message} not met within {within:g} s")

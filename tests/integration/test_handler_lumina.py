@@ -15,10 +15,11 @@ import pytest
 from pydantic import SecretStr
 
 from taskd.handlers import HandlerRegistry, RunResult, SubtaskContext, run_subtask
+from taskd.handlers.lumina import TRANSIENT_TRIES
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings, Settings
 from taskd.testing import FakeLumina
-from tests.factories import fetch_one
+from tests.factories import fetch_one, wait_until
 from tests.fixtures.contexts import EXECUTOR_ID, claim_one, context_for, submit_and_claim
 
 pytestmark = pytest.mark.anyio
@@ -134,6 +135,56 @@ async def test_transient_5xx_are_retried_within_the_attempt(
     assert [r.outcome.outcome for r in results if r.outcome] == ["completed"] * 5
     assert stats.transient_errors > 0
     assert sorted(stats.submissions.values()) == [1] * 5
+
+
+async def test_polls_failing_past_the_in_request_retries_are_missed_polls_not_a_new_job(
+    store: Store, http: httpx.AsyncClient
+) -> None:
+    # Ending the attempt would free the slot while the job still runs at the API.
+    with FakeLumina(job_seconds=0.3) as api:
+        ctx = await submit_and_claim(store, http, "lumina", {}, lumina_settings(api),
+                                     queue="lumina")
+        results: list[RunResult] = []
+
+        async def outage() -> None:
+            await wait_until(lambda: api.stats().jobs == 1)
+            api.transient_rate = 1.0
+            # Three polls' worth of requests, each poll retried TRANSIENT_TRIES times.
+            try:
+                await wait_until(lambda: api.stats().transient_errors >= 3 * TRANSIENT_TRIES)
+            finally:
+                api.transient_rate = 0.0
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outage)
+            results.append(await run(ctx))
+        stats = api.stats()
+    assert results[0].outcome is not None and results[0].outcome.outcome == "completed"
+    assert stats.transient_errors >= 3 * TRANSIENT_TRIES
+    assert stats.submissions == {reference(ctx): 1}
+
+
+async def test_polls_exhausted_by_failing_polls_say_what_the_last_one_saw(
+    store: Store, http: httpx.AsyncClient
+) -> None:
+    with FakeLumina(job_seconds=30) as api:
+        ctx = await submit_and_claim(store, http, "lumina", {}, lumina_settings(api, max_polls=2),
+                                     queue="lumina")
+        async with anyio.create_task_group() as tg:
+            async def outage() -> None:
+                await wait_until(lambda: api.stats().jobs == 1)
+                api.transient_rate = 1.0
+
+            tg.start_soon(outage)
+            result = await run(ctx)
+        assert api.stats().submissions == {reference(ctx): 1}
+    assert result.outcome is not None and result.outcome.outcome == "retry"
+    assert result.outcome.error is not None
+    assert result.outcome.error.startswith(
+        "LuminaPollsExhausted: lumina job job-1 did not end within 2 polls 0.05 s apart"
+        " (the last poll failed: GET "
+    ), result.outcome.error
+    assert "returned 503" in result.outcome.error
 
 
 async def test_an_unreachable_api_is_retried_then_failed_and_counted_by_type(

@@ -15,17 +15,10 @@ from taskd.queue.capacity import Capacity
 from taskd.queue.gate import ClaimGate
 from taskd.queue.heartbeat import Heartbeat
 from taskd.queue.running import RunningSet
-from tests.factories import fetch_one, submit
+from tests.factories import fetch_one, submit, wait_until
 from tests.system.proxy import CuttableProxy
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_until(condition: Any) -> None:
-    """Poll a condition set by another task (the heartbeat exposes no event for these)."""
-    with anyio.fail_after(10):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.02)
 
 
 async def test_heartbeat_extends_leases_and_pauses_claims_when_it_cannot_beat(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -17,6 +16,7 @@ from taskd.metrics.stats import StatsCollector
 from taskd.queue.models import Outcome
 from taskd.queue.store import Store
 from tests import factories
+from tests.factories import wait_until
 from tests.integration.test_status import arrange_cluster
 
 pytestmark = pytest.mark.anyio
@@ -26,15 +26,6 @@ AnyConn = psycopg.AsyncConnection[Any]
 
 def gauge(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
-
-
-async def poll_until(condition: Callable[[], bool]) -> None:
-    """Return once ``condition()`` holds; fail after 10 seconds."""
-    with anyio.fail_after(10):
-        while True:
-            if condition():
-                return
-            await anyio.sleep(0.02)
 
 
 async def test_collect_sets_depth_oldest_and_executors(store: Store) -> None:
@@ -90,12 +81,12 @@ async def test_run_logs_database_errors_and_carries_on(
     caplog.set_level(logging.WARNING, logger="taskd.metrics.stats")
     async with anyio.create_task_group() as tg:
         tg.start_soon(collector.run)
-        await poll_until(
+        await wait_until(
             lambda: sum("stats query failed" in r.getMessage() for r in caplog.records) >= 2
         )
         await factories.submit(store, 3)
         await conn.execute("ALTER TABLE taskd.executors_away RENAME TO executors")
-        await poll_until(
+        await wait_until(
             lambda: gauge(metrics, "taskd_queue_depth", queue="standard", status="ready") == 3
         )
         tg.cancel_scope.cancel()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +18,7 @@ from taskd.queue.capacity import Capacity
 from taskd.queue.queries import query
 from taskd.scaler import Scaler
 from taskd.settings import QueueSettings
-from tests.factories import fetch_one, insert_subtasks, submit
+from tests.factories import fetch_one, insert_subtasks, submit, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -42,15 +40,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``condition`` until it holds; fail the test after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await anyio.sleep(0.01)
 
 
 async def register(store: Store, concurrency: dict[str, int]) -> None:

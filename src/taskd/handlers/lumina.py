@@ -16,9 +16,11 @@ A retried attempt whose state holds a job id polls that job instead of submittin
 crashed executor never causes a second submission once the checkpoint is written.
 
 Transient HTTP trouble (connection errors, timeouts, 408, 429, 5xx) is retried inside the
-attempt with tenacity, :data:`TRANSIENT_TRIES` tries with jittered exponential backoff; after
-that the error ends the attempt and the subtask is retried with the queue's backoff. While it
-waits, the handler holds no database connection.
+attempt with tenacity, :data:`TRANSIENT_TRIES` tries with jittered exponential backoff. At the
+submission, trouble that outlasts them ends the attempt and the subtask is retried with the
+queue's backoff. While polling, it is a missed poll that counts towards ``max_polls``: the job
+goes on running at the API, and ending the attempt would free its slot for another job beside
+it. While it waits, the handler holds no database connection.
 """
 
 from __future__ import annotations
@@ -97,10 +99,20 @@ async def handle(ctx: SubtaskContext) -> JSON:
         ctx.logger.info("submitted lumina job %s", job_id)
     assert isinstance(job_id, str)
 
+    missed: Exception | None = None
     for poll in range(settings.max_polls):
         if poll > 0 or not resumed:
             await anyio.sleep(settings.polling_interval)
-        job = await _status(ctx, job_id)
+        try:
+            job = await _status(ctx, job_id)
+        except (httpx.TransportError, LuminaUnavailable) as exc:
+            # The job runs on at the API whatever its status endpoint says: ending the attempt
+            # here would free the slot and let another job start beside this one.
+            missed = exc
+            ctx.logger.warning("poll %d of lumina job %s missed: %s", poll + 1, job_id,
+                               _describe(exc))
+            continue
+        missed = None
         status = job.get("status")
         if status == "done":
             ctx.logger.info("lumina job %s done after %d polls", job_id, poll + 1)
@@ -117,8 +129,14 @@ async def handle(ctx: SubtaskContext) -> JSON:
             raise LuminaJobFailed(message)
     raise LuminaPollsExhausted(
         f"lumina job {job_id} did not end within {settings.max_polls} polls "
-        f"{settings.polling_interval:g} s apart; the next attempt resumes polling it"
-    )
+        f"{settings.polling_interval:g} s apart"
+        + (f" (the last poll failed: {_describe(missed)})" if missed else "")
+        + "; the next attempt resumes polling it"
+    ) from missed
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
 
 
 async def _submit(ctx: SubtaskContext) -> str:
