@@ -1,4 +1,5 @@
-"""The claim uses its partial index, however many finished rows the table holds."""
+"""Plans of the hot statements: the claim uses its partial index, however many finished rows
+the table holds, and pooled connections plan every run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 
 from taskd.queue.queries import query
+from taskd.queue.store import Store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -48,3 +50,20 @@ async def test_claim_uses_partial_index_with_a_million_finished_rows(conn: Any) 
     assert len(claimed) == 100
     # 71 rows of priority 6 exist among the 500 (g % 7 = 6), then priority 5 fills the batch.
     assert sorted((row[4] for row in claimed), reverse=True) == [6] * 71 + [5] * 29
+
+
+async def test_pooled_connections_plan_each_run_and_keep_the_options_given(
+    database_url: str,
+) -> None:
+    # A prepared statement's generic plan joined 250 outcomes to their rows in a nested loop.
+    store = await Store.open(f"{database_url} options='-c work_mem=7MB'", statement_timeout=12)
+    try:
+        async with store.pool.connection() as conn:
+            settings = {}
+            for name in ("plan_cache_mode", "work_mem", "statement_timeout"):
+                cur = await conn.execute(f"SHOW {name}")  # type: ignore[arg-type]
+                settings[name] = (await cur.fetchone())[0]
+    finally:
+        await store.close()
+    assert settings == {"plan_cache_mode": "force_custom_plan", "work_mem": "7MB",
+                        "statement_timeout": "12s"}
