@@ -1,13 +1,21 @@
 """The producer, one per queue: wait for free slots and a wake-up, claim a batch, run it.
 
 Claims happen only while the queue has free capacity (which the scaler may move) and the claim
-gate is open. Each claimed subtask runs in the producer's task group under a cancel scope of its
-own, so shutdown, a cancelled task or a lost lease can stop exactly that handler.
+gate is open. Each claimed subtask runs under a cancel scope of its own, so shutdown, a cancelled
+task or a lost lease can stop exactly that handler.
+
+Subtasks run on worker tasks that live on between subtasks: an anyio task costs ~14 us to start
+and finish, a third of what a no-op subtask costs the daemon. Claimed subtasks wait in a ready
+queue; whoever takes one while more wait makes sure one more worker is on its way (waking a
+parked one, or starting one), so a handler that blocks never holds up the next subtask, and
+handlers that finish at once run back to back on one worker. A worker parked for
+``idle_worker_seconds`` ends.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -54,6 +62,7 @@ class Producer:
         thread_limiter: anyio.CapacityLimiter,
         batch_max: int = 250,  # one claim per up to 250: 7-12% more noops/s than 100
         refill_delay: float = 0.005,
+        idle_worker_seconds: float = 30.0,
     ) -> None:
         self.queue = queue
         self.settings = settings
@@ -72,18 +81,42 @@ class Producer:
         self.thread_limiter = thread_limiter
         self.batch_max = batch_max
         self.refill_delay = refill_delay
+        self.idle_worker_seconds = idle_worker_seconds
         self.released: list[tuple[int, int]] = []  # (id, attempt) stopped by shutdown
         self._claiming = anyio.CancelScope()
         self.log = logging.LoggerAdapter(log, {"queue": queue})
+        self._ready: deque[RunningSubtask] = deque()  # claimed, not yet taken by a worker
+        self._parked: deque[anyio.Event] = deque()  # one per idle worker
+        self._coming = 0  # workers woken or started that have not looked at _ready yet
+        self._closing = False
+        self._workers = 0
+        self._worker_name = f"taskd producer {queue} worker"
 
     def stop_claiming(self) -> None:
         """Claim nothing more; running handlers go on. Idempotent."""
         self._claiming.cancel()
 
+    @property
+    def workers(self) -> int:
+        """Worker tasks alive, running or parked."""
+        return self._workers
+
+    @property
+    def parked_workers(self) -> int:
+        """Worker tasks waiting for a subtask."""
+        return len(self._parked)
+
     async def run(self) -> None:
         async with anyio.create_task_group() as runs:
-            with self._claiming:
-                await self._claim_loop(runs)
+            try:
+                with self._claiming:
+                    await self._claim_loop(runs)
+            finally:
+                # Parked workers end; busy ones end once the ready queue is empty.
+                self._closing = True
+                while self._parked:
+                    self._coming += 1
+                    self._parked.popleft().set()
         # Leaving the task group waited for every handler this producer started.
 
     async def _claim_loop(self, runs: anyio.abc.TaskGroup) -> None:
@@ -112,10 +145,42 @@ class Producer:
             if claimed:
                 self.capacity.take(len(claimed))
                 self.metrics.subtasks_claimed.labels(self.queue).inc(len(claimed))
-                for subtask in claimed:
-                    runs.start_soon(self._run, self.running.add(subtask))
+                self._ready.extend(self.running.add(subtask) for subtask in claimed)
+                self._call_worker(runs)
             if len(claimed) < want:
                 await self.wakeup.wait(self.poll_interval)
+
+    def _call_worker(self, runs: anyio.abc.TaskGroup) -> None:
+        """Make sure a worker is on its way to the head of the ready queue."""
+        if self._coming:
+            return
+        self._coming += 1
+        if self._parked:
+            self._parked.popleft().set()
+        else:
+            self._workers += 1
+            runs.start_soon(self._worker, runs, name=self._worker_name)
+
+    async def _worker(self, runs: anyio.abc.TaskGroup) -> None:
+        try:
+            while True:
+                self._coming -= 1
+                while self._ready:
+                    entry = self._ready.popleft()
+                    if self._ready:
+                        self._call_worker(runs)  # the next one must not wait for this one
+                    await self._run(entry)
+                if self._closing:
+                    return
+                parked = anyio.Event()
+                self._parked.append(parked)
+                with anyio.move_on_after(self.idle_worker_seconds):
+                    await parked.wait()
+                if not parked.is_set():  # idle for long enough: end
+                    self._parked.remove(parked)
+                    return
+        finally:
+            self._workers -= 1
 
     async def _run(self, entry: RunningSubtask) -> None:
         subtask = entry.subtask

@@ -1,0 +1,163 @@
+"""The producer in-process against a real database: claims, worker tasks, shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from taskd.handlers.base import SubtaskContext
+from taskd.handlers.registry import HandlerRegistry
+from taskd.metrics import Metrics
+from taskd.queue.capacity import Capacity
+from taskd.queue.completer import Completer
+from taskd.queue.gate import ClaimGate
+from taskd.queue.producer import Producer
+from taskd.queue.running import RunningSet
+from taskd.queue.store import Store
+from taskd.queue.wakeup import Wakeup
+from taskd.settings import QueueSettings, Settings
+from tests.factories import fetch_one, submit, wait_until
+
+pytestmark = pytest.mark.anyio
+
+EXECUTOR = "producer-test"
+
+
+@dataclass
+class Blocking:
+    """A handler kind that holds every subtask until released, counting how many run at once."""
+
+    release: anyio.Event
+    running: int = 0
+    most: int = 0
+
+    async def __call__(self, ctx: SubtaskContext) -> Any:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        return ctx.payload
+
+
+@dataclass
+class Rig:
+    producer: Producer
+    completer: Completer
+    running: RunningSet
+    blocking: Blocking
+
+
+@pytest.fixture
+async def rig(store: Store) -> AsyncIterator[Rig]:
+    registry = HandlerRegistry.load(Settings(handlers={}), discovered=[])
+    blocking = Blocking(anyio.Event())
+    registry.register("block", blocking, "settings", "tests:block")
+    metrics = Metrics()
+    completer = Completer(store, EXECUTOR, metrics)
+    running = RunningSet()
+    async with httpx.AsyncClient() as http:
+        producer = Producer(
+            "standard", QueueSettings(), store, EXECUTOR, Capacity(20), Wakeup(), ClaimGate(),
+            completer, running, registry, http, metrics,
+            lease_timeout=60, poll_interval=0.05, thread_limiter=anyio.CapacityLimiter(4),
+            idle_worker_seconds=0.3,
+        )
+        yield Rig(producer, completer, running, blocking)
+
+
+async def run_until(rig: Rig, condition: Any, message: str) -> None:
+    """Run the producer and the completer until ``condition()``, then stop them."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rig.completer.run)
+        tg.start_soon(rig.producer.run)
+        await wait_until(condition, message=message)
+        rig.producer.stop_claiming()
+        await rig.running.wait_empty()
+        await rig.completer.flush()
+        tg.cancel_scope.cancel()
+
+
+async def completed(conn: Any) -> int:
+    return int(await fetch_one(
+        conn, "SELECT count(*) FROM taskd.subtasks WHERE status = 'completed'"))
+
+
+async def follow_completed(conn: Any, done: list[int], total: int) -> None:
+    """Keep ``done[0]`` at the number of completed subtasks until it reaches ``total``."""
+    while done[0] < total:
+        done[0] = await completed(conn)
+        await anyio.sleep(0.01)
+
+
+async def test_handlers_that_block_each_get_a_worker_up_to_the_limit(
+    rig: Rig, store: Store, conn: Any
+) -> None:
+    await submit(store, 50, kind="block")
+
+    async def release_when_full() -> None:
+        await wait_until(lambda: rig.blocking.running == 20, message="20 handlers running")
+        rig.blocking.release.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(release_when_full)
+        done = [0]
+        tg.start_soon(follow_completed, conn, done, 50)
+        await run_until(rig, lambda: done[0] == 50, "50 subtasks completed")
+    assert rig.blocking.most == 20
+    # Twenty blocked at once needed twenty workers; none beyond the limit.
+    assert rig.producer.workers <= 20
+
+
+async def test_handlers_that_finish_at_once_share_a_few_workers_that_end_when_idle(
+    rig: Rig, store: Store, conn: Any
+) -> None:
+    await submit(store, 1000, kind="noop")
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(rig.producer.workers)
+            await anyio.sleep(0.001)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        done = [0]
+        tg.start_soon(follow_completed, conn, done, 1000)
+        async with anyio.create_task_group() as inner:
+            inner.start_soon(rig.completer.run)
+            inner.start_soon(rig.producer.run)
+            await wait_until(lambda: done[0] == 1000, message="1,000 noops completed")
+            # Idle workers end after idle_worker_seconds (0.3 s) without a subtask.
+            await wait_until(lambda: rig.producer.workers == 0, within=5,
+                             message="idle workers ended")
+            rig.producer.stop_claiming()
+            inner.cancel_scope.cancel()
+        tg.cancel_scope.cancel()
+    # 1,000 no-ops at a limit of 20 ran on at most a handful of tasks, not one task each.
+    assert 1 <= max(seen) <= 3, max(seen)
+
+
+async def test_stopping_claims_ends_parked_workers_and_the_producer(
+    rig: Rig, store: Store, conn: Any
+) -> None:
+    await submit(store, 10, kind="noop")
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rig.completer.run)
+            async with anyio.create_task_group() as producing:
+                producing.start_soon(rig.producer.run)
+                await wait_until(lambda: rig.producer.parked_workers >= 1
+                                 and len(rig.running) == 0, message="a parked worker")
+                rig.producer.stop_claiming()
+            # The producer's run() returned: its parked workers ended with it.
+            assert rig.producer.workers == 0
+            await rig.completer.flush()
+            tg.cancel_scope.cancel()
+    assert await completed(conn) == 10
