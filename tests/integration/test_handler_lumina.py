@@ -137,6 +137,20 @@ async def test_transient_5xx_are_retried_within_the_attempt(
     assert sorted(stats.submissions.values()) == [1] * 5
 
 
+async def test_polls_start_an_interval_apart_however_long_each_takes(
+    store: Store, http: httpx.AsyncClient
+) -> None:
+    # Each answer takes as long as the interval: polls one interval after each answer would
+    # be 0.2 s apart (5 in a 1 s job); on the submission's clock they are due at once (~10).
+    with FakeLumina(job_seconds=1.0, latency=0.1) as api:
+        ctx = await submit_and_claim(store, http, "lumina", {},
+                                     lumina_settings(api, polling_interval=0.1), queue="lumina")
+        result = await run(ctx)
+        stats = api.stats()
+    assert result.outcome is not None and result.outcome.outcome == "completed"
+    assert stats.polls >= 8, stats.polls
+
+
 async def test_polls_failing_past_the_in_request_retries_are_missed_polls_not_a_new_job(
     store: Store, http: httpx.AsyncClient
 ) -> None:

@@ -51,3 +51,12 @@ def test_rejections_failures_transient_errors_and_the_api_key() -> None:
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ValueError, match="transient_rate must be from 0 to 1"):
         FakeLumina(transient_rate=2)
+    with pytest.raises(ValueError, match="latency must be >= 0"):
+        FakeLumina(latency=-1)
+
+
+def test_latency_holds_every_answer_back() -> None:
+    with FakeLumina(job_seconds=0, latency=0.2) as api, httpx.Client(base_url=api.url) as client:
+        started = time.monotonic()
+        assert client.post("/v1/jobs", json={"input": {}}).status_code == 201
+        assert time.monotonic() - started >= 0.2

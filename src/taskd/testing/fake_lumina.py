@@ -22,7 +22,8 @@ A job is in flight from its submission until its duration has passed, whether or
 polls it. With ``transient_rate``, that fraction of all requests get a 503 before anything
 happens (nothing is recorded for them but the count). With ``failure_rate``, that fraction of
 jobs end ``failed`` with code ``internal``. With ``api_key``, requests without
-``Authorization: Bearer <api_key>`` get 401.
+``Authorization: Bearer <api_key>`` get 401. With ``latency``, every answer is held back that
+many seconds, as from a slow API.
 """
 
 from __future__ import annotations
@@ -101,13 +102,17 @@ class FakeLumina:
         transient_rate: float = 0.0,
         api_key: str | None = None,
         seed: int | None = None,
+        latency: float = 0.0,
     ) -> None:
         for name, rate in (("failure_rate", failure_rate), ("transient_rate", transient_rate)):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be from 0 to 1, got {rate}")
         if job_seconds < 0:
             raise ValueError(f"job_seconds must be >= 0, got {job_seconds}")
+        if latency < 0:
+            raise ValueError(f"latency must be >= 0, got {latency}")
         self.job_seconds = job_seconds
+        self.latency = latency
         self.failure_rate = failure_rate
         self.transient_rate = transient_rate
         self.api_key = api_key
@@ -257,6 +262,9 @@ def _handler_class(api: FakeLumina) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         server_version = "FakeLumina/1"
         timeout = 30  # an idle keep-alive connection gives its thread back
+        # The headers and the body go out in two writes: with Nagle's algorithm on, the body
+        # waited for the client's delayed ACK, 40 ms on every answer (as no real API server does).
+        disable_nagle_algorithm = True
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -267,6 +275,8 @@ def _handler_class(api: FakeLumina) -> type[BaseHTTPRequestHandler]:
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 status, answer = api.answer(self.command, self.path, headers, body)
+                if api.latency:
+                    time.sleep(api.latency)  # a slow API: the answer is held back
             data = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -301,12 +311,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=None,
                         help="require 'Authorization: Bearer KEY' (default: no key)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the random failures")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds each answer is held back, as from a slow API (0)")
     args = parser.parse_args(argv)
     try:
         api = FakeLumina(
             host=args.host, port=args.port, job_seconds=args.job_seconds,
             failure_rate=args.failure_rate, transient_rate=args.transient_rate,
-            api_key=args.api_key, seed=args.seed,
+            api_key=args.api_key, seed=args.seed, latency=args.latency,
         )
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
