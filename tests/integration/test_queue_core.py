@@ -197,6 +197,37 @@ async def test_task_counters_and_final_status(store: Store, conn: Any) -> None:
     assert row == ("failed", 1, 1)
 
 
+async def test_one_statement_moving_subtasks_both_ways_keeps_counters_exact(
+    store: Store, conn: Any
+) -> None:
+    # An operator's UPDATE: completed -> pending, processing -> failed, pending -> cancelled,
+    # and a completed row rewritten without a status change, on two tasks at once.
+    a = await submit(store, 4)
+    b = await submit(store, 2)
+    claimed = await store.claim_subtasks("standard", "e1", 5, LEASE)
+    await store.record_outcomes("e1", [Outcome(c.id, 1, "completed", {}) for c in claimed[:3]])
+    ids = [c.id for c in claimed]
+    await conn.execute("""
+        UPDATE taskd.subtasks
+           SET status = CASE WHEN id = %(reopen)s THEN 'pending'
+                             WHEN id = %(fail)s THEN 'failed'
+                             WHEN status = 'pending' THEN 'cancelled'
+                             ELSE status END,
+               locked_by = CASE WHEN id = %(fail)s THEN NULL ELSE locked_by END,
+               result = CASE WHEN id = %(rewrite)s THEN '{"again": true}' ELSE result END
+         WHERE task_id IN (%(a)s, %(b)s)""",
+        {"reopen": ids[0], "fail": ids[3], "rewrite": ids[1], "a": a, "b": b})
+    rows = await conn.execute("""
+        SELECT t.id, t.completed, t.failed, t.cancelled,
+               count(*) FILTER (WHERE s.status = 'completed'),
+               count(*) FILTER (WHERE s.status = 'failed'),
+               count(*) FILTER (WHERE s.status = 'cancelled')
+          FROM taskd.tasks t JOIN taskd.subtasks s ON s.task_id = t.id
+         GROUP BY t.id ORDER BY t.id""")
+    for task, completed, failed, cancelled, *actual in await rows.fetchall():
+        assert [completed, failed, cancelled] == actual, task
+
+
 async def test_one_batch_updates_each_task_once(store: Store, conn: Any) -> None:
     """Many outcomes of one task in one batch: one UPDATE of the task row (one new version)."""
     task_id = await submit(store, 50)

@@ -158,19 +158,22 @@ CREATE TRIGGER tasks_refund_on_failure
 CREATE FUNCTION taskd.subtasks_count_outcomes() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    WITH changes AS (
-        SELECT n.task_id,
-               count(*) FILTER (WHERE n.status = 'completed')
-                 - count(*) FILTER (WHERE o.status = 'completed') AS d_completed,
-               count(*) FILTER (WHERE n.status = 'failed')
-                 - count(*) FILTER (WHERE o.status = 'failed') AS d_failed,
-               count(*) FILTER (WHERE n.status = 'cancelled')
-                 - count(*) FILTER (WHERE o.status = 'cancelled') AS d_cancelled,
-               bool_or(n.status = 'processing') AS started
-          FROM new_rows n
-          JOIN old_rows o ON o.id = n.id
-         WHERE n.status <> o.status
-         GROUP BY n.task_id
+    -- Per task: +1 for each row after the statement, -1 for each row before it, by status.
+    -- Rows whose status did not change cancel out. Never a join of old_rows to new_rows:
+    -- plpgsql keeps a session's first plan, and one made for a one-row statement joined the
+    -- next 450-row batches in a nested loop (12.6 ms instead of 3.3 ms each).
+    WITH moves AS (
+        SELECT task_id, status, 1 AS d FROM new_rows
+        UNION ALL
+        SELECT task_id, status, -1 AS d FROM old_rows
+    ), changes AS (
+        SELECT task_id,
+               coalesce(sum(d) FILTER (WHERE status = 'completed'), 0) AS d_completed,
+               coalesce(sum(d) FILTER (WHERE status = 'failed'), 0) AS d_failed,
+               coalesce(sum(d) FILTER (WHERE status = 'cancelled'), 0) AS d_cancelled,
+               coalesce(bool_or(d = 1 AND status = 'processing'), false) AS started
+          FROM moves
+         GROUP BY task_id
     ), locked AS (
         -- Lock in id order, so that concurrent batches over the same tasks cannot deadlock.
         SELECT t.id
@@ -338,4 +341,4 @@ END;
 $$;
 
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
-    (3, 'json_depth');
+    (3, 'json_depth'), (4, 'count_without_join');
