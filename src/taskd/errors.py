@@ -79,12 +79,22 @@ class PermanentError(HandlerError):
     """The subtask fails now, whatever attempts remain."""
 
 
+#: The longest delay :class:`RetryLater` takes: 30 days.
+MAX_RETRY_LATER = 30 * 86400.0
+
+
 class RetryLater(HandlerError):
-    """Retry the subtask after ``delay`` seconds; the attempt is not counted as an error."""
+    """Retry the subtask after ``delay`` seconds; the attempt is not counted as an error.
+
+    Raises :class:`ValueError` unless ``delay`` is a number from 0 to 30 days (NaN, infinity
+    or 1e300 would otherwise reach the database and fail the whole batch of outcomes).
+    """
 
     def __init__(self, delay: float, message: str = "") -> None:
-        if delay < 0:
-            raise ValueError("RetryLater delay must be >= 0 seconds")
+        if not 0 <= delay <= MAX_RETRY_LATER:  # False for NaN too
+            raise ValueError(
+                f"RetryLater delay must be from 0 to {MAX_RETRY_LATER:g} seconds, got {delay:g}"
+            )
         super().__init__(message or f"retry in {delay:g}s")
         self.delay = delay
 

@@ -118,6 +118,20 @@ async def test_permanent_error_fails_on_the_first_attempt(
     assert result.outcome.error == "PermanentError: bad input"
 
 
+async def test_retry_later_with_a_delay_past_30_days_is_an_ordinary_error(
+    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    limiter: anyio.CapacityLimiter,
+) -> None:
+    ctx = await submit_and_claim(store, http, "fail", {"retry_later": 1e300}, FAST)
+    result = await run(registry, ctx, limiter)
+    assert result.outcome.outcome == "retry"
+    assert result.outcome.error == (
+        "ValueError: RetryLater delay must be from 0 to 2.592e+06 seconds, got 1e+300"
+    )
+    # The batch it goes into is written: nothing unstorable reached the database.
+    assert await store.record_outcomes(EXECUTOR_ID, [result.outcome]) == {ctx.id}
+
+
 async def test_retry_later_snoozes_without_an_error_and_keeps_the_attempt(
     store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter, conn: Any,
