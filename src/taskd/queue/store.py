@@ -421,15 +421,13 @@ class Store:
         """
         if not outcomes:
             return set()
+        batch = json.dumps([
+            {"id": o.subtask_id, "attempt": o.attempt, "outcome": o.outcome, "result": o.result,
+             "error": o.error, "delay": o.delay}
+            for o in outcomes
+        ], allow_nan=False, separators=(",", ":"))
         rows = await self.fetch_rows("record_outcomes", {
-            "executor_id": executor_id,
-            "ids": [o.subtask_id for o in outcomes],
-            "attempts": [o.attempt for o in outcomes],
-            "outcomes": [o.outcome for o in outcomes],
-            "results": [None if o.result is None else Jsonb(o.result) for o in outcomes],
-            "errors": [o.error for o in outcomes],
-            "delays": [float(o.delay) for o in outcomes],
-            "now": now,
+            "executor_id": executor_id, "outcomes": batch, "now": now,
         })
         return {row["id"] for row in rows}
 
