@@ -9,6 +9,7 @@ meantime is dropped by the fence and counted.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import anyio
@@ -53,6 +54,9 @@ class Completer:
         self.max_backoff = max_backoff
         self._buffer: list[_Pending] = []
         self._arrived = anyio.Event()
+        # One flush at a time: a flush called while another writes waits for that write, so
+        # that "flushed" means written (shutdown flushes while run() may be mid-write).
+        self._flushing = anyio.Lock()
 
     def add(self, queue: str, outcome: Outcome, error: ErrorOccurrence | None = None) -> None:
         """Queue an outcome for writing; never blocks."""
@@ -67,11 +71,14 @@ class Completer:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write everything buffered; retries through database outages until it succeeds."""
-        while self._buffer:
-            batch, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size :]
-            await self._write(batch)
-        self._arrived = anyio.Event()
+        """Write everything buffered, and wait for a write in flight; retries through database
+        outages until it succeeds."""
+        async with self._flushing:
+            while self._buffer:
+                batch = self._buffer[: self.batch_size]
+                self._buffer = self._buffer[self.batch_size :]
+                await self._write(batch)
+            self._arrived = anyio.Event()
 
     def _retrying(self, n: int) -> AsyncRetrying:
         # Through a database outage: the outcomes wait here until it is back.
@@ -91,10 +98,10 @@ class Completer:
         )
         errors = [p.error for p in batch if p.error is not None and p.outcome.subtask_id in applied]
         await self._retrying(len(errors))(self.store.record_errors, errors)
+        finished: Counter[tuple[str, str]] = Counter()
         for p in batch:
             if p.outcome.subtask_id in applied:
-                label = FINISHED_LABEL.get(p.outcome.outcome, p.outcome.outcome)
-                self.metrics.subtasks_finished.labels(p.queue, label).inc()
+                finished[p.queue, p.outcome.outcome] += 1
                 if p.error is not None:
                     self.metrics.errors.labels(p.queue, p.error.error_type).inc()
             else:
@@ -104,3 +111,7 @@ class Completer:
                     extra={"subtask_id": p.outcome.subtask_id, "attempt": p.outcome.attempt,
                            "queue": p.queue},
                 )
+        # One increment per queue and outcome in the batch, not one per subtask.
+        for (queue, outcome), n in finished.items():
+            label = FINISHED_LABEL.get(outcome, outcome)
+            self.metrics.subtasks_finished.labels(queue, label).inc(n)

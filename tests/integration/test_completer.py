@@ -1,0 +1,82 @@
+"""The completer against a real database: flushes, batches and the metrics they count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+
+from taskd.metrics import Metrics
+from taskd.queue import Outcome
+from taskd.queue.completer import Completer
+from taskd.queue.store import Store
+from tests.factories import fetch_one, submit, wait_until
+
+pytestmark = pytest.mark.anyio
+
+EXECUTOR = "completer-test"
+LEASE = 60.0
+
+
+async def test_a_flush_waits_for_the_write_already_in_flight(
+    database_url: str, store: Store, conn: Any
+) -> None:
+    # Shutdown flushes while run() may be writing: "flushed" must mean written.
+    await submit(store, 1)
+    [claimed] = await store.claim_subtasks("standard", EXECUTOR, 1, LEASE)
+    completer = Completer(store, EXECUTOR, Metrics())
+    seen_after_flush: list[Any] = []
+    async with await psycopg.AsyncConnection.connect(database_url) as holder:
+        # Hold the row so that run()'s write waits in the database.
+        await holder.execute("SELECT 1 FROM taskd.subtasks WHERE id = %s FOR UPDATE",
+                             [claimed.id])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(completer.run)
+            completer.add("standard", Outcome(claimed.id, claimed.attempt, "completed", {}))
+            waiting: list[int] = [0]
+
+            async def blocked() -> None:
+                while not waiting[0]:
+                    waiting[0] = await fetch_one(conn, """
+                        SELECT count(*) FROM pg_stat_activity
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'""")
+                    await anyio.sleep(0.01)
+
+            with anyio.fail_after(10):
+                await blocked()
+
+            async def flush() -> None:
+                await completer.flush()
+                seen_after_flush.append(await fetch_one(
+                    conn, "SELECT status FROM taskd.subtasks WHERE id = %s", claimed.id))
+
+            tg.start_soon(flush)
+            await holder.rollback()  # let the write through
+            await wait_until(lambda: seen_after_flush, message="flush returned")
+            tg.cancel_scope.cancel()
+    assert seen_after_flush == ["completed"]
+
+
+async def test_outcomes_are_counted_by_queue_and_outcome_once_written(
+    store: Store, conn: Any
+) -> None:
+    await submit(store, 3)
+    claimed = await store.claim_subtasks("standard", EXECUTOR, 3, LEASE)
+    metrics = Metrics()
+    completer = Completer(store, EXECUTOR, metrics)
+    completer.add("standard", Outcome(claimed[0].id, 1, "completed", {}))
+    completer.add("standard", Outcome(claimed[1].id, 1, "completed", {}))
+    completer.add("standard", Outcome(claimed[2].id, 1, "failed", error="no"))
+    completer.add("standard", Outcome(claimed[2].id + 1000, 1, "completed", {}))  # not held
+    await completer.flush()
+
+    def finished(outcome: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "taskd_subtasks_finished_total", {"queue": "standard", "outcome": outcome})
+
+    assert (finished("completed"), finished("failed")) == (2.0, 1.0)
+    assert metrics.registry.get_sample_value(
+        "taskd_leases_lost_total", {"queue": "standard"}) == 1.0
+    assert await fetch_one(conn, "SELECT completed, failed FROM taskd.tasks") == (2, 1)
