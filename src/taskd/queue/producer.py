@@ -91,6 +91,12 @@ class Producer:
         self._closing = False
         self._workers = 0
         self._worker_name = f"taskd producer {queue} worker"
+        # Metric children and loggers looked up once, not per subtask.
+        self._claimed = metrics.subtasks_claimed.labels(queue)
+        self._wait = metrics.subtask_wait.labels(queue)
+        self._duration = metrics.subtask_duration.labels(queue)
+        self._leases_lost = metrics.leases_lost.labels(queue)
+        self._loggers: dict[str, logging.Logger] = {}
 
     def stop_claiming(self) -> None:
         """Claim nothing more; running handlers go on. Idempotent."""
@@ -144,7 +150,7 @@ class Producer:
             backoff = 0.1
             if claimed:
                 self.capacity.take(len(claimed))
-                self.metrics.subtasks_claimed.labels(self.queue).inc(len(claimed))
+                self._claimed.inc(len(claimed))
                 self._ready.extend(self.running.add(subtask) for subtask in claimed)
                 self._call_worker(runs)
             if len(claimed) < want:
@@ -185,12 +191,12 @@ class Producer:
     async def _run(self, entry: RunningSubtask) -> None:
         subtask = entry.subtask
         wait = (subtask.started_at - subtask.run_after).total_seconds()
-        self.metrics.subtask_wait.labels(self.queue).observe(max(0.0, wait))
+        self._wait.observe(max(0.0, wait))
         ctx = SubtaskContext(
             subtask=subtask,
             queue_settings=self.settings,
             logger=logging.LoggerAdapter(
-                logging.getLogger(f"taskd.handler.{subtask.kind}"),
+                self._logger(subtask.kind),
                 {"subtask_id": subtask.id, "task_id": subtask.task_id, "queue": self.queue,
                  "attempt": subtask.attempt},
             ),
@@ -207,9 +213,9 @@ class Producer:
             if result is None:  # stopped through entry.stop()
                 self._stopped(entry)
             elif result.outcome is None:
-                self.metrics.leases_lost.labels(self.queue).inc()
+                self._leases_lost.inc()
             else:
-                self.metrics.subtask_duration.labels(self.queue).observe(result.duration)
+                self._duration.observe(result.duration)
                 self.completer.add(self.queue, result.outcome, result.error)
         finally:
             self.running.remove(subtask.id)
@@ -225,4 +231,10 @@ class Producer:
                 Outcome(subtask.id, subtask.attempt, "cancelled", error="cancelled on request"),
             )
         elif entry.stop_reason == "lease_lost":
-            self.metrics.leases_lost.labels(self.queue).inc()
+            self._leases_lost.inc()
+
+    def _logger(self, kind: str) -> logging.Logger:
+        logger = self._loggers.get(kind)
+        if logger is None:
+            logger = self._loggers[kind] = logging.getLogger(f"taskd.handler.{kind}")
+        return logger
