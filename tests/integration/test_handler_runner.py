@@ -326,3 +326,24 @@ async def test_cancellation_from_outside_propagates(
         ctx.cancel_scope.cancel()
     assert results == []
     assert ctx.cancel_scope.cancelled_caught
+
+
+async def test_an_error_with_nul_and_a_lone_surrogate_is_stored_not_fatal_to_its_batch(
+    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    limiter: anyio.CapacityLimiter, conn: Any,
+) -> None:
+    async def unstorable(ctx: SubtaskContext) -> None:
+        raise ValueError("nul \x00 and half a pair \ud800")
+
+    registry.register("unstorable", unstorable, "settings", "tests:unstorable")
+    ctx = await submit_and_claim(store, http, "unstorable", {}, FAST)
+    result = await run(registry, ctx, limiter)
+    assert result.outcome is not None and result.error is not None
+    assert await store.record_outcomes(EXECUTOR_ID, [result.outcome]) == {ctx.id}
+    await store.record_errors([result.error])
+    assert await fetch_one(conn, "SELECT error FROM taskd.subtasks WHERE id = %s", ctx.id) == (
+        "ValueError: nul \ufffd and half a pair ?"
+    )
+    assert await fetch_one(conn, "SELECT error_message FROM taskd.error_logs") == (
+        "nul \ufffd and half a pair ?"
+    )

@@ -129,3 +129,8 @@ def test_error_text_and_json_results() -> None:
         to_json(float("nan"))
     with pytest.raises(PermanentError, match="NUL character"):
         to_json({"s": "a\x00b"})
+    with pytest.raises(PermanentError, match="lone surrogate"):
+        to_json({"s": "half a pair \ud800"})
+    # Whole pairs and other non-ASCII text are fine.
+    assert to_json({"s": "caf\u00e9 \U0001f600"}) == {"s": "caf\u00e9 \U0001f600"}
+    assert error_text(ValueError("a\x00b \udc80")) == "ValueError: a\ufffdb ?"

@@ -55,9 +55,18 @@ def backoff_delay(
     return delay + delay * JITTER * (rng or random).random()
 
 
+def storable(text: str) -> str:
+    """``text`` as PostgreSQL can store it: NUL characters become U+FFFD, and lone surrogates
+    (which UTF-8 cannot encode) become ``?``. An exception's message may hold either, and one
+    such outcome would otherwise fail the whole batch it is written with."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
 def error_text(exc: BaseException) -> str:
     """``"<ExceptionType>: <message>"``, the text stored on the subtask."""
-    message = str(exc)
+    message = storable(str(exc))
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
@@ -67,12 +76,20 @@ def to_json(result: Any) -> Any:
     Raises :class:`taskd.PermanentError` saying why when it is not JSON-serialisable.
     """
     try:
-        text = json.dumps(result, allow_nan=False)
+        text = json.dumps(result, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise PermanentError(f"the handler's result is not JSON-serialisable: {exc}") from exc
     if "\\u0000" in text:
         # PostgreSQL's jsonb cannot hold NUL characters.
         raise PermanentError("the handler's result is not storable: it contains a NUL character")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # Half a surrogate pair: neither UTF-8 nor jsonb can hold it.
+            raise PermanentError(
+                "the handler's result is not storable: it contains a lone surrogate"
+            ) from exc
     return json.loads(text)
 
 
@@ -132,9 +149,9 @@ def _failure(ctx: SubtaskContext, exc: Exception, duration: float) -> RunResult:
     text = error_text(exc)
     permanent = isinstance(exc, PermanentError)
     last = ctx.attempt >= ctx.max_attempts
-    stack = "".join(traceback.format_exception(exc))[-MAX_STACK_TRACE:]
+    stack = storable("".join(traceback.format_exception(exc))[-MAX_STACK_TRACE:])
     error = ErrorOccurrence(
-        error_type=type(exc).__name__, message=str(exc), stack_trace=stack,
+        error_type=type(exc).__name__, message=storable(str(exc)), stack_trace=stack,
         queue=ctx.queue, kind=ctx.kind,
     )
     if permanent or last:
