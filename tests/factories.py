@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -81,9 +82,13 @@ async def table_counts(conn: AnyConn) -> dict[str, int]:
 async def wait_until(condition: Callable[[], object], within: float = 10.0,
                      message: str = "condition") -> None:
     """Poll a condition another task or process makes true (where there is no event to await);
-    fail the test after ``within`` seconds."""
+    ``condition`` may return an awaitable, e.g. a query. Fail the test after ``within`` s."""
     with anyio.move_on_after(within):
-        while not condition():  # noqa: ASYNC110
+        while True:
+            held = condition()
+            if inspect.isawaitable(held):
+                held = await held
+            if held:
+                return
             await anyio.sleep(0.005)
-        return
     raise AssertionError(f"{message} not met within {within:g} s")

@@ -35,17 +35,10 @@ async def test_a_flush_waits_for_the_write_already_in_flight(
         async with anyio.create_task_group() as tg:
             tg.start_soon(completer.run)
             completer.add("standard", Outcome(claimed.id, claimed.attempt, "completed", {}))
-            waiting: list[int] = [0]
-
-            async def blocked() -> None:
-                while not waiting[0]:
-                    waiting[0] = await fetch_one(conn, """
-                        SELECT count(*) FROM pg_stat_activity
-                         WHERE datname = current_database() AND wait_event_type = 'Lock'""")
-                    await anyio.sleep(0.01)
-
-            with anyio.fail_after(10):
-                await blocked()
+            await wait_until(lambda: fetch_one(conn, """
+                SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'"""),
+                message="run()'s write waiting for the row")
 
             async def flush() -> None:
                 await completer.flush()

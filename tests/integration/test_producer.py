@@ -89,11 +89,8 @@ async def completed(conn: Any) -> int:
         conn, "SELECT count(*) FROM taskd.subtasks WHERE status = 'completed'"))
 
 
-async def follow_completed(conn: Any, done: list[int], total: int) -> None:
-    """Keep ``done[0]`` at the number of completed subtasks until it reaches ``total``."""
-    while done[0] < total:
-        done[0] = await completed(conn)
-        await anyio.sleep(0.01)
+async def all_completed(conn: Any, total: int) -> bool:
+    return await completed(conn) == total
 
 
 async def test_handlers_that_block_each_get_a_worker_up_to_the_limit(
@@ -107,9 +104,7 @@ async def test_handlers_that_block_each_get_a_worker_up_to_the_limit(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(release_when_full)
-        done = [0]
-        tg.start_soon(follow_completed, conn, done, 50)
-        await run_until(rig, lambda: done[0] == 50, "50 subtasks completed")
+        await run_until(rig, lambda: all_completed(conn, 50), "50 subtasks completed")
     assert rig.blocking.most == 20
     # Twenty blocked at once needed twenty workers; none beyond the limit.
     assert rig.producer.workers <= 20
@@ -128,12 +123,10 @@ async def test_handlers_that_finish_at_once_share_a_few_workers_that_end_when_id
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch)
-        done = [0]
-        tg.start_soon(follow_completed, conn, done, 1000)
         async with anyio.create_task_group() as inner:
             inner.start_soon(rig.completer.run)
             inner.start_soon(rig.producer.run)
-            await wait_until(lambda: done[0] == 1000, message="1,000 noops completed")
+            await wait_until(lambda: all_completed(conn, 1000), message="1,000 noops completed")
             # Idle workers end after idle_worker_seconds (0.3 s) without a subtask.
             await wait_until(lambda: rig.producer.workers == 0, within=5,
                              message="idle workers ended")
