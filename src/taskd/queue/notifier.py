@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping
 
 import anyio
+import anyio.lowlevel
 import psycopg
 
 from taskd.queue.wakeup import Wakeup
@@ -63,6 +64,9 @@ class Notifier:
                 wakeup = self.wakeups.get(note.payload)
                 if wakeup is not None:
                     wakeup.set()
+                    # Let the woken producer send its claim before this task waits for the
+                    # next notification: that wait is on the path from NOTIFY to claim.
+                    await anyio.lowlevel.checkpoint()
 
     def _wake_all(self) -> None:
         for wakeup in self.wakeups.values():

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
+import anyio
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict
@@ -62,15 +64,28 @@ Row = TypeVar("Row")
 _CONFLICTS = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.LockNotAvailable)
 
 
-def _conflict_retrying() -> AsyncRetrying:
-    """A deadlock or serialization failure rolled its statement back whole: trying again is
-    safe. (tenacity's call form, which re-raises cancellation; one object per call.)"""
-    return AsyncRetrying(
+CONFLICT_TRIES = 5
+
+
+async def _retrying_conflicts(once: Callable[[], Awaitable[Row]]) -> Row:
+    """``once()``, tried again (up to 5 tries in all, with backoff) after a deadlock or a
+    serialization failure: either rolled its statement back whole, so trying again is safe.
+
+    The first try runs bare: building tenacity's retry object for every claim and outcome
+    batch cost ~45 us, on the path from a NOTIFY to the claim.
+    """
+    try:
+        return await once()
+    except _CONFLICTS:
+        pass
+    retrying = AsyncRetrying(
         retry=retry_if_exception_type(_CONFLICTS),
-        stop=stop_after_attempt(5),
+        stop=stop_after_attempt(CONFLICT_TRIES - 1),
         wait=wait_random_exponential(multiplier=0.01, max=0.5),
         reraise=True,
     )
+    await anyio.sleep(random.uniform(0, 0.01))  # as tenacity would have waited before try 2
+    return await retrying(once)
 
 
 def translate_error(exc: psycopg.Error) -> TaskdError:
@@ -326,7 +341,7 @@ class Store:
                 return rows
 
         try:
-            return await _conflict_retrying()(once)
+            return await _retrying_conflicts(once)
         except psycopg.Error as exc:
             raise translate_error(exc) from exc
 
@@ -342,7 +357,7 @@ class Store:
                 return rows
 
         try:
-            return await _conflict_retrying()(once)
+            return await _retrying_conflicts(once)
         except psycopg.Error as exc:
             raise translate_error(exc) from exc
 
