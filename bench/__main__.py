@@ -61,9 +61,10 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("growth", help="throughput with many finished rows in the table")
     p.add_argument("--history", type=int, nargs="+", default=[0, 1_000_000, 5_000_000])
-    p.add_argument("-n", type=int, default=50_000)
+    p.add_argument("-n", type=int, default=100_000)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=500)
+    p.add_argument("--repeat", type=int, default=2)
 
     p = sub.add_parser("external", help="lumina subtasks against the fake API")
     p.add_argument("-n", type=int, default=1000)
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     elif w == "latency":
         data = taskd_workloads.latency(args.rate, args.seconds)
     elif w == "growth":
-        data = taskd_workloads.growth(args.history, args.n, args.processes, args.concurrency)
+        data = taskd_workloads.growth(args.history, args.n, args.processes, args.concurrency,
+                                      args.repeat)
     elif w == "external":
         data = taskd_workloads.external_api(args.n, args.job_seconds, args.limit, args.polling)
     elif w == "submit":

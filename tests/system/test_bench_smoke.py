@@ -21,8 +21,10 @@ def _server(admin_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_throughput_and_growth() -> None:
     result = taskd_workloads.throughput(60, [1], concurrency=20)
     assert result["results"][0]["completed"] == 60
-    grown = taskd_workloads.growth([0, 500], 30, processes=1, concurrency=10)
-    assert [r["completed"] for r in grown["results"]] == [30, 30]
+    grown = taskd_workloads.growth([0, 500], 30, processes=1, concurrency=10, repeat=2)
+    assert [r["completed"] for r in grown["results"]] == [30, 30, 30, 30]
+    assert [r["finished_rows"] for r in grown["summary"]] == [0, 500]
+    assert grown["summary"][0]["vs_empty"] == 1.0
 
 
 def test_latency() -> None:
