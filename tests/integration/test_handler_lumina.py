@@ -41,7 +41,9 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def run(ctx: SubtaskContext) -> RunResult:
-    return await run_subtask(REGISTRY, ctx, thread_limiter=anyio.CapacityLimiter(1))
+    result = await run_subtask(REGISTRY, ctx, thread_limiter=anyio.CapacityLimiter(1))
+    assert result is not None, "the attempt was stopped from outside"
+    return result
 
 
 def reference(ctx: SubtaskContext) -> str:
@@ -252,8 +254,7 @@ async def test_an_executor_that_vanishes_mid_poll_is_resumed_without_a_second_su
     with FakeLumina(job_seconds=0.6) as api:
         settings = lumina_settings(api)
         ctx = await submit_and_claim(store, http, "lumina", {}, settings, queue="lumina")
-        with anyio.CancelScope() as scope:
-            ctx.cancel_scope = scope
+        with anyio.CancelScope() as scope:  # the executor's whole task group, as it vanishes
 
             async def cancel_once_submitted() -> None:
                 with anyio.fail_after(5):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -306,7 +306,27 @@ async def test_a_lost_lease_gives_no_outcome(
     assert result.outcome is None and result.error is None
 
 
-async def test_cancellation_from_outside_propagates(
+async def test_a_stop_from_outside_ends_the_attempt_with_none(
+    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    limiter: anyio.CapacityLimiter,
+) -> None:
+    """The daemon stops an attempt (shutdown, a cancelled task, a lost lease) by cancelling
+    ctx.cancel_scope; there is no outcome, and the daemon decides what follows."""
+    registry.register("slow", sleeps_long, "settings", "tests:sleeps_long")
+    ctx = await submit_and_claim(store, http, "slow", {}, FAST)
+    ctx.extras["started"] = started = anyio.Event()
+    results: list[Any] = []
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_append, results, run(registry, ctx, limiter))
+        with anyio.fail_after(5):
+            await started.wait()
+        ctx.cancel_scope.cancel()
+    assert results == [None]
+    assert ctx.cancel_scope.cancelled_caught
+
+
+async def test_the_cancellation_of_an_enclosing_scope_propagates(
     store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter,
 ) -> None:
@@ -316,16 +336,22 @@ async def test_cancellation_from_outside_propagates(
     results: list[Any] = []
 
     async def daemon_side() -> None:
-        with ctx.cancel_scope:
+        with anyio.CancelScope() as outer:
+            scopes.append(outer)
             results.append(await run(registry, ctx, limiter))
 
+    scopes: list[anyio.CancelScope] = []
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon_side)
         with anyio.fail_after(5):
             await started.wait()
-        ctx.cancel_scope.cancel()
+        scopes[0].cancel()
     assert results == []
-    assert ctx.cancel_scope.cancelled_caught
+    assert scopes[0].cancelled_caught and not ctx.cancel_scope.cancelled_caught
+
+
+async def _append(results: list[Any], attempt: Awaitable[Any]) -> None:
+    results.append(await attempt)
 
 
 async def test_an_error_with_nul_and_a_lone_surrogate_is_stored_not_fatal_to_its_batch(

@@ -1,8 +1,10 @@
 """Run one attempt of a subtask through its handler and decide its outcome.
 
-The daemon enters ``ctx.cancel_scope`` around :func:`run_subtask` and cancels it for shutdown
-or a cancelled task; that cancellation propagates out of here untouched, and the daemon
-decides what becomes of the subtask. Everything else ends in a :class:`RunResult`.
+The handler runs inside ``ctx.cancel_scope``, whose deadline is the queue's timeout: one scope
+per attempt for both ways it can be cut short. The daemon cancels that scope for shutdown, a
+cancelled task or a lost lease; :func:`run_subtask` then returns None and the daemon, which
+knows why it stopped the attempt, decides what becomes of the subtask. Everything else ends in
+a :class:`RunResult`.
 """
 
 from __future__ import annotations
@@ -95,13 +97,15 @@ def to_json(result: Any) -> Any:
 
 async def run_subtask(
     registry: HandlerRegistry, ctx: SubtaskContext, *, thread_limiter: anyio.CapacityLimiter
-) -> RunResult:
-    """Run the subtask's handler once under the queue's timeout; return its outcome.
+) -> RunResult | None:
+    """Run the subtask's handler once in ``ctx.cancel_scope`` under the queue's timeout;
+    return its outcome, or None when that scope was cancelled from outside.
 
     Never raises for a handler's failure: an unknown kind, a :class:`taskd.PermanentError` or
     a result that is not JSON become a ``failed`` outcome; :class:`taskd.RetryLater` a
-    ``snooze``; :class:`taskd.errors.LeaseLost` an outcome of None; anything else a ``retry``
-    with backoff, or ``failed`` on the last attempt. Cancellation from outside propagates.
+    ``snooze``; :class:`taskd.errors.LeaseLost` an outcome of None; anything else (a timeout
+    too) a ``retry`` with backoff, or ``failed`` on the last attempt. A cancellation of an
+    enclosing scope propagates.
     """
     started = time.monotonic()
     handler = registry.get(ctx.kind)
@@ -115,6 +119,8 @@ async def run_subtask(
                 + ", ".join(registry.kinds())
             )
         result = to_json(await _call(handler, ctx, thread_limiter))
+    except _Stopped:
+        return None
     except LeaseLost:
         ctx.logger.warning("lease lost; the outcome of this attempt is dropped")
         return RunResult(None, None, time.monotonic() - started)
@@ -128,11 +134,17 @@ async def run_subtask(
     return RunResult(Outcome(ctx.id, ctx.attempt, "completed", result=result), None, duration)
 
 
+class _Stopped(Exception):
+    """The attempt's scope was cancelled from outside before its deadline."""
+
+
 async def _call(
     handler: RegisteredHandler, ctx: SubtaskContext, thread_limiter: anyio.CapacityLimiter
 ) -> Any:
     timeout = ctx.queue_settings.timeout
-    with anyio.move_on_after(timeout) as scope:
+    scope = ctx.cancel_scope
+    scope.deadline = min(scope.deadline, anyio.current_time() + timeout)
+    with scope:
         if handler.is_async:
             return await handler.fn(ctx)
         # A thread cannot be stopped: past the timeout it is abandoned and runs to its end
@@ -140,8 +152,10 @@ async def _call(
         return await anyio.to_thread.run_sync(
             handler.fn, ctx, limiter=thread_limiter, abandon_on_cancel=True
         )
-    # Only our own deadline lands here; the daemon's cancellation propagates through.
-    assert scope.cancelled_caught
+    # The scope caught its own cancellation: its deadline passed, or it was cancelled from
+    # outside (the daemon then knows why, and its reason wins over a deadline that also passed).
+    if anyio.current_time() < scope.deadline:
+        raise _Stopped
     raise HandlerTimeout(f"{ctx.kind} handler ran longer than the queue's timeout of {timeout:g} s")
 
 

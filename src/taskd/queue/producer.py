@@ -1,8 +1,8 @@
 """The producer, one per queue: wait for free slots and a wake-up, claim a batch, run it.
 
 Claims happen only while the queue has free capacity (which the scaler may move) and the claim
-gate is open. Each claimed subtask runs under a cancel scope of its own, so shutdown, a cancelled
-task or a lost lease can stop exactly that handler.
+gate is open. Each claimed subtask runs under a cancel scope of its own (which also carries the
+queue's timeout), so shutdown, a cancelled task or a lost lease can stop exactly that handler.
 
 Subtasks run on worker tasks that live on between subtasks: an anyio task costs ~14 us to start
 and finish, a third of what a no-op subtask costs the daemon. Claimed subtasks wait in a ready
@@ -207,9 +207,7 @@ class Producer:
             state=subtask.state,
         )
         try:
-            result = None
-            with entry.scope:
-                result = await run_subtask(self.registry, ctx, thread_limiter=self.thread_limiter)
+            result = await run_subtask(self.registry, ctx, thread_limiter=self.thread_limiter)
             if result is None:  # stopped through entry.stop()
                 self._stopped(entry)
             elif result.outcome is None:
