@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -9,6 +10,7 @@ import anyio
 import pytest
 
 from taskd.queue import ErrorOccurrence, ExecutorInfo, Outcome, Store
+from taskd.queue.store import fields_row
 from tests.factories import fetch_one, submit
 
 pytestmark = pytest.mark.anyio
@@ -393,3 +395,18 @@ async def test_concurrent_batches_on_one_task_keep_exact_counters(
         conn, "SELECT status, completed, failed FROM taskd.tasks WHERE id = %s", task_id
     )
     assert row == ("completed", total, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pair:
+    a: int
+    b: str
+
+
+async def test_fields_row_builds_rows_by_position_and_refuses_other_columns(conn: Any) -> None:
+    cur = conn.cursor(row_factory=fields_row(_Pair))
+    await cur.execute("SELECT 1 AS a, 'x' AS b")
+    assert await cur.fetchall() == [_Pair(1, "x")]
+    with pytest.raises(TypeError, match=r"_Pair has the fields \('a', 'b'\); the query returned"
+                                        r" \('b', 'a'\)"):
+        await cur.execute("SELECT 'x' AS b, 1 AS a")

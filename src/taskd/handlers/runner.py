@@ -27,6 +27,8 @@ from taskd.queue.jsonload import UnreadableJSON
 
 # Stack traces go to error_logs; the top frames say where, the rest is noise in a table.
 MAX_STACK_TRACE = 8000
+# One encoder for every result: json.dumps with options builds a new one on each call.
+_RESULT_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 # Up to this fraction of the backoff is added at random, so that retries of a batch that
 # failed together do not come back together.
 JITTER = 0.1
@@ -78,7 +80,7 @@ def to_json(result: Any) -> Any:
     Raises :class:`taskd.PermanentError` saying why when it is not JSON-serialisable.
     """
     try:
-        text = json.dumps(result, allow_nan=False, ensure_ascii=False)
+        text = _RESULT_ENCODER.encode(result)
     except (TypeError, ValueError, RecursionError) as exc:
         raise PermanentError(f"the handler's result is not JSON-serialisable: {exc}") from exc
     if "\\u0000" in text:
