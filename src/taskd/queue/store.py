@@ -83,6 +83,8 @@ def fields_row(cls: type[Row]) -> BaseRowFactory[Row]:
     return factory
 
 
+_CLAIMED_ROW = fields_row(ClaimedSubtask)
+
 CONFLICT_TRIES = 5
 
 
@@ -439,11 +441,11 @@ class Store:
                   "lease_timeout": lease_timeout, "cluster_max": cluster_max, "now": now}
         if cluster_max is None:
             claimed = await self.fetch_as("claim_subtasks", params, ClaimedSubtask,
-                                          fields_row(ClaimedSubtask))
+                                          _CLAIMED_ROW)
         else:
             async with translated_errors(), self.pool.connection() as conn, conn.transaction():
                 await conn.execute(query("lock_queue_claims"), params)
-                cur = conn.cursor(row_factory=fields_row(ClaimedSubtask))
+                cur = conn.cursor(row_factory=_CLAIMED_ROW)
                 await cur.execute(query("claim_subtasks"), params)
                 claimed = await cur.fetchall()
         # RETURNING has no order; callers start work in claim order.
