@@ -19,10 +19,10 @@ import socket
 from dataclasses import replace
 
 import anyio
-import httpx
 
 from taskd import __version__, systemd
 from taskd.database import database_url, redact
+from taskd.handlers.clients import http_clients
 from taskd.handlers.registry import HandlerRegistry
 from taskd.metrics import Health, Metrics
 from taskd.metrics.server import MetricsServer
@@ -88,7 +88,7 @@ class Daemon:
             concurrency={q: c.limit for q, c in self.capacities.items()},
         )
         completer = Completer(store, s.executor_id, self.metrics)
-        async with httpx.AsyncClient(timeout=30.0) as http:
+        async with http_clients() as http:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_signals, tg.cancel_scope)
                 tg.start_soon(metrics_server.run)

@@ -65,7 +65,7 @@ async def rig(store: Store) -> AsyncIterator[Rig]:
     async with httpx.AsyncClient() as http:
         producer = Producer(
             "standard", QueueSettings(), store, EXECUTOR, Capacity(20), Wakeup(), ClaimGate(),
-            completer, running, registry, http, metrics,
+            completer, running, registry, [http], metrics,
             lease_timeout=60, poll_interval=0.05, thread_limiter=anyio.CapacityLimiter(4),
             idle_worker_seconds=0.3,
         )

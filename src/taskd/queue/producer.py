@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ import httpx
 
 from taskd.errors import DatabaseError
 from taskd.handlers.base import SubtaskContext
+from taskd.handlers.clients import client_for
 from taskd.handlers.runner import run_subtask
 from taskd.metrics import Metrics
 from taskd.queue.capacity import Capacity
@@ -54,7 +56,7 @@ class Producer:
         completer: Completer,
         running: RunningSet,
         registry: HandlerRegistry,
-        http: httpx.AsyncClient,
+        http: Sequence[httpx.AsyncClient],
         metrics: Metrics,
         *,
         lease_timeout: float,
@@ -200,7 +202,7 @@ class Producer:
                 {"subtask_id": subtask.id, "task_id": subtask.task_id, "queue": self.queue,
                  "attempt": subtask.attempt},
             ),
-            http=self.http,
+            http=client_for(self.http, subtask.id),
             cancel_scope=entry.scope,
             _checkpoint=partial(self.store.checkpoint, self.executor_id, subtask.id,
                                 subtask.attempt),
