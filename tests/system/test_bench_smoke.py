@@ -40,7 +40,8 @@ def test_external_api() -> None:
 def test_submit() -> None:
     assert taskd_workloads.submit_sql(2, 10)["results"][1]["subtasks_per_call"] == 10
     if importlib.util.find_spec("fastapi") and importlib.util.find_spec("jwt"):
-        assert taskd_workloads.submit_http(2, 0.3, 1)["results"][0]["requests"] > 0
+        row = taskd_workloads.submit_http(2, 0.3, 1)["results"][0]
+        assert row["requests"] > 0 and row["failed"] == 0, row["failures"]
 
 
 def test_footprint() -> None:
