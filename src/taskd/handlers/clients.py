@@ -2,10 +2,11 @@
 
 httpcore checks every connection in a client's pool before each request (for an idle one, a
 readable-socket probe through anyio's attribute lookup). With 50 lumina handlers on one client
-those checks were a third of the daemon's CPU, and the daemon, saturated, saw each job's end
-late: 1,000 jobs of 500 ms at a limit of 50 took 1.48-1.59 x the ideal time here, against
-1.16-1.27 x with eight clients. So the daemon keeps a few clients, each with a small pool, and
-gives each subtask one of them; they share one TLS context (loading the CA bundle is slow).
+that bookkeeping alone was an eighth of the daemon's samples, and the daemon, saturated, saw
+each job's end late: 1,000 jobs of 500 ms at a limit of 50 took 1.33-1.59 x the ideal time
+here, against 1.16-1.27 x with eight clients. So the daemon keeps a few clients, each with a
+small pool, and gives each subtask one of them; they share one TLS context (loading the CA
+bundle is slow).
 """
 
 from __future__ import annotations

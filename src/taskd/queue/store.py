@@ -89,8 +89,9 @@ CONFLICT_TRIES = 5
 
 
 async def _retrying_conflicts(once: Callable[[], Awaitable[Row]]) -> Row:
-    """``once()``, tried again (up to 5 tries in all, with backoff) after a deadlock or a
-    serialization failure: either rolled its statement back whole, so trying again is safe.
+    """``once()``, tried again (up to 5 tries in all, with backoff) after a deadlock, a
+    serialization failure or a lock timeout: each rolled its statement back whole, so trying
+    again is safe.
 
     The first try runs bare: building tenacity's retry object for every claim and outcome
     batch cost ~45 us, on the path from a NOTIFY to the claim.
