@@ -103,7 +103,8 @@ async def _retrying_conflicts(once: Callable[[], Awaitable[Row]]) -> Row:
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(_CONFLICTS),
         stop=stop_after_attempt(CONFLICT_TRIES - 1),
-        wait=wait_random_exponential(multiplier=0.01, max=0.5),
+        # Its first wait is before try 3: the schedule of waits stays 0.01 x 2^(try - 2).
+        wait=wait_random_exponential(multiplier=0.02, max=0.5),
         reraise=True,
     )
     await anyio.sleep(random.uniform(0, 0.01))  # as tenacity would have waited before try 2
