@@ -26,21 +26,15 @@ it. While it waits, the handler holds no database connection.
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import anyio
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from taskd.errors import HandlerError, HandlerTimeout, PermanentError
 from taskd.handlers.base import SubtaskContext
 from taskd.queue.models import JSON
+from taskd.retries import retry_after_failure
 
 TRANSIENT_TRIES = 4
 TRANSIENT_WAIT_MAX = 2.0
@@ -207,22 +201,9 @@ async def _send(
             )
         return response
 
-    # The first try runs bare: tenacity's retry object and iteration cost ~70 us a request
-    # here, and a daemon polling for 50 handlers is CPU-bound in its HTTP client.
-    try:
-        return await once()
-    except (httpx.TransportError, LuminaUnavailable):
-        pass
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(TRANSIENT_TRIES - 1),
-        # Its first wait is before try 3: the schedule of waits stays 0.1 x 2^(try - 2).
-        wait=wait_random_exponential(multiplier=0.2, max=TRANSIENT_WAIT_MAX),
-        retry=retry_if_exception(_is_transient),
-        sleep=anyio.sleep,
-        reraise=True,
+    return await retry_after_failure(
+        once, _is_transient, tries=TRANSIENT_TRIES, wait_base=0.1, wait_max=TRANSIENT_WAIT_MAX,
     )
-    await anyio.sleep(random.uniform(0, 0.1))  # as tenacity would have waited before try 2
-    return await retrying(once)
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -19,19 +18,12 @@ from datetime import datetime
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
-import anyio
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import BaseRowFactory, class_row, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from taskd.errors import (
     DatabaseError,
@@ -53,6 +45,7 @@ from taskd.queue.models import (
     Task,
 )
 from taskd.queue.queries import query
+from taskd.retries import retry_after_failure
 
 QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 KIND_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
@@ -91,24 +84,11 @@ CONFLICT_TRIES = 5
 async def _retrying_conflicts(once: Callable[[], Awaitable[Row]]) -> Row:
     """``once()``, tried again (up to 5 tries in all, with backoff) after a deadlock, a
     serialization failure or a lock timeout: each rolled its statement back whole, so trying
-    again is safe.
-
-    The first try runs bare: building tenacity's retry object for every claim and outcome
-    batch cost ~45 us, on the path from a NOTIFY to the claim.
-    """
-    try:
-        return await once()
-    except _CONFLICTS:
-        pass
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(_CONFLICTS),
-        stop=stop_after_attempt(CONFLICT_TRIES - 1),
-        # Its first wait is before try 3: the schedule of waits stays 0.01 x 2^(try - 2).
-        wait=wait_random_exponential(multiplier=0.02, max=0.5),
-        reraise=True,
+    again is safe."""
+    return await retry_after_failure(
+        once, lambda exc: isinstance(exc, _CONFLICTS),
+        tries=CONFLICT_TRIES, wait_base=0.01, wait_max=0.5,
     )
-    await anyio.sleep(random.uniform(0, 0.01))  # as tenacity would have waited before try 2
-    return await retrying(once)
 
 
 def translate_error(exc: psycopg.Error) -> TaskdError:
