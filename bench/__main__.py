@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench import peers, taskd_workloads
+from bench import http_clients, peers, taskd_workloads
 from bench.common import print_table, temp_database, write_json
 
 
@@ -72,6 +72,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--polling", type=float, default=0.1)
 
+    p = sub.add_parser("http-clients", help="CPU per request: httpx, its transport, aiohttp")
+    p.add_argument("--tasks", type=int, default=50)
+    p.add_argument("--interval", type=float, default=0.1)
+    p.add_argument("--seconds", type=float, default=6.0)
+
     p = sub.add_parser("submit", help="taskd.submit_task batches and the HTTP API")
     p.add_argument("--tasks", type=int, default=50)
     p.add_argument("--per-task", type=int, default=1000)
@@ -105,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
                                       args.repeat)
     elif w == "external":
         data = taskd_workloads.external_api(args.n, args.job_seconds, args.limit, args.polling)
+    elif w == "http-clients":
+        data = http_clients.http_clients(args.tasks, args.interval, args.seconds)
     elif w == "submit":
         data = {"sql": taskd_workloads.submit_sql(args.tasks, args.per_task),
                 "http": taskd_workloads.submit_http(args.clients, args.seconds,

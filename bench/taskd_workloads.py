@@ -7,7 +7,8 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +161,9 @@ def growth(history: Sequence[int], n: int, processes: int, concurrency: int,
     return {"n": n, "processes": processes, "results": table, "summary": summary}
 
 
-def external_api(n: int, job_seconds: float, limit: int, polling: float) -> dict[str, Any]:
-    """``n`` lumina subtasks against the fake API (its own process, as a real API would be)."""
+@contextmanager
+def fake_lumina_process(job_seconds: float) -> Iterator[str]:
+    """The fake Lumina API in a process of its own, as a real API would be; yields its URL."""
     import socket
     import subprocess
     import sys
@@ -184,6 +186,17 @@ def external_api(n: int, job_seconds: float, limit: int, polling: float) -> dict
                 return False
 
         wait_for(up, timeout=30, what="fake Lumina API")
+        yield base
+    finally:
+        api.terminate()
+        api.wait(timeout=10)
+
+
+def external_api(n: int, job_seconds: float, limit: int, polling: float) -> dict[str, Any]:
+    """``n`` lumina subtasks against the fake API (its own process, as a real API would be)."""
+    import httpx
+
+    with fake_lumina_process(job_seconds) as base:
         with temp_database() as url:
             env = {**queue_env("lumina", limit), "TASKD_QUEUES__LUMINA__BASE_URL": base,
                    "TASKD_QUEUES__LUMINA__POLLING_INTERVAL": str(polling)}
@@ -198,9 +211,6 @@ def external_api(n: int, job_seconds: float, limit: int, polling: float) -> dict
             failed = scalar(url,
                             "SELECT count(*) FROM taskd.subtasks WHERE status <> 'completed'")
         stats = httpx.get(base + "/v1/stats").json()
-    finally:
-        api.terminate()
-        api.wait(timeout=10)
     ideal = n * job_seconds / limit
     row = {"system": "taskd", "n": n, "job_s": job_seconds, "limit": limit,
            "polling_s": polling, "wall_s": wall, "ideal_s": ideal, "wall_vs_ideal": wall / ideal,

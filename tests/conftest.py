@@ -23,6 +23,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from taskd.handlers.clients import HttpClients, http_clients
 from taskd.queue import migrations
 from taskd.queue.store import Store
 
@@ -169,6 +170,13 @@ async def store(database_url: str) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[HttpClients]:
+    """The HTTP clients the daemon gives handlers (one httpx client, one aiohttp session)."""
+    async with http_clients(shards=1) as clients:
+        yield clients
 
 
 @pytest.fixture

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from taskd.handlers import HandlerRegistry, RunResult, run_subtask
+from taskd.handlers.clients import HttpClients
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings, Settings
 from tests.fixtures.contexts import submit_and_claim
@@ -91,14 +91,8 @@ def server() -> Iterator[Server]:
         yield s
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
 async def run_http(
-    store: Store, http: httpx.AsyncClient, payload: dict[str, Any],
+    store: Store, http: HttpClients, payload: dict[str, Any],
     settings: QueueSettings | None = None,
 ) -> RunResult:
     ctx = await submit_and_claim(store, http, "http", payload, settings or QueueSettings())
@@ -107,7 +101,7 @@ async def run_http(
 
 
 async def test_a_2xx_json_answer_is_the_result(
-    store: Store, http: httpx.AsyncClient, server: Server
+    store: Store, http: HttpClients, server: Server
 ) -> None:
     result = await run_http(store, http, {
         "url": server.url + "/echo", "method": "put", "headers": {"X-Trace": "t1"},
@@ -122,7 +116,7 @@ async def test_a_2xx_json_answer_is_the_result(
 
 
 async def test_queue_settings_give_url_and_method_and_body_is_sent_as_given(
-    store: Store, http: httpx.AsyncClient, server: Server
+    store: Store, http: HttpClients, server: Server
 ) -> None:
     settings = QueueSettings(url=server.url + "/echo", method="PATCH")
     result = await run_http(store, http, {"body": [1, "two"]}, settings)
@@ -134,7 +128,7 @@ async def test_queue_settings_give_url_and_method_and_body_is_sent_as_given(
 
 
 async def test_text_and_empty_answers(
-    store: Store, http: httpx.AsyncClient, server: Server
+    store: Store, http: HttpClients, server: Server
 ) -> None:
     text = await run_http(store, http, {"url": server.url + "/text", "method": "GET"})
     assert text.outcome is not None
@@ -145,7 +139,7 @@ async def test_text_and_empty_answers(
 
 
 async def test_a_4xx_fails_for_good_with_the_answer_in_the_error(
-    store: Store, http: httpx.AsyncClient, server: Server
+    store: Store, http: HttpClients, server: Server
 ) -> None:
     result = await run_http(store, http, {"url": server.url + "/status/404", "method": "GET"})
     assert result.outcome is not None and result.outcome.outcome == "failed"
@@ -156,7 +150,7 @@ async def test_a_4xx_fails_for_good_with_the_answer_in_the_error(
 
 @pytest.mark.parametrize("status", [500, 503, 408])
 async def test_a_5xx_or_408_is_retried(
-    store: Store, http: httpx.AsyncClient, server: Server, status: int
+    store: Store, http: HttpClients, server: Server, status: int
 ) -> None:
     result = await run_http(store, http, {"url": f"{server.url}/status/{status}"})
     assert result.outcome is not None and result.outcome.outcome == "retry"
@@ -166,7 +160,7 @@ async def test_a_5xx_or_408_is_retried(
 
 
 async def test_a_429_with_retry_after_waits_that_long_without_spending_the_attempt(
-    store: Store, http: httpx.AsyncClient, server: Server
+    store: Store, http: HttpClients, server: Server
 ) -> None:
     result = await run_http(store, http, {"url": server.url + "/status/429"})
     assert result.outcome is not None and result.outcome.outcome == "snooze"
@@ -174,7 +168,7 @@ async def test_a_429_with_retry_after_waits_that_long_without_spending_the_attem
 
 
 async def test_a_request_timeout_is_retried(
-    store: Store, http: httpx.AsyncClient, server: Server
+    store: Store, http: HttpClients, server: Server
 ) -> None:
     result = await run_http(store, http, {"url": server.url + "/slow", "timeout": 0.2})
     assert result.outcome is not None and result.outcome.outcome == "retry"
@@ -182,7 +176,7 @@ async def test_a_request_timeout_is_retried(
 
 
 async def test_an_unreachable_server_is_retried_then_failed_with_the_connection_error(
-    store: Store, http: httpx.AsyncClient
+    store: Store, http: HttpClients
 ) -> None:
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -208,7 +202,7 @@ async def test_an_unreachable_server_is_retried_then_failed_with_the_connection_
     ],
 )
 async def test_bad_payloads_fail_for_good_naming_the_key(
-    store: Store, http: httpx.AsyncClient, payload: dict[str, Any], message: str
+    store: Store, http: HttpClients, payload: dict[str, Any], message: str
 ) -> None:
     result = await run_http(store, http, payload)
     assert result.outcome is not None and result.outcome.outcome == "failed"

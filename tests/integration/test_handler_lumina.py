@@ -5,16 +5,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 from pydantic import SecretStr
 
 from taskd.handlers import HandlerRegistry, RunResult, SubtaskContext, run_subtask
+from taskd.handlers.clients import HttpClients
 from taskd.handlers.lumina import TRANSIENT_TRIES
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings, Settings
@@ -34,12 +33,6 @@ def lumina_settings(api: FakeLumina | str, **options: Any) -> QueueSettings:
     return QueueSettings(base_url=base_url, **{**defaults, **options})
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
 async def run(ctx: SubtaskContext) -> RunResult:
     result = await run_subtask(REGISTRY, ctx, thread_limiter=anyio.CapacityLimiter(1))
     assert result is not None, "the attempt was stopped from outside"
@@ -51,7 +44,7 @@ def reference(ctx: SubtaskContext) -> str:
 
 
 async def test_a_job_is_submitted_once_checkpointed_polled_and_its_output_returned(
-    store: Store, http: httpx.AsyncClient, conn: Any
+    store: Store, http: HttpClients, conn: Any
 ) -> None:
     with FakeLumina(job_seconds=0.2) as api:
         ctx = await submit_and_claim(store, http, "lumina", {"prompt": "a cat"},
@@ -70,7 +63,7 @@ async def test_a_job_is_submitted_once_checkpointed_polled_and_its_output_return
 
 
 async def test_a_rejected_input_fails_for_good_with_the_api_message(
-    store: Store, http: httpx.AsyncClient
+    store: Store, http: HttpClients
 ) -> None:
     with FakeLumina(job_seconds=0.1) as api:
         ctx = await submit_and_claim(store, http, "lumina", {"reject": "prompt is empty"},
@@ -83,7 +76,7 @@ async def test_a_rejected_input_fails_for_good_with_the_api_message(
 
 
 async def test_a_job_failed_for_its_input_fails_for_good(
-    store: Store, http: httpx.AsyncClient
+    store: Store, http: HttpClients
 ) -> None:
     with FakeLumina(job_seconds=0.05) as api:
         ctx = await submit_and_claim(store, http, "lumina", {"fail": "invalid_input"},
@@ -96,7 +89,7 @@ async def test_a_job_failed_for_its_input_fails_for_good(
 
 
 async def test_a_failed_job_is_retried_with_a_new_submission(
-    store: Store, http: httpx.AsyncClient, conn: Any
+    store: Store, http: HttpClients, conn: Any
 ) -> None:
     with FakeLumina(job_seconds=0.05) as api:
         ctx = await submit_and_claim(store, http, "lumina", {"fail": "internal"},
@@ -117,7 +110,7 @@ async def test_a_failed_job_is_retried_with_a_new_submission(
 
 
 async def test_transient_5xx_are_retried_within_the_attempt(
-    store: Store, http: httpx.AsyncClient
+    store: Store, http: HttpClients
 ) -> None:
     # 15%: 4 failures in a row (TRANSIENT_TRIES) have a chance of 0.05% per request chain, so
     # the attempt itself never fails; at 30% concurrency made that 1 run in ~12 (seen in CI).
@@ -140,7 +133,7 @@ async def test_transient_5xx_are_retried_within_the_attempt(
 
 
 async def test_polls_start_an_interval_apart_however_long_each_takes(
-    store: Store, http: httpx.AsyncClient
+    store: Store, http: HttpClients
 ) -> None:
     # Each answer takes as long as the interval: polls one interval after each answer would
     # be 0.2 s apart (5 in a 1 s job); on the submission's clock they are due at once (~10).
@@ -154,7 +147,7 @@ async def test_polls_start_an_interval_apart_however_long_each_takes(
 
 
 async def test_polls_failing_past_the_in_request_retries_are_missed_polls_not_a_new_job(
-    store: Store, http: httpx.AsyncClient
+    store: Store, http: HttpClients
 ) -> None:
     # Ending the attempt would free the slot while the job still runs at the API.
     with FakeLumina(job_seconds=0.3) as api:
@@ -181,7 +174,7 @@ async def test_polls_failing_past_the_in_request_retries_are_missed_polls_not_a_
 
 
 async def test_polls_exhausted_by_failing_polls_say_what_the_last_one_saw(
-    store: Store, http: httpx.AsyncClient
+    store: Store, http: HttpClients
 ) -> None:
     with FakeLumina(job_seconds=30) as api:
         ctx = await submit_and_claim(store, http, "lumina", {}, lumina_settings(api, max_polls=2),
@@ -204,7 +197,7 @@ async def test_polls_exhausted_by_failing_polls_say_what_the_last_one_saw(
 
 
 async def test_an_unreachable_api_is_retried_then_failed_and_counted_by_type(
-    store: Store, http: httpx.AsyncClient, conn: Any
+    store: Store, http: HttpClients, conn: Any
 ) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -214,20 +207,39 @@ async def test_an_unreachable_api_is_retried_then_failed_and_counted_by_type(
                                  max_attempts=2)
     first = await run(ctx)
     assert first.outcome is not None and first.outcome.outcome == "retry"
-    assert first.error is not None and first.error.error_type == "ConnectError"
+    assert first.error is not None and first.error.error_type == "LuminaUnreachable"
     await store.record_outcomes(EXECUTOR_ID, [dataclasses.replace(first.outcome, delay=0)])
     last = await run(context_for(store, await claim_one(store, "lumina"), http, settings))
     assert last.outcome is not None and last.outcome.outcome == "failed"
-    assert last.outcome.error is not None and last.outcome.error.startswith("ConnectError: ")
+    assert last.outcome.error is not None
+    assert last.outcome.error.startswith(
+        f"LuminaUnreachable: POST {url}/v1/jobs got no answer ("
+    ), last.outcome.error
     assert first.error is not None and last.error is not None
     await store.record_errors([first.error, last.error])
     assert await fetch_one(
-        conn, "SELECT sum(count) FROM taskd.error_logs WHERE error_type = 'ConnectError'"
+        conn, "SELECT sum(count) FROM taskd.error_logs WHERE error_type = 'LuminaUnreachable'"
     ) == 2
 
 
+async def test_a_request_that_outlasts_request_timeout_is_retried_as_unreachable(
+    store: Store, http: HttpClients
+) -> None:
+    with FakeLumina(job_seconds=30, latency=0.5) as api:
+        ctx = await submit_and_claim(store, http, "lumina", {},
+                                     lumina_settings(api, request_timeout=0.05), queue="lumina")
+        result = await run(ctx)
+        stats = api.stats()
+    assert result.outcome is not None and result.outcome.outcome == "retry"
+    assert result.outcome.error is not None
+    assert result.outcome.error.startswith(
+        f"LuminaUnreachable: POST {api.url}/v1/jobs got no answer (TimeoutError"
+    ), result.outcome.error
+    assert stats.requests == TRANSIENT_TRIES
+
+
 async def test_polls_exhausted_retry_resumes_the_same_job(
-    store: Store, http: httpx.AsyncClient
+    store: Store, http: HttpClients
 ) -> None:
     with FakeLumina(job_seconds=0.5) as api:
         settings = lumina_settings(api, max_polls=2)
@@ -249,7 +261,7 @@ async def test_polls_exhausted_retry_resumes_the_same_job(
 
 
 async def test_an_executor_that_vanishes_mid_poll_is_resumed_without_a_second_submission(
-    store: Store, http: httpx.AsyncClient
+    store: Store, http: HttpClients
 ) -> None:
     with FakeLumina(job_seconds=0.6) as api:
         settings = lumina_settings(api)
@@ -276,7 +288,7 @@ async def test_an_executor_that_vanishes_mid_poll_is_resumed_without_a_second_su
 
 
 async def test_the_api_key_is_sent_and_never_logged(
-    store: Store, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    store: Store, http: HttpClients, caplog: pytest.LogCaptureFixture
 ) -> None:
     secret = "sk-very-secret-123"
     caplog.set_level(logging.DEBUG)
@@ -299,7 +311,7 @@ async def test_the_api_key_is_sent_and_never_logged(
 
 
 async def test_a_queue_without_base_url_fails_saying_so(
-    store: Store, http: httpx.AsyncClient
+    store: Store, http: HttpClients
 ) -> None:
     ctx = await submit_and_claim(store, http, "lumina", {}, QueueSettings(), queue="lumina")
     result = await run(ctx)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from taskd.errors import HandlerTimeout
 from taskd.handlers import HandlerRegistry, SubtaskContext, run_subtask
+from taskd.handlers.clients import HttpClients
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings, Settings
 from tests.factories import fetch_one
@@ -23,12 +23,6 @@ from tests.fixtures.contexts import EXECUTOR_ID, claim_one, context_for, submit_
 pytestmark = pytest.mark.anyio
 
 FAST = QueueSettings(timeout=5, retry_base=2, retry_max=100)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 @pytest.fixture
@@ -48,7 +42,7 @@ async def run(
 
 
 async def test_noop_completes_with_its_payload_and_the_outcome_is_recorded(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter, conn: Any,
 ) -> None:
     ctx = await submit_and_claim(store, http, "noop", {"a": [1, 2]}, FAST)
@@ -64,7 +58,7 @@ async def test_noop_completes_with_its_payload_and_the_outcome_is_recorded(
 
 
 async def test_sleep_sleeps_and_rejects_a_bad_payload_for_good(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter,
 ) -> None:
     ctx = await submit_and_claim(store, http, "sleep", {"ms": 50}, FAST)
@@ -79,7 +73,7 @@ async def test_sleep_sleeps_and_rejects_a_bad_payload_for_good(
 
 
 async def test_an_error_retries_with_backoff_then_fails_on_the_last_attempt(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter, conn: Any,
 ) -> None:
     ctx = await submit_and_claim(store, http, "fail", {"message": "boom"}, FAST, max_attempts=2)
@@ -107,7 +101,7 @@ async def test_an_error_retries_with_backoff_then_fails_on_the_last_attempt(
 
 
 async def test_permanent_error_fails_on_the_first_attempt(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter,
 ) -> None:
     ctx = await submit_and_claim(
@@ -119,7 +113,7 @@ async def test_permanent_error_fails_on_the_first_attempt(
 
 
 async def test_retry_later_with_a_delay_past_30_days_is_an_ordinary_error(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter,
 ) -> None:
     ctx = await submit_and_claim(store, http, "fail", {"retry_later": 1e300}, FAST)
@@ -133,7 +127,7 @@ async def test_retry_later_with_a_delay_past_30_days_is_an_ordinary_error(
 
 
 async def test_retry_later_snoozes_without_an_error_and_keeps_the_attempt(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter, conn: Any,
 ) -> None:
     ctx = await submit_and_claim(
@@ -151,7 +145,7 @@ async def test_retry_later_snoozes_without_an_error_and_keeps_the_attempt(
 
 
 async def test_fail_until_attempt_succeeds_once_the_attempt_is_reached(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter,
 ) -> None:
     ctx = await submit_and_claim(store, http, "fail", {"until_attempt": 2}, FAST)
@@ -163,7 +157,7 @@ async def test_fail_until_attempt_succeeds_once_the_attempt_is_reached(
 
 
 async def test_unknown_kind_fails_naming_the_kind_and_the_registered_kinds(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter,
 ) -> None:
     ctx = await submit_and_claim(store, http, "resize", {}, FAST)
@@ -184,7 +178,7 @@ async def returns_a_tuple(ctx: SubtaskContext) -> Any:
 
 
 async def test_a_result_that_is_not_json_fails_for_good_saying_so(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter,
 ) -> None:
     registry.register("sets", returns_a_set, "settings", "tests:returns_a_set")
@@ -209,7 +203,7 @@ async def sleeps_long(ctx: SubtaskContext) -> Any:
 
 
 async def test_the_queue_timeout_ends_an_async_handler_with_a_retryable_timeout(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter,
 ) -> None:
     registry.register("slow", sleeps_long, "settings", "tests:sleeps_long")
@@ -236,7 +230,7 @@ def blocking(ctx: SubtaskContext) -> Any:
 
 
 async def test_plain_functions_run_in_worker_threads_within_the_limiter(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
 ) -> None:
     registry.register("blocking", blocking, "settings", "tests:blocking")
     assert registry.get("blocking").is_async is False  # type: ignore[union-attr]
@@ -271,7 +265,7 @@ def blocks_past_timeout(ctx: SubtaskContext) -> Any:
 
 
 async def test_a_thread_past_the_timeout_is_abandoned_and_retried(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter,
 ) -> None:
     registry.register("stuck", blocks_past_timeout, "settings", "tests:blocks_past_timeout")
@@ -293,7 +287,7 @@ async def checkpoints(ctx: SubtaskContext) -> Any:
 
 
 async def test_a_lost_lease_gives_no_outcome(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter,
 ) -> None:
     registry.register("checkpoints", checkpoints, "settings", "tests:checkpoints")
@@ -307,7 +301,7 @@ async def test_a_lost_lease_gives_no_outcome(
 
 
 async def test_a_stop_from_outside_ends_the_attempt_with_none(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter,
 ) -> None:
     """The daemon stops an attempt (shutdown, a cancelled task, a lost lease) by cancelling
@@ -327,7 +321,7 @@ async def test_a_stop_from_outside_ends_the_attempt_with_none(
 
 
 async def test_the_cancellation_of_an_enclosing_scope_propagates(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter,
 ) -> None:
     registry.register("slow", sleeps_long, "settings", "tests:sleeps_long")
@@ -355,7 +349,7 @@ async def _append(results: list[Any], attempt: Awaitable[Any]) -> None:
 
 
 async def test_an_error_with_nul_and_a_lone_surrogate_is_stored_not_fatal_to_its_batch(
-    store: Store, http: httpx.AsyncClient, registry: HandlerRegistry,
+    store: Store, http: HttpClients, registry: HandlerRegistry,
     limiter: anyio.CapacityLimiter, conn: Any,
 ) -> None:
     async def unstorable(ctx: SubtaskContext) -> None:

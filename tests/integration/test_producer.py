@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from taskd.handlers.base import SubtaskContext
+from taskd.handlers.clients import http_clients
 from taskd.handlers.registry import HandlerRegistry
 from taskd.metrics import Metrics
 from taskd.queue.capacity import Capacity
@@ -62,10 +62,10 @@ async def rig(store: Store) -> AsyncIterator[Rig]:
     metrics = Metrics()
     completer = Completer(store, EXECUTOR, metrics)
     running = RunningSet()
-    async with httpx.AsyncClient() as http:
+    async with http_clients(shards=1) as http:
         producer = Producer(
             "standard", QueueSettings(), store, EXECUTOR, Capacity(20), Wakeup(), ClaimGate(),
-            completer, running, registry, [http], metrics,
+            completer, running, registry, http, metrics,
             lease_timeout=60, poll_interval=0.05, thread_limiter=anyio.CapacityLimiter(4),
             idle_worker_seconds=0.3,
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from bench import common, peers, taskd_workloads
+from bench import common, http_clients, peers, taskd_workloads
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -35,6 +35,12 @@ def test_latency() -> None:
 def test_external_api() -> None:
     result = taskd_workloads.external_api(4, job_seconds=0.05, limit=2, polling=0.02)
     assert result["results"][0]["not_completed"] == 0
+
+
+def test_http_clients() -> None:
+    rows = http_clients.http_clients(tasks=2, interval=0.02, seconds=0.1)["results"]
+    assert [r["client"] for r in rows] == list(http_clients.CLIENTS)
+    assert all(r["requests"] >= 2 for r in rows), rows
 
 
 def test_submit() -> None:

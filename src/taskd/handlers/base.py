@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import aiohttp
 import anyio
 import httpx
 
@@ -38,12 +39,18 @@ class RegisteredHandler:
 
 @dataclass(eq=False)
 class SubtaskContext:
-    """What a handler gets: the subtask, its queue's settings, and ways to report progress."""
+    """What a handler gets: the subtask, its queue's settings, and ways to report progress.
+
+    ``http`` is an httpx client and ``session`` an aiohttp session, both shared by the daemon's
+    handlers; aiohttp costs about a fifth of httpx's CPU per request (see
+    :mod:`taskd.handlers.clients`), for handlers that make many small requests.
+    """
 
     subtask: ClaimedSubtask
     queue_settings: QueueSettings
     logger: logging.LoggerAdapter[logging.Logger]
     http: httpx.AsyncClient
+    session: aiohttp.ClientSession
     cancel_scope: anyio.CancelScope
     _checkpoint: Callable[[JSON], Awaitable[bool]]
     state: JSON | None = None

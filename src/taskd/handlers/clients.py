@@ -1,34 +1,56 @@
-"""The HTTP clients that handlers share as ``ctx.http``.
+"""The HTTP clients that handlers share: ``ctx.http`` (httpx) and ``ctx.session`` (aiohttp).
 
-httpcore checks every connection in a client's pool before each request (for an idle one, a
-readable-socket probe through anyio's attribute lookup). With 50 lumina handlers on one client
-that bookkeeping alone was an eighth of the daemon's samples, and the daemon, saturated, saw
-each job's end late: 1,000 jobs of 500 ms at a limit of 50 took 1.33-1.59 x the ideal time
-here, against 1.16-1.27 x with eight clients. So the daemon keeps a few clients, each with a
-small pool, and gives each subtask one of them; they share one TLS context (loading the CA
-bundle is slow).
+httpx is the client handlers are written against. httpcore checks every connection in a
+client's pool before each request (for an idle one, a readable-socket probe through anyio's
+attribute lookup). With 50 lumina handlers on one client that bookkeeping alone was an eighth
+of the daemon's samples. So the daemon keeps a few httpx clients, each with a small pool, and
+gives each subtask one of them; they share one TLS context (loading the CA bundle is slow).
+
+The aiohttp session is for handlers that make many small requests, as the lumina handler's
+polls do. Here (``python -m bench http-clients``: 50 tasks, each polling every 100 ms), a
+request took 830-1,320 us of CPU through httpx with eight clients, 670-1,000 us through
+httpx's transport alone, and 190-230 us through aiohttp. At 500 requests a second that is the
+difference between a daemon that is the bottleneck and one that is not.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
+import aiohttp
 import httpx
 
 SHARDS = 8
 TIMEOUT = 30.0
 
 
+@dataclass(frozen=True, slots=True)
+class HttpClients:
+    """What the daemon opens once and its handlers share."""
+
+    clients: Sequence[httpx.AsyncClient]
+    session: aiohttp.ClientSession
+
+    def client_for(self, subtask_id: int) -> httpx.AsyncClient:
+        """The httpx client a subtask's handler uses: consecutive subtasks use different pools."""
+        return self.clients[subtask_id % len(self.clients)]
+
+
 @asynccontextmanager
-async def http_clients(shards: int = SHARDS) -> AsyncIterator[Sequence[httpx.AsyncClient]]:
-    """``shards`` clients sharing one TLS context; all closed on exit."""
+async def http_clients(shards: int = SHARDS) -> AsyncIterator[HttpClients]:
+    """``shards`` httpx clients sharing one TLS context, and one aiohttp session; all closed
+    on exit."""
     tls = httpx.create_ssl_context()
     async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(httpx.AsyncClient(timeout=TIMEOUT, verify=tls))
-               for _ in range(shards)]
-
-
-def client_for(clients: Sequence[httpx.AsyncClient], subtask_id: int) -> httpx.AsyncClient:
-    """The client a subtask's handler uses: consecutive subtasks go to different pools."""
-    return clients[subtask_id % len(clients)]
+        clients = [await stack.enter_async_context(httpx.AsyncClient(timeout=TIMEOUT, verify=tls))
+                   for _ in range(shards)]
+        # Not trust_env: with it aiohttp reads ~/.netrc, in a thread, on every request (a
+        # quarter of the daemon's samples polling lumina). So this session ignores the
+        # HTTP(S)_PROXY variables that httpx honours; a handler passes proxy= itself.
+        session = await stack.enter_async_context(aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=TIMEOUT),
+            connector=aiohttp.TCPConnector(ssl=tls),
+        ))
+        yield HttpClients(clients, session)

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
-import httpx
 
 from taskd.errors import DatabaseError
 from taskd.handlers.base import SubtaskContext
-from taskd.handlers.clients import client_for
+from taskd.handlers.clients import HttpClients
 from taskd.handlers.runner import run_subtask
 from taskd.metrics import Metrics
 from taskd.queue.capacity import Capacity
@@ -56,7 +54,7 @@ class Producer:
         completer: Completer,
         running: RunningSet,
         registry: HandlerRegistry,
-        http: Sequence[httpx.AsyncClient],
+        http: HttpClients,
         metrics: Metrics,
         *,
         lease_timeout: float,
@@ -202,7 +200,8 @@ class Producer:
                 {"subtask_id": subtask.id, "task_id": subtask.task_id, "queue": self.queue,
                  "attempt": subtask.attempt},
             ),
-            http=client_for(self.http, subtask.id),
+            http=self.http.client_for(subtask.id),
+            session=self.http.session,
             cancel_scope=entry.scope,
             _checkpoint=partial(self.store.checkpoint, self.executor_id, subtask.id,
                                 subtask.attempt),

@@ -281,8 +281,11 @@ def _handler_class(api: FakeLumina) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.end_headers()
+                self.wfile.write(data)
+            except ConnectionError:  # the client gave up waiting (its own timeout)
+                self.close_connection = True
 
         do_GET = _serve
         do_POST = _serve
