@@ -10,7 +10,9 @@ The aiohttp session is for handlers that make many small requests, as the lumina
 polls do. Here (``python -m bench http-clients``: 50 tasks, each polling every 100 ms), a
 request took 830-1,320 us of CPU through httpx with eight clients, 670-1,000 us through
 httpx's transport alone, and 190-230 us through aiohttp. At 500 requests a second that is the
-difference between a daemon that is the bottleneck and one that is not.
+difference between a daemon that is the bottleneck and one that is not. The session keeps
+aiohttp's default of at most 100 connections at once; a request beyond them waits for one,
+within its own timeout.
 """
 
 from __future__ import annotations
