@@ -244,8 +244,10 @@ async def _send(
 
     async def once() -> _Answer:
         try:
+            # No redirects, as with httpx: a redirected POST would come back as a GET.
             async with ctx.session.request(
-                method, url, json=document, headers=headers, timeout=timeout
+                method, url, json=document, headers=headers, timeout=timeout,
+                allow_redirects=False,
             ) as response:
                 answer = _Answer(method, url, response.status, response.reason or "",
                                  await response.read())
