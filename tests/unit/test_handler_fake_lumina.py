@@ -60,3 +60,12 @@ def test_latency_holds_every_answer_back() -> None:
         started = time.monotonic()
         assert client.post("/v1/jobs", json={"input": {}}).status_code == 201
         assert time.monotonic() - started >= 0.2
+
+
+def test_a_body_over_1_mib_is_413_and_an_unknown_route_404() -> None:
+    with FakeLumina() as api, httpx.Client(base_url=api.url) as client:
+        big = client.post("/v1/jobs", content=b"x" * (1024 * 1024 + 1))
+        assert big.status_code == 413
+        assert big.json() == {"error": {"code": "too_large", "message": "body over 1 MiB"}}
+        assert client.put("/v1/jobs", json={}).status_code == 404
+        assert api.stats().jobs == 0
