@@ -43,6 +43,10 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("kind-sql", {"kind": "noop' OR '1'='1"}, "22023", "kind"),
     ("kind-empty", {"kind": ""}, "22023", "kind"),
     ("kind-unicode", {"kind": "n\u043eop"}, "22023", "kind"),  # a Cyrillic o
+    ("kind-too-long", {"kind": "k" * 201}, "22023", "kind"),
+    ("kind-newline", {"kind": "noop\n"}, "22023", "kind"),
+    ("queue-newline", {"queue": "standard\n"}, "22023", "queue"),
+    ("queue-digit-first", {"queue": "1standard"}, "22023", "queue"),
     ("priority-out-of-range", {"priority": "1001"}, "22023", "priority"),
     ("priority-null", {"priority": None}, "22023", "priority"),
     ("priority-beyond-32-bits", {"priority": str(2**40)}, "22003", "integer"),

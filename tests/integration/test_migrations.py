@@ -99,3 +99,29 @@ async def test_schema_check_refuses_older_and_newer_schemas(database_url: str) -
         conn.execute("INSERT INTO taskd.schema_migrations (version, name) VALUES (0, 'old')")
     with pytest.raises(SchemaOutdated, match="taskd migrate"):
         await Store.open(database_url)
+
+
+async def test_upgrading_from_the_previous_version_keeps_its_rows(
+    empty_database_url: str, database_url: str
+) -> None:
+    """A database one version behind, with work in it, migrates to the latest in place."""
+    *older, latest = migrations.migrations()
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute(migrations.BOOTSTRAP.encode())
+        for m in older:
+            conn.execute(m.sql.encode())
+            conn.execute("INSERT INTO taskd.schema_migrations (version, name) VALUES (%s, %s)",
+                         (m.version, m.name))
+        conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{\"i\": 1}, {\"i\": 2}]')")
+    async with await psycopg.AsyncConnection.connect(empty_database_url, autocommit=True) as c:
+        applied = await migrations.migrate(c)
+        assert [m.version for m in applied] == [latest.version]
+        assert await migrations.check_schema(c) == latest.version
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT t.queue, t.total, count(s.id) FROM taskd.tasks t"
+                            " JOIN taskd.subtasks s ON s.task_id = t.id GROUP BY t.id").fetchall()
+        assert rows == [("standard", 2, 2)]
+        # And the upgraded functions and constraints work.
+        conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]')")
+    # database_url was migrated from nothing: the upgrade ends in the same structure.
+    assert structure(empty_database_url) == structure(database_url)

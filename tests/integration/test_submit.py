@@ -131,6 +131,25 @@ async def test_sql_payload_limit_is_a_parameter(conn: Any) -> None:
         )
 
 
+async def test_longest_names_pass_and_one_more_fails_in_submit_and_table(conn: Any) -> None:
+    """submit_task and the tasks table's CHECKs draw the same line: 63 characters of queue,
+    200 of kind."""
+    queue, kind = "q" + "-" * 62, "K." * 100
+    await conn.execute("SELECT taskd.submit_task(%s, %s, '[{}]')", (queue, kind))
+    await conn.execute(
+        "INSERT INTO taskd.tasks (queue, kind, total) VALUES (%s, %s, 1)", (queue, kind)
+    )
+    assert await fetch_one(conn, "SELECT count(*) FROM taskd.tasks WHERE queue = %s", queue) == 2
+    for bad_queue, bad_kind, check in [(queue + "q", kind, "tasks_queue_check"),
+                                       (queue, kind + "K", "tasks_kind_check"),
+                                       ("standard\n", kind, "tasks_queue_check")]:
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            await conn.execute("SELECT taskd.submit_task(%s, %s, '[{}]')", (bad_queue, bad_kind))
+        with pytest.raises(psycopg.errors.CheckViolation, match=check):
+            await conn.execute("INSERT INTO taskd.tasks (queue, kind, total) VALUES (%s, %s, 1)",
+                               (bad_queue, bad_kind))
+
+
 async def test_sql_injection_in_values_is_plain_data(store: Store) -> None:
     nasty = "'); DROP TABLE taskd.tasks; --"
     task_id = await store.submit("standard", "noop", [{"q": nasty}], name=nasty)

@@ -14,9 +14,9 @@ CREATE TABLE taskd.tasks (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name            text NOT NULL DEFAULT '',
     queue           text NOT NULL CONSTRAINT tasks_queue_check
-                        CHECK (queue ~ '^[a-z][a-z0-9_-]{0,62}$'),
+                        CHECK (queue ~ '^[a-z][a-z0-9_-]*$' AND length(queue) <= 63),
     kind            text NOT NULL CONSTRAINT tasks_kind_check
-                        CHECK (kind ~ '^[A-Za-z0-9_.:-]{1,200}$'),
+                        CHECK (kind ~ '^[A-Za-z0-9_.:-]+$' AND length(kind) <= 200),
     priority        integer NOT NULL DEFAULT 0 CONSTRAINT tasks_priority_check
                         CHECK (priority BETWEEN -1000 AND 1000),
     user_id         text,
@@ -263,15 +263,17 @@ CREATE FUNCTION taskd.submit_task(
 LANGUAGE plpgsql AS $$
 DECLARE
     n          integer;
+    object_index integer;
     bad_index  integer;
     deep_index integer;
     new_id     bigint;
+    params_doc text;
 BEGIN
-    IF queue IS NULL OR queue !~ '^[a-z][a-z0-9_-]{0,62}$' THEN
+    IF queue IS NULL OR queue !~ '^[a-z][a-z0-9_-]*$' OR length(queue) > 63 THEN
         RAISE EXCEPTION 'taskd: queue % is not a valid queue name (^[a-z][a-z0-9_-]{0,62}$)',
             coalesce(quote_literal(queue), 'NULL') USING ERRCODE = '22023';
     END IF;
-    IF kind IS NULL OR kind !~ '^[A-Za-z0-9_.:-]{1,200}$' THEN
+    IF kind IS NULL OR kind !~ '^[A-Za-z0-9_.:-]+$' OR length(kind) > 200 THEN
         RAISE EXCEPTION 'taskd: kind % is not a valid kind (letters, digits, _ . : -, at most 200)',
             coalesce(quote_literal(kind), 'NULL') USING ERRCODE = '22023';
     END IF;
@@ -286,7 +288,9 @@ BEGIN
     IF params IS NULL OR jsonb_typeof(params) <> 'object' THEN
         RAISE EXCEPTION 'taskd: params must be a JSON object' USING ERRCODE = '22023';
     END IF;
-    IF taskd.json_too_deep(params::text, 500) THEN
+    params_doc := params::text;
+    IF length(params_doc) - length(translate(params_doc, '[{', '')) > 500
+       AND taskd.json_too_deep(params_doc, 500) THEN
         RAISE EXCEPTION 'taskd: params is nested deeper than 500 levels' USING ERRCODE = '22023';
     END IF;
     IF payloads IS NULL OR jsonb_typeof(payloads) <> 'array' THEN
@@ -300,20 +304,19 @@ BEGIN
     IF n > 100000 THEN
         RAISE EXCEPTION 'taskd: payloads holds % subtasks; at most 100000', n USING ERRCODE = '22023';
     END IF;
-    SELECT min(ord) INTO bad_index
-      FROM jsonb_array_elements(payloads) WITH ORDINALITY AS p(value, ord)
-     WHERE jsonb_typeof(p.value) <> 'object';
-    IF bad_index IS NOT NULL THEN
-        RAISE EXCEPTION 'taskd: payloads[%] is not a JSON object', bad_index - 1
-            USING ERRCODE = '22023';
-    END IF;
-    SELECT min(ord) FILTER (WHERE octet_length(doc) > max_payload_bytes),
+    -- One pass over the payloads for all three checks; the errors keep their order.
+    SELECT min(ord) FILTER (WHERE NOT is_object),
+           min(ord) FILTER (WHERE octet_length(doc) > max_payload_bytes),
            -- The inline bracket count spares ordinary payloads a function call.
            min(ord) FILTER (WHERE length(doc) - length(translate(doc, '[{', '')) > 500
                               AND taskd.json_too_deep(doc, 500))
-      INTO bad_index, deep_index
-      FROM (SELECT p.ord, p.value::text AS doc
+      INTO object_index, bad_index, deep_index
+      FROM (SELECT p.ord, jsonb_typeof(p.value) = 'object' AS is_object, p.value::text AS doc
               FROM jsonb_array_elements(payloads) WITH ORDINALITY AS p(value, ord)) AS each_payload;
+    IF object_index IS NOT NULL THEN
+        RAISE EXCEPTION 'taskd: payloads[%] is not a JSON object', object_index - 1
+            USING ERRCODE = '22023';
+    END IF;
     IF bad_index IS NOT NULL THEN
         RAISE EXCEPTION 'taskd: payloads[%] is larger than % bytes', bad_index - 1, max_payload_bytes
             USING ERRCODE = '22023';
@@ -341,4 +344,4 @@ END;
 $$;
 
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
-    (3, 'json_depth'), (4, 'count_without_join');
+    (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks');
