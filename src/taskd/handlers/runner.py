@@ -79,6 +79,8 @@ def to_json(result: Any) -> Any:
 
     Raises :class:`taskd.PermanentError` saying why when it is not JSON-serialisable.
     """
+    if result is None or result is True or result is False:
+        return result  # the common "no result": 5.4 us through the encoder, 0.05 us here
     try:
         text = _RESULT_ENCODER.encode(result)
     except (TypeError, ValueError, RecursionError) as exc:

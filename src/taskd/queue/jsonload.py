@@ -26,6 +26,8 @@ _DECODER = json.JSONDecoder()
 
 
 def tolerant_loads(data: str | bytes) -> Any:
+    if data == b"{}":
+        return {}  # the default payload: 1.8 us through the decoder, 0.1 us here
     try:
         # PostgreSQL sends JSON as UTF-8: decoding it here spares json.loads its encoding
         # detection (half the cost of reading a small payload).
