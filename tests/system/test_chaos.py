@@ -49,7 +49,7 @@ PRIORITIES = (-100, 0, 0, 10, 50, 100)
 
 KILL_EVERY = (2.5, 4.5)  # seconds between kill -9s, at random
 PG_DOWN_FOR = 3.0  # seconds PostgreSQL stays down in its restart
-BUDGET = 150.0  # seconds for the whole drain, faults included
+BUDGET = 300.0  # seconds for the whole drain, faults included: a hang detector, not a speed test
 
 ENV = {
     "TASKD_HEARTBEAT_INTERVAL": "0.5",
@@ -214,7 +214,7 @@ def test_chaos_nothing_lost_nothing_recorded_twice(owned_postgres: OwnedPostgres
     assert faults["kill_9"] >= 5 and faults["backends_terminated"] > 0
     assert faults["postgres_restarts"] == 1
     assert summary["refunds"] > 0
-    assert time.monotonic() - started < 180
+    assert time.monotonic() - started < BUDGET + 60
 
 
 async def cancel(url: str, task_id: int) -> None:
