@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import anyio
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from taskd.errors import PermanentError
 from taskd.handlers.base import SubtaskContext
+from taskd.queue.store import check_when_idle, mark_ok
 
 EXECUTIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS public.executions (
@@ -31,19 +29,6 @@ CREATE TABLE IF NOT EXISTS public.executions (
 """
 
 _pool: AsyncConnectionPool[Any] | None = None
-_last_ok: WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = WeakKeyDictionary()
-# A connection is checked on checkout unless a statement succeeded on it in the last second:
-# one from before the chaos test's PostgreSQL restart (down for 3 s) is checked and replaced.
-# A check on every checkout doubled the handler's round trips, and the chaos test ran
-# CPU-bound on them. (A handler that ran a statement less than a second before the crash
-# may fail on its next one; the chaos test counts such failures like any other.)
-CHECK_IDLE_AFTER = 1.0
-
-
-async def _check_when_idle(conn: psycopg.AsyncConnection[Any]) -> None:
-    if time.monotonic() - _last_ok.get(conn, 0.0) < CHECK_IDLE_AFTER and not conn.broken:
-        return
-    await AsyncConnectionPool.check_connection(conn)
 
 
 async def _connections() -> AsyncConnectionPool[Any]:
@@ -52,8 +37,13 @@ async def _connections() -> AsyncConnectionPool[Any]:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             os.environ["TASKD_DATABASE_URL"], min_size=1, max_size=12, open=False,
             kwargs={"autocommit": True},
-            # A connection broken by a server restart is replaced on checkout.
-            check=_check_when_idle,
+            # Checked on checkout unless a statement succeeded on it in the last 2 s (taskd's
+            # own rule): one from before the chaos test's PostgreSQL restart (down for 3 s)
+            # is checked and replaced. A check on every checkout doubled the handler's round
+            # trips, and the chaos test ran CPU-bound on them. (A handler that ran a
+            # statement just before the crash may fail on its next one; the chaos test
+            # counts such failures like any other.)
+            check=check_when_idle,
         )
         await pool.open()
         _pool = pool
@@ -74,7 +64,7 @@ async def record(ctx: SubtaskContext) -> dict[str, Any]:
             (ctx.id, ctx.attempt, os.getpid()),
         )
         row = await cur.fetchone()
-        _last_ok[conn] = time.monotonic()
+        mark_ok(conn)
     assert row is not None
     await anyio.sleep(float(ctx.payload.get("ms", 0)) / 1000)
     async with pool.connection() as conn:
@@ -82,7 +72,7 @@ async def record(ctx: SubtaskContext) -> dict[str, Any]:
             "UPDATE public.executions SET finished_at = clock_timestamp() WHERE id = %s",
             (row[0],),
         )
-        _last_ok[conn] = time.monotonic()
+        mark_ok(conn)
     if ctx.payload.get("permanent"):
         raise PermanentError("asked to fail for good")
     if ctx.payload.get("fail"):

@@ -259,7 +259,14 @@ CHECK_IDLE_AFTER = 2.0
 _last_ok: WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = WeakKeyDictionary()
 
 
-async def _check_when_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+def mark_ok(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Note that a statement just succeeded on ``conn`` (see :func:`check_when_idle`)."""
+    _last_ok[conn] = time.monotonic()
+
+
+async def check_when_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    """A pool's ``check``: a round trip only for a connection not marked ok in the last
+    ``CHECK_IDLE_AFTER`` seconds (or one known broken)."""
     last = _last_ok.get(conn)
     if last is not None and time.monotonic() - last < CHECK_IDLE_AFTER and not conn.broken:
         return
@@ -300,7 +307,7 @@ class Store:
             # before it fails with DatabaseUnavailable and its caller's backoff takes over.
             timeout=checkout_timeout,
             # A broken connection is noticed on checkout, not by the query that gets it.
-            check=_check_when_idle,
+            check=check_when_idle,
             configure=configure_connection,
         )
         try:
@@ -343,7 +350,7 @@ class Store:
                 cur = conn.cursor(row_factory=factory)
                 await cur.execute(query(name), params)
                 rows: list[Row] = await cur.fetchall()
-                _last_ok[conn] = time.monotonic()
+                mark_ok(conn)
                 return rows
 
         try:
@@ -359,7 +366,7 @@ class Store:
                 cur = conn.cursor(row_factory=dict_row)
                 await cur.execute(query(name), params)
                 rows = await cur.fetchall() if cur.description else []
-                _last_ok[conn] = time.monotonic()
+                mark_ok(conn)
                 return rows
 
         try:
