@@ -57,6 +57,10 @@ async def test_metrics_parse_with_prometheus_parser(served: tuple[MetricsServer,
     assert samples[("taskd_subtasks_finished_total",
                     (("outcome", "completed"), ("queue", "standard")))] == 3
     assert samples[("taskd_queue_depth", (("queue", "standard"), ("status", "ready")))] == 7
+    # The standard process and Python metrics of the daemon itself.
+    assert samples[("process_resident_memory_bytes", ())] > 10 * 2**20
+    assert samples[("process_open_fds", ())] > 0
+    assert samples[("python_gc_collections_total", (("generation", "0"),))] >= 0
 
 
 async def test_openmetrics_is_served_when_asked(served: tuple[MetricsServer, str]) -> None:

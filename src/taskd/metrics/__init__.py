@@ -6,7 +6,15 @@ Names and labels follow DESIGN.md. No label takes unbounded values: ``queue``, `
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 # Subtask durations span milliseconds (noop) to minutes (external APIs).
 DURATION_BUCKETS = (
@@ -20,6 +28,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # The standard process_* (memory, CPU, file descriptors) and python_* (collector,
+        # version) metrics, read at scrape time.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.subtasks_claimed = Counter(
             "taskd_subtasks_claimed_total", "Subtasks claimed by this executor.", ["queue"],
             registry=r,
