@@ -12,6 +12,7 @@ A second signal exits at once (leases then expire and the rescuer returns the wo
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -45,12 +46,31 @@ log = logging.getLogger(__name__)
 
 EXIT_IMMEDIATE = 130
 
+# Python's default first threshold (700 net allocations of container objects) ran ~830
+# collections while a daemon drained 200,000 noops, and each full one walked every object
+# imported at startup: 0.38 s, 7% of the daemon's CPU. Frozen startup objects and a first
+# threshold of 10,000: 5 collections, 0.015 s.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Collect startup garbage, freeze what is left (modules, classes, settings: they live as
+    long as the process) so that no later collection walks it, and make young collections
+    rarer. For the ``taskd run`` process only: it changes the collector for the whole
+    process."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 class Daemon:
     """One executor: everything ``taskd run`` does, for one process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, own_process: bool = False) -> None:
+        """``own_process``: the daemon is the process (``taskd run``), so it may tune the
+        garbage collector once started (:func:`tune_gc`)."""
         self.settings = settings
+        self.own_process = own_process
         self.metrics = Metrics()
         self.health = Health(ready_window=3 * settings.heartbeat_interval + 5)
         self.running = RunningSet()
@@ -143,8 +163,12 @@ class Daemon:
                         )
                         self.producers.append(producer)
                         work.start_soon(producer.run)
+                    if self.own_process:
+                        tune_gc()
                     systemd.notify("READY=1")
-                    log.info("ready", extra={"metrics_url": info.metrics_url})
+                    log.info("ready", extra={"metrics_url": info.metrics_url,
+                                             "gc_thresholds": list(gc.get_threshold()),
+                                             "gc_frozen_objects": gc.get_freeze_count()})
                     await self.stopping.wait()
                     await self._drain(store)
                 released = await self._finish(store, completer)

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
+from taskd.daemon import GC_THRESHOLDS
 from taskd.queue import Store
 from tests.system.daemons import (
     create_executions_table,
@@ -162,6 +163,15 @@ def test_listen_wakes_an_idle_daemon_within_50ms(database_url: str) -> None:
             ) == "completed", timeout=10, message="the subtask ran")
             latencies.append(started_within(database_url, task_id))
     assert sorted(latencies)[2] < 0.05, latencies  # the median, from database timestamps
+
+
+def test_the_daemon_freezes_startup_objects_out_of_the_garbage_collector(
+    database_url: str,
+) -> None:
+    with daemons(database_url, 1) as (d,):
+        ready = next(e for e in d.events() if e.get("message") == "ready")
+    assert ready["gc_thresholds"] == list(GC_THRESHOLDS)
+    assert ready["gc_frozen_objects"] > 10_000  # every module the daemon imported
 
 
 def test_without_listen_polling_finds_work_within_the_poll_interval(database_url: str) -> None:

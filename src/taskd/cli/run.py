@@ -25,7 +25,7 @@ def run(ctx: typer.Context) -> None:
     configure_logging(settings)
     from taskd.daemon import Daemon
 
-    code = run_async(Daemon(settings).run)
+    code = run_async(Daemon(settings, own_process=True).run)
     sys.exit(code)
 
 
