@@ -84,6 +84,31 @@ async def test_concurrent_claimers_claim_each_subtask_exactly_once(
     assert sum(1 for got in claims.values() if got) > 1  # they really did run concurrently
 
 
+async def test_one_batch_writes_every_kind_of_outcome(store: Store, conn: Any) -> None:
+    await submit(store, 6)
+    c = await store.claim_subtasks("standard", "e1", 6, LEASE)
+    applied = await store.record_outcomes("e1", [
+        Outcome(c[0].id, 1, "completed"),  # None: written without the JSON encoder
+        Outcome(c[1].id, 1, "completed", {"n": 1, "s": "\u00e9\"\\"}),
+        Outcome(c[2].id, 1, "completed", [1, None]),
+        Outcome(c[3].id, 1, "failed", error="boom \u2603"),
+        Outcome(c[4].id, 1, "retry", error="again", delay=60.0),
+        Outcome(c[5].id, 1, "snooze", error="later", delay=30.0),
+    ])
+    assert applied == {s.id for s in c}
+    rows = await conn.execute(
+        "SELECT status, result, error, attempt, run_after > now() + interval '20 s'"
+        " FROM taskd.subtasks ORDER BY id")
+    assert await rows.fetchall() == [
+        ("completed", None, None, 1, False),
+        ("completed", {"n": 1, "s": "\u00e9\"\\"}, None, 1, False),
+        ("completed", [1, None], None, 1, False),
+        ("failed", None, "boom \u2603", 1, False),
+        ("pending", None, "again", 1, True),
+        ("pending", None, "later", 0, True),
+    ]
+
+
 async def test_lost_lease_outcome_is_rejected_and_reclaimer_wins(
     store: Store, conn: Any
 ) -> None:

@@ -13,8 +13,7 @@ import json
 import random
 import time
 import traceback
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.to_thread
@@ -34,12 +33,12 @@ _RESULT_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 JITTER = 0.1
 
 
-@dataclass(frozen=True, slots=True)
-class RunResult:
+class RunResult(NamedTuple):
     """What one attempt came to.
 
     ``outcome`` is None when the lease was lost (drop it, count it). ``error`` is the error to
-    add to error_logs: None for successes and for :class:`taskd.RetryLater`.
+    add to error_logs: None for successes and for :class:`taskd.RetryLater`. A named tuple,
+    immutable like a frozen dataclass at a third of its cost (one per subtask).
     """
 
     outcome: Outcome | None
