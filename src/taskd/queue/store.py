@@ -92,6 +92,7 @@ def _outcome_json(o: Outcome) -> str:
         "error": o.error, "delay": o.delay,
     })
 
+
 CONFLICT_TRIES = 5
 
 
