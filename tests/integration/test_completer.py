@@ -73,3 +73,31 @@ async def test_outcomes_are_counted_by_queue_and_outcome_once_written(
     assert metrics.registry.get_sample_value(
         "taskd_leases_lost_total", {"queue": "standard"}) == 1.0
     assert await fetch_one(conn, "SELECT completed, failed FROM taskd.tasks") == (2, 1)
+
+
+async def test_a_failed_write_is_logged_and_retried_until_it_lands(
+    database_url: str, store: Store, conn: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    await submit(store, 1)
+    [claimed] = await store.claim_subtasks("standard", EXECUTOR, 1, LEASE)
+    # A real failure: the row is held, and this store's statements time out after 0.2 s.
+    impatient = await Store.open(database_url, statement_timeout=0.2)
+    completer = Completer(impatient, EXECUTOR, Metrics(), max_backoff=0.2)
+    try:
+        async with await psycopg.AsyncConnection.connect(database_url) as holder:
+            await holder.execute("SELECT 1 FROM taskd.subtasks WHERE id = %s FOR UPDATE",
+                                 [claimed.id])
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(completer.run)
+                completer.add("standard", Outcome(claimed.id, claimed.attempt, "completed"))
+                await wait_until(lambda: sum(
+                    "writing 1 outcomes failed, retrying" in r.getMessage()
+                    for r in caplog.records) >= 2, message="two failed tries, both logged")
+                await holder.rollback()  # the database answers again
+                await wait_until(lambda: fetch_one(
+                    conn, "SELECT status = 'completed' FROM taskd.subtasks WHERE id = %s",
+                    claimed.id), message="the outcome written")
+                tg.cancel_scope.cancel()
+    finally:
+        await impatient.close()
+    assert "canceling statement due to statement timeout" in caplog.text
