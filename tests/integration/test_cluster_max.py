@@ -125,7 +125,7 @@ async def test_racing_claimers_never_exceed_cluster_max(
                 claims_seen.append(len(batch))
                 await anyio.sleep(rng.uniform(0, 0.004))  # the "handler"
                 await own.record_outcomes(
-                    name, [Outcome(s.id, s.attempt, "completed", {}) for s in batch]
+                    name, [Outcome(s.id, s.attempt, "completed", "{}") for s in batch]
                 )
                 done.extend(s.id for s in batch)
         finally:
@@ -199,14 +199,14 @@ async def test_cluster_max_counts_only_processing_rows_of_its_queue(store: Store
     first = await store.claim_subtasks("standard", "e1", 10, LEASE, cluster_max=4)
     assert len(first) == 4
     # Finished and retried rows free their places; pending ones do not take any.
-    await store.record_outcomes("e1", [Outcome(first[0].id, 1, "completed", {}),
+    await store.record_outcomes("e1", [Outcome(first[0].id, 1, "completed", "{}"),
                                        Outcome(first[1].id, 1, "retry", delay=0),
                                        Outcome(first[2].id, 1, "failed", error="x")])
     again = await store.claim_subtasks("standard", "e2", 10, LEASE, cluster_max=4)
     assert len(again) == 3
     assert await store.claim_subtasks("standard", "e3", 10, LEASE, cluster_max=4) == []
     # The limit still applies under the cap.
-    await store.record_outcomes("e2", [Outcome(s.id, s.attempt, "completed", {})
+    await store.record_outcomes("e2", [Outcome(s.id, s.attempt, "completed", "{}")
                                        for s in again])
     assert len(await store.claim_subtasks("standard", "e3", 1, LEASE, cluster_max=4)) == 1
 

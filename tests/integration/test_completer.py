@@ -34,7 +34,7 @@ async def test_a_flush_waits_for_the_write_already_in_flight(
                              [claimed.id])
         async with anyio.create_task_group() as tg:
             tg.start_soon(completer.run)
-            completer.add("standard", Outcome(claimed.id, claimed.attempt, "completed", {}))
+            completer.add("standard", Outcome(claimed.id, claimed.attempt, "completed", "{}"))
             await wait_until(lambda: fetch_one(conn, """
                 SELECT count(*) FROM pg_stat_activity
                  WHERE datname = current_database() AND wait_event_type = 'Lock'"""),
@@ -59,10 +59,10 @@ async def test_outcomes_are_counted_by_queue_and_outcome_once_written(
     claimed = await store.claim_subtasks("standard", EXECUTOR, 3, LEASE)
     metrics = Metrics()
     completer = Completer(store, EXECUTOR, metrics)
-    completer.add("standard", Outcome(claimed[0].id, 1, "completed", {}))
-    completer.add("standard", Outcome(claimed[1].id, 1, "completed", {}))
+    completer.add("standard", Outcome(claimed[0].id, 1, "completed", "{}"))
+    completer.add("standard", Outcome(claimed[1].id, 1, "completed", "{}"))
     completer.add("standard", Outcome(claimed[2].id, 1, "failed", error="no"))
-    completer.add("standard", Outcome(claimed[2].id + 1000, 1, "completed", {}))  # not held
+    completer.add("standard", Outcome(claimed[2].id + 1000, 1, "completed", "{}"))  # not held
     await completer.flush()
 
     def finished(outcome: str) -> float | None:

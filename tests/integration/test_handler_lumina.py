@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 from datetime import timedelta
@@ -102,7 +101,7 @@ async def test_a_failed_job_is_retried_with_a_new_submission(
         # The ended job is forgotten, so the next attempt submits again.
         state = await fetch_one(conn, "SELECT state FROM taskd.subtasks WHERE id = %s", ctx.id)
         assert state == {"job_id": None, "ended_job_ids": ["job-1"]}
-        await store.record_outcomes(EXECUTOR_ID, [dataclasses.replace(result.outcome, delay=0)])
+        await store.record_outcomes(EXECUTOR_ID, [result.outcome._replace(delay=0)])
         retried = context_for(store, await claim_one(store, "lumina"), http, ctx.queue_settings)
         assert retried.state == state
         await run(retried)
@@ -208,7 +207,7 @@ async def test_an_unreachable_api_is_retried_then_failed_and_counted_by_type(
     first = await run(ctx)
     assert first.outcome is not None and first.outcome.outcome == "retry"
     assert first.error is not None and first.error.error_type == "LuminaUnreachable"
-    await store.record_outcomes(EXECUTOR_ID, [dataclasses.replace(first.outcome, delay=0)])
+    await store.record_outcomes(EXECUTOR_ID, [first.outcome._replace(delay=0)])
     last = await run(context_for(store, await claim_one(store, "lumina"), http, settings))
     assert last.outcome is not None and last.outcome.outcome == "failed"
     assert last.outcome.error is not None
@@ -250,7 +249,7 @@ async def test_polls_exhausted_retry_resumes_the_same_job(
         assert first.outcome.error.startswith(
             "LuminaPollsExhausted: lumina job job-1 did not end within 2 polls"
         )
-        await store.record_outcomes(EXECUTOR_ID, [dataclasses.replace(first.outcome, delay=0)])
+        await store.record_outcomes(EXECUTOR_ID, [first.outcome._replace(delay=0)])
         retried = context_for(store, await claim_one(store, "lumina"), http,
                               lumina_settings(api, max_polls=100))
         assert retried.state == {"job_id": "job-1"}

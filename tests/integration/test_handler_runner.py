@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Awaitable
@@ -86,7 +85,7 @@ async def test_an_error_retries_with_backoff_then_fails_on_the_last_attempt(
     assert (first.error.error_type, first.error.message) == ("RequestedFailure", "boom")
     assert first.error.queue == "standard" and first.error.kind == "fail"
     assert "RequestedFailure: boom" in (first.error.stack_trace or "")
-    await store.record_outcomes(EXECUTOR_ID, [dataclasses.replace(first.outcome, delay=0)])
+    await store.record_outcomes(EXECUTOR_ID, [first.outcome._replace(delay=0)])
     await store.record_errors([first.error])
 
     ctx = context_for(store, await claim_one(store), http, FAST)
@@ -151,7 +150,7 @@ async def test_fail_until_attempt_succeeds_once_the_attempt_is_reached(
     ctx = await submit_and_claim(store, http, "fail", {"until_attempt": 2}, FAST)
     first = await run(registry, ctx, limiter)
     assert first.outcome.outcome == "retry"
-    await store.record_outcomes(EXECUTOR_ID, [dataclasses.replace(first.outcome, delay=0)])
+    await store.record_outcomes(EXECUTOR_ID, [first.outcome._replace(delay=0)])
     second = await run(registry, context_for(store, await claim_one(store), http, FAST), limiter)
     assert second.outcome.outcome == "completed" and second.outcome.result == {"attempt": 2}
 

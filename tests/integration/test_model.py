@@ -177,7 +177,7 @@ class QueueMachine(RuleBasedStateMachine):
         sid, executor, attempt = data.draw(st.sampled_from(self.grants), label="grant")
         applied = self.call(
             self.store.record_outcomes, executor,
-            [Outcome(sid, attempt, outcome, result={"ok": True} if outcome == "completed"
+            [Outcome(sid, attempt, outcome, result_json='{"ok": true}' if outcome == "completed"
                      else None, error=None if outcome == "completed" else "boom",
                      delay=delay)],
             now=self.at(self.model.now),

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import anyio
 import pytest
 
+from taskd.handlers.runner import result_json
 from taskd.queue import ErrorOccurrence, ExecutorInfo, Outcome, Store
 from taskd.queue.store import fields_row
 from tests.factories import fetch_one, submit
@@ -87,9 +88,10 @@ async def test_one_batch_writes_every_kind_of_outcome(store: Store, conn: Any) -
     await submit(store, 6)
     c = await store.claim_subtasks("standard", "e1", 6, LEASE)
     applied = await store.record_outcomes("e1", [
-        Outcome(c[0].id, 1, "completed"),  # None: written without the JSON encoder
-        Outcome(c[1].id, 1, "completed", {"n": 1, "s": "\u00e9\"\\"}),
-        Outcome(c[2].id, 1, "completed", [1, None]),
+        Outcome(c[0].id, 1, "completed"),  # no result: NULL
+        # The runner's text goes into the batch as it is: non-ASCII, escapes, spaces.
+        Outcome(c[1].id, 1, "completed", result_json({"n": 1, "s": "\u00e9\"\\"})),
+        Outcome(c[2].id, 1, "completed", result_json((1, None))),
         Outcome(c[3].id, 1, "failed", error="boom \u2603"),
         Outcome(c[4].id, 1, "retry", error="again", delay=60.0),
         Outcome(c[5].id, 1, "snooze", error="later", delay=30.0),
@@ -120,11 +122,11 @@ async def test_lost_lease_outcome_is_rejected_and_reclaimer_wins(
     assert second.id == first.id and second.attempt == 2
 
     applied = await store.record_outcomes(
-        "slow", [Outcome(first.id, first.attempt, "completed", {"by": "slow"})]
+        "slow", [Outcome(first.id, first.attempt, "completed", '{"by": "slow"}')]
     )
     assert applied == set()
     applied = await store.record_outcomes(
-        "fast", [Outcome(second.id, second.attempt, "completed", {"by": "fast"})]
+        "fast", [Outcome(second.id, second.attempt, "completed", '{"by": "fast"}')]
     )
     assert applied == {second.id}
     # The stale writer cannot overwrite the recorded outcome either.
@@ -202,10 +204,10 @@ async def test_task_counters_and_final_status(store: Store, conn: Any) -> None:
     assert await fetch_one(conn, "SELECT status FROM taskd.tasks WHERE id = %s", bad) == (
         "pending"
     )
-    await store.record_outcomes("e1", [Outcome(c.id, 1, "completed", {}) for c in claimed[:2]])
+    await store.record_outcomes("e1", [Outcome(c.id, 1, "completed", "{}") for c in claimed[:2]])
     row = await fetch_one(conn, "SELECT status, completed FROM taskd.tasks WHERE id = %s", ok)
     assert row == ("processing", 2)
-    await store.record_outcomes("e1", [Outcome(claimed[2].id, 1, "completed", {})])
+    await store.record_outcomes("e1", [Outcome(claimed[2].id, 1, "completed", "{}")])
     row = await fetch_one(
         conn, "SELECT status, completed, completed_at IS NOT NULL FROM taskd.tasks WHERE id = %s",
         ok,
@@ -214,7 +216,7 @@ async def test_task_counters_and_final_status(store: Store, conn: Any) -> None:
 
     other = await store.claim_subtasks("other", "e1", 10, LEASE)
     await store.record_outcomes("e1", [
-        Outcome(other[0].id, 1, "completed", {}),
+        Outcome(other[0].id, 1, "completed", "{}"),
         Outcome(other[1].id, 1, "failed", error="nope"),
     ])
     row = await fetch_one(
@@ -231,7 +233,7 @@ async def test_one_statement_moving_subtasks_both_ways_keeps_counters_exact(
     a = await submit(store, 4)
     b = await submit(store, 2)
     claimed = await store.claim_subtasks("standard", "e1", 5, LEASE)
-    await store.record_outcomes("e1", [Outcome(c.id, 1, "completed", {}) for c in claimed[:3]])
+    await store.record_outcomes("e1", [Outcome(c.id, 1, "completed", "{}") for c in claimed[:3]])
     ids = [c.id for c in claimed]
     await conn.execute("""
         UPDATE taskd.subtasks
@@ -265,7 +267,7 @@ async def test_one_batch_updates_each_task_once(store: Store, conn: Any) -> None
         CREATE TRIGGER count_task_update AFTER UPDATE ON taskd.tasks
             FOR EACH ROW EXECUTE FUNCTION count_task_update();
     """)
-    await store.record_outcomes("e1", [Outcome(c.id, 1, "completed", {}) for c in claimed])
+    await store.record_outcomes("e1", [Outcome(c.id, 1, "completed", "{}") for c in claimed])
     assert await fetch_one(conn, "SELECT count(*) FROM task_updates") == 1
     assert await fetch_one(conn, "SELECT completed FROM taskd.tasks WHERE id = %s", task_id) == 50
 
@@ -332,7 +334,7 @@ async def test_cluster_max_caps_processing_across_executors(store: Store) -> Non
     first = await store.claim_subtasks("standard", "e1", 3, LEASE, cluster_max=4)
     second = await store.claim_subtasks("standard", "e2", 3, LEASE, cluster_max=4)
     assert (len(first), len(second)) == (3, 1)
-    await store.record_outcomes("e1", [Outcome(first[0].id, 1, "completed", {})])
+    await store.record_outcomes("e1", [Outcome(first[0].id, 1, "completed", "{}")])
     assert len(await store.claim_subtasks("standard", "e2", 3, LEASE, cluster_max=4)) == 1
 
 
@@ -371,7 +373,7 @@ async def test_retention_deletes_only_old_finished_rows(store: Store, conn: Any)
     done = await submit(store, 2)
     await submit(store, 1, queue="other")
     claimed = await store.claim_subtasks("standard", "e1", 2, LEASE)
-    await store.record_outcomes("e1", [Outcome(c.id, 1, "completed", {}) for c in claimed])
+    await store.record_outcomes("e1", [Outcome(c.id, 1, "completed", "{}") for c in claimed])
     assert await store.delete_finished(3600) == (0, 0)
     later = await store.database_now() + timedelta(hours=2)
     assert await store.delete_finished(3600, now=later) == (2, 1)
@@ -407,7 +409,7 @@ async def test_concurrent_batches_on_one_task_keep_exact_counters(
         try:
             while batch := await own.claim_subtasks("standard", name, 10, LEASE):
                 await own.record_outcomes(
-                    name, [Outcome(c.id, c.attempt, "completed", {}) for c in batch]
+                    name, [Outcome(c.id, c.attempt, "completed", "{}") for c in batch]
                 )
         finally:
             await own.close()

@@ -55,8 +55,8 @@ async def arrange_cluster(
     if dead_holds_lease:
         await store.claim_subtasks("standard", "exec-c", 1, 60)
     applied = await store.record_outcomes("exec-a", [
-        Outcome(a[0].id, a[0].attempt, "completed", result={"ok": True}),
-        Outcome(a[1].id, a[1].attempt, "completed", result={"ok": True}),
+        Outcome(a[0].id, a[0].attempt, "completed", result_json='{"ok": true}'),
+        Outcome(a[1].id, a[1].attempt, "completed", result_json='{"ok": true}'),
         Outcome(a[2].id, a[2].attempt, "failed", error="ValueError: bad n"),
     ])
     assert len(applied) == 3

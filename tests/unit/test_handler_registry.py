@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from importlib.metadata import EntryPoint
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from taskd.errors import ConfigError, PermanentError
 from taskd.handlers import ENTRY_POINT_GROUP, HandlerRegistry
 from taskd.handlers.registry import import_path
-from taskd.handlers.runner import backoff_delay, error_text, to_json
+from taskd.handlers.runner import backoff_delay, error_text, result_json
 from taskd.settings import Settings
 
 
@@ -124,13 +125,14 @@ def test_backoff_doubles_from_retry_base_up_to_retry_max_plus_at_most_ten_percen
 def test_error_text_and_json_results() -> None:
     assert error_text(ValueError("bad")) == "ValueError: bad"
     assert error_text(KeyError()) == "KeyError"
-    assert to_json({"a": (1, 2)}) == {"a": [1, 2]}
+    assert json.loads(result_json({"a": (1, 2)}) or "") == {"a": [1, 2]}
     with pytest.raises(PermanentError, match="not JSON-serialisable"):
-        to_json(float("nan"))
+        result_json(float("nan"))
     with pytest.raises(PermanentError, match="NUL character"):
-        to_json({"s": "a\x00b"})
+        result_json({"s": "a\x00b"})
     with pytest.raises(PermanentError, match="lone surrogate"):
-        to_json({"s": "half a pair \ud800"})
+        result_json({"s": "half a pair \ud800"})
     # Whole pairs and other non-ASCII text are fine.
-    assert to_json({"s": "caf\u00e9 \U0001f600"}) == {"s": "caf\u00e9 \U0001f600"}
+    assert json.loads(result_json({"s": "caf\u00e9 \U0001f600"}) or "") == {
+        "s": "caf\u00e9 \U0001f600"}
     assert error_text(ValueError("a\x00b \udc80")) == "ValueError: a\ufffdb ?"

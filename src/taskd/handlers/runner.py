@@ -73,13 +73,17 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def to_json(result: Any) -> Any:
-    """The handler's result as plain JSON values (tuples become lists).
+def result_json(result: Any) -> str | None:
+    """The handler's result as JSON text for the outcome (tuples become arrays); None for None.
 
-    Raises :class:`taskd.PermanentError` saying why when it is not JSON-serialisable.
+    Raises :class:`taskd.PermanentError` saying why when it is not JSON-serialisable or
+    PostgreSQL's jsonb could not hold it. Encoded once: the store splices the text into the
+    batch as it is.
     """
-    if result is None or result is True or result is False:
-        return result  # the common "no result": 5.4 us through the encoder, 0.05 us here
+    if result is None:
+        return None  # the common "no result": no encoder at all
+    if type(result) is dict and not result:
+        return "{}"  # what noop returns for the default payload: 1.1 us through the encoder
     try:
         text = _RESULT_ENCODER.encode(result)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -95,7 +99,7 @@ def to_json(result: Any) -> Any:
             raise PermanentError(
                 "the handler's result is not storable: it contains a lone surrogate"
             ) from exc
-    return json.loads(text)
+    return text
 
 
 async def run_subtask(
@@ -121,7 +125,7 @@ async def run_subtask(
                 f"no handler for kind {ctx.kind!r}; registered kinds: "
                 + ", ".join(registry.kinds())
             )
-        result = to_json(await _call(handler, ctx, thread_limiter))
+        result = result_json(await _call(handler, ctx, thread_limiter))
     except _Stopped:
         return None
     except LeaseLost:
@@ -134,7 +138,7 @@ async def run_subtask(
     except Exception as exc:
         return _failure(ctx, exc, time.monotonic() - started)
     duration = time.monotonic() - started
-    return RunResult(Outcome(ctx.id, ctx.attempt, "completed", result=result), None, duration)
+    return RunResult(Outcome(ctx.id, ctx.attempt, "completed", result), None, duration)
 
 
 class _Stopped(Exception):

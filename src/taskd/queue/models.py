@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
@@ -33,19 +34,27 @@ class ClaimedSubtask(NamedTuple):
     started_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What became of one attempt, for :meth:`Store.record_outcomes`.
 
-    ``delay`` is the seconds until the retry for ``retry`` and ``snooze`` outcomes.
+    ``result_json`` is the handler's result as JSON text, already encoded and checked by the
+    runner (:func:`taskd.handlers.runner.result_json`): the store splices it into the batch
+    as it is, so a result is encoded once, never decoded and encoded again. None is SQL NULL.
+    ``delay`` is the seconds until the retry for ``retry`` and ``snooze`` outcomes. A named
+    tuple, like :class:`ClaimedSubtask`: one is built per subtask.
     """
 
     subtask_id: int
     attempt: int
     outcome: OutcomeKind
-    result: JSON | None = None
+    result_json: str | None = None
     error: str | None = None
     delay: float = 0.0
+
+    @property
+    def result(self) -> JSON | None:
+        """The result as JSON values, decoded from ``result_json``."""
+        return None if self.result_json is None else json.loads(self.result_json)
 
 
 @dataclass(frozen=True, slots=True)

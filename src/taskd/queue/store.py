@@ -83,14 +83,19 @@ _OUTCOME_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 def _outcome_json(o: Outcome) -> str:
-    """One element of record_outcomes' JSON array (absent keys are NULL there)."""
-    if o.outcome == "completed" and o.result is None and o.error is None:
-        # The commonest outcome, without the encoder: 0.17 us instead of 0.84 us.
-        return f'{{"id":{o.subtask_id:d},"attempt":{o.attempt:d},"outcome":"completed"}}'
-    return _OUTCOME_ENCODER.encode({
-        "id": o.subtask_id, "attempt": o.attempt, "outcome": o.outcome, "result": o.result,
-        "error": o.error, "delay": o.delay,
-    })
+    """One element of record_outcomes' JSON array (absent keys are NULL there).
+
+    Formatted, not encoded: 0.17-0.35 us against 0.84-2.1 us through the encoder. The result
+    is JSON text already (see :class:`Outcome`); the error goes through the encoder.
+    """
+    head = f'{{"id":{o.subtask_id:d},"attempt":{o.attempt:d},"outcome":"{o.outcome}"'
+    if o.result_json is not None:
+        head += ',"result":' + o.result_json
+    if o.error is not None:
+        head += ',"error":' + _OUTCOME_ENCODER.encode(o.error)
+    if o.outcome == "retry" or o.outcome == "snooze":  # NULL would be a NULL run_after
+        head += ',"delay":' + _OUTCOME_ENCODER.encode(float(o.delay))
+    return head + "}"
 
 
 CONFLICT_TRIES = 5
