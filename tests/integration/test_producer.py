@@ -110,6 +110,29 @@ async def test_handlers_that_block_each_get_a_worker_up_to_the_limit(
     assert rig.producer.workers <= 20
 
 
+async def test_each_attempts_deadline_is_the_queues_timeout_after_its_claim(
+    rig: Rig, store: Store, conn: Any
+) -> None:
+    await submit(store, 20, kind="block")
+    timeout = rig.producer.settings.timeout
+    before = anyio.current_time()
+    deadlines: list[float] = []
+
+    async def look_when_full() -> None:
+        await wait_until(lambda: rig.blocking.running == 20, message="20 handlers running")
+        deadlines.extend(entry.scope.deadline for entry in rig.running.entries())
+        rig.blocking.release.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(look_when_full)
+        await run_until(rig, lambda: all_completed(conn, 20), "20 subtasks completed")
+    after = anyio.current_time()
+    assert len(deadlines) == 20
+    assert all(before + timeout <= d <= after + timeout for d in deadlines), deadlines
+    # One claim took all 20: they share its time, whenever each handler started.
+    assert len(set(deadlines)) == 1, deadlines
+
+
 async def test_handlers_that_finish_at_once_share_a_few_workers_that_end_when_idle(
     rig: Rig, store: Store, conn: Any
 ) -> None:

@@ -10,6 +10,7 @@ a :class:`RunResult`.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 import traceback
@@ -108,6 +109,9 @@ async def run_subtask(
     """Run the subtask's handler once in ``ctx.cancel_scope`` under the queue's timeout;
     return its outcome, or None when that scope was cancelled from outside.
 
+    The timeout is the scope's deadline when the caller set one (the producer sets the claim's
+    time plus the queue's timeout), else the queue's timeout from now.
+
     Never raises for a handler's failure: an unknown kind, a :class:`taskd.PermanentError` or
     a result that is not JSON become a ``failed`` outcome; :class:`taskd.RetryLater` a
     ``snooze``; :class:`taskd.errors.LeaseLost` an outcome of None; anything else (a timeout
@@ -148,9 +152,9 @@ class _Stopped(Exception):
 async def _call(
     handler: RegisteredHandler, ctx: SubtaskContext, thread_limiter: anyio.CapacityLimiter
 ) -> Any:
-    timeout = ctx.queue_settings.timeout
     scope = ctx.cancel_scope
-    scope.deadline = min(scope.deadline, anyio.current_time() + timeout)
+    if scope.deadline == math.inf:  # the producer sets it when it claims
+        scope.deadline = anyio.current_time() + ctx.queue_settings.timeout
     with scope:
         if handler.is_async:
             return await handler.fn(ctx)
@@ -163,7 +167,8 @@ async def _call(
     # outside (the daemon then knows why, and its reason wins over a deadline that also passed).
     if anyio.current_time() < scope.deadline:
         raise _Stopped
-    raise HandlerTimeout(f"{ctx.kind} handler ran longer than the queue's timeout of {timeout:g} s")
+    raise HandlerTimeout(f"{ctx.kind} handler ran longer than the queue's timeout of "
+                         f"{ctx.queue_settings.timeout:g} s")
 
 
 def _failure(ctx: SubtaskContext, exc: Exception, duration: float) -> RunResult:

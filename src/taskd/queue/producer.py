@@ -151,7 +151,10 @@ class Producer:
             if claimed:
                 self.capacity.take(len(claimed))
                 self._claimed.inc(len(claimed))
-                self._ready.extend(self.running.add(subtask) for subtask in claimed)
+                # The queue's timeout runs from the claim, as the lease does: one clock
+                # reading per batch, not one per subtask.
+                deadline = anyio.current_time() + self.settings.timeout
+                self._ready.extend(self.running.add(subtask, deadline) for subtask in claimed)
                 self._call_worker(runs)
             if len(claimed) < want:
                 await self.wakeup.wait(self.poll_interval)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,8 +33,9 @@ class RunningSet:
         self._entries: dict[int, RunningSubtask] = {}
         self._changed: anyio.Event | None = None  # created only while someone waits
 
-    def add(self, subtask: ClaimedSubtask) -> RunningSubtask:
-        entry = RunningSubtask(subtask)
+    def add(self, subtask: ClaimedSubtask, deadline: float = math.inf) -> RunningSubtask:
+        """Track ``subtask``; its scope's deadline is ``deadline`` (anyio's clock)."""
+        entry = RunningSubtask(subtask, anyio.CancelScope(deadline=deadline))
         self._entries[subtask.id] = entry
         return entry
 

@@ -20,7 +20,7 @@ from weakref import WeakKeyDictionary
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import BaseRowFactory, class_row, dict_row
+from psycopg.rows import BaseRowFactory, class_row, dict_row, scalar_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -471,10 +471,11 @@ class Store:
         if not outcomes:
             return set()
         batch = "[" + ",".join([_outcome_json(o) for o in outcomes]) + "]"
-        rows = await self.fetch_rows("record_outcomes", {
+        # The ids as they are, not a dict per row: the batch returns up to 250 of them.
+        ids = await self.fetch_as("record_outcomes", {
             "executor_id": executor_id, "outcomes": batch, "now": now,
-        })
-        return {row["id"] for row in rows}
+        }, int, scalar_row)
+        return set(ids)
 
     async def checkpoint(
         self, executor_id: str, subtask_id: int, attempt: int, state: JSON
