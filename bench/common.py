@@ -145,6 +145,47 @@ def queue_env(queue: str, concurrency: int) -> dict[str, str]:
             f"TASKD_QUEUES__{q}__MAX": str(concurrency)}
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu() -> dict[int, float]:
+    """CPU so far of every process named ``postgres`` on this machine, by pid."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    found[int(entry.name)] = process_cpu_seconds(int(entry.name))
+            except OSError:  # it exited meanwhile
+                pass
+    return found
+
+
+@contextmanager
+def cpu_per_item(n: int, pids: Sequence[int] = ()) -> Iterator[dict[str, float]]:
+    """CPU microseconds per item spent between entry and exit: ``client_cpu_us`` by ``pids``
+    (this process's own threads when none are given) and ``server_cpu_us`` by the local
+    PostgreSQL server's processes. The dict is filled on exit.
+
+    The server's figure counts only processes alive at exit, from their reading at entry (or
+    from their start): keep the measured connections open until the block ends. It is 0 when
+    the database runs on another machine.
+    """
+    def client() -> float:
+        return sum(process_cpu_seconds(p) for p in pids) if pids else time.process_time()
+
+    result: dict[str, float] = {}
+    client0, server0 = client(), _postgres_cpu()
+    yield result
+    client1, server1 = client(), _postgres_cpu()
+    result["client_cpu_us"] = (client1 - client0) / n * 1e6
+    result["server_cpu_us"] = sum(
+        cpu - server0.get(pid, 0.0) for pid, cpu in server1.items()) / n * 1e6
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100)."""
     if not values:

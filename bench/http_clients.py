@@ -80,7 +80,7 @@ async def _measure(name: str, url: str, tasks: int, interval: float,
 
 
 def http_clients(tasks: int, interval: float, seconds: float) -> dict[str, Any]:
-    table = []
+    table: list[dict[str, Any]] = []
     with fake_lumina_process(job_seconds=3600) as api:
         job = httpx.post(f"{api}/v1/jobs", json={"input": {}}).json()["id"]
         url = f"{api}/v1/jobs/{job}"

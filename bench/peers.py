@@ -18,6 +18,7 @@ import psycopg
 from bench.common import (
     REPO,
     connect,
+    cpu_per_item,
     latency_summary,
     rows,
     scalar,
@@ -56,6 +57,9 @@ def bare_batch(n: int, connections: int = 4, batch: int = 100) -> dict[str, Any]
         done = [0]
         lock = threading.Lock()
         go = threading.Event()
+        # Connections stay open until the CPU is read: an exited backend's CPU is lost.
+        drained = threading.Barrier(connections + 1)
+        measured = threading.Event()
 
         def loop() -> None:
             with connect(url) as conn:
@@ -67,9 +71,11 @@ def bare_batch(n: int, connections: int = 4, batch: int = 100) -> dict[str, Any]
                         with lock:
                             done[0] += len(ids)
                     elif done[0] >= n:
-                        return
+                        break
                     else:
                         time.sleep(0.001)
+                drained.wait()
+                measured.wait()
 
         threads = [threading.Thread(target=loop) for _ in range(connections)]
         for t in threads:
@@ -77,14 +83,18 @@ def bare_batch(n: int, connections: int = 4, batch: int = 100) -> dict[str, Any]
         with connect(url) as conn:
             conn.execute("INSERT INTO jobs (payload) SELECT '{}'::jsonb"
                          " FROM generate_series(1, %s)", (n,))
-        go.set()
+        with cpu_per_item(n) as cpu:  # this process's threads: the loops' client side
+            go.set()
+            drained.wait()
+        measured.set()
         for t in threads:
             t.join()
         count, first, last = rows(url, "SELECT count(*), min(picked_at), max(done_at) FROM jobs"
                                        " WHERE status = 'done'")[0]
     seconds = (last - first).total_seconds()
     return {"system": f"bare batch loop ({connections} conns, batch {batch})", "n": count,
-            "seconds": seconds, "per_s": count / seconds}
+            "seconds": seconds, "per_s": count / seconds,
+            "client_cpu_us": cpu["client_cpu_us"], "pg_cpu_us": cpu["server_cpu_us"]}
 
 
 def bare_listen_latency(rate: float, seconds: float) -> dict[str, Any]:

@@ -17,9 +17,11 @@ import psycopg
 
 from bench.common import (
     connect,
+    cpu_per_item,
     daemons,
     latency_summary,
     print_table,
+    process_cpu_seconds,
     queue_env,
     rows,
     scalar,
@@ -63,12 +65,16 @@ def drain(url: str, n: int, processes: int, concurrency: int,
           extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Start the daemons idle, then make ``n`` noop subtasks visible in one commit."""
     env = {**queue_env("standard", concurrency), **(extra_env or {})}
-    with daemons(url, processes, env):
+    with daemons(url, processes, env) as started:
         time.sleep(0.5)  # let the first idle polls pass
         with connect(url) as conn, conn.transaction():
             submit_noops(conn, n)
-        wait_completed(url, n, timeout=max(120.0, n / 200))
-    return drain_stats(url)
+        # From the commit, so that the submission's own work (and its WAL) is not counted:
+        # the client's figure is the daemons', the server's mostly their backends'.
+        with cpu_per_item(n, [d.pid for d in started]) as cpu:
+            wait_completed(url, n, timeout=max(120.0, n / 200))
+    return {**drain_stats(url), "client_cpu_us": cpu["client_cpu_us"],
+            "pg_cpu_us": cpu["server_cpu_us"]}
 
 
 def throughput(n: int, processes: Sequence[int], concurrency: int,
@@ -281,12 +287,6 @@ async def _http_clients(base: str, tokens: list[str], clients: int, seconds: flo
     return times, errors
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def submit_http(clients: int, seconds: float, per_request: int,
                 users: int | None = None) -> dict[str, Any]:
     """POST /v1/tasks from ``clients`` concurrent clients as ``users`` accounts (default one
@@ -332,10 +332,10 @@ def submit_http(clients: int, seconds: float, per_request: int,
                 r.raise_for_status()
                 tokens.append(jwt.encode({"sub": f"bench{i}", "exp": exp}, secret,
                                          algorithm="HS256"))
-            api_cpu = _cpu_seconds(proc.pid)
+            api_cpu = process_cpu_seconds(proc.pid)
             times, errors = asyncio.run(
                 _http_clients(base, tokens, clients, seconds, per_request))
-            api_cpu = _cpu_seconds(proc.pid) - api_cpu
+            api_cpu = process_cpu_seconds(proc.pid) - api_cpu
         finally:
             proc.terminate()
             proc.wait(timeout=20)

@@ -6,6 +6,7 @@ These time nothing and assert no speed: only that every workload runs and counts
 from __future__ import annotations
 
 import importlib.util
+import time
 
 import pytest
 from bench import common, http_clients, peers, taskd_workloads
@@ -21,6 +22,9 @@ def _server(admin_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_throughput_and_growth() -> None:
     result = taskd_workloads.throughput(60, [1], concurrency=20)
     assert result["results"][0]["completed"] == 60
+    # In clock ticks (10 ms): 60 noops may read 0, never less.
+    assert result["results"][0]["client_cpu_us"] >= 0
+    assert result["results"][0]["pg_cpu_us"] >= 0
     grown = taskd_workloads.growth([0, 500], 30, processes=1, concurrency=10, repeat=2)
     assert [r["completed"] for r in grown["results"]] == [30, 30, 30, 30]
     assert [r["finished_rows"] for r in grown["summary"]] == [0, 500]
@@ -57,7 +61,8 @@ def test_footprint() -> None:
 
 
 def test_bare_loops() -> None:
-    assert peers.bare_batch(300, connections=2, batch=50)["n"] == 300
+    batch = peers.bare_batch(300, connections=2, batch=50)
+    assert batch["n"] == 300 and batch["client_cpu_us"] > 0 and batch["pg_cpu_us"] >= 0
     assert peers.bare_listen_latency(rate=20, seconds=0.3)["n"] == 6
 
 
@@ -71,3 +76,15 @@ def test_pgqueuer() -> None:
 def test_procrastinate() -> None:
     assert peers.procrastinate_throughput(20, 1, 2)["n"] == 20
     assert peers.procrastinate_latency(rate=20, seconds=0.3)["n"] == 6
+
+
+@pytest.mark.skipif(not common._postgres_cpu(), reason="the server runs on another machine")
+def test_cpu_per_item_counts_this_process_and_the_servers_open_backends(admin_url: str) -> None:
+    with common.connect(admin_url) as conn, common.cpu_per_item(10) as cpu:
+        start = time.process_time()
+        while time.process_time() - start < 0.05:
+            pass
+        # ~0.1 s or more of the backend's CPU, on a connection still open at the end
+        conn.execute("SELECT count(*) FROM generate_series(1, 3000000)").fetchone()
+    assert cpu["client_cpu_us"] >= 0.05 / 10 * 1e6
+    assert cpu["server_cpu_us"] >= 0.05 / 10 * 1e6
