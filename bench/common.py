@@ -151,7 +151,7 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _postgres_cpu() -> dict[int, float]:
+def postgres_cpu() -> dict[int, float]:
     """CPU so far of every process named ``postgres`` on this machine, by pid."""
     found = {}
     for entry in Path("/proc").iterdir():
@@ -178,9 +178,9 @@ def cpu_per_item(n: int, pids: Sequence[int] = ()) -> Iterator[dict[str, float]]
         return sum(process_cpu_seconds(p) for p in pids) if pids else time.process_time()
 
     result: dict[str, float] = {}
-    client0, server0 = client(), _postgres_cpu()
+    client0, server0 = client(), postgres_cpu()
     yield result
-    client1, server1 = client(), _postgres_cpu()
+    client1, server1 = client(), postgres_cpu()
     result["client_cpu_us"] = (client1 - client0) / n * 1e6
     result["server_cpu_us"] = sum(
         cpu - server0.get(pid, 0.0) for pid, cpu in server1.items()) / n * 1e6

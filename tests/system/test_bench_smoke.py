@@ -78,7 +78,7 @@ def test_procrastinate() -> None:
     assert peers.procrastinate_latency(rate=20, seconds=0.3)["n"] == 6
 
 
-@pytest.mark.skipif(not common._postgres_cpu(), reason="the server runs on another machine")
+@pytest.mark.skipif(not common.postgres_cpu(), reason="the server runs on another machine")
 def test_cpu_per_item_counts_this_process_and_the_servers_open_backends(admin_url: str) -> None:
     with common.connect(admin_url) as conn, common.cpu_per_item(10) as cpu:
         start = time.process_time()

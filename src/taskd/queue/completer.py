@@ -88,17 +88,18 @@ class Completer:
         """``await write(*args)``, tried again with backoff through a database outage until it
         succeeds: the outcomes wait here until the database is back. The first try runs
         bare; tenacity's retrying costs ~29 us to build and enter, twice a batch."""
+        def failed(exc: BaseException | None) -> None:
+            log.warning("writing %d outcomes failed, retrying: %s", n, exc)
+
         try:
             return await write(*args)
         except DatabaseError as exc:
-            log.warning("writing %d outcomes failed, retrying: %s", n, exc)
+            failed(exc)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(DatabaseError),
             wait=wait_random_exponential(multiplier=0.05, max=self.max_backoff),
-            before_sleep=lambda state: log.warning(
-                "writing %d outcomes failed, retrying: %s", n,
-                state.outcome.exception() if state.outcome else "",
-            ),
+            before_sleep=lambda state: failed(
+                state.outcome.exception() if state.outcome else None),
             sleep=anyio.sleep,
             reraise=True,
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import anyio
@@ -16,7 +16,7 @@ StopReason = Literal["shutdown", "cancelled", "lease_lost"]
 @dataclass(eq=False)
 class RunningSubtask:
     subtask: ClaimedSubtask
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    scope: anyio.CancelScope  # its deadline is the attempt's timeout
     stop_reason: StopReason | None = None
 
     def stop(self, reason: StopReason) -> None:
