@@ -20,6 +20,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                        "n": args.n, **stats})
         tp.append(peers.pgqueuer_throughput(args.n, 2, 100))
         tp.append(peers.bare_batch(args.n))
+        tp.append(peers.taskd_sql_batch(args.n))
         if args.procrastinate_n:
             tp.append(peers.procrastinate_throughput(args.procrastinate_n, 1, 10))
     lat: list[dict[str, Any]] = []
@@ -43,6 +44,20 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         row["taskd_p99_vs_this"] = p99 / row["p99_ms"]
     print_table(f"latency at {args.rate:g}/s ({args.repeat} run(s) each)", lat)
     return {"n": args.n, "throughput": tp, "latency": lat}
+
+
+def ceiling(args: argparse.Namespace) -> dict[str, Any]:
+    """taskd's own SQL driven by the bare loop (no daemon) against the bare loop's schema."""
+    table = []
+    for _ in range(args.repeat):
+        table.append(peers.taskd_sql_batch(args.n, args.connections, args.batch))
+        table.append(peers.bare_batch(args.n))
+    best = {kind: max(r["per_s"] for r in table if r["system"].startswith(kind))
+            for kind in ("taskd's SQL", "bare")}
+    for row in table:
+        row["vs_bare_best"] = row["per_s"] / best["bare"]
+    print_table(f"taskd's SQL without a daemon ({args.repeat} run(s) each)", table)
+    return {"n": args.n, "results": table}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,6 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeat", type=int, default=1)
 
+    p = sub.add_parser("ceiling", help="taskd's claim and completion SQL in the bare loop, no "
+                       "daemon, against the bare loop: the schema's own ceiling")
+    p.add_argument("-n", type=int, default=200_000)
+    p.add_argument("--connections", type=int, default=4)
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--repeat", type=int, default=2)
+
     args = parser.parse_args(argv)
     w = args.workload
     if w == "throughput":
@@ -118,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
                                                     args.per_request, args.users)}
     elif w == "footprint":
         data = taskd_workloads.footprint(args.n, args.concurrency, args.sleep_ms)
+    elif w == "ceiling":
+        data = ceiling(args)
     else:
         data = compare(args)
     write_json(w, {"args": vars(args), **data})

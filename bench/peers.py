@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,7 +25,8 @@ from bench.common import (
     temp_database,
     wait_for,
 )
-from bench.taskd_workloads import paced
+from bench.taskd_workloads import paced, submit_noops
+from taskd.queue.queries import load_queries
 
 # -- bare psycopg batch loop ------------------------------------------------------------------
 
@@ -54,47 +55,109 @@ def bare_batch(n: int, connections: int = 4, batch: int = 100) -> dict[str, Any]
     with temp_database(taskd_schema=False) as url:
         with connect(url) as conn:
             conn.execute(BARE_SCHEMA)
-        done = [0]
-        lock = threading.Lock()
-        go = threading.Event()
-        # Connections stay open until the CPU is read: an exited backend's CPU is lost.
-        drained = threading.Barrier(connections + 1)
-        measured = threading.Event()
 
-        def loop() -> None:
+        def step(conn: psycopg.Connection[Any], _k: int) -> int:
+            ids = [r[0] for r in conn.execute(BARE_CLAIM, (batch,)).fetchall()]
+            if ids:
+                conn.execute(BARE_COMPLETE, (ids,))
+            return len(ids)
+
+        def fill() -> None:
             with connect(url) as conn:
+                conn.execute("INSERT INTO jobs (payload) SELECT '{}'::jsonb"
+                             " FROM generate_series(1, %s)", (n,))
+
+        cpu = _loops(url, n, connections, step, fill)
+        count, first, last = rows(url, "SELECT count(*), min(picked_at), max(done_at) FROM jobs"
+                                       " WHERE status = 'done'")[0]
+    seconds = (last - first).total_seconds()
+    return {"system": f"bare batch loop ({connections} conns, batch {batch})", "n": count,
+            "seconds": seconds, "per_s": count / seconds, **cpu}
+
+
+def taskd_sql_batch(n: int, connections: int = 4, batch: int = 250) -> dict[str, Any]:
+    """taskd's own claim and completion statements in the bare loop, no daemon: how fast
+    taskd's schema drains when the executor costs nothing (its ceiling on this server)."""
+    claim, record = load_queries()["claim_subtasks"], load_queries()["record_outcomes"]
+    with temp_database() as url:
+
+        def step(conn: psycopg.Connection[Any], k: int) -> int:
+            params = {"queue": "standard", "executor_id": f"bench-sql-{k}", "limit": batch,
+                      "lease_timeout": 60.0, "cluster_max": None, "now": None}
+            # id and attempt: the first and the eighth column the claim returns
+            claimed = [(r[0], r[7]) for r in conn.execute(claim, params).fetchall()]
+            if claimed:
+                outcomes = ",".join(f'{{"id":{i},"attempt":{a},"outcome":"completed",'
+                                    f'"result":{{}}}}' for i, a in claimed)
+                applied = conn.execute(record, {"executor_id": params["executor_id"],
+                                                "outcomes": f"[{outcomes}]", "now": None})
+                if len(applied.fetchall()) != len(claimed):
+                    raise RuntimeError("a fenced completion matched fewer rows than claimed")
+            return len(claimed)
+
+        def fill() -> None:
+            with connect(url) as conn, conn.transaction():
+                submit_noops(conn, n)
+
+        # The daemon's session setting (see taskd.queue.store.connection_kwargs).
+        cpu = _loops(url, n, connections, step, fill, "SET plan_cache_mode = force_custom_plan")
+        count, first, last = rows(url, "SELECT count(*), min(started_at), max(completed_at)"
+                                       " FROM taskd.subtasks WHERE status = 'completed'")[0]
+    seconds = (last - first).total_seconds()
+    return {"system": f"taskd's SQL in the bare loop ({connections} conns, batch {batch})",
+            "n": count, "seconds": seconds, "per_s": count / seconds, **cpu}
+
+
+def _loops(url: str, n: int, connections: int, step: Callable[[psycopg.Connection[Any], int], int],
+           fill: Callable[[], None], setup: str | None = None) -> dict[str, float]:
+    """``connections`` threads call ``step(conn, k)`` (rows done) until ``n`` rows are done,
+    from when ``fill()`` has made them visible; CPU per row of these threads and the server."""
+    done = [0]
+    lock = threading.Lock()
+    go = threading.Event()
+    # Connections stay open until the CPU is read: an exited backend's CPU is lost.
+    drained = threading.Barrier(connections + 1)
+    measured = threading.Event()
+    failed = threading.Event()
+
+    def loop(k: int) -> None:
+        try:
+            with connect(url) as conn:
+                if setup:
+                    conn.execute(setup)
                 go.wait()
                 while True:
-                    ids = [r[0] for r in conn.execute(BARE_CLAIM, (batch,)).fetchall()]
-                    if ids:
-                        conn.execute(BARE_COMPLETE, (ids,))
+                    if count := step(conn, k):
                         with lock:
-                            done[0] += len(ids)
-                    elif done[0] >= n:
+                            done[0] += count
+                    elif done[0] >= n or failed.is_set():
                         break
                     else:
                         time.sleep(0.001)
                 drained.wait()
                 measured.wait()
+        except BaseException:
+            drained.abort()  # the caller's wait fails instead of hanging
+            raise
 
-        threads = [threading.Thread(target=loop) for _ in range(connections)]
-        for t in threads:
-            t.start()
-        with connect(url) as conn:
-            conn.execute("INSERT INTO jobs (payload) SELECT '{}'::jsonb"
-                         " FROM generate_series(1, %s)", (n,))
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(connections)]
+    for t in threads:
+        t.start()
+    try:
+        fill()
         with cpu_per_item(n) as cpu:  # this process's threads: the loops' client side
             go.set()
             drained.wait()
+    except BaseException:
+        failed.set()
+        drained.abort()
+        raise
+    finally:
+        go.set()
         measured.set()
         for t in threads:
             t.join()
-        count, first, last = rows(url, "SELECT count(*), min(picked_at), max(done_at) FROM jobs"
-                                       " WHERE status = 'done'")[0]
-    seconds = (last - first).total_seconds()
-    return {"system": f"bare batch loop ({connections} conns, batch {batch})", "n": count,
-            "seconds": seconds, "per_s": count / seconds,
-            "client_cpu_us": cpu["client_cpu_us"], "pg_cpu_us": cpu["server_cpu_us"]}
+    return {"client_cpu_us": cpu["client_cpu_us"], "pg_cpu_us": cpu["server_cpu_us"]}
 
 
 def bare_listen_latency(rate: float, seconds: float) -> dict[str, Any]:

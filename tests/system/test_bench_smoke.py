@@ -64,6 +64,8 @@ def test_bare_loops() -> None:
     batch = peers.bare_batch(300, connections=2, batch=50)
     assert batch["n"] == 300 and batch["client_cpu_us"] > 0 and batch["pg_cpu_us"] >= 0
     assert peers.bare_listen_latency(rate=20, seconds=0.3)["n"] == 6
+    own = peers.taskd_sql_batch(300, connections=2, batch=50)
+    assert own["n"] == 300 and own["client_cpu_us"] > 0 and own["pg_cpu_us"] >= 0
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pgqueuer") is None, reason="bench extra")
