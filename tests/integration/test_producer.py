@@ -133,6 +133,28 @@ async def test_each_attempts_deadline_is_the_queues_timeout_after_its_claim(
     assert len(set(deadlines)) == 1, deadlines
 
 
+@pytest.mark.parametrize(("limit", "claims"), [(4, [4]), (8, [5, 3]), (20, [10, 10])])
+async def test_a_claim_takes_a_small_limit_whole_and_half_of_a_large_one(
+    rig: Rig, store: Store, conn: Any, limit: int, claims: list[int]
+) -> None:
+    # Scaled down: the whole limit up to 5, half of it above that, never more than 10.
+    rig.producer.batch_whole, rig.producer.batch_max = 5, 10
+    rig.producer.capacity.set_limit(limit)
+    await submit(store, limit, kind="block")
+
+    async def release_when_full() -> None:
+        await wait_until(lambda: rig.blocking.running == limit, message=f"{limit} running")
+        rig.blocking.release.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(release_when_full)
+        await run_until(rig, lambda: all_completed(conn, limit), f"{limit} completed")
+    # One claim, one transaction: its subtasks share the claim's started_at.
+    cur = await conn.execute("SELECT count(*) FROM taskd.subtasks GROUP BY started_at"
+                             " ORDER BY started_at")
+    assert [n for (n,) in await cur.fetchall()] == claims
+
+
 async def test_handlers_that_finish_at_once_share_a_few_workers_that_end_when_idle(
     rig: Rig, store: Store, conn: Any
 ) -> None:

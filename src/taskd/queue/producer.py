@@ -60,7 +60,8 @@ class Producer:
         lease_timeout: float,
         poll_interval: float,
         thread_limiter: anyio.CapacityLimiter,
-        batch_max: int = 250,  # one claim per up to 250: 7-12% more noops/s than 100
+        batch_max: int = 500,
+        batch_whole: int = 250,
         refill_delay: float = 0.005,
         idle_worker_seconds: float = 30.0,
     ) -> None:
@@ -80,6 +81,7 @@ class Producer:
         self.poll_interval = poll_interval
         self.thread_limiter = thread_limiter
         self.batch_max = batch_max
+        self.batch_whole = batch_whole
         self.refill_delay = refill_delay
         self.idle_worker_seconds = idle_worker_seconds
         self.released: list[tuple[int, int]] = []  # (id, attempt) stopped by shutdown
@@ -129,12 +131,13 @@ class Producer:
         backoff = 0.1
         while True:
             await self.capacity.wait_for_free()
-            if self.capacity.free() < min(self.batch_max, self.capacity.limit // 4):
+            batch = self._batch_size()
+            if self.capacity.free() < min(batch, self.capacity.limit // 4):
                 # A few ms for more slots to free up: one claim for many, not one per slot.
                 with anyio.move_on_after(self.refill_delay):
-                    await self.capacity.wait_for_free(min(self.batch_max, self.capacity.limit))
+                    await self.capacity.wait_for_free(batch)
             await self.gate.wait_open()
-            want = min(self.capacity.free(), self.batch_max)
+            want = min(self.capacity.free(), batch)
             try:
                 # Shielded: a claim cancelled mid-flight could commit and lose its rows.
                 with anyio.CancelScope(shield=True):
@@ -158,6 +161,18 @@ class Producer:
                 self._call_worker(runs)
             if len(claimed) < want:
                 await self.wakeup.wait(self.poll_interval)
+
+    def _batch_size(self) -> int:
+        """The most one claim takes: the limit, up to ``batch_whole``; half the limit when
+        that is more; never more than ``batch_max``.
+
+        Measured with noops: claims of the whole limit are best for small limits (at 10 and
+        50, halving cost 35% and 22%), but at 500 and 1,000 one daemon's handlers then sat
+        idle while each claim ran (31,000-33,500/s against 38,000-40,000/s with half).
+        Half a large limit lets one claim's subtasks run while the next is claimed.
+        """
+        limit = self.capacity.limit
+        return min(self.batch_max, limit, max(self.batch_whole, limit // 2))
 
     def _call_worker(self, runs: anyio.abc.TaskGroup) -> None:
         """Make sure a worker is on its way to the head of the ready queue."""
