@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
                        "daemon, against the bare loop: the schema's own ceiling")
     p.add_argument("-n", type=int, default=200_000)
     p.add_argument("--connections", type=int, default=4)
-    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--batch", type=int, default=500,
+                   help="rows a claim takes (the daemon claims 500 at concurrency 1,000)")
     p.add_argument("--repeat", type=int, default=2)
 
     args = parser.parse_args(argv)
