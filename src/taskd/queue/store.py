@@ -471,7 +471,7 @@ class Store:
         if not outcomes:
             return set()
         batch = "[" + ",".join([_outcome_json(o) for o in outcomes]) + "]"
-        # The ids as they are, not a dict per row: the batch returns up to 250 of them.
+        # The ids as they are, not a dict per row: the batch returns up to 500 of them.
         ids = await self.fetch_as("record_outcomes", {
             "executor_id": executor_id, "outcomes": batch, "now": now,
         }, int, scalar_row)
