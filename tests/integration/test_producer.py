@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -35,12 +35,17 @@ class Blocking:
     release: anyio.Event
     running: int = 0
     most: int = 0
+    # (ctx.deadline, when the handler was cancelled) for each handler cut short
+    cut_short: list[tuple[float, float]] = field(default_factory=list)
 
     async def __call__(self, ctx: SubtaskContext) -> Any:
         self.running += 1
         self.most = max(self.most, self.running)
         try:
             await self.release.wait()
+        except anyio.get_cancelled_exc_class():
+            self.cut_short.append((ctx.deadline, anyio.current_time()))
+            raise
         finally:
             self.running -= 1
         return ctx.payload
@@ -120,7 +125,7 @@ async def test_each_attempts_deadline_is_the_queues_timeout_after_its_claim(
 
     async def look_when_full() -> None:
         await wait_until(lambda: rig.blocking.running == 20, message="20 handlers running")
-        deadlines.extend(entry.scope.deadline for entry in rig.running.entries())
+        deadlines.extend(entry.deadline for entry in rig.running.entries())
         rig.blocking.release.set()
 
     async with anyio.create_task_group() as tg:
@@ -131,6 +136,47 @@ async def test_each_attempts_deadline_is_the_queues_timeout_after_its_claim(
     assert all(before + timeout <= d <= after + timeout for d in deadlines), deadlines
     # One claim took all 20: they share its time, whenever each handler started.
     assert len(set(deadlines)) == 1, deadlines
+    assert rig.producer.timed_claims == 0
+
+
+async def test_handlers_past_their_claims_deadline_are_cut_short_and_retried(
+    rig: Rig, store: Store, conn: Any
+) -> None:
+    rig.producer.settings = QueueSettings(timeout=0.3, retry_base=60)
+    rig.producer.capacity.set_limit(3)  # 7 subtasks: three claims, three deadlines
+    await submit(store, 7, kind="block")
+
+    async def timed_out() -> bool:
+        return int(await fetch_one(
+            conn, "SELECT count(*) FROM taskd.subtasks WHERE status = 'pending' AND attempt = 1"
+                  " AND error = 'HandlerTimeout: block handler ran longer than the queue''s"
+                  " timeout of 0.3 s'")) == 7
+
+    await run_until(rig, timed_out, "7 attempts timed out")
+    cut = rig.blocking.cut_short
+    assert len(cut) == 7
+    assert len({deadline for deadline, _ in cut}) == 3, cut
+    # Cancelled at its claim's deadline, not before (the bound above is only generous).
+    assert all(deadline <= at < deadline + 5 for deadline, at in cut), cut
+    assert rig.producer.timed_claims == 0 and len(rig.running) == 0
+
+
+async def test_a_handler_that_ends_before_its_deadline_leaves_nothing_to_time(
+    rig: Rig, store: Store, conn: Any
+) -> None:
+    rig.producer.settings = QueueSettings(timeout=30)
+    await submit(store, 5, kind="block")
+
+    async def release_when_full() -> None:
+        await wait_until(lambda: rig.blocking.running == 5, message="5 handlers running")
+        assert rig.producer.timed_claims == 1
+        rig.blocking.release.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(release_when_full)
+        await run_until(rig, lambda: all_completed(conn, 5), "5 subtasks completed")
+    assert rig.producer.timed_claims == 0
+    assert rig.blocking.cut_short == []
 
 
 @pytest.mark.parametrize(("limit", "claims"), [(4, [4]), (8, [5, 3]), (20, [10, 10])])

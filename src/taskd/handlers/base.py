@@ -8,6 +8,7 @@ attempt; any other exception retries with exponential backoff until ``max_attemp
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -54,6 +55,10 @@ class SubtaskContext:
     cancel_scope: anyio.CancelScope
     _checkpoint: Callable[[JSON], Awaitable[bool]]
     state: JSON | None = None
+    # anyio's clock (anyio.current_time()): when the attempt times out and cancel_scope is
+    # cancelled. The daemon sets it to the claim's time plus the queue's timeout; left at
+    # infinity, run_subtask sets it to the queue's timeout from the handler's start.
+    deadline: float = math.inf
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,10 +1,10 @@
 """Run one attempt of a subtask through its handler and decide its outcome.
 
-The handler runs inside ``ctx.cancel_scope``, whose deadline is the queue's timeout: one scope
-per attempt for both ways it can be cut short. The daemon cancels that scope for shutdown, a
-cancelled task or a lost lease; :func:`run_subtask` then returns None and the daemon, which
-knows why it stopped the attempt, decides what becomes of the subtask. Everything else ends in
-a :class:`RunResult`.
+The handler runs inside ``ctx.cancel_scope``, cancelled at ``ctx.deadline`` (the queue's
+timeout): one scope per attempt for both ways it can be cut short. The daemon cancels that
+scope for shutdown, a cancelled task or a lost lease; :func:`run_subtask` then returns None and
+the daemon, which knows why it stopped the attempt, decides what becomes of the subtask.
+Everything else ends in a :class:`RunResult`.
 """
 
 from __future__ import annotations
@@ -109,8 +109,10 @@ async def run_subtask(
     """Run the subtask's handler once in ``ctx.cancel_scope`` under the queue's timeout;
     return its outcome, or None when that scope was cancelled from outside.
 
-    The timeout is the scope's deadline when the caller set one (the producer sets the claim's
-    time plus the queue's timeout), else the queue's timeout from now.
+    A caller that sets ``ctx.deadline`` enforces it: at the deadline it gives the scope that
+    deadline, which cancels it (the producer does, one timer per claimed batch). Otherwise
+    the scope's own deadline, or the queue's timeout from now, is the timeout. A cancellation
+    is a timeout when the scope's deadline has passed, a stop from outside when not.
 
     Never raises for a handler's failure: an unknown kind, a :class:`taskd.PermanentError` or
     a result that is not JSON become a ``failed`` outcome; :class:`taskd.RetryLater` a
@@ -153,8 +155,12 @@ async def _call(
     handler: RegisteredHandler, ctx: SubtaskContext, thread_limiter: anyio.CapacityLimiter
 ) -> Any:
     scope = ctx.cancel_scope
-    if scope.deadline == math.inf:  # the producer sets it when it claims
-        scope.deadline = anyio.current_time() + ctx.queue_settings.timeout
+    if ctx.deadline == math.inf:
+        # No caller's deadline (the producer's timer cancels its scopes at theirs): the
+        # scope's, or the queue's timeout from now, set on the scope.
+        if scope.deadline == math.inf:
+            scope.deadline = anyio.current_time() + ctx.queue_settings.timeout
+        ctx.deadline = scope.deadline
     with scope:
         if handler.is_async:
             return await handler.fn(ctx)
