@@ -101,3 +101,39 @@ async def test_a_failed_write_is_logged_and_retried_until_it_lands(
     finally:
         await impatient.close()
     assert "canceling statement due to statement timeout" in caplog.text
+
+
+async def test_producers_wait_for_room_while_the_backlog_is_full_and_batches_keep_order(
+    store: Store, conn: Any
+) -> None:
+    await submit(store, 5)
+    claimed = await store.claim_subtasks("standard", EXECUTOR, 5, LEASE)
+    completer = Completer(store, EXECUTOR, Metrics(), batch_size=2, max_backlog=3)
+    for subtask in claimed:
+        completer.add("standard", Outcome(subtask.id, subtask.attempt, "completed", "{}"))
+    assert completer.backlog == 5
+    written: list[int] = []
+    write = completer._write
+
+    async def recording(batch: Any) -> None:
+        written.extend(p.outcome.subtask_id for p in batch)
+        await write(batch)
+
+    completer._write = recording  # type: ignore[method-assign]
+    room = anyio.Event()
+
+    async def wait_for_room() -> None:
+        await completer.wait_for_room()
+        room.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait_for_room)
+        await anyio.wait_all_tasks_blocked()
+        assert not room.is_set()  # 5 outcomes waiting, room below 3
+        await completer.flush()  # 2, 2, then 1: the waiter has room after the first
+        with anyio.fail_after(10):
+            await room.wait()
+    assert completer.backlog == 0
+    assert written == [s.id for s in claimed]
+    assert await fetch_one(
+        conn, "SELECT count(*) FROM taskd.subtasks WHERE status = 'completed'") == 5

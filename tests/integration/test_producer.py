@@ -179,6 +179,30 @@ async def test_a_handler_that_ends_before_its_deadline_leaves_nothing_to_time(
     assert rig.blocking.cut_short == []
 
 
+async def test_claims_wait_while_the_completers_backlog_is_full(
+    rig: Rig, store: Store, conn: Any
+) -> None:
+    # Handlers free their slots as they hand outcomes over; without a bound, claims would
+    # run ahead of writes that cannot keep up (here: the completer is not running at all).
+    await submit(store, 30)
+    rig.completer.max_backlog = 5
+
+    async def claimed() -> int:
+        return int(await fetch_one(
+            conn, "SELECT count(*) FROM taskd.subtasks WHERE status <> 'pending'"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rig.producer.run)
+        await wait_until(lambda: rig.completer.backlog >= 20, message="one claim's outcomes")
+        await anyio.wait_all_tasks_blocked()
+        assert await claimed() == 20  # the limit's worth, then nothing until there is room
+        tg.start_soon(rig.completer.run)
+        await wait_until(lambda: all_completed(conn, 30), message="30 subtasks completed")
+        rig.producer.stop_claiming()
+        tg.cancel_scope.cancel()  # the completer runs until cancelled
+    assert rig.completer.backlog == 0
+
+
 @pytest.mark.parametrize(("limit", "claims"), [(4, [4]), (8, [5, 3]), (20, [10, 10])])
 async def test_a_claim_takes_a_small_limit_whole_and_half_of_a_large_one(
     rig: Rig, store: Store, conn: Any, limit: int, claims: list[int]

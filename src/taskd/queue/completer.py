@@ -4,6 +4,12 @@ Handlers hand their outcome over with :meth:`Completer.add` and move on; the com
 when a batch is full or a few milliseconds after the first outcome arrived. A database outage
 delays the write (retried with backoff), never loses it; an outcome whose lease was lost in the
 meantime is dropped by the fence and counted.
+
+The backlog of outcomes not yet written is bounded: producers wait in :meth:`wait_for_room`
+before each claim. A handler's slot is free as soon as its outcome is handed over, so without
+the bound claims ran ahead of the writes (15,000 outcomes waiting in one daemon draining
+noops), each waiting outcome a subtask whose lease no heartbeat extends and which a crash
+would run again.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class Completer:
         batch_size: int = 500,
         flush_delay: float = 0.002,
         max_backoff: float = 5.0,
+        max_backlog: int | None = None,
     ) -> None:
         self.store = store
         self.executor_id = executor_id
@@ -54,8 +61,11 @@ class Completer:
         self.batch_size = batch_size
         self.flush_delay = flush_delay
         self.max_backoff = max_backoff
+        # Four batches: one being written, the next gathering, and room to spare.
+        self.max_backlog = max_backlog if max_backlog is not None else 4 * batch_size
         self._buffer: list[_Pending] = []
         self._arrived = anyio.Event()
+        self._room: anyio.Event | None = None  # created only while a producer waits
         # One flush at a time: a flush called while another writes waits for that write, so
         # that "flushed" means written (shutdown flushes while run() may be mid-write).
         self._flushing = anyio.Lock()
@@ -64,6 +74,18 @@ class Completer:
         """Queue an outcome for writing; never blocks."""
         self._buffer.append(_Pending(queue, outcome, error))
         self._arrived.set()
+
+    @property
+    def backlog(self) -> int:
+        """Outcomes handed over and not yet taken for a write."""
+        return len(self._buffer)
+
+    async def wait_for_room(self) -> None:
+        """Return once the backlog is below ``max_backlog``; producers call it before a claim."""
+        while len(self._buffer) >= self.max_backlog:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
 
     async def run(self) -> None:
         while True:
@@ -77,8 +99,14 @@ class Completer:
         outages until it succeeds."""
         async with self._flushing:
             while self._buffer:
-                batch = self._buffer[: self.batch_size]
-                self._buffer = self._buffer[self.batch_size :]
+                if len(self._buffer) <= self.batch_size:
+                    batch, self._buffer = self._buffer, []
+                else:  # in place: a copy of the rest for every batch was quadratic
+                    batch = self._buffer[: self.batch_size]
+                    del self._buffer[: self.batch_size]
+                if self._room is not None and len(self._buffer) < self.max_backlog:
+                    self._room.set()
+                    self._room = None
                 await self._write(batch)
             self._arrived = anyio.Event()
 

@@ -165,6 +165,7 @@ class Producer:
                 with anyio.move_on_after(self.refill_delay):
                     await self.capacity.wait_for_free(batch)
             await self.gate.wait_open()
+            await self.completer.wait_for_room()  # claims must not run ahead of the writes
             want = min(self.capacity.free(), batch)
             try:
                 # Shielded: a claim cancelled mid-flight could commit and lose its rows.
