@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import anyio
+from taskd.queue.changed import Changed
 
 
 class Capacity:
@@ -17,9 +17,7 @@ class Capacity:
             raise ValueError("limit must be >= 1")
         self._limit = limit
         self._running = 0
-        # Created only when someone waits: an event per released slot costs more than the
-        # no-op handler it follows.
-        self._changed: anyio.Event | None = None
+        self._changed = Changed()
 
     @property
     def limit(self) -> int:
@@ -36,7 +34,7 @@ class Capacity:
         if limit < 1:
             raise ValueError("limit must be >= 1")
         self._limit = limit
-        self._notify()
+        self._changed.notify()
 
     def take(self, n: int) -> None:
         """Count ``n`` more running subtasks (after a claim of ``n``)."""
@@ -45,16 +43,9 @@ class Capacity:
     def release(self, n: int = 1) -> None:
         """Count ``n`` fewer running subtasks."""
         self._running = max(0, self._running - n)
-        self._notify()
+        self._changed.notify()
 
     async def wait_for_free(self, slots: int = 1) -> None:
         """Return when at least ``slots`` slots are free (or the limit is below that)."""
         while self.free() < min(slots, self._limit):
-            if self._changed is None:
-                self._changed = anyio.Event()
             await self._changed.wait()
-
-    def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None

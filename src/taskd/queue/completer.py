@@ -24,6 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 
 from taskd.errors import DatabaseError
 from taskd.metrics import Metrics
+from taskd.queue.changed import Changed
 from taskd.queue.models import ErrorOccurrence, Outcome
 from taskd.queue.store import Store
 
@@ -65,7 +66,7 @@ class Completer:
         self.max_backlog = max_backlog if max_backlog is not None else 4 * batch_size
         self._buffer: list[_Pending] = []
         self._arrived = anyio.Event()
-        self._room: anyio.Event | None = None  # created only while a producer waits
+        self._room = Changed()  # for producers waiting in wait_for_room()
         # One flush at a time: a flush called while another writes waits for that write, so
         # that "flushed" means written (shutdown flushes while run() may be mid-write).
         self._flushing = anyio.Lock()
@@ -83,8 +84,6 @@ class Completer:
     async def wait_for_room(self) -> None:
         """Return once the backlog is below ``max_backlog``; producers call it before a claim."""
         while len(self._buffer) >= self.max_backlog:
-            if self._room is None:
-                self._room = anyio.Event()
             await self._room.wait()
 
     async def run(self) -> None:
@@ -104,9 +103,8 @@ class Completer:
                 else:  # in place: a copy of the rest for every batch was quadratic
                     batch = self._buffer[: self.batch_size]
                     del self._buffer[: self.batch_size]
-                if self._room is not None and len(self._buffer) < self.max_backlog:
-                    self._room.set()
-                    self._room = None
+                if len(self._buffer) < self.max_backlog:
+                    self._room.notify()
                 await self._write(batch)
             self._arrived = anyio.Event()
 

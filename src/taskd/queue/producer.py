@@ -30,6 +30,7 @@ from taskd.handlers.clients import HttpClients
 from taskd.handlers.runner import run_subtask
 from taskd.metrics import Metrics
 from taskd.queue.capacity import Capacity
+from taskd.queue.changed import Changed
 from taskd.queue.completer import Completer
 from taskd.queue.gate import ClaimGate
 from taskd.queue.models import Outcome
@@ -98,7 +99,7 @@ class Producer:
         # Running or ready entries by their claim's deadline, in claim order (the timeout is
         # the queue's, so deadlines only grow); a claim's set empties as its subtasks end.
         self._expiring: dict[float, set[RunningSubtask]] = {}
-        self._expiring_added: anyio.Event | None = None  # set while the timer waits for one
+        self._expiring_added = Changed()  # wakes the timer when it waits for a claim
         self._worker_name = f"taskd producer {queue} worker"
         # Metric children and loggers looked up once, not per subtask.
         self._claimed = metrics.subtasks_claimed.labels(queue)
@@ -146,7 +147,6 @@ class Producer:
         """At each claim's deadline, expire its subtasks that have not ended."""
         while True:
             if not self._expiring:
-                self._expiring_added = anyio.Event()
                 await self._expiring_added.wait()
                 continue
             deadline = next(iter(self._expiring))
@@ -188,9 +188,7 @@ class Producer:
                 deadline = anyio.current_time() + self.settings.timeout
                 entries = [self.running.add(subtask, deadline) for subtask in claimed]
                 self._expiring.setdefault(deadline, set()).update(entries)
-                if self._expiring_added is not None:
-                    self._expiring_added.set()
-                    self._expiring_added = None
+                self._expiring_added.notify()
                 self._ready.extend(entries)
                 self._call_worker(runs)
             if len(claimed) < want:
