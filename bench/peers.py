@@ -79,13 +79,20 @@ def taskd_sql_batch(n: int, connections: int = 4, batch: int = 500) -> dict[str,
     """taskd's own claim and completion statements in the bare loop, no daemon: how fast
     taskd's schema drains when the executor costs nothing (its ceiling on this server)."""
     claim, record = load_queries()["claim_subtasks"], load_queries()["record_outcomes"]
+    # Each loop's claims resume after its last, as a producer's do (taskd.queue.producer).
+    last: dict[int, tuple[Any, ...] | None] = {}
     with temp_database() as url:
 
         def step(conn: psycopg.Connection[Any], k: int) -> int:
+            after = last.get(k)
             params = {"queue": "standard", "executor_id": f"bench-sql-{k}", "limit": batch,
-                      "lease_timeout": 60.0, "cluster_max": None, "now": None}
+                      "lease_timeout": 60.0, "cluster_max": None, "now": None,
+                      "after_priority": after and after[4], "after_run_after": after and after[9],
+                      "after_id": after and after[0]}
+            rows = conn.execute(claim, params).fetchall()
+            last[k] = rows[-1] if len(rows) == batch else None  # short: from the head next
             # id and attempt: the first and the eighth column the claim returns
-            claimed = [(r[0], r[7]) for r in conn.execute(claim, params).fetchall()]
+            claimed = [(r[0], r[7]) for r in rows]
             if claimed:
                 outcomes = ",".join(f'{{"id":{i},"attempt":{a},"outcome":"completed",'
                                     f'"result":{{}}}}' for i, a in claimed)

@@ -10,6 +10,7 @@ import pytest
 
 from taskd.queue.queries import query
 from taskd.queue.store import Store
+from tests.factories import CLAIM_FROM_HEAD
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -35,7 +36,7 @@ async def test_claim_uses_partial_index_with_a_million_finished_rows(conn: Any) 
         ANALYZE taskd.tasks;
     """)
     params = {"queue": "standard", "executor_id": "e1", "limit": 100, "lease_timeout": 60.0,
-              "cluster_max": None, "now": None}
+              "cluster_max": None, "now": None, **CLAIM_FROM_HEAD}
     cur = await conn.execute(b"EXPLAIN (FORMAT JSON) " + query("claim_subtasks").as_bytes(None),
                              params)
     raw = (await cur.fetchone())[0]

@@ -18,7 +18,7 @@ from psycopg import sql
 
 from taskd.queue import Outcome, Store
 from taskd.queue.queries import query
-from tests.factories import fetch_one, submit
+from tests.factories import CLAIM_FROM_HEAD, fetch_one, submit
 
 pytestmark = pytest.mark.anyio
 
@@ -26,7 +26,8 @@ LEASE = 30.0
 
 # claim_subtasks's parameters with their types, for a PREPARE of the same text.
 CLAIM_PARAMS = {"queue": "text", "executor_id": "text", "limit": "integer",
-                "lease_timeout": "float8", "cluster_max": "integer", "now": "timestamptz"}
+                "lease_timeout": "float8", "cluster_max": "integer", "now": "timestamptz",
+                "after_priority": "integer", "after_run_after": "timestamptz", "after_id": "bigint"}
 
 
 def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -49,7 +50,7 @@ async def explain_claim(conn: Any, cluster_max: int | None, plan_cache_mode: str
     text = re.sub(r"%\((\w+)\)s", lambda m: f"${names.index(m[1]) + 1}",
                   query("claim_subtasks").as_string(None))
     args = {"queue": "standard", "executor_id": "e1", "limit": 3, "lease_timeout": 60.0,
-            "cluster_max": cluster_max, "now": None}
+            "cluster_max": cluster_max, "now": None, **CLAIM_FROM_HEAD}
     async with conn.transaction(force_rollback=True):
         await conn.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
         await conn.execute(f"PREPARE claim_probe ({', '.join(CLAIM_PARAMS.values())}) AS {text}")
@@ -161,7 +162,7 @@ async def test_a_capped_claim_waits_for_a_claim_in_flight(store: Store, conn: An
     # both would take 4. With it, the second waits, then sees 4 processing and takes none.
     await submit(store, 10)
     params = {"queue": "standard", "executor_id": "e1", "limit": 4, "lease_timeout": LEASE,
-              "cluster_max": 4, "now": None}
+              "cluster_max": 4, "now": None, **CLAIM_FROM_HEAD}
     result: list[int] = []
 
     async def second() -> None:
@@ -186,7 +187,7 @@ async def test_the_lock_is_per_queue(store: Store, conn: Any) -> None:
     await submit(store, 10)
     await submit(store, 10, queue="images")
     params = {"queue": "standard", "executor_id": "e1", "limit": 4, "lease_timeout": LEASE,
-              "cluster_max": 4, "now": None}
+              "cluster_max": 4, "now": None, **CLAIM_FROM_HEAD}
     async with conn.transaction():
         await conn.execute(query("lock_queue_claims"), params)
         with anyio.fail_after(5):
@@ -221,7 +222,7 @@ async def test_a_capped_claim_stays_on_indexes_with_a_long_backlog(conn: Any) ->
     """)
     await conn.execute("VACUUM ANALYZE taskd.subtasks")
     params = {"queue": "standard", "executor_id": "e1", "limit": 10, "lease_timeout": 60.0,
-              "cluster_max": 100, "now": None}
+              "cluster_max": 100, "now": None, **CLAIM_FROM_HEAD}
     cur = await conn.execute(b"EXPLAIN (FORMAT JSON) " + query("claim_subtasks").as_bytes(None),
                              params)
     raw = (await cur.fetchone())[0]

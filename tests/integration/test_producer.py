@@ -225,6 +225,33 @@ async def test_a_claim_takes_a_small_limit_whole_and_half_of_a_large_one(
     assert [n for (n,) in await cur.fetchall()] == claims
 
 
+async def test_claims_resume_after_the_last_until_a_wake_up_the_interval_or_the_end(
+    rig: Rig, store: Store
+) -> None:
+    producer = rig.producer
+    producer.full_claim_interval = 3600.0
+    backlog = await submit(store, 10)
+
+    async def claim(n: int) -> list[int]:
+        return [c.task_id for c in await producer._claim(n)]
+
+    assert await claim(4) == [backlog] * 4
+    # Submitted without a wake-up reaching the producer: the next claim resumes past it.
+    high = await submit(store, 1, priority=9)
+    assert await claim(4) == [backlog] * 4
+    producer.wakeup.set()  # what the notifier does for each submit
+    assert await claim(1) == [high]
+    assert await claim(1) == [backlog]  # lower priorities come after the last one claimed
+    higher = await submit(store, 1, priority=9)
+    producer.full_claim_interval = 0.0  # the interval has passed
+    assert await claim(1) == [higher]
+    producer.full_claim_interval = 3600.0
+    highest = await submit(store, 1, priority=20)
+    # One left after the last claimed: the claim goes back to the head for the rest.
+    assert await claim(5) == [highest, backlog]
+    assert await claim(5) == []
+
+
 async def test_handlers_that_finish_at_once_share_a_few_workers_that_end_when_idle(
     rig: Rig, store: Store, conn: Any
 ) -> None:

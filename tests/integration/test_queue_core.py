@@ -7,9 +7,11 @@ from typing import Any, NamedTuple
 
 import anyio
 import pytest
+from psycopg import sql
 
 from taskd.handlers.runner import result_json
 from taskd.queue import ErrorOccurrence, ExecutorInfo, Outcome, Store
+from taskd.queue.queries import query
 from taskd.queue.store import fields_row
 from tests.factories import fetch_one, submit
 
@@ -28,6 +30,61 @@ async def test_claims_highest_priority_then_oldest(store: Store, conn: Any) -> N
     ids = [c.id for c in claimed]
     assert ids[0] < ids[1] and ids[3] < ids[4]
     assert all(c.attempt == 1 for c in claimed)
+
+
+async def test_a_claim_after_a_subtask_takes_what_comes_after_it_in_claim_order(
+    store: Store, conn: Any
+) -> None:
+    mid = await submit(store, 4, priority=5)
+    low = await submit(store, 2, priority=-1)
+    [first, second] = await store.claim_subtasks("standard", "e1", 2, LEASE)
+    high = await submit(store, 1, priority=9)  # before `second` in claim order
+    rest = await store.claim_subtasks("standard", "e1", 10, LEASE, after=second)
+    assert [c.task_id for c in rest] == [mid, mid, low, low]
+    assert [c.id for c in rest] == sorted(c.id for c in rest)
+    assert rest[0].id > second.id
+    # From the head, the task of higher priority comes first.
+    [again] = await store.claim_subtasks("standard", "e1", 10, LEASE)
+    assert again.task_id == high
+    assert first.task_id == second.task_id == mid and first.wait >= 0
+
+
+async def test_a_claim_after_a_subtask_skips_the_claimed_head_of_the_index(
+    store: Store, conn: Any
+) -> None:
+    """The head of the claim index keeps an entry for each row claimed since the last VACUUM:
+    a claim from the head reads every page of them, one after a subtask goes straight past."""
+    await submit(store, 6000)
+    claimed = []
+    for _ in range(10):
+        claimed += await store.claim_subtasks("standard", "e1", 500, LEASE)
+    params = {"queue": "standard", "executor_id": "e2", "limit": 100, "lease_timeout": LEASE,
+              "cluster_max": None, "now": None}
+    last = claimed[-1]
+    head = await _claim_index_buffers(conn, dict(params, after_priority=None,
+                                                 after_run_after=None, after_id=None))
+    after = await _claim_index_buffers(conn, dict(
+        params, after_priority=last.priority, after_run_after=last.run_after, after_id=last.id))
+    assert head >= 5 * after, (head, after)  # 47 against 5 when written
+
+
+async def _claim_index_buffers(conn: Any, params: dict[str, Any]) -> int:
+    """Buffers the claim's scan of subtasks_claim_idx read, in a transaction rolled back."""
+    async with conn.transaction(force_rollback=True):
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        cur = await conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ")
+                                 + query("claim_subtasks"), params)
+        [[plan]] = await cur.fetchall()
+
+    def scans(node: dict[str, Any]) -> list[dict[str, Any]]:
+        found = [node] if node.get("Index Name") == "subtasks_claim_idx" else []
+        for child in node.get("Plans", []):
+            found += scans(child)
+        return found
+
+    nodes = scans(plan[0]["Plan"])
+    assert nodes, "the claim did not use subtasks_claim_idx"
+    return sum(n["Shared Hit Blocks"] + n["Shared Read Blocks"] for n in nodes)
 
 
 async def test_claim_respects_limit_queue_and_run_after(store: Store, conn: Any) -> None:

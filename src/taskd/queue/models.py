@@ -31,7 +31,7 @@ class ClaimedSubtask(NamedTuple):
     attempt: int
     max_attempts: int
     run_after: datetime
-    started_at: datetime
+    wait: float  # seconds from run_after to the claim, by the database's clock
 
 
 class Outcome(NamedTuple):

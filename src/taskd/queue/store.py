@@ -438,16 +438,25 @@ class Store:
         *,
         cluster_max: int | None = None,
         now: datetime | None = None,
+        after: ClaimedSubtask | None = None,
     ) -> list[ClaimedSubtask]:
-        """Claim up to ``limit`` ready subtasks of ``queue``: highest priority, then oldest.
+        """Claim up to ``limit`` ready subtasks of ``queue``: highest priority, then oldest;
+        returned in that order.
 
         With ``cluster_max``, never more than that many of the queue's subtasks are processing
-        across all executors once this returns.
+        across all executors once this returns. With ``after`` (the last subtask of an earlier
+        claim), only subtasks that come after it in that order are looked at: its priority
+        from its place on, then lower priorities. That skips the claim index's head, where
+        every row claimed since the last VACUUM still has an entry; the caller decides when
+        rows before ``after`` may have become ready and the claim must start from the head.
         """
         if limit <= 0:
             return []
         params = {"queue": queue, "executor_id": executor_id, "limit": limit,
-                  "lease_timeout": lease_timeout, "cluster_max": cluster_max, "now": now}
+                  "lease_timeout": lease_timeout, "cluster_max": cluster_max, "now": now,
+                  "after_priority": None if after is None else after.priority,
+                  "after_run_after": None if after is None else after.run_after,
+                  "after_id": None if after is None else after.id}
         if cluster_max is None:
             claimed = await self.fetch_as("claim_subtasks", params, ClaimedSubtask,
                                           _CLAIMED_ROW)
@@ -457,8 +466,6 @@ class Store:
                 cur = conn.cursor(row_factory=_CLAIMED_ROW)
                 await cur.execute(query("claim_subtasks"), params)
                 claimed = await cur.fetchall()
-        # RETURNING has no order; callers start work in claim order.
-        claimed.sort(key=lambda c: (-c.priority, c.run_after, c.id))
         return claimed
 
     async def record_outcomes(

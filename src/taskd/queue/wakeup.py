@@ -10,8 +10,10 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._event = anyio.Event()
+        self.sets = 0  # how many times it was set: whoever must not miss one compares counts
 
     def set(self) -> None:
+        self.sets += 1
         self._event.set()
 
     async def wait(self, within: float) -> bool:
