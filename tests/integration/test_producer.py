@@ -252,6 +252,38 @@ async def test_claims_resume_after_the_last_until_a_wake_up_the_interval_or_the_
     assert await claim(5) == []
 
 
+@pytest.mark.parametrize(("woken", "interval"), [(True, 3600.0), (False, 0.05)])
+async def test_a_task_of_higher_priority_submitted_mid_drain_does_not_wait_for_the_backlog(
+    rig: Rig, store: Store, conn: Any, woken: bool, interval: float
+) -> None:
+    # Claims resume past their last subtask; a wake-up (each submit sends one through the
+    # notifier) or the interval sends the next back to the head, where the new task is.
+    rig.producer.full_claim_interval = interval
+    backlog = await submit(store, 5000)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rig.completer.run)
+        tg.start_soon(rig.producer.run)
+        await wait_until(lambda: _started(conn, backlog, 500), message="500 started")
+        high = await submit(store, 1, priority=9)
+        if woken:
+            rig.producer.wakeup.set()
+        await wait_until(lambda: _started(conn, high, 1), message="the urgent one started")
+        rig.producer.stop_claiming()
+        await rig.running.wait_empty()
+        await rig.completer.flush()
+        tg.cancel_scope.cancel()
+    # Most of the backlog was still waiting when it started.
+    left = await fetch_one(conn, "SELECT count(*) FROM taskd.subtasks"
+                                 " WHERE task_id = %s AND status = 'pending'", backlog)
+    assert left >= 2500, left
+
+
+async def _started(conn: Any, task_id: int, n: int) -> bool:
+    return int(await fetch_one(conn, "SELECT count(*) FROM taskd.subtasks"
+                                     " WHERE task_id = %s AND started_at IS NOT NULL",
+                               task_id)) >= n
+
+
 async def test_handlers_that_finish_at_once_share_a_few_workers_that_end_when_idle(
     rig: Rig, store: Store, conn: Any
 ) -> None:
