@@ -63,6 +63,7 @@ async def test_a_lost_lease_stops_the_handler(store: Store) -> None:
     await store.register_executor(info)
     running = RunningSet()
     entry = running.add(claimed)
+    entry.scope = anyio.CancelScope()  # as a worker sets it while the handler runs
     # Another executor's rescue took it: the lease is no longer this executor's.
     later = await store.database_now() + timedelta(seconds=61)
     await store.rescue_expired_leases(now=later)

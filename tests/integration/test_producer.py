@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from taskd.handlers.base import SubtaskContext
@@ -177,6 +178,82 @@ async def test_a_handler_that_ends_before_its_deadline_leaves_nothing_to_time(
         await run_until(rig, lambda: all_completed(conn, 5), "5 subtasks completed")
     assert rig.producer.timed_claims == 0
     assert rig.blocking.cut_short == []
+
+
+@dataclass
+class ScopeRecorder:
+    """Handlers for the worker's scopes: ``record`` notes its scope; ``stubborn`` blocks and,
+    cancelled, swallows the cancellation and returns."""
+
+    scopes: list[anyio.CancelScope] = field(default_factory=list)
+    stubborn_started: anyio.Event = field(default_factory=anyio.Event)
+
+    async def record(self, ctx: SubtaskContext) -> Any:
+        self.scopes.append(ctx.cancel_scope)
+        await anyio.lowlevel.checkpoint()  # a cancelled scope would cut it here
+        return {}
+
+    async def stubborn(self, ctx: SubtaskContext) -> Any:
+        self.stubborn_started.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            return {"swallowed": True}
+
+
+async def ready_entries(rig: Rig, store: Store, kinds: list[str]) -> list[Any]:
+    """Claim one subtask of each kind, in order, into the producer's ready queue."""
+    entries = []
+    for kind in kinds:
+        await submit(store, 1, kind=kind)
+        [claimed] = await store.claim_subtasks("standard", EXECUTOR, 1, 60.0)
+        entries.append(rig.running.add(claimed))
+    rig.producer._ready.extend(entries)
+    rig.producer._coming = 1  # as if another worker were on its way: this one runs them all
+    return entries
+
+
+@pytest.fixture
+def recorder(rig: Rig) -> ScopeRecorder:
+    recorder = ScopeRecorder()
+    rig.producer.registry.register("record", recorder.record, "settings", "tests:record")
+    rig.producer.registry.register("stubborn", recorder.stubborn, "settings", "tests:stubborn")
+    return recorder
+
+
+async def outcomes(rig: Rig, conn: Any) -> list[tuple[str, str]]:
+    await rig.completer.flush()
+    cur = await conn.execute("SELECT kind, status FROM taskd.subtasks ORDER BY id")
+    return [(kind, status) for kind, status in await cur.fetchall()]
+
+
+async def test_a_worker_runs_ready_subtasks_back_to_back_in_one_scope(
+    rig: Rig, store: Store, conn: Any, recorder: ScopeRecorder
+) -> None:
+    await ready_entries(rig, store, ["record", "record", "record"])
+    async with anyio.create_task_group() as runs:
+        await rig.producer._run_ready(runs)
+    assert len(recorder.scopes) == 3 and len(set(map(id, recorder.scopes))) == 1
+    assert await outcomes(rig, conn) == [("record", "completed")] * 3
+
+
+async def test_after_a_stop_the_next_subtasks_run_in_a_new_scope_and_a_waiting_one_never_runs(
+    rig: Rig, store: Store, conn: Any, recorder: ScopeRecorder
+) -> None:
+    stubborn, waiting, _ = await ready_entries(rig, store, ["stubborn", "record", "record"])
+    waiting.stop("cancelled")  # stopped while it waits: its handler never starts
+    async with anyio.create_task_group() as runs:
+        runs.start_soon(rig.producer._run_ready, runs)
+        await recorder.stubborn_started.wait()
+        stubborn.stop("cancelled")
+    # The stubborn handler swallowed its cancellation and returned: its result stands, and
+    # its cancelled scope ended with it, before the next subtask.
+    assert len(rig.producer._ready) == 2 and recorder.scopes == []
+    async with anyio.create_task_group() as runs:
+        await rig.producer._run_ready(runs)
+    assert len(recorder.scopes) == 1 and not recorder.scopes[0].cancel_called
+    assert await outcomes(rig, conn) == [
+        ("stubborn", "completed"), ("record", "cancelled"), ("record", "completed")]
 
 
 async def test_claims_wait_while_the_completers_backlog_is_full(

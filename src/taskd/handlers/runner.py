@@ -1,9 +1,10 @@
 """Run one attempt of a subtask through its handler and decide its outcome.
 
 The handler runs inside ``ctx.cancel_scope``, cancelled at ``ctx.deadline`` (the queue's
-timeout): one scope per attempt for both ways it can be cut short. The daemon cancels that
-scope for shutdown, a cancelled task or a lost lease; :func:`run_subtask` then returns None and
-the daemon, which knows why it stopped the attempt, decides what becomes of the subtask.
+timeout), and for shutdown, a cancelled task or a lost lease: one scope for both ways it can
+be cut short. :func:`run_subtask` enters it, or runs the handler in it as the caller entered it
+(the daemon's workers: one scope for many attempts run back to back); a stop from outside then
+ends in None, or in the caller's hands, since the caller knows why it stopped the attempt.
 Everything else ends in a :class:`RunResult`.
 """
 
@@ -104,15 +105,24 @@ def result_json(result: Any) -> str | None:
 
 
 async def run_subtask(
-    registry: HandlerRegistry, ctx: SubtaskContext, *, thread_limiter: anyio.CapacityLimiter
+    registry: HandlerRegistry,
+    ctx: SubtaskContext,
+    *,
+    thread_limiter: anyio.CapacityLimiter,
+    scope_entered: bool = False,
 ) -> RunResult | None:
     """Run the subtask's handler once in ``ctx.cancel_scope`` under the queue's timeout;
     return its outcome, or None when that scope was cancelled from outside.
 
     A caller that sets ``ctx.deadline`` enforces it: at the deadline it gives the scope that
-    deadline, which cancels it (the producer does, one timer per claimed batch). Otherwise
-    the scope's own deadline, or the queue's timeout from now, is the timeout. A cancellation
-    is a timeout when the scope's deadline has passed, a stop from outside when not.
+    deadline, which cancels it. Otherwise the scope's own deadline, or the queue's timeout
+    from now, is the timeout. A cancellation is a timeout when the scope's deadline has
+    passed, a stop from outside when not.
+
+    With ``scope_entered``, the caller has entered ``ctx.cancel_scope`` and enforces
+    ``ctx.deadline`` itself (the producer's workers run many subtasks in one scope): the
+    handler runs as it is, and its scope's cancellation propagates to the caller, who tells
+    a stop from a timeout (:func:`timed_out` makes the outcome of one).
 
     Never raises for a handler's failure: an unknown kind, a :class:`taskd.PermanentError` or
     a result that is not JSON become a ``failed`` outcome; :class:`taskd.RetryLater` a
@@ -131,7 +141,10 @@ async def run_subtask(
                 f"no handler for kind {ctx.kind!r}; registered kinds: "
                 + ", ".join(registry.kinds())
             )
-        result = result_json(await _call(handler, ctx, thread_limiter))
+        if scope_entered:
+            result = result_json(await _invoke(handler, ctx, thread_limiter))
+        else:
+            result = result_json(await _call(handler, ctx, thread_limiter))
     except _Stopped:
         return None
     except LeaseLost:
@@ -162,19 +175,36 @@ async def _call(
             scope.deadline = anyio.current_time() + ctx.queue_settings.timeout
         ctx.deadline = scope.deadline
     with scope:
-        if handler.is_async:
-            return await handler.fn(ctx)
-        # A thread cannot be stopped: past the timeout it is abandoned and runs to its end
-        # in the background, while its slot is given back.
-        return await anyio.to_thread.run_sync(
-            handler.fn, ctx, limiter=thread_limiter, abandon_on_cancel=True
-        )
+        return await _invoke(handler, ctx, thread_limiter)
     # The scope caught its own cancellation: its deadline passed, or it was cancelled from
     # outside (the daemon then knows why, and its reason wins over a deadline that also passed).
     if anyio.current_time() < scope.deadline:
         raise _Stopped
-    raise HandlerTimeout(f"{ctx.kind} handler ran longer than the queue's timeout of "
-                         f"{ctx.queue_settings.timeout:g} s")
+    raise _timeout(ctx)
+
+
+async def _invoke(
+    handler: RegisteredHandler, ctx: SubtaskContext, thread_limiter: anyio.CapacityLimiter
+) -> Any:
+    if handler.is_async:
+        return await handler.fn(ctx)
+    # A thread cannot be stopped: past the timeout it is abandoned and runs to its end in the
+    # background, while its slot is given back.
+    return await anyio.to_thread.run_sync(
+        handler.fn, ctx, limiter=thread_limiter, abandon_on_cancel=True
+    )
+
+
+def _timeout(ctx: SubtaskContext) -> HandlerTimeout:
+    return HandlerTimeout(f"{ctx.kind} handler ran longer than the queue's timeout of "
+                          f"{ctx.queue_settings.timeout:g} s")
+
+
+def timed_out(ctx: SubtaskContext, duration: float) -> RunResult:
+    """The outcome of an attempt past its deadline: cut short while it ran, or never started
+    because its deadline passed first. Retried with backoff, or failed on the last attempt,
+    as :func:`run_subtask` does with a timeout."""
+    return _failure(ctx, _timeout(ctx), duration)
 
 
 def _failure(ctx: SubtaskContext, exc: Exception, duration: float) -> RunResult:

@@ -1,10 +1,12 @@
 """The producer, one per queue: wait for free slots and a wake-up, claim a batch, run it.
 
 Claims happen only while the queue has free capacity (which the scaler may move) and the claim
-gate is open. Each claimed subtask runs under a cancel scope of its own, so shutdown, a
-cancelled task, a lost lease or the queue's timeout can stop exactly that handler. The subtasks
+gate is open. Shutdown, a cancelled task, a lost lease or the queue's timeout can stop exactly
+one handler: stopping its entry cancels the scope the handler runs in. A worker runs subtasks
+back to back in one scope until one is cut short (then the next ones get a new scope): a
+scope entered and left per subtask cost ~3 us of the daemon's ~16 us per no-op. The subtasks
 of one claim share its deadline (the claim's time plus the queue's timeout), and one timer per
-claim, not one per scope, cancels those still running when it passes: a timer per scope cost
+claim, not one per subtask, cancels those still running when it passes: a timer per scope cost
 ~3 us a subtask (scheduled on entry, cancelled on exit, sifted through the event loop's heap).
 
 Subtasks run on worker tasks that live on between subtasks: an anyio task costs ~14 us to start
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING
@@ -31,7 +34,7 @@ import anyio
 from taskd.errors import DatabaseError
 from taskd.handlers.base import SubtaskContext
 from taskd.handlers.clients import HttpClients
-from taskd.handlers.runner import run_subtask
+from taskd.handlers.runner import RunResult, run_subtask, timed_out
 from taskd.metrics import Metrics
 from taskd.queue.capacity import Capacity
 from taskd.queue.changed import Changed
@@ -117,6 +120,7 @@ class Producer:
         self._duration = metrics.subtask_duration.labels(queue)
         self._leases_lost = metrics.leases_lost.labels(queue)
         self._loggers: dict[str, logging.Logger] = {}
+        self._scope_class: type[anyio.CancelScope] | None = None
 
     def stop_claiming(self) -> None:
         """Claim nothing more; running handlers go on. Idempotent."""
@@ -276,10 +280,7 @@ class Producer:
             while True:
                 self._coming -= 1
                 while self._ready:
-                    entry = self._ready.popleft()
-                    if self._ready:
-                        self._call_worker(runs)  # the next one must not wait for this one
-                    await self._run(entry)
+                    await self._run_ready(runs)
                 if self._closing:
                     return
                 parked = anyio.Event()
@@ -292,10 +293,36 @@ class Producer:
         finally:
             self._workers -= 1
 
-    async def _run(self, entry: RunningSubtask) -> None:
+    async def _run_ready(self, runs: anyio.abc.TaskGroup) -> None:
+        """Run subtasks from the ready queue, back to back in one cancel scope, until the
+        queue is empty or the scope was used: cancelled (a handler stopped or past its
+        deadline) or given a deadline by a handler. The next ones get a new scope.
+
+        Stopping a subtask cancels the scope only while its handler runs in it. The
+        cancellation ends this scope with the handler; the entry whose handler was running
+        is then stopped or timed out here.
+        """
+        scope_class = self._scope_class
+        if scope_class is None:
+            # The backend's own class: anyio.CancelScope() looks the backend up on each call.
+            scope_class = self._scope_class = type(anyio.CancelScope())
+        running: tuple[RunningSubtask, SubtaskContext, float] | None = None
+        with scope_class() as scope:
+            while self._ready and not scope.cancel_called and scope.deadline == math.inf:
+                entry = self._ready.popleft()
+                if self._ready:
+                    self._call_worker(runs)  # the next one must not wait for this one
+                ctx = self._context(entry, scope)
+                running = (entry, ctx, time.monotonic())
+                await self._run(entry, ctx)
+                running = None
+        if running is not None:  # this scope's cancellation cut the handler short
+            entry, ctx, started = running
+            self._cut_short(entry, ctx, time.monotonic() - started)
+
+    def _context(self, entry: RunningSubtask, scope: anyio.CancelScope) -> SubtaskContext:
         subtask = entry.subtask
-        self._wait.observe(max(0.0, subtask.wait))
-        ctx = SubtaskContext(
+        return SubtaskContext(
             subtask=subtask,
             queue_settings=self.settings,
             logger=logging.LoggerAdapter(
@@ -305,21 +332,27 @@ class Producer:
             ),
             http=self.http.client_for(subtask.id),
             session=self.http.session,
-            cancel_scope=entry.scope,
+            cancel_scope=scope,
             _checkpoint=partial(self.store.checkpoint, self.executor_id, subtask.id,
                                 subtask.attempt),
             state=subtask.state,
             deadline=entry.deadline,
         )
+
+    async def _run(self, entry: RunningSubtask, ctx: SubtaskContext) -> None:
+        subtask = entry.subtask
+        self._wait.observe(max(0.0, subtask.wait))
         try:
-            result = await run_subtask(self.registry, ctx, thread_limiter=self.thread_limiter)
-            if result is None:  # stopped through entry.stop()
-                self._stopped(entry)
-            elif result.outcome is None:
-                self._leases_lost.inc()
-            else:
-                self._duration.observe(result.duration)
-                self.completer.add(self.queue, result.outcome, result.error)
+            if entry.stop_reason is not None or entry.expired:
+                self._cut_short(entry, ctx, 0.0)  # stopped, or past its deadline, while ready
+                return
+            entry.scope = ctx.cancel_scope
+            try:
+                result = await run_subtask(self.registry, ctx, thread_limiter=self.thread_limiter,
+                                           scope_entered=True)
+            finally:
+                entry.scope = None
+            self._record(entry, result)
         finally:
             self.running.remove(subtask.id)
             self.capacity.release()
@@ -328,6 +361,25 @@ class Producer:
                 expiring.discard(entry)
                 if not expiring:
                     del self._expiring[entry.deadline]
+
+    def _record(self, entry: RunningSubtask, result: RunResult | None) -> None:
+        if result is None:
+            self._stopped(entry)
+        elif result.outcome is None:
+            self._leases_lost.inc()
+        else:
+            self._duration.observe(result.duration)
+            self.completer.add(self.queue, result.outcome, result.error)
+
+    def _cut_short(self, entry: RunningSubtask, ctx: SubtaskContext, duration: float) -> None:
+        """The entry's handler was cancelled, or never started: a stop's reason wins over a
+        deadline that also passed; a handler that cancelled its own scope is stopped."""
+        if entry.stop_reason is None and (
+            entry.expired or ctx.cancel_scope.deadline <= anyio.current_time()
+        ):
+            self._record(entry, timed_out(ctx, duration))
+        else:
+            self._stopped(entry)
 
     def _stopped(self, entry: RunningSubtask) -> None:
         subtask = entry.subtask

@@ -16,21 +16,32 @@ StopReason = Literal["shutdown", "cancelled", "lease_lost"]
 
 @dataclass(eq=False)
 class RunningSubtask:
+    """A claimed subtask, waiting for a worker or running.
+
+    ``scope`` is the cancel scope its handler runs in, only while it runs: the worker's,
+    which runs subtasks back to back in one scope until one is cut short (see
+    :class:`taskd.queue.producer.Producer`). Stopping or expiring an entry before it runs
+    marks it, and the worker does not start its handler.
+    """
+
     subtask: ClaimedSubtask
-    scope: anyio.CancelScope  # the handler runs in it; no deadline until expire()
     deadline: float = math.inf  # anyio's clock: the attempt's timeout
+    scope: anyio.CancelScope | None = None
     stop_reason: StopReason | None = None
+    expired: bool = False
 
     def stop(self, reason: StopReason) -> None:
         """Cancel the handler; the first reason given wins."""
         if self.stop_reason is None:
             self.stop_reason = reason
-        self.scope.cancel()
+        if self.scope is not None:
+            self.scope.cancel()
 
     def expire(self) -> None:
-        """The deadline has passed: give the scope its deadline, which cancels the handler
-        (or cancels it as soon as it starts). The runner tells a timeout from a stop by it."""
-        self.scope.deadline = self.deadline
+        """The deadline has passed: cancel the handler, or never start it."""
+        self.expired = True
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 class RunningSet:
@@ -39,20 +50,14 @@ class RunningSet:
     def __init__(self) -> None:
         self._entries: dict[int, RunningSubtask] = {}
         self._changed = Changed()
-        # The running backend's own CancelScope class: anyio.CancelScope() looks the backend
-        # up on every call (sniffio, then asyncio.current_task()), 2.2 us against 1.0 us.
-        self._scope_class: type[anyio.CancelScope] | None = None
 
     def add(self, subtask: ClaimedSubtask, deadline: float = math.inf) -> RunningSubtask:
         """Track ``subtask``, whose attempt times out at ``deadline`` (anyio's clock).
 
-        The entry's scope has no deadline: whoever runs it enforces ``deadline`` with
-        :meth:`RunningSubtask.expire` (the producer, one timer per claimed batch).
+        Whoever runs it enforces ``deadline`` with :meth:`RunningSubtask.expire` (the
+        producer, one timer per claimed batch).
         """
-        scope_class = self._scope_class
-        if scope_class is None:
-            scope_class = self._scope_class = type(anyio.CancelScope())
-        entry = RunningSubtask(subtask, scope_class(), deadline)
+        entry = RunningSubtask(subtask, deadline)
         self._entries[subtask.id] = entry
         return entry
 
