@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("throughput", help="N noop subtasks drained by 1 and 2 daemons")
     p.add_argument("-n", type=int, default=100_000)
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--concurrency", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=2000)
     p.add_argument("--repeat", type=int, default=1)
 
     p = sub.add_parser("latency", help="enqueue-to-start at a steady rate, idle daemon")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--history", type=int, nargs="+", default=[0, 1_000_000, 5_000_000])
     p.add_argument("-n", type=int, default=100_000)
     p.add_argument("--processes", type=int, default=2)
-    p.add_argument("--concurrency", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=2000)
     p.add_argument("--repeat", type=int, default=2)
 
     p = sub.add_parser("external", help="lumina subtasks against the fake API")
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("peers", help="taskd vs PgQueuer, Procrastinate and bare loops")
     p.add_argument("-n", type=int, default=100_000)
-    p.add_argument("--concurrency", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=2000)
     p.add_argument("--procrastinate-n", type=int, default=5000,
                    help="Procrastinate drains at a few hundred/s; 0 skips it")
     p.add_argument("--rate", type=float, default=50.0)
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
                        "daemon, against the bare loop: the schema's own ceiling")
     p.add_argument("-n", type=int, default=200_000)
     p.add_argument("--connections", type=int, default=4)
-    p.add_argument("--batch", type=int, default=500,
-                   help="rows a claim takes (the daemon claims 500 at concurrency 1,000)")
+    p.add_argument("--batch", type=int, default=1000,
+                   help="rows a claim takes (the daemon claims 1,000 at concurrency 2,000)")
     p.add_argument("--repeat", type=int, default=2)
 
     args = parser.parse_args(argv)

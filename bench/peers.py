@@ -75,7 +75,7 @@ def bare_batch(n: int, connections: int = 4, batch: int = 100) -> dict[str, Any]
             "seconds": seconds, "per_s": count / seconds, **cpu}
 
 
-def taskd_sql_batch(n: int, connections: int = 4, batch: int = 500) -> dict[str, Any]:
+def taskd_sql_batch(n: int, connections: int = 4, batch: int = 1000) -> dict[str, Any]:
     """taskd's own claim and completion statements in the bare loop, no daemon: how fast
     taskd's schema drains when the executor costs nothing (its ceiling on this server)."""
     claim, record = load_queries()["claim_subtasks"], load_queries()["record_outcomes"]

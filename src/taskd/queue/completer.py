@@ -51,7 +51,7 @@ class Completer:
         executor_id: str,
         metrics: Metrics,
         *,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         flush_delay: float = 0.002,
         max_backoff: float = 5.0,
         max_backlog: int | None = None,
