@@ -10,39 +10,39 @@ from bench.common import print_table, temp_database, write_json
 
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
-    """taskd and its peers, throughput then latency, in one run; ratios taskd / peer."""
+    """taskd and its peers, throughput then latency, in one run; ratios taskd / peer, each
+    within its round (the machine's speed moves between rounds more than the ratios do)."""
     tp: list[dict[str, Any]] = []
-    for _ in range(args.repeat):
+    for r in range(1, args.repeat + 1):
         for p in (1, 2):
             with temp_database() as url:
                 stats = taskd_workloads.drain(url, args.n, p, args.concurrency)
-            tp.append({"system": f"taskd ({p} proc, concurrency {args.concurrency})",
+            tp.append({"round": r, "system": f"taskd ({p} proc, concurrency {args.concurrency})",
                        "n": args.n, **stats})
-        tp.append(peers.pgqueuer_throughput(args.n, 2, 100))
-        tp.append(peers.bare_batch(args.n))
-        tp.append(peers.taskd_sql_batch(args.n))
+        tp.append({"round": r, **peers.pgqueuer_throughput(args.n, 2, 100)})
+        tp.append({"round": r, **peers.bare_batch(args.n)})
+        tp.append({"round": r, **peers.taskd_sql_batch(args.n)})
         if args.procrastinate_n:
-            tp.append(peers.procrastinate_throughput(args.procrastinate_n, 1, 10))
+            tp.append({"round": r, **peers.procrastinate_throughput(args.procrastinate_n, 1, 10)})
     lat: list[dict[str, Any]] = []
-    for _ in range(args.repeat):
-        lat.append(taskd_workloads.latency(args.rate, args.seconds)["results"][0])
-        lat.append(peers.pgqueuer_latency(args.rate, args.seconds))
+    for r in range(1, args.repeat + 1):
+        lat.append({"round": r, **taskd_workloads.latency(args.rate, args.seconds)["results"][0]})
+        lat.append({"round": r, **peers.pgqueuer_latency(args.rate, args.seconds)})
         if args.procrastinate_n:
-            lat.append(peers.procrastinate_latency(args.rate, args.seconds))
-        lat.append(peers.bare_listen_latency(args.rate, args.seconds))
-    best_taskd = {k: max(r["per_s"] for r in tp if r["system"].startswith(f"taskd ({k} proc"))
-                  for k in (1, 2)}
+            lat.append({"round": r, **peers.procrastinate_latency(args.rate, args.seconds)})
+        lat.append({"round": r, **peers.bare_listen_latency(args.rate, args.seconds)})
+    taskd_2 = {row["round"]: row["per_s"] for row in tp
+               if row["system"].startswith("taskd (2 proc")}
     for row in tp:
-        row["taskd_2proc_vs_this"] = best_taskd[2] / row["per_s"]
-    print_table(f"throughput ({args.repeat} run(s) each; ratio uses taskd's best 2-process run)",
-                tp)
-    taskd_lat = [r for r in lat if r["system"] == "taskd"]
-    p50 = min(r["p50_ms"] for r in taskd_lat)
-    p99 = min(r["p99_ms"] for r in taskd_lat)
+        row["taskd_2proc_vs_this"] = taskd_2[row["round"]] / row["per_s"]
+    print_table(f"throughput ({args.repeat} round(s); ratios within each round)", tp)
+    taskd_lat = {row["round"]: row for row in lat if row["system"] == "taskd"}
     for row in lat:
-        row["taskd_p50_vs_this"] = p50 / row["p50_ms"]
-        row["taskd_p99_vs_this"] = p99 / row["p99_ms"]
-    print_table(f"latency at {args.rate:g}/s ({args.repeat} run(s) each)", lat)
+        mine = taskd_lat[row["round"]]
+        row["taskd_p50_vs_this"] = mine["p50_ms"] / row["p50_ms"]
+        row["taskd_p99_vs_this"] = mine["p99_ms"] / row["p99_ms"]
+    print_table(f"latency at {args.rate:g}/s ({args.repeat} round(s); ratios within each round)",
+                lat)
     return {"n": args.n, "throughput": tp, "latency": lat}
 
 
