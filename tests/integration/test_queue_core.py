@@ -13,7 +13,7 @@ from taskd.handlers.runner import result_json
 from taskd.queue import ErrorOccurrence, ExecutorInfo, Outcome, Store
 from taskd.queue.queries import query
 from taskd.queue.store import fields_row
-from tests.factories import fetch_one, submit
+from tests.factories import CLAIM_FROM_HEAD, fetch_one, submit
 
 pytestmark = pytest.mark.anyio
 
@@ -61,8 +61,7 @@ async def test_a_claim_after_a_subtask_skips_the_claimed_head_of_the_index(
     params = {"queue": "standard", "executor_id": "e2", "limit": 100, "lease_timeout": LEASE,
               "cluster_max": None, "now": None}
     last = claimed[-1]
-    head = await _claim_index_buffers(conn, dict(params, after_priority=None,
-                                                 after_run_after=None, after_id=None))
+    head = await _claim_index_buffers(conn, dict(params, **CLAIM_FROM_HEAD))
     after = await _claim_index_buffers(conn, dict(
         params, after_priority=last.priority, after_run_after=last.run_after, after_id=last.id))
     assert head >= 5 * after, (head, after)  # 47 against 5 when written
