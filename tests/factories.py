@@ -65,6 +65,12 @@ async def insert_subtasks(
         row = await cur.fetchone()
         assert row is not None
         ids.append(int(row[0]))
+    if ids:  # as submit_task does: the task records its subtasks' id range
+        await conn.execute(
+            "UPDATE taskd.tasks SET first_subtask_id = least(first_subtask_id, %s),"
+            " last_subtask_id = greatest(last_subtask_id, %s) WHERE id = %s",
+            (min(ids), max(ids), task_id),
+        )
     return ids
 
 

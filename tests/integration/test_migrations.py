@@ -113,6 +113,9 @@ async def test_upgrading_from_the_previous_version_keeps_its_rows(
             conn.execute("INSERT INTO taskd.schema_migrations (version, name) VALUES (%s, %s)",
                          (m.version, m.name))
         conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{\"i\": 1}, {\"i\": 2}]')")
+        # A task whose subtasks retention already deleted.
+        gone = conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]')").fetchone()
+        conn.execute("DELETE FROM taskd.subtasks WHERE task_id = %s", gone)
     async with await psycopg.AsyncConnection.connect(empty_database_url, autocommit=True) as c:
         applied = await migrations.migrate(c)
         assert [m.version for m in applied] == [latest.version]
@@ -121,6 +124,12 @@ async def test_upgrading_from_the_previous_version_keeps_its_rows(
         rows = conn.execute("SELECT t.queue, t.total, count(s.id) FROM taskd.tasks t"
                             " JOIN taskd.subtasks s ON s.task_id = t.id GROUP BY t.id").fetchall()
         assert rows == [("standard", 2, 2)]
+        # Version 6 recorded each task's id range from the subtasks it has (none: NULL).
+        ranges = conn.execute("SELECT t.first_subtask_id, t.last_subtask_id, min(s.id), max(s.id)"
+                              " FROM taskd.tasks t LEFT JOIN taskd.subtasks s ON s.task_id = t.id"
+                              " GROUP BY t.id ORDER BY t.id").fetchall()
+        assert ranges[0][:2] == ranges[0][2:] and ranges[0][0] is not None
+        assert ranges[1] == (None, None, None, None)
         # And the upgraded functions and constraints work.
         conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]')")
     # database_url was migrated from nothing: the upgrade ends in the same structure.

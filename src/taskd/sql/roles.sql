@@ -25,8 +25,8 @@
 --   taskd_readonly  SELECT on every taskd table (taskd status, taskd tasks list/show, Grafana).
 --
 -- None may CREATE in schema taskd (only its owner migrates), and EXECUTE on submit_task is taken
--- from PUBLIC: a service that submits through SQL gets taskd_api, or a role granted
--- EXECUTE on taskd.submit_task plus INSERT on tasks and subtasks.
+-- from PUBLIC: a service that submits through SQL gets taskd_api, or a role granted USAGE on
+-- schema taskd and EXECUTE on taskd.submit_task (it runs as the schema's owner).
 
 DO $roles$
 DECLARE

@@ -33,7 +33,12 @@ CREATE TABLE taskd.tasks (
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     completed_at    timestamptz,
-    CONSTRAINT tasks_counters_check CHECK (completed + failed + cancelled <= total)
+    -- The lowest and highest id of its subtasks (set by submit_task): a task's subtasks are
+    -- a range of the primary key, so subtasks needs no index on task_id.
+    first_subtask_id bigint,
+    last_subtask_id bigint,
+    CONSTRAINT tasks_counters_check CHECK (completed + failed + cancelled <= total),
+    CONSTRAINT tasks_subtask_ids_check CHECK (first_subtask_id <= last_subtask_id)
 );
 
 CREATE UNIQUE INDEX tasks_idempotency_idx ON taskd.tasks (user_id, idempotency_key)
@@ -43,7 +48,9 @@ CREATE INDEX tasks_finished_idx ON taskd.tasks (completed_at) WHERE completed_at
 
 CREATE TABLE taskd.subtasks (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    task_id          bigint NOT NULL REFERENCES taskd.tasks (id) ON DELETE CASCADE,
+    -- No foreign key (it would need an index on task_id): submit_task is the one writer, and
+    -- tasks_delete_subtasks cascades deletes by the task's id range.
+    task_id          bigint NOT NULL,
     queue            text NOT NULL,
     kind             text NOT NULL,
     priority         integer NOT NULL DEFAULT 0,
@@ -73,7 +80,6 @@ CREATE INDEX subtasks_claim_idx ON taskd.subtasks (queue, priority DESC, run_aft
 -- then scan it (and every dead entry in it) instead of finding their rows by primary key.
 CREATE INDEX subtasks_lease_idx ON taskd.subtasks (lease_expires_at)
     WHERE lease_expires_at IS NOT NULL;
-CREATE INDEX subtasks_task_idx ON taskd.subtasks (task_id);
 CREATE INDEX subtasks_finished_idx ON taskd.subtasks (completed_at)
     WHERE completed_at IS NOT NULL;
 
@@ -217,6 +223,23 @@ CREATE TRIGGER subtasks_count_outcomes
     FOR EACH STATEMENT
     EXECUTE FUNCTION taskd.subtasks_count_outcomes();
 
+-- A deleted task takes its subtasks with it, as the schema's owner (as a foreign key's
+-- cascade did). task_id is never updated.
+CREATE FUNCTION taskd.tasks_delete_subtasks() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM taskd.subtasks
+     WHERE id BETWEEN OLD.first_subtask_id AND OLD.last_subtask_id AND task_id = OLD.id;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER tasks_delete_subtasks
+    AFTER DELETE ON taskd.tasks
+    FOR EACH ROW
+    WHEN (OLD.first_subtask_id IS NOT NULL)
+    EXECUTE FUNCTION taskd.tasks_delete_subtasks();
+
 -- submit_task: a task and its subtasks in one call, validated, then one wake-up for the queue.
 -- Errors use SQLSTATE 22023 (invalid_parameter_value) with a message naming the argument.
 -- True when a JSON document (as text) nests arrays and objects deeper than max_depth.
@@ -260,13 +283,16 @@ CREATE FUNCTION taskd.submit_task(
     run_after        timestamptz DEFAULT NULL,
     max_payload_bytes integer DEFAULT 1048576
 ) RETURNS bigint
-LANGUAGE plpgsql AS $$
+-- As its owner: EXECUTE on this function is what a submitting role needs (roles.sql).
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n          integer;
     object_index integer;
     bad_index  integer;
     deep_index integer;
     new_id     bigint;
+    first_id   bigint;
+    last_id    bigint;
     params_doc text;
 BEGIN
     IF queue IS NULL OR queue !~ '^[a-z][a-z0-9_-]*$' OR length(queue) > 63 THEN
@@ -327,16 +353,24 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
 
-    INSERT INTO taskd.tasks (name, queue, kind, priority, user_id, params, total)
-    VALUES (coalesce(submit_task.name, ''), submit_task.queue, submit_task.kind,
-            submit_task.priority, submit_task.user_id, submit_task.params, n)
-    RETURNING id INTO new_id;
+    -- The subtasks first, then their task with their id range (no UPDATE of the new row).
+    new_id := nextval('taskd.tasks_id_seq');
+    WITH inserted AS (
+        INSERT INTO taskd.subtasks (task_id, queue, kind, priority, payload, max_attempts,
+                                    run_after)
+        SELECT new_id, submit_task.queue, submit_task.kind, submit_task.priority, p.value,
+               submit_task.max_attempts, coalesce(submit_task.run_after, now())
+          FROM jsonb_array_elements(payloads) WITH ORDINALITY AS p(value, ord)
+         ORDER BY p.ord
+        RETURNING id
+    )
+    SELECT min(id), max(id) INTO first_id, last_id FROM inserted;
 
-    INSERT INTO taskd.subtasks (task_id, queue, kind, priority, payload, max_attempts, run_after)
-    SELECT new_id, submit_task.queue, submit_task.kind, submit_task.priority, p.value,
-           submit_task.max_attempts, coalesce(submit_task.run_after, now())
-      FROM jsonb_array_elements(payloads) WITH ORDINALITY AS p(value, ord)
-     ORDER BY p.ord;
+    INSERT INTO taskd.tasks (id, name, queue, kind, priority, user_id, params, total,
+                             first_subtask_id, last_subtask_id)
+    OVERRIDING SYSTEM VALUE
+    VALUES (new_id, coalesce(submit_task.name, ''), submit_task.queue, submit_task.kind,
+            submit_task.priority, submit_task.user_id, submit_task.params, n, first_id, last_id);
 
     PERFORM pg_notify('taskd', submit_task.queue);
     RETURN new_id;
@@ -344,4 +378,5 @@ END;
 $$;
 
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
-    (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks');
+    (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
+    (6, 'subtask_id_ranges');

@@ -38,6 +38,7 @@ VALUES (%(user_id)s, %(task_id)s, %(delta)s, %(reason)s);
 SELECT id, user_id FROM taskd.tasks WHERE id = %(id)s;
 
 -- name: api_task_detail
+-- A task's subtasks: its id range of the primary key (there is no index on task_id).
 -- results: the first results_limit completed subtasks' results in id order (the rest through
 -- the subtasks endpoint); error: the latest failure. batch_size comes from the first payload
 -- and is read only when it is a small whole number, so that no payload can break the cast.
@@ -47,16 +48,21 @@ SELECT t.id, t.name, t.kind, t.queue, t.status, t.priority, t.user_id, t.params,
        (SELECT CASE WHEN jsonb_typeof(s.payload -> 'batch_size') = 'number'
                          AND (s.payload ->> 'batch_size') ~ '^[0-9]{1,6}$'
                     THEN (s.payload ->> 'batch_size')::integer ELSE 1 END
-          FROM taskd.subtasks s WHERE s.task_id = t.id ORDER BY s.id LIMIT 1) AS batch_size,
+          FROM taskd.subtasks s
+         WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id AND s.task_id = t.id
+         ORDER BY s.id LIMIT 1) AS batch_size,
        (SELECT count(*) FROM taskd.subtasks s
-         WHERE s.task_id = t.id AND s.status = 'processing') AS processing,
+         WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id AND s.task_id = t.id
+           AND s.status = 'processing') AS processing,
        (SELECT coalesce(jsonb_agg(r.result ORDER BY r.id), '[]'::jsonb)
           FROM (SELECT s.id, s.result FROM taskd.subtasks s
-                 WHERE s.task_id = t.id AND s.status = 'completed'
+                 WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
+                   AND s.task_id = t.id AND s.status = 'completed'
                  ORDER BY s.id LIMIT %(results_limit)s) r) AS results,
        CASE WHEN t.failed > 0 THEN
            (SELECT s.error FROM taskd.subtasks s
-             WHERE s.task_id = t.id AND s.status = 'failed'
+             WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
+               AND s.task_id = t.id AND s.status = 'failed'
              ORDER BY s.completed_at DESC NULLS LAST, s.id LIMIT 1)
        END AS error
   FROM taskd.tasks t
@@ -82,20 +88,24 @@ SELECT count(*) AS total
    AND (%(kind)s::text IS NULL OR kind = %(kind)s::text);
 
 -- name: api_list_subtasks
-SELECT id, status, payload, result, error, attempt, max_attempts, created_at, started_at,
-       completed_at, updated_at
-  FROM taskd.subtasks
- WHERE task_id = %(task_id)s
-   AND id > %(after_id)s
-   AND (%(status)s::text IS NULL OR status = %(status)s::text)
- ORDER BY id
+SELECT s.id, s.status, s.payload, s.result, s.error, s.attempt, s.max_attempts, s.created_at,
+       s.started_at, s.completed_at, s.updated_at
+  FROM taskd.tasks t
+  JOIN taskd.subtasks s
+    ON s.id BETWEEN greatest(t.first_subtask_id, %(after_id)s + 1) AND t.last_subtask_id
+   AND s.task_id = t.id
+ WHERE t.id = %(task_id)s
+   AND (%(status)s::text IS NULL OR s.status = %(status)s::text)
+ ORDER BY s.id
  LIMIT %(limit)s;
 
 -- name: api_count_subtasks
 SELECT count(*) AS total
-  FROM taskd.subtasks
- WHERE task_id = %(task_id)s
-   AND (%(status)s::text IS NULL OR status = %(status)s::text);
+  FROM taskd.tasks t
+  JOIN taskd.subtasks s
+    ON s.id BETWEEN t.first_subtask_id AND t.last_subtask_id AND s.task_id = t.id
+ WHERE t.id = %(task_id)s
+   AND (%(status)s::text IS NULL OR s.status = %(status)s::text);
 
 -- name: api_lock_task
 -- Locks the task row first: the refund trigger takes the same row before the account row, so
@@ -112,11 +122,13 @@ UPDATE taskd.tasks SET quota_cost = quota_cost + %(cost)s WHERE id = %(id)s;
 
 -- name: api_retry_failed_subtasks
 -- Failed subtasks back to pending with fresh attempts (api_notify_queue wakes the executors).
-UPDATE taskd.subtasks
+UPDATE taskd.subtasks s
    SET status = 'pending', attempt = 0, run_after = now(), error = NULL, result = NULL,
        completed_at = NULL, cancel_requested = false, updated_at = now()
- WHERE task_id = %(task_id)s AND status = 'failed'
-RETURNING id;
+  FROM taskd.tasks t
+ WHERE t.id = %(task_id)s AND s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
+   AND s.task_id = t.id AND s.status = 'failed'
+RETURNING s.id;
 
 -- name: api_notify_queue
 -- Delivered at commit, like taskd.submit_task's wake-up.

@@ -286,7 +286,8 @@ WITH old AS (
      WHERE t.completed_at < coalesce(%(now)s, now()) - make_interval(secs => %(retention)s)
        AND t.status IN ('completed', 'failed', 'cancelled')
        AND NOT EXISTS (SELECT 1 FROM taskd.subtasks s
-                        WHERE s.task_id = t.id AND s.status IN ('pending', 'processing'))
+                        WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
+                          AND s.task_id = t.id AND s.status IN ('pending', 'processing'))
      LIMIT %(limit)s
 )
 DELETE FROM taskd.tasks t USING old WHERE t.id = old.id
@@ -294,26 +295,33 @@ RETURNING t.id;
 
 -- name: cancel_task
 -- Pending subtasks become cancelled; processing ones are asked to stop (cancel_requested).
+-- A task's subtasks: its id range of the primary key (there is no index on task_id).
 WITH pending AS (
-    UPDATE taskd.subtasks
+    UPDATE taskd.subtasks s
        SET status = 'cancelled', completed_at = now(), updated_at = now(),
            error = 'cancelled'
-     WHERE task_id = %(task_id)s AND status = 'pending'
-    RETURNING id
+      FROM taskd.tasks t
+     WHERE t.id = %(task_id)s AND s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
+       AND s.task_id = t.id AND s.status = 'pending'
+    RETURNING s.id
 ), running AS (
-    UPDATE taskd.subtasks
+    UPDATE taskd.subtasks s
        SET cancel_requested = true, updated_at = now()
-     WHERE task_id = %(task_id)s AND status = 'processing' AND NOT cancel_requested
-    RETURNING id
+      FROM taskd.tasks t
+     WHERE t.id = %(task_id)s AND s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
+       AND s.task_id = t.id AND s.status = 'processing' AND NOT s.cancel_requested
+    RETURNING s.id
 )
 SELECT (SELECT count(*) FROM pending) AS cancelled, (SELECT count(*) FROM running) AS requested;
 
 -- name: retry_failed_subtasks
-UPDATE taskd.subtasks
+UPDATE taskd.subtasks s
    SET status = 'pending', attempt = 0, run_after = now(), error = NULL, result = NULL,
        completed_at = NULL, cancel_requested = false, updated_at = now()
- WHERE task_id = %(task_id)s AND status = 'failed'
-RETURNING id;
+  FROM taskd.tasks t
+ WHERE t.id = %(task_id)s AND s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
+   AND s.task_id = t.id AND s.status = 'failed'
+RETURNING s.id;
 
 -- name: cancel_requested
 SELECT id FROM taskd.subtasks
@@ -326,12 +334,15 @@ SELECT id, name, queue, kind, priority, user_id, params, status, total, complete
  WHERE id = %(id)s;
 
 -- name: list_subtasks
-SELECT id, task_id, queue, kind, priority, status, payload, state, result, error, attempt,
-       max_attempts, run_after, locked_by, lease_expires_at, cancel_requested, created_at,
-       started_at, completed_at, updated_at
-  FROM taskd.subtasks
- WHERE task_id = %(task_id)s AND id > %(after_id)s
- ORDER BY id
+SELECT s.id, s.task_id, s.queue, s.kind, s.priority, s.status, s.payload, s.state, s.result,
+       s.error, s.attempt, s.max_attempts, s.run_after, s.locked_by, s.lease_expires_at,
+       s.cancel_requested, s.created_at, s.started_at, s.completed_at, s.updated_at
+  FROM taskd.tasks t
+  JOIN taskd.subtasks s
+    ON s.id BETWEEN greatest(t.first_subtask_id, %(after_id)s + 1) AND t.last_subtask_id
+   AND s.task_id = t.id
+ WHERE t.id = %(task_id)s
+ ORDER BY s.id
  LIMIT %(limit)s;
 
 -- name: database_now

@@ -138,11 +138,13 @@ SELECT id, name, queue, kind, priority, user_id, params, status, total, complete
 
 -- name: task_subtask_counts
 -- A task's subtasks by status, ready and scheduled told apart.
-SELECT CASE WHEN status = 'pending' AND run_after > now() THEN 'scheduled'
-            WHEN status = 'pending' THEN 'ready'
-            ELSE status END AS status,
+SELECT CASE WHEN s.status = 'pending' AND s.run_after > now() THEN 'scheduled'
+            WHEN s.status = 'pending' THEN 'ready'
+            ELSE s.status END AS status,
        count(*) AS count
-  FROM taskd.subtasks
- WHERE task_id = %(task_id)s
+  FROM taskd.tasks t
+  JOIN taskd.subtasks s
+    ON s.id BETWEEN t.first_subtask_id AND t.last_subtask_id AND s.task_id = t.id
+ WHERE t.id = %(task_id)s
  GROUP BY 1
  ORDER BY 1;
