@@ -11,15 +11,9 @@ import pytest
 from taskd.queue.queries import query
 from taskd.queue.store import Store
 from tests.factories import CLAIM_FROM_HEAD
+from tests.plans import explain, plan_nodes
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-
-def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
-    nodes = [node]
-    for child in node.get("Plans", []):
-        nodes.extend(plan_nodes(child))
-    return nodes
 
 
 async def test_claim_uses_partial_index_with_a_million_finished_rows(conn: Any) -> None:
@@ -37,10 +31,7 @@ async def test_claim_uses_partial_index_with_a_million_finished_rows(conn: Any) 
     """)
     params = {"queue": "standard", "executor_id": "e1", "limit": 100, "lease_timeout": 60.0,
               "cluster_max": None, "now": None, **CLAIM_FROM_HEAD}
-    cur = await conn.execute(b"EXPLAIN (FORMAT JSON) " + query("claim_subtasks").as_bytes(None),
-                             params)
-    raw = (await cur.fetchone())[0]
-    plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+    plan = await explain(conn, "claim_subtasks", params)
     nodes = plan_nodes(plan)
     on_subtasks = [n for n in nodes if n.get("Relation Name") == "subtasks"]
     assert not [n for n in on_subtasks if n["Node Type"] == "Seq Scan"], json.dumps(plan)

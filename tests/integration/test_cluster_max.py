@@ -19,6 +19,7 @@ from psycopg import sql
 from taskd.queue import Outcome, Store
 from taskd.queue.queries import query
 from tests.factories import CLAIM_FROM_HEAD, fetch_one, submit
+from tests.plans import explain, plan_nodes, plan_root
 
 pytestmark = pytest.mark.anyio
 
@@ -28,13 +29,6 @@ LEASE = 30.0
 CLAIM_PARAMS = {"queue": "text", "executor_id": "text", "limit": "integer",
                 "lease_timeout": "float8", "cluster_max": "integer", "now": "timestamptz",
                 "after_priority": "integer", "after_run_after": "timestamptz", "after_id": "bigint"}
-
-
-def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
-    nodes = [node]
-    for child in node.get("Plans", []):
-        nodes.extend(plan_nodes(child))
-    return nodes
 
 
 def count_subplans(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -62,7 +56,7 @@ async def explain_claim(conn: Any, cluster_max: int | None, plan_cache_mode: str
             raw = (await cur.fetchone())[0]
         finally:
             await conn.execute("DEALLOCATE claim_probe")
-    return (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+    return plan_root(raw)
 
 
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
@@ -223,10 +217,7 @@ async def test_a_capped_claim_stays_on_indexes_with_a_long_backlog(conn: Any) ->
     await conn.execute("VACUUM ANALYZE taskd.subtasks")
     params = {"queue": "standard", "executor_id": "e1", "limit": 10, "lease_timeout": 60.0,
               "cluster_max": 100, "now": None, **CLAIM_FROM_HEAD}
-    cur = await conn.execute(b"EXPLAIN (FORMAT JSON) " + query("claim_subtasks").as_bytes(None),
-                             params)
-    raw = (await cur.fetchone())[0]
-    plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+    plan = await explain(conn, "claim_subtasks", params)
     scans = [n for n in plan_nodes(plan)
              if n.get("Relation Name") == "subtasks" and n["Node Type"] == "Seq Scan"]
     assert scans == [], json.dumps(plan)

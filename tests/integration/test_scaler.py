@@ -15,10 +15,10 @@ from taskd.errors import InvalidInput
 from taskd.metrics import Metrics
 from taskd.queue import ExecutorInfo, Outcome, Store, scaling
 from taskd.queue.capacity import Capacity
-from taskd.queue.queries import query
 from taskd.scaler import Scaler
 from taskd.settings import QueueSettings
 from tests.factories import fetch_one, insert_subtasks, submit, wait_until
+from tests.plans import explain, plan_nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -310,13 +310,6 @@ async def test_bad_construction_is_named(store: Store) -> None:
         Scaler(store, {}, {}, 0.0, Metrics(), EXECUTOR)
 
 
-def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
-    nodes = [node]
-    for child in node.get("Plans", []):
-        nodes.extend(plan_nodes(child))
-    return nodes
-
-
 @pytest.mark.slow
 async def test_backlog_query_reads_the_claim_index_not_the_table(
     store: Store, conn: Any
@@ -329,11 +322,7 @@ async def test_backlog_query_reads_the_claim_index_not_the_table(
     """)
     await conn.execute("VACUUM ANALYZE taskd.subtasks")
     params = {"queues": ["standard", "lumina"], "caps": [101, 101], "now": None}
-    cur = await conn.execute(
-        b"EXPLAIN (ANALYZE, FORMAT JSON) " + query("scaler_ready_backlog").as_bytes(None), params
-    )
-    raw = (await cur.fetchone())[0]
-    plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+    plan = await explain(conn, "scaler_ready_backlog", params, analyze=True)
     on_subtasks = [n for n in plan_nodes(plan) if n.get("Relation Name") == "subtasks"]
     assert on_subtasks and all(n.get("Index Name") == "subtasks_claim_idx"
                                for n in on_subtasks), json.dumps(plan)

@@ -13,10 +13,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from taskd.queue.queries import query
 from taskd.queue.store import Store
 from tests.factories import fetch_one, insert_subtasks, submit
-from tests.integration.test_claim_plan import plan_nodes
+from tests.plans import explain, plan_nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -120,10 +119,7 @@ async def test_task_scoped_statements_read_the_primary_key_not_the_table(
         ANALYZE taskd.subtasks;
         ANALYZE taskd.tasks;
     """)
-    cur = await conn.execute(b"EXPLAIN (FORMAT JSON) " + query(name).as_bytes(None),
-                             TASK_SCOPED[name])
-    raw = (await cur.fetchone())[0]
-    plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+    plan = await explain(conn, name, TASK_SCOPED[name])
     on_subtasks = [n for n in plan_nodes(plan) if n.get("Relation Name") == "subtasks"
                    and n["Node Type"].endswith("Scan")]
     assert on_subtasks, json.dumps(plan)
