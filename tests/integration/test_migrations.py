@@ -101,36 +101,59 @@ async def test_schema_check_refuses_older_and_newer_schemas(database_url: str) -
         await Store.open(database_url)
 
 
+def migrated_to(url: str, version: int) -> None:
+    """Apply the migrations up to ``version``, as a database of that taskd release has them."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(migrations.BOOTSTRAP.encode())
+        for m in migrations.migrations():
+            if m.version <= version:
+                conn.execute(m.sql.encode())
+                conn.execute("INSERT INTO taskd.schema_migrations (version, name)"
+                             " VALUES (%s, %s)", (m.version, m.name))
+
+
 async def test_upgrading_from_the_previous_version_keeps_its_rows(
     empty_database_url: str, database_url: str
 ) -> None:
     """A database one version behind, with work in it, migrates to the latest in place."""
-    *older, latest = migrations.migrations()
+    latest = migrations.migrations()[-1]
+    migrated_to(empty_database_url, latest.version - 1)
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
-        conn.execute(migrations.BOOTSTRAP.encode())
-        for m in older:
-            conn.execute(m.sql.encode())
-            conn.execute("INSERT INTO taskd.schema_migrations (version, name) VALUES (%s, %s)",
-                         (m.version, m.name))
         conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{\"i\": 1}, {\"i\": 2}]')")
-        # A task whose subtasks retention already deleted.
-        gone = conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]')").fetchone()
-        conn.execute("DELETE FROM taskd.subtasks WHERE task_id = %s", gone)
+        conn.execute("SELECT taskd.submit_task('other', 'noop', '[{\"i\": 3}]')")
     async with await psycopg.AsyncConnection.connect(empty_database_url, autocommit=True) as c:
         applied = await migrations.migrate(c)
         assert [m.version for m in applied] == [latest.version]
         assert await migrations.check_schema(c) == latest.version
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         rows = conn.execute("SELECT t.queue, t.total, count(s.id) FROM taskd.tasks t"
-                            " JOIN taskd.subtasks s ON s.task_id = t.id GROUP BY t.id").fetchall()
-        assert rows == [("standard", 2, 2)]
-        # Version 6 recorded each task's id range from the subtasks it has (none: NULL).
+                            " JOIN taskd.subtasks s ON s.task_id = t.id GROUP BY t.id"
+                            " ORDER BY t.id").fetchall()
+        assert rows == [("standard", 2, 2), ("other", 1, 1)]
+        # And the upgraded functions and constraints work.
+        conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]')")
+        conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{}, {}]')")
+        assert conn.execute("SELECT count(*) FROM taskd.subtasks").fetchone() == (6,)
+    # database_url was migrated from nothing: the upgrade ends in the same structure.
+    assert structure(empty_database_url) == structure(database_url)
+
+
+async def test_upgrading_from_version_5_records_each_tasks_subtask_range(
+    empty_database_url: str,
+) -> None:
+    """Version 6 records each task's id range from the subtasks it has (none: NULL)."""
+    migrated_to(empty_database_url, 5)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{\"i\": 1}, {\"i\": 2}]')")
+        # A task whose subtasks retention already deleted.
+        gone = conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]')").fetchone()
+        conn.execute("DELETE FROM taskd.subtasks WHERE task_id = %s", gone)
+    async with await psycopg.AsyncConnection.connect(empty_database_url, autocommit=True) as c:
+        applied = await migrations.migrate(c)
+        assert [m.version for m in applied] == list(range(6, migrations.latest_version() + 1))
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
         ranges = conn.execute("SELECT t.first_subtask_id, t.last_subtask_id, min(s.id), max(s.id)"
                               " FROM taskd.tasks t LEFT JOIN taskd.subtasks s ON s.task_id = t.id"
                               " GROUP BY t.id ORDER BY t.id").fetchall()
         assert ranges[0][:2] == ranges[0][2:] and ranges[0][0] is not None
         assert ranges[1] == (None, None, None, None)
-        # And the upgraded functions and constraints work.
-        conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]')")
-    # database_url was migrated from nothing: the upgrade ends in the same structure.
-    assert structure(empty_database_url) == structure(database_url)

@@ -114,6 +114,65 @@ async def test_sql_submit_task_rejects_bad_input_and_writes_nothing(
     assert await table_counts(conn) == before
 
 
+DEEP = {"x": json.loads("[" * 500 + "]" * 500)}  # 501 levels with the object itself
+PAYLOAD_CHECKS = [  # (payload, max_payload_bytes, what the error says after "payloads[i]")
+    ([1, 2], 1000, "is not a JSON object"),
+    (None, 1000, "is not a JSON object"),
+    ({"a": "0123456789"}, 10, "is larger than 10 bytes"),
+    (DEEP, 1_048_576, "is nested deeper than 500 levels"),
+]
+
+
+@pytest.mark.parametrize("position", [0, 1], ids=["one payload", "second of two"])
+@pytest.mark.parametrize(("payload", "max_bytes", "error"), PAYLOAD_CHECKS,
+                         ids=["array", "null", "too large", "too deep"])
+async def test_payload_checks_are_the_same_for_one_payload_and_for_many(
+    conn: Any, position: int, payload: Any, max_bytes: int, error: str
+) -> None:
+    """A task of one subtask takes submit_task's short way (schema 7): the same rules and
+    messages as the query over a longer array."""
+    before = await table_counts(conn)
+    payloads = [{}] * position + [payload]
+    with pytest.raises(psycopg.errors.InvalidParameterValue,
+                       match=rf"^taskd: payloads\[{position}\] {error}"):
+        await conn.execute(
+            "SELECT taskd.submit_task('standard', 'noop', %s::jsonb, max_payload_bytes => %s)",
+            (json.dumps(payloads), max_bytes),
+        )
+    assert await table_counts(conn) == before
+
+
+async def test_one_payload_writes_what_the_array_path_writes(conn: Any) -> None:
+    """The one-subtask insert and the array insert give the same rows, but for ids."""
+    columns = ("queue, kind, priority, status, payload, attempt, max_attempts, run_after,"
+               " locked_by, lease_expires_at, cancel_requested, state, result, error")
+    call = ("SELECT taskd.submit_task('standard', 'noop', %s::jsonb, name => 'n', priority => 9,"
+            " params => '{\"p\": 1}', user_id => 'u', max_attempts => 4,"
+            " run_after => '2030-01-01T00:00:00Z')")
+    one = await fetch_one(conn, call, '[{"k": [1, {"v": null}]}]')
+    two = await fetch_one(conn, call, '[{"k": [1, {"v": null}]}, {"k": 2}]')
+    rows = {}
+    for task_id in (one, two):
+        cur = await conn.execute(
+            f"SELECT {columns} FROM taskd.subtasks WHERE task_id = %s ORDER BY id",  # noqa: S608
+            (task_id,))
+        rows[task_id] = await cur.fetchall()
+    assert len(rows[one]) == 1 and len(rows[two]) == 2
+    assert rows[one][0] == rows[two][0]
+    assert rows[one][0][4] == {"k": [1, {"v": None}]}
+    tasks = {}
+    for task_id in (one, two):
+        cur = await conn.execute(
+            "SELECT name, queue, kind, priority, user_id, params, status, total,"
+            " last_subtask_id - first_subtask_id + 1,"
+            " (SELECT count(*) FROM taskd.subtasks s WHERE s.task_id = t.id"
+            "     AND s.id BETWEEN t.first_subtask_id AND t.last_subtask_id)"
+            " FROM taskd.tasks t WHERE id = %s", (task_id,))
+        tasks[task_id] = await cur.fetchone()
+    assert tasks[one] == ("n", "standard", "noop", 9, "u", {"p": 1}, "pending", 1, 1, 1)
+    assert tasks[two] == ("n", "standard", "noop", 9, "u", {"p": 1}, "pending", 2, 2, 2)
+
+
 async def test_sql_submit_task_rejects_too_many_subtasks(conn: Any) -> None:
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="at most 100000"):
         await conn.execute(

@@ -294,6 +294,7 @@ DECLARE
     first_id   bigint;
     last_id    bigint;
     params_doc text;
+    payload_doc text;
 BEGIN
     IF queue IS NULL OR queue !~ '^[a-z][a-z0-9_-]*$' OR length(queue) > 63 THEN
         RAISE EXCEPTION 'taskd: queue % is not a valid queue name (^[a-z][a-z0-9_-]{0,62}$)',
@@ -330,15 +331,24 @@ BEGIN
     IF n > 100000 THEN
         RAISE EXCEPTION 'taskd: payloads holds % subtasks; at most 100000', n USING ERRCODE = '22023';
     END IF;
-    -- One pass over the payloads for all three checks; the errors keep their order.
-    SELECT min(ord) FILTER (WHERE NOT is_object),
-           min(ord) FILTER (WHERE octet_length(doc) > max_payload_bytes),
-           -- The inline bracket count spares ordinary payloads a function call.
-           min(ord) FILTER (WHERE length(doc) - length(translate(doc, '[{', '')) > 500
-                              AND taskd.json_too_deep(doc, 500))
-      INTO object_index, bad_index, deep_index
-      FROM (SELECT p.ord, jsonb_typeof(p.value) = 'object' AS is_object, p.value::text AS doc
-              FROM jsonb_array_elements(payloads) WITH ORDINALITY AS p(value, ord)) AS each_payload;
+    IF n = 1 THEN
+        -- One payload, as most submits carry: expressions, no query over the array.
+        payload_doc := (payloads->0)::text;
+        object_index := CASE WHEN jsonb_typeof(payloads->0) <> 'object' THEN 1 END;
+        bad_index := CASE WHEN octet_length(payload_doc) > max_payload_bytes THEN 1 END;
+        deep_index := CASE WHEN length(payload_doc) - length(translate(payload_doc, '[{', '')) > 500
+                                AND taskd.json_too_deep(payload_doc, 500) THEN 1 END;
+    ELSE
+        -- One pass over the payloads for all three checks; the errors keep their order.
+        SELECT min(ord) FILTER (WHERE NOT is_object),
+               min(ord) FILTER (WHERE octet_length(doc) > max_payload_bytes),
+               -- The inline bracket count spares ordinary payloads a function call.
+               min(ord) FILTER (WHERE length(doc) - length(translate(doc, '[{', '')) > 500
+                                  AND taskd.json_too_deep(doc, 500))
+          INTO object_index, bad_index, deep_index
+          FROM (SELECT p.ord, jsonb_typeof(p.value) = 'object' AS is_object, p.value::text AS doc
+                  FROM jsonb_array_elements(payloads) WITH ORDINALITY AS p(value, ord)) AS each_payload;
+    END IF;
     IF object_index IS NOT NULL THEN
         RAISE EXCEPTION 'taskd: payloads[%] is not a JSON object', object_index - 1
             USING ERRCODE = '22023';
@@ -355,16 +365,25 @@ BEGIN
 
     -- The subtasks first, then their task with their id range (no UPDATE of the new row).
     new_id := nextval('taskd.tasks_id_seq');
-    WITH inserted AS (
+    IF n = 1 THEN
         INSERT INTO taskd.subtasks (task_id, queue, kind, priority, payload, max_attempts,
                                     run_after)
-        SELECT new_id, submit_task.queue, submit_task.kind, submit_task.priority, p.value,
-               submit_task.max_attempts, coalesce(submit_task.run_after, now())
-          FROM jsonb_array_elements(payloads) WITH ORDINALITY AS p(value, ord)
-         ORDER BY p.ord
-        RETURNING id
-    )
-    SELECT min(id), max(id) INTO first_id, last_id FROM inserted;
+        VALUES (new_id, submit_task.queue, submit_task.kind, submit_task.priority, payloads->0,
+                submit_task.max_attempts, coalesce(submit_task.run_after, now()))
+        RETURNING id INTO first_id;
+        last_id := first_id;
+    ELSE
+        WITH inserted AS (
+            INSERT INTO taskd.subtasks (task_id, queue, kind, priority, payload, max_attempts,
+                                        run_after)
+            SELECT new_id, submit_task.queue, submit_task.kind, submit_task.priority, p.value,
+                   submit_task.max_attempts, coalesce(submit_task.run_after, now())
+              FROM jsonb_array_elements(payloads) WITH ORDINALITY AS p(value, ord)
+             ORDER BY p.ord
+            RETURNING id
+        )
+        SELECT min(id), max(id) INTO first_id, last_id FROM inserted;
+    END IF;
 
     INSERT INTO taskd.tasks (id, name, queue, kind, priority, user_id, params, total,
                              first_subtask_id, last_subtask_id)
@@ -379,4 +398,4 @@ $$;
 
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
-    (6, 'subtask_id_ranges');
+    (6, 'subtask_id_ranges'), (7, 'one_payload_submit');
