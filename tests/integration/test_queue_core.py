@@ -99,6 +99,26 @@ async def test_claim_respects_limit_queue_and_run_after(store: Store, conn: Any)
     assert len(delayed) == 3
 
 
+async def test_claimed_rows_read_in_binary_keep_their_values(store: Store, conn: Any) -> None:
+    """The claim reads its rows in binary and the pool's sessions run in UTC: JSON, the
+    timestamp and the wait come back as the database holds them."""
+    payload = {"s": "\u00fc \\\" x", "n": [1, 2.5, None, True], "o": {"a": {"b": "c"}}}
+    task_id = await store.submit("standard", "noop", [payload], priority=3, max_attempts=4)
+    await conn.execute("UPDATE taskd.subtasks SET state = '{\"step\": 2}',"
+                       " run_after = now() - interval '2.5 seconds'")
+    [claimed] = await store.claim_subtasks("standard", "e1", 1, LEASE)
+    run_after, wait = await fetch_one(
+        conn, "SELECT run_after, extract(epoch FROM started_at - run_after)"
+              " FROM taskd.subtasks WHERE id = %s", claimed.id)
+    assert (claimed.task_id, claimed.queue, claimed.kind, claimed.priority, claimed.attempt,
+            claimed.max_attempts) == (task_id, "standard", "noop", 3, 1, 4)
+    assert claimed.payload == payload and claimed.state == {"step": 2}
+    assert claimed.run_after == run_after and claimed.run_after.utcoffset() == timedelta(0)
+    assert claimed.wait == pytest.approx(float(wait)) and claimed.wait >= 2.5
+    async with store.pool.connection() as pooled:
+        assert await fetch_one(pooled, "SHOW TimeZone") == "UTC"
+
+
 async def test_claim_sets_lease_from_database_clock(store: Store, conn: Any) -> None:
     await submit(store, 1)
     [claimed] = await store.claim_subtasks("standard", "e1", 1, 45.0)

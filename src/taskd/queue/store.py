@@ -143,10 +143,16 @@ def connection_kwargs(
     Plans are always custom: psycopg prepares a statement on its fifth run, and PostgreSQL's
     generic plan for an id array of unknown length joined the outcomes in a nested loop
     (quadratic in the batch: 10.8 ms instead of 3.3 ms for 250 outcomes). Planning each run
-    costs ~0.2 ms a batch. Options already in the connection string or PGOPTIONS are kept.
+    costs ~0.2 ms a batch.
+
+    Timestamps come back in UTC whatever the server's TimeZone: psycopg builds them with
+    ``datetime.timezone.utc`` then, not a ``zoneinfo`` conversion per value (building a
+    1,000-row claim's rows: 2.73 ms with TimeZone 'Etc/UTC', 1.39 ms with 'UTC', 1.30 ms in
+    binary). Options already in the connection string or PGOPTIONS are kept (a TimeZone
+    there wins).
     """
     given = conninfo_to_dict(conninfo).get("options") or os.environ.get("PGOPTIONS", "")
-    options = [str(given), "-c plan_cache_mode=force_custom_plan"]
+    options = ["-c TimeZone=UTC", str(given), "-c plan_cache_mode=force_custom_plan"]
     if statement_timeout:
         options.append(f"-c statement_timeout={int(statement_timeout * 1000)}")
     return {"autocommit": True, "application_name": application_name,
@@ -356,10 +362,11 @@ class Store:
 
     async def fetch_as(
         self, name: str, params: dict[str, Any], row_type: type[Row],
-        row_factory: BaseRowFactory[Row] | None = None,
+        row_factory: BaseRowFactory[Row] | None = None, *, binary: bool = False,
     ) -> list[Row]:
         """Run the named query; return its rows as ``row_type`` (a dataclass, built from
         columns by name unless ``row_factory`` says otherwise, e.g. :func:`fields_row`).
+        ``binary`` asks for the rows in PostgreSQL's binary format (see ``claim_subtasks``).
 
         For the queue package's own modules; deadlocks are retried, errors translated.
         """
@@ -367,7 +374,7 @@ class Store:
 
         async def once() -> list[Row]:
             async with self.pool.connection() as conn:
-                cur = conn.cursor(row_factory=factory)
+                cur = conn.cursor(row_factory=factory, binary=binary)
                 await cur.execute(query(name), params)
                 rows: list[Row] = await cur.fetchall()
                 mark_ok(conn)
@@ -449,6 +456,12 @@ class Store:
         from its place on, then lower priorities. That skips the claim index's head, where
         every row claimed since the last VACUUM still has an entry; the caller decides when
         rows before ``after`` may have become ready and the claim must start from the head.
+
+        The rows come in binary: cheaper on both sides than text (PostgreSQL formats a
+        float8 or a timestamptz as text at some cost): 1,000 rows 0.96 ms from send to the
+        last byte instead of 1.48 ms, 1.30 ms to build instead of 1.39 ms. With the UTC
+        sessions (``connection_kwargs``), 2 daemons draining 200,000 noops used 1.0 us less
+        CPU a subtask (median of 8 alternating pairs; less in 6 of them).
         """
         if limit <= 0:
             return []
@@ -459,11 +472,11 @@ class Store:
                   "after_id": None if after is None else after.id}
         if cluster_max is None:
             claimed = await self.fetch_as("claim_subtasks", params, ClaimedSubtask,
-                                          _CLAIMED_ROW)
+                                          _CLAIMED_ROW, binary=True)
         else:
             async with translated_errors(), self.pool.connection() as conn, conn.transaction():
                 await conn.execute(query("lock_queue_claims"), params)
-                cur = conn.cursor(row_factory=_CLAIMED_ROW)
+                cur = conn.cursor(row_factory=_CLAIMED_ROW, binary=True)
                 await cur.execute(query("claim_subtasks"), params)
                 claimed = await cur.fetchall()
         return claimed
