@@ -17,6 +17,7 @@ from taskd.metrics import Metrics
 from taskd.queue.capacity import Capacity
 from taskd.queue.completer import Completer
 from taskd.queue.gate import ClaimGate
+from taskd.queue.notifier import Notifier
 from taskd.queue.producer import Producer
 from taskd.queue.running import RunningSet
 from taskd.queue.store import Store
@@ -405,3 +406,35 @@ async def test_stopping_claims_ends_parked_workers_and_the_producer(
             await rig.completer.flush()
             tg.cancel_scope.cancel()
     assert await completed(conn) == 10
+
+
+async def test_a_claim_woken_by_a_notification_runs_on_the_listening_connection(
+    rig: Rig, store: Store, conn: Any, database_url: str
+) -> None:
+    listen_app = "taskd-listen producer-test"
+    notifier = Notifier(database_url, {"standard": rig.producer.wakeup},
+                        application_name=listen_app)
+    rig.producer.lender = notifier.lender
+    rig.producer.poll_interval = 3600.0  # woken only by the notification
+
+    async def last_statement_on_the_listening_connection() -> str:
+        return str(await fetch_one(
+            conn, "SELECT query FROM pg_stat_activity WHERE application_name = %s", listen_app))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(notifier.run)
+        with anyio.fail_after(10):
+            await notifier.listening.wait()
+        assert "LISTEN" in await last_statement_on_the_listening_connection()
+        await rig.producer.wakeup.wait(0)  # the wake-all of a new LISTEN
+
+        async def submit_once_idle() -> None:
+            await wait_until(lambda: rig.producer.wakeup.waiting == 1,
+                             message="the producer waiting for a wake-up")
+            await submit(store, 1)  # submit_task notifies the queue
+
+        tg.start_soon(submit_once_idle)
+        await run_until(rig, lambda: all_completed(conn, 1), "the subtask completed")
+        # The claim statement (its text begins with this comment).
+        assert "pick the highest priority" in await last_statement_on_the_listening_connection()
+        tg.cancel_scope.cancel()

@@ -6,13 +6,15 @@ from datetime import timedelta
 from typing import Any, NamedTuple
 
 import anyio
+import psycopg
 import pytest
 from psycopg import sql
 
+from taskd.errors import DatabaseError
 from taskd.handlers.runner import result_json
 from taskd.queue import ErrorOccurrence, ExecutorInfo, Outcome, Store
 from taskd.queue.queries import query
-from taskd.queue.store import fields_row
+from taskd.queue.store import connection_kwargs, fields_row
 from tests.factories import CLAIM_FROM_HEAD, fetch_one, submit
 
 pytestmark = pytest.mark.anyio
@@ -511,3 +513,22 @@ async def test_fields_row_builds_rows_by_position_and_refuses_other_columns(conn
     with pytest.raises(TypeError, match=r"_Pair has the fields \('a', 'b'\); the query returned"
                                         r" \('b', 'a'\)"):
         await cur.execute("SELECT 'x' AS b, 1 AS a")
+
+
+@pytest.mark.parametrize("cluster_max", [None, 5])
+async def test_a_claim_given_a_connection_runs_on_it(
+    store: Store, database_url: str, cluster_max: int | None
+) -> None:
+    """The producer's claim after a notification, on the listening connection."""
+    await submit(store, 3)
+    given = await psycopg.AsyncConnection.connect(
+        database_url, **connection_kwargs(database_url, "taskd-listen given", None))
+    async with given:
+        claimed = await store.claim_subtasks("standard", "e1", 2, LEASE,
+                                             cluster_max=cluster_max, conn=given)
+        assert len(claimed) == 2
+    # Closed: the claim fails there rather than run on a pooled connection.
+    with pytest.raises(DatabaseError):
+        await store.claim_subtasks("standard", "e1", 1, LEASE, cluster_max=cluster_max,
+                                   conn=given)
+    assert len(await store.claim_subtasks("standard", "e1", 2, LEASE)) == 1

@@ -3,22 +3,68 @@
 NOTIFY is only a hint. A dropped connection is reconnected with backoff, and every producer is
 woken so that it polls at once; polling alone (``listen = false``, e.g. behind PgBouncer in
 transaction mode) also works, at the cost of latency.
+
+Right after a notification, the listening connection is lent to the producer it woke, for
+that producer's claim (see :class:`ListenLender`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import psycopg
 
+from taskd.queue.store import connection_kwargs
 from taskd.queue.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "taskd"
+
+
+class ListenLender:
+    """The listening connection, lent for one claim right after it delivered a notification.
+
+    Its server process has just run (it sent the notification), and a claim sent to it starts
+    sooner than one sent to a pooled connection whose server process has slept since its last
+    statement: enqueue-to-start p50 at 50 submits/s 1.37 ms instead of 1.48 (medians of 10
+    alternating runs, lower in 8). A producer takes it with :meth:`borrow` (None when it is
+    not on offer: between notifications, or taken by another producer) and gives it back with
+    :meth:`give_back`; the notifier listens again once it is back. Notifications that arrive
+    meanwhile wait (in psycopg's backlog or the socket) for one claim's round trip.
+    """
+
+    def __init__(self) -> None:
+        self._offered: psycopg.AsyncConnection[Any] | None = None
+        self._returned: anyio.Event | None = None
+
+    def borrow(self) -> psycopg.AsyncConnection[Any] | None:
+        conn, self._offered = self._offered, None
+        if conn is not None:
+            self._returned = anyio.Event()
+        return conn
+
+    def give_back(self) -> None:
+        if self._returned is not None:
+            self._returned.set()
+
+    async def lend(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Offer ``conn`` to the producers just woken; return once it is back, or at once if
+        none took it before their next wait."""
+        self._offered, self._returned = conn, None
+        # The woken producers run up to their claim before this task goes on.
+        await anyio.lowlevel.checkpoint()
+        self._offered = None
+        returned = self._returned
+        if returned is not None:
+            # A claim in flight on it: closing it under the claim would lose the claim's rows.
+            with anyio.CancelScope(shield=True):
+                await returned.wait()
+            self._returned = None
 
 
 class Notifier:
@@ -31,11 +77,15 @@ class Notifier:
         *,
         application_name: str = "taskd-listen",
         max_backoff: float = 5.0,
+        lender: ListenLender | None = None,
+        statement_timeout: float | None = 30.0,
     ) -> None:
         self.conninfo = conninfo
         self.wakeups = wakeups
         self.application_name = application_name
         self.max_backoff = max_backoff
+        self.lender = lender if lender is not None else ListenLender()
+        self.statement_timeout = statement_timeout
         self.listening = anyio.Event()  # set once the first LISTEN is in place (tests wait on it)
 
     async def run(self) -> None:
@@ -51,22 +101,24 @@ class Notifier:
             backoff = min(self.max_backoff, backoff * 2)
 
     async def _listen(self) -> None:
+        # The pooled connections' session settings: a producer may claim on this one.
         conn = await psycopg.AsyncConnection.connect(
-            self.conninfo, autocommit=True, application_name=self.application_name,
-            connect_timeout=10,
+            **connection_kwargs(self.conninfo, self.application_name, self.statement_timeout),
+            conninfo=self.conninfo, connect_timeout=10,
         )
         async with conn:
             await conn.execute(f"LISTEN {CHANNEL}")
             log.debug("listening on channel %s", CHANNEL)
             self._wake_all()
             self.listening.set()
-            async for note in conn.notifies():
-                wakeup = self.wakeups.get(note.payload)
-                if wakeup is not None:
-                    wakeup.set()
-                    # Let the woken producer send its claim before this task waits for the
-                    # next notification: that wait is on the path from NOTIFY to claim.
-                    await anyio.lowlevel.checkpoint()
+            while True:
+                # Notifications that arrive while the connection is lent wait in psycopg's
+                # backlog: the next call yields them first.
+                async for note in conn.notifies(stop_after=1):
+                    wakeup = self.wakeups.get(note.payload)
+                    if wakeup is not None:
+                        wakeup.set()
+                await self.lender.lend(conn)
 
     def _wake_all(self) -> None:
         for wakeup in self.wakeups.values():

@@ -41,6 +41,7 @@ from taskd.queue.changed import Changed
 from taskd.queue.completer import Completer
 from taskd.queue.gate import ClaimGate
 from taskd.queue.models import ClaimedSubtask, Outcome
+from taskd.queue.notifier import ListenLender
 from taskd.queue.running import RunningSet, RunningSubtask
 from taskd.queue.store import Store
 from taskd.queue.wakeup import Wakeup
@@ -76,6 +77,7 @@ class Producer:
         refill_delay: float = 0.005,
         idle_worker_seconds: float = 30.0,
         full_claim_interval: float = 1.0,
+        lender: ListenLender | None = None,
     ) -> None:
         self.queue = queue
         self.settings = settings
@@ -97,6 +99,7 @@ class Producer:
         self.refill_delay = refill_delay
         self.idle_worker_seconds = idle_worker_seconds
         self.full_claim_interval = full_claim_interval
+        self.lender = lender
         # Where the next claim resumes: the last subtask claimed (see _claim).
         self._floor: ClaimedSubtask | None = None
         self._full_claim_at = -math.inf
@@ -247,10 +250,17 @@ class Producer:
     async def _claim_batch(
         self, want: int, after: ClaimedSubtask | None
     ) -> list[ClaimedSubtask]:
-        return await self.store.claim_subtasks(
-            self.queue, self.executor_id, want, self.lease_timeout,
-            cluster_max=self.settings.cluster_max, after=after,
-        )
+        # Just after a notification: on the listening connection, if it is on offer.
+        lender = self.lender
+        conn = lender.borrow() if lender is not None else None
+        try:
+            return await self.store.claim_subtasks(
+                self.queue, self.executor_id, want, self.lease_timeout,
+                cluster_max=self.settings.cluster_max, after=after, conn=conn,
+            )
+        finally:
+            if lender is not None and conn is not None:
+                lender.give_back()
 
     def _batch_size(self) -> int:
         """The most one claim takes: the limit, up to ``batch_whole``; half the limit when

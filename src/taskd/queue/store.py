@@ -360,24 +360,37 @@ class Store:
 
     # -- plumbing ---------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def _connection(
+        self, conn: psycopg.AsyncConnection[Any] | None
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """``conn`` when given, else a connection from the pool for the block."""
+        if conn is not None:
+            yield conn
+            return
+        async with self.pool.connection() as pooled:
+            yield pooled
+
     async def fetch_as(
         self, name: str, params: dict[str, Any], row_type: type[Row],
         row_factory: BaseRowFactory[Row] | None = None, *, binary: bool = False,
+        conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> list[Row]:
         """Run the named query; return its rows as ``row_type`` (a dataclass, built from
         columns by name unless ``row_factory`` says otherwise, e.g. :func:`fields_row`).
         ``binary`` asks for the rows in PostgreSQL's binary format (see ``claim_subtasks``).
 
+        ``conn`` runs it there instead of on a pooled connection (see ``claim_subtasks``).
         For the queue package's own modules; deadlocks are retried, errors translated.
         """
         factory = row_factory or class_row(row_type)
 
         async def once() -> list[Row]:
-            async with self.pool.connection() as conn:
-                cur = conn.cursor(row_factory=factory, binary=binary)
+            async with self._connection(conn) as c:
+                cur = c.cursor(row_factory=factory, binary=binary)
                 await cur.execute(query(name), params)
                 rows: list[Row] = await cur.fetchall()
-                mark_ok(conn)
+                mark_ok(c)
                 return rows
 
         try:
@@ -446,6 +459,7 @@ class Store:
         cluster_max: int | None = None,
         now: datetime | None = None,
         after: ClaimedSubtask | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> list[ClaimedSubtask]:
         """Claim up to ``limit`` ready subtasks of ``queue``: highest priority, then oldest;
         returned in that order.
@@ -462,6 +476,10 @@ class Store:
         last byte instead of 1.48 ms (building them: ``connection_kwargs``). With the UTC
         sessions, 2 daemons draining 200,000 noops used 1.0 us less CPU a subtask (median of
         8 alternating pairs; less in 6 of them).
+
+        ``conn``, an autocommit connection with the pool's session settings, runs the claim
+        instead of a pooled one: the producer's claim right after a notification runs on the
+        listening connection (``taskd.queue.notifier.ListenLender``).
         """
         if limit <= 0:
             return []
@@ -472,11 +490,11 @@ class Store:
                   "after_id": None if after is None else after.id}
         if cluster_max is None:
             claimed = await self.fetch_as("claim_subtasks", params, ClaimedSubtask,
-                                          _CLAIMED_ROW, binary=True)
+                                          _CLAIMED_ROW, binary=True, conn=conn)
         else:
-            async with translated_errors(), self.pool.connection() as conn, conn.transaction():
-                await conn.execute(query("lock_queue_claims"), params)
-                cur = conn.cursor(row_factory=_CLAIMED_ROW, binary=True)
+            async with translated_errors(), self._connection(conn) as c, c.transaction():
+                await c.execute(query("lock_queue_claims"), params)
+                cur = c.cursor(row_factory=_CLAIMED_ROW, binary=True)
                 await cur.execute(query("claim_subtasks"), params)
                 claimed = await cur.fetchall()
         return claimed

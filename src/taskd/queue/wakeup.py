@@ -16,6 +16,11 @@ class Wakeup:
         self.sets += 1
         self._event.set()
 
+    @property
+    def waiting(self) -> int:
+        """Tasks waiting for it now."""
+        return self._event.statistics().tasks_waiting
+
     async def wait(self, within: float) -> bool:
         """Wait until set or ``within`` seconds pass; return whether it was set. Resets it."""
         with anyio.move_on_after(within):

@@ -1,0 +1,143 @@
+"""The notifier against a real server: wake-ups, and the listening connection lent for a claim."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import psycopg
+import pytest
+
+from taskd.queue.notifier import ListenLender, Notifier
+from taskd.queue.wakeup import Wakeup
+from tests.factories import wait_until
+
+pytestmark = pytest.mark.anyio
+
+APP = "taskd-listen notifier-test"
+
+
+@dataclass
+class Listening:
+    notifier: Notifier
+    wakeups: dict[str, Wakeup]
+
+
+@pytest.fixture
+async def listening(database_url: str) -> AsyncIterator[Listening]:
+    wakeups = {"standard": Wakeup(), "other": Wakeup()}
+    notifier = Notifier(database_url, wakeups, application_name=APP)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(notifier.run)
+        with anyio.fail_after(10):
+            await notifier.listening.wait()
+        for wakeup in wakeups.values():  # the wake-all of a new LISTEN
+            await wakeup.wait(0)
+        yield Listening(notifier, wakeups)
+        notifier.lender.give_back()  # should a test fail with it lent: the notifier waits for it
+        tg.cancel_scope.cancel()
+
+
+async def notify(conn: Any, queue: str) -> None:
+    await conn.execute("SELECT pg_notify('taskd', %s)", (queue,))
+
+
+async def application_name(conn: psycopg.AsyncConnection[Any]) -> str:
+    cur = await conn.execute(
+        "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+    row = await cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def lent_after_notify(
+    conn: Any, queue: str, wakeup: Wakeup, lender: ListenLender
+) -> psycopg.AsyncConnection[Any] | None:
+    """What a producer does: wait for its queue's wake-up, then take the connection for its
+    claim. Returns what it got once the queue was notified."""
+    borrowed: list[psycopg.AsyncConnection[Any] | None] = []
+
+    async def producer() -> None:
+        assert await wakeup.wait(10), "not woken"
+        borrowed.append(lender.borrow())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        await wait_until(lambda: wakeup.waiting == 1, message="the producer waiting")
+        await notify(conn, queue)
+    return borrowed[0]
+
+
+async def test_the_connection_that_delivered_a_wake_up_is_lent_to_one_claim(
+    listening: Listening, conn: Any
+) -> None:
+    lender = listening.notifier.lender
+    wakeup = listening.wakeups["standard"]
+    lent = await lent_after_notify(conn, "standard", wakeup, lender)
+    assert lent is not None
+    assert lender.borrow() is None  # one claim at a time
+    # The listening connection, with the pooled connections' session settings.
+    assert await application_name(lent) == APP
+    cur = await lent.execute("SHOW TimeZone")
+    assert await cur.fetchone() == ("UTC",)
+    lender.give_back()
+    # Listening again: the next notification wakes its queue.
+    await notify(conn, "standard")
+    assert await wakeup.wait(10)
+
+
+async def test_an_offer_no_producer_takes_is_withdrawn_and_listening_goes_on(
+    listening: Listening, conn: Any
+) -> None:
+    wakeup = listening.wakeups["standard"]
+    before = wakeup.sets
+    await notify(conn, "standard")
+    await wait_until(lambda: wakeup.sets == before + 1, message="woken")
+    await anyio.lowlevel.checkpoint()  # the notifier withdraws the offer no one took
+    assert listening.notifier.lender.borrow() is None
+    await notify(conn, "standard")
+    await wait_until(lambda: wakeup.sets == before + 2, message="woken again")
+
+
+@pytest.mark.parametrize("used", [True, False], ids=["used-while-lent", "idle-while-lent"])
+async def test_notifications_that_arrive_while_the_connection_is_lent_are_not_lost(
+    listening: Listening, conn: Any, used: bool
+) -> None:
+    lender = listening.notifier.lender
+    standard, other = listening.wakeups["standard"], listening.wakeups["other"]
+    lent = await lent_after_notify(conn, "standard", standard, lender)
+    assert lent is not None
+    before = other.sets
+    await notify(conn, "other")
+    await notify(conn, "other")
+    if used:  # a claim on it reads the notifications that came meanwhile
+        await lent.execute("SELECT 1")
+    with anyio.move_on_after(0.2):
+        await other.wait(10)
+    assert other.sets == before  # not while lent: the notifier is not listening
+    lender.give_back()
+    assert await other.wait(10)
+
+
+async def test_shutdown_waits_for_a_lent_connection_to_come_back(
+    database_url: str, conn: Any
+) -> None:
+    wakeup = Wakeup()
+    notifier = Notifier(database_url, {"standard": wakeup}, application_name=APP)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(notifier.run)
+            await notifier.listening.wait()
+            await wakeup.wait(0)
+            lent = await lent_after_notify(conn, "standard", wakeup, notifier.lender)
+            assert lent is not None
+            tg.cancel_scope.cancel()  # shutdown, with a claim in flight on the connection
+            with anyio.CancelScope(shield=True):  # the claim, which the producer shields
+                await anyio.sleep(0.05)
+                # Still open under the claim: closing it would lose the claim's rows.
+                assert await application_name(lent) == APP
+                notifier.lender.give_back()
+    assert lent.closed
