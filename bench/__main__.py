@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench import http_clients, peers, taskd_workloads
+from bench import http_clients, peers, targets, taskd_workloads
 from bench.common import print_table, temp_database, write_json
 
 
@@ -43,7 +43,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         row["taskd_p99_vs_this"] = mine["p99_ms"] / row["p99_ms"]
     print_table(f"latency at {args.rate:g}/s ({args.repeat} round(s); ratios within each round)",
                 lat)
-    return {"n": args.n, "throughput": tp, "latency": lat}
+    met = targets.summary(tp, lat)
+    print_table("issue 8's targets: taskd / peer in each round", met)
+    return {"n": args.n, "throughput": tp, "latency": lat, "targets": met}
 
 
 def ceiling(args: argparse.Namespace) -> dict[str, Any]:

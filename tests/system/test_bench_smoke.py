@@ -5,11 +5,13 @@ These time nothing and assert no speed: only that every workload runs and counts
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import time
 
 import pytest
 from bench import common, http_clients, peers, taskd_workloads
+from bench.__main__ import compare
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -72,6 +74,16 @@ def test_bare_loops() -> None:
 def test_pgqueuer() -> None:
     assert peers.pgqueuer_throughput(50, 1, 10)["n"] == 50
     assert peers.pgqueuer_latency(rate=20, seconds=0.3)["n"] == 6
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pgqueuer") is None, reason="bench extra")
+def test_peers_ends_with_the_targets_round_by_round() -> None:
+    args = argparse.Namespace(n=60, concurrency=20, procrastinate_n=0, rate=20.0, seconds=0.3,
+                              repeat=1)
+    summary = compare(args)["targets"]
+    assert len(summary) == 5
+    # Every target found both of its systems in the round.
+    assert all(row["met"].endswith("of 1") for row in summary), summary
 
 
 @pytest.mark.skipif(importlib.util.find_spec("procrastinate") is None, reason="bench extra")
