@@ -122,22 +122,36 @@ async def test_notifications_that_arrive_while_the_connection_is_lent_are_not_lo
     assert await other.wait(10)
 
 
+@pytest.mark.parametrize("when", ["while lent", "as it is offered"])
 async def test_shutdown_waits_for_a_lent_connection_to_come_back(
-    database_url: str, conn: Any
+    database_url: str, conn: Any, when: str
 ) -> None:
     wakeup = Wakeup()
     notifier = Notifier(database_url, {"standard": wakeup}, application_name=APP)
+    lent: list[psycopg.AsyncConnection[Any]] = []
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
+
+            async def producer() -> None:
+                assert await wakeup.wait(10)
+                borrowed = notifier.lender.borrow()
+                assert borrowed is not None
+                lent.append(borrowed)
+                with anyio.CancelScope(shield=True):  # the claim, which the producer shields
+                    if when == "while lent":
+                        await anyio.lowlevel.checkpoint()  # the notifier waits for it back
+                    # Shutdown (here before the notifier has gone on from its offer, or after).
+                    tg.cancel_scope.cancel()
+                    await anyio.sleep(0.05)
+                    # Still open under the claim: closing it would lose the claim's rows.
+                    assert await application_name(borrowed) == APP
+                    notifier.lender.give_back()
+
             tg.start_soon(notifier.run)
             await notifier.listening.wait()
             await wakeup.wait(0)
-            lent = await lent_after_notify(conn, "standard", wakeup, notifier.lender)
-            assert lent is not None
-            tg.cancel_scope.cancel()  # shutdown, with a claim in flight on the connection
-            with anyio.CancelScope(shield=True):  # the claim, which the producer shields
-                await anyio.sleep(0.05)
-                # Still open under the claim: closing it would lose the claim's rows.
-                assert await application_name(lent) == APP
-                notifier.lender.give_back()
-    assert lent.closed
+            tg.start_soon(producer)
+            await wait_until(lambda: wakeup.waiting == 1, message="the producer waiting")
+            await notify(conn, "standard")
+            await anyio.sleep_forever()  # until the producer's shutdown
+    assert lent[0].closed

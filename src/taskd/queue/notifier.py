@@ -18,7 +18,7 @@ import anyio
 import anyio.lowlevel
 import psycopg
 
-from taskd.queue.store import connection_kwargs
+from taskd.queue.store import STATEMENT_TIMEOUT, connection_kwargs
 from taskd.queue.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -56,15 +56,17 @@ class ListenLender:
         """Offer ``conn`` to the producers just woken; return once it is back, or at once if
         none took it before their next wait."""
         self._offered, self._returned = conn, None
-        # The woken producers run up to their claim before this task goes on.
-        await anyio.lowlevel.checkpoint()
-        self._offered = None
-        returned = self._returned
-        if returned is not None:
-            # A claim in flight on it: closing it under the claim would lose the claim's rows.
-            with anyio.CancelScope(shield=True):
-                await returned.wait()
-            self._returned = None
+        try:
+            # The woken producers run up to their claim before this task goes on.
+            await anyio.lowlevel.checkpoint()
+        finally:  # cancelled there too (shutdown): a producer may have taken it meanwhile
+            self._offered = None
+            returned = self._returned
+            if returned is not None:
+                # A claim in flight on it: closing it under the claim would lose its rows.
+                with anyio.CancelScope(shield=True):
+                    await returned.wait()
+                self._returned = None
 
 
 class Notifier:
@@ -78,7 +80,7 @@ class Notifier:
         application_name: str = "taskd-listen",
         max_backoff: float = 5.0,
         lender: ListenLender | None = None,
-        statement_timeout: float | None = 30.0,
+        statement_timeout: float | None = STATEMENT_TIMEOUT,
     ) -> None:
         self.conninfo = conninfo
         self.wakeups = wakeups

@@ -99,6 +99,8 @@ def _outcome_json(o: Outcome) -> str:
 
 
 CONFLICT_TRIES = 5
+# Seconds: every statement of the daemon's sessions (the pool's and the LISTEN connection's).
+STATEMENT_TIMEOUT = 30.0
 
 
 async def _retrying_conflicts(once: Callable[[], Awaitable[Row]]) -> Row:
@@ -313,7 +315,7 @@ class Store:
         min_size: int = 1,
         max_size: int = 4,
         application_name: str = "taskd",
-        statement_timeout: float | None = 30.0,
+        statement_timeout: float | None = STATEMENT_TIMEOUT,
         check_schema: bool = True,
         connect_timeout: float = 10.0,
         checkout_timeout: float = 10.0,
