@@ -33,7 +33,7 @@ from taskd.queue.completer import Completer
 from taskd.queue.gate import ClaimGate
 from taskd.queue.heartbeat import Heartbeat
 from taskd.queue.models import ExecutorInfo
-from taskd.queue.notifier import ListenLender, Notifier
+from taskd.queue.notifier import Notifier
 from taskd.queue.producer import Producer
 from taskd.queue.rescuer import Rescuer
 from taskd.queue.running import RunningSet
@@ -131,12 +131,11 @@ class Daemon:
                     self.health, interval=s.heartbeat_interval, lease_timeout=s.lease_timeout,
                 )
                 tg.start_soon(heartbeat.run)
-                lender = ListenLender() if s.listen else None
-                if s.listen:
-                    tg.start_soon(Notifier(
-                        url, self.wakeups,
-                        application_name=f"taskd-listen {s.executor_id}"[:63], lender=lender,
-                    ).run)
+                notifier = Notifier(
+                    url, self.wakeups, application_name=f"taskd-listen {s.executor_id}"[:63],
+                ) if s.listen else None
+                if notifier is not None:
+                    tg.start_soon(notifier.run)
                 tg.start_soon(completer.run)
                 tg.start_soon(Rescuer(
                     store, self.queues, self.metrics, interval=s.rescue_interval,
@@ -160,7 +159,8 @@ class Daemon:
                             self.capacities[queue], self.wakeups[queue], self.gate, completer,
                             self.running, registry, http, self.metrics,
                             lease_timeout=s.lease_timeout, poll_interval=s.poll_interval,
-                            thread_limiter=thread_limiter, lender=lender,
+                            thread_limiter=thread_limiter,
+                            lender=notifier.lender if notifier is not None else None,
                         )
                         self.producers.append(producer)
                         work.start_soon(producer.run)

@@ -79,14 +79,13 @@ class Notifier:
         *,
         application_name: str = "taskd-listen",
         max_backoff: float = 5.0,
-        lender: ListenLender | None = None,
         statement_timeout: float | None = STATEMENT_TIMEOUT,
     ) -> None:
         self.conninfo = conninfo
         self.wakeups = wakeups
         self.application_name = application_name
         self.max_backoff = max_backoff
-        self.lender = lender if lender is not None else ListenLender()
+        self.lender = ListenLender()  # the producers borrow from it (see the daemon)
         self.statement_timeout = statement_timeout
         self.listening = anyio.Event()  # set once the first LISTEN is in place (tests wait on it)
 
