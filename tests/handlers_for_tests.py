@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from taskd.errors import PermanentError
 from taskd.handlers.base import SubtaskContext
-from taskd.queue.store import check_when_idle, mark_ok
+from taskd.queue.connection import check_when_idle, mark_ok
 
 EXECUTIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS public.executions (

@@ -23,7 +23,8 @@ def default_data_dir() -> Path:
 
 
 def start_embedded(data_dir: Path | None = None) -> str:
-    """Start (or join) the embedded server and return its connection URL."""
+    """Start (or join) the embedded server and return its connection URL (not migrated:
+    :func:`taskd.queue.database.database_url` does that)."""
     try:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, containers).
@@ -45,10 +46,5 @@ def start_embedded(data_dir: Path | None = None) -> str:
             f"could not start the embedded database in {path}: {exc}"
         ) from exc
     url: str = server.get_uri()
-    from taskd.queue.migrations import migrate_blocking
-
-    for migration in migrate_blocking(url):
-        log.info("embedded database: applied migration %04d_%s", migration.version,
-                 migration.name)
     log.info("embedded PostgreSQL in %s; connect with: psql '%s'", path, url)
     return url

@@ -11,14 +11,22 @@ TaskdError
 ├── DatabaseError             any other failure reported by PostgreSQL
 │   └── DatabaseUnavailable   the server cannot be reached or the connection broke
 ├── LeaseLost                 this executor no longer holds the subtask's lease
-└── HandlerError              raised by handlers to steer what happens to a subtask
-    ├── PermanentError        fail now, do not retry
-    ├── RetryLater            retry after ``delay`` seconds, not counted as an error
-    └── HandlerTimeout        the attempt ran out of time; retried like any error
+├── HandlerError              raised by handlers to steer what happens to a subtask
+│   ├── PermanentError        fail now, do not retry
+│   ├── RetryLater            retry after ``delay`` seconds, not counted as an error
+│   └── HandlerTimeout        the attempt ran out of time; retried like any error
+├── AccountError              the caller's account does not allow the request (the API)
+│   ├── AccountNotFound       the user has no account
+│   ├── NotAMember            the account's membership is not active
+│   └── QuotaExhausted        quota_remaining is too low
+├── IdempotencyConflict       the Idempotency-Key was used for a different request
+├── TaskNotFound              no task with that id
+├── TaskFinished              the task has already ended (nothing to cancel)
+└── NothingToRetry            the task has no failed subtasks
 ```
 
 Callers match on types, never on message text. Database errors are translated in one place,
-:mod:`taskd.queue.store`, and chained with ``from``.
+:mod:`taskd.queue.connection`, and chained with ``from``.
 """
 
 from __future__ import annotations
@@ -102,3 +110,43 @@ class RetryLater(HandlerError):
 class HandlerTimeout(HandlerError, TimeoutError):
     """The attempt ran out of time (the queue's ``timeout``, or a handler's own limit such as
     lumina's ``max_polls``); the subtask is retried like after any other error."""
+
+
+class AccountError(TaskdError):
+    """The caller's account does not allow this request."""
+
+
+class AccountNotFound(AccountError):
+    """The user has no account (an admin creates it with ``PUT /v1/accounts/{user_id}``)."""
+
+
+class NotAMember(AccountError):
+    """The account exists but its membership is not active."""
+
+
+class QuotaExhausted(AccountError):
+    """The account has no quota left for this request."""
+
+
+class IdempotencyConflict(TaskdError):
+    """The Idempotency-Key already names a task created from a different request."""
+
+    def __init__(self, message: str, *, task_id: int) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskNotFound(TaskdError):
+    """No task has this id."""
+
+
+class TaskFinished(TaskdError):
+    """The task has already ended; ``status`` says how."""
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NothingToRetry(TaskdError):
+    """The task has no failed subtasks."""

@@ -8,9 +8,9 @@ import anyio
 import psycopg
 import pytest
 
+from taskd.executor.completer import Completer
 from taskd.metrics import Metrics
 from taskd.queue import Outcome
-from taskd.queue.completer import Completer
 from taskd.queue.store import Store
 from tests.factories import fetch_one, submit, wait_until
 

@@ -12,7 +12,8 @@ from typing import Any
 import anyio
 import pytest
 
-from taskd.handlers import HandlerRegistry, RunResult, run_subtask
+from taskd.executor.runner import RunResult, run_subtask
+from taskd.handlers import HandlerRegistry
 from taskd.handlers.clients import HttpClients
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings, Settings

@@ -11,7 +11,8 @@ import anyio
 import pytest
 from pydantic import SecretStr
 
-from taskd.handlers import HandlerRegistry, RunResult, SubtaskContext, run_subtask
+from taskd.executor.runner import RunResult, run_subtask
+from taskd.handlers import HandlerRegistry, SubtaskContext
 from taskd.handlers.clients import HttpClients
 from taskd.handlers.lumina import TRANSIENT_TRIES
 from taskd.queue.store import Store

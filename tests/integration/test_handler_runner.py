@@ -12,7 +12,8 @@ import anyio
 import pytest
 
 from taskd.errors import HandlerTimeout
-from taskd.handlers import HandlerRegistry, SubtaskContext, run_subtask
+from taskd.executor.runner import run_subtask
+from taskd.handlers import HandlerRegistry, SubtaskContext
 from taskd.handlers.clients import HttpClients
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings, Settings

@@ -9,12 +9,12 @@ import anyio
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from taskd.executor.capacity import Capacity
+from taskd.executor.gate import ClaimGate
+from taskd.executor.heartbeat import Heartbeat
+from taskd.executor.running import RunningSet
 from taskd.metrics import Health, Metrics
 from taskd.queue import ExecutorInfo, Store
-from taskd.queue.capacity import Capacity
-from taskd.queue.gate import ClaimGate
-from taskd.queue.heartbeat import Heartbeat
-from taskd.queue.running import RunningSet
 from tests.factories import fetch_one, submit, wait_until
 from tests.system.proxy import CuttableProxy
 

@@ -11,10 +11,10 @@ import anyio
 import psycopg
 import pytest
 
+from taskd.executor.stats import StatsCollector
 from taskd.metrics import Metrics
-from taskd.metrics.stats import StatsCollector
-from taskd.queue.models import Outcome
 from taskd.queue.store import Store
+from taskd.types import Outcome
 from tests import factories
 from tests.factories import wait_until
 from tests.integration.test_status import arrange_cluster
@@ -78,7 +78,7 @@ async def test_run_logs_database_errors_and_carries_on(
                                pending_timeouts={"standard": 600.0})
     # The stats query fails while its table is missing, then works again.
     await conn.execute("ALTER TABLE taskd.executors RENAME TO executors_away")
-    caplog.set_level(logging.WARNING, logger="taskd.metrics.stats")
+    caplog.set_level(logging.WARNING, logger="taskd.executor.stats")
     async with anyio.create_task_group() as tg:
         tg.start_soon(collector.run)
         await wait_until(

@@ -11,8 +11,8 @@ import anyio.lowlevel
 import psycopg
 import pytest
 
-from taskd.queue.notifier import ListenLender, Notifier
-from taskd.queue.wakeup import Wakeup
+from taskd.executor.notifier import ListenLender, Notifier
+from taskd.executor.wakeup import Wakeup
 from tests.factories import wait_until
 
 pytestmark = pytest.mark.anyio

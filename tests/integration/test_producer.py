@@ -10,18 +10,18 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from taskd.executor.capacity import Capacity
+from taskd.executor.completer import Completer
+from taskd.executor.gate import ClaimGate
+from taskd.executor.notifier import Notifier
+from taskd.executor.producer import Producer
+from taskd.executor.running import RunningSet
+from taskd.executor.wakeup import Wakeup
 from taskd.handlers.base import SubtaskContext
 from taskd.handlers.clients import http_clients
 from taskd.handlers.registry import HandlerRegistry
 from taskd.metrics import Metrics
-from taskd.queue.capacity import Capacity
-from taskd.queue.completer import Completer
-from taskd.queue.gate import ClaimGate
-from taskd.queue.notifier import Notifier
-from taskd.queue.producer import Producer
-from taskd.queue.running import RunningSet
 from taskd.queue.store import Store
-from taskd.queue.wakeup import Wakeup
 from taskd.settings import QueueSettings, Settings
 from tests.factories import fetch_one, submit, wait_until
 

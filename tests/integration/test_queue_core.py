@@ -11,10 +11,11 @@ import pytest
 from psycopg import sql
 
 from taskd.errors import DatabaseError
-from taskd.handlers.runner import result_json
+from taskd.executor.runner import result_json
 from taskd.queue import ErrorOccurrence, ExecutorInfo, Outcome, Store
+from taskd.queue.connection import connection_kwargs
 from taskd.queue.queries import query
-from taskd.queue.store import connection_kwargs, fields_row
+from taskd.queue.store import fields_row
 from tests.factories import CLAIM_FROM_HEAD, fetch_one, submit
 
 pytestmark = pytest.mark.anyio

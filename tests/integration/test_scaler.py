@@ -12,9 +12,9 @@ import anyio
 import pytest
 
 from taskd.errors import InvalidInput
+from taskd.executor.capacity import Capacity
 from taskd.metrics import Metrics
 from taskd.queue import ExecutorInfo, Outcome, Store, scaling
-from taskd.queue.capacity import Capacity
 from taskd.scaler import Scaler
 from taskd.settings import QueueSettings
 from tests.factories import fetch_one, insert_subtasks, submit, wait_until

@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pytest
 
-from taskd.queue.models import ErrorOccurrence, ExecutorInfo, Outcome
 from taskd.queue.status import (
     list_errors,
     list_tasks,
@@ -15,6 +14,7 @@ from taskd.queue.status import (
     subtask_counts,
 )
 from taskd.queue.store import Store
+from taskd.types import ErrorOccurrence, ExecutorInfo, Outcome
 from tests import factories
 
 pytestmark = pytest.mark.anyio

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from taskd.queue import Store, migrations
-from taskd.queue.api import ApiStore, NewTask
+from taskd.queue.accounts import ApiStore, NewTask
 from tests.system.chaos_support import (
     AUDIT,
     OwnedPostgres,

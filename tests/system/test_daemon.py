@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from taskd.daemon import GC_THRESHOLDS
+from taskd.executor.daemon import GC_THRESHOLDS
 from taskd.queue import Store
 from tests.system.daemons import (
     create_executions_table,

@@ -15,8 +15,8 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from taskd.queue.models import Outcome
 from taskd.queue.store import Store
+from taskd.types import Outcome
 from tests import factories
 from tests.integration.test_status import DEAD_AFTER, arrange_cluster
 

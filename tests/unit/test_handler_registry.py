@@ -9,9 +9,9 @@ from importlib.metadata import EntryPoint
 import pytest
 
 from taskd.errors import ConfigError, PermanentError
+from taskd.executor.runner import backoff_delay, error_text, result_json
 from taskd.handlers import ENTRY_POINT_GROUP, HandlerRegistry
 from taskd.handlers.registry import import_path
-from taskd.handlers.runner import backoff_delay, error_text, result_json
 from taskd.settings import Settings
 
 

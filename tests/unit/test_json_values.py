@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from taskd.handlers.runner import result_json
-from taskd.queue.jsonload import UnreadableJSON, tolerant_loads
+from taskd.executor.runner import result_json
+from taskd.queue.jsonload import tolerant_loads
+from taskd.types import UnreadableJSON
 
 
 @pytest.mark.parametrize("result", [

@@ -32,7 +32,7 @@ def test_an_empty_password_stays_copyable() -> None:
 
 def test_json_lines_carry_extras_and_no_password() -> None:
     record = logging.makeLogRecord({
-        "name": "taskd.daemon", "levelname": "INFO", "levelno": 20,
+        "name": "taskd.executor.daemon", "levelname": "INFO", "levelno": 20,
         "msg": "starting %s", "args": ("postgresql://u:pw123@h/db",), "queue": "standard",
     })
     event = json.loads(JsonFormatter().format(record))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskd.scaler.decision import Decision, decide
+from taskd.scaler import Decision, decide
 from taskd.settings import QueueSettings
 
 # DESIGN.md's standard queue: initial 10, max 50, step 5, up every 60 s, down every 180 s.

@@ -1,4 +1,4 @@
-"""The FastAPI application: routes over :class:`taskd.queue.api.ApiStore`.
+"""The FastAPI application: routes over :class:`taskd.queue.accounts.ApiStore`.
 
 Stateless: everything it knows comes from the database, so any number may run side by side.
 """
@@ -36,21 +36,19 @@ from taskd.api.models import (
     TaskOut,
     TaskSummaryOut,
 )
-from taskd.queue.api import (
+from taskd.errors import (
     AccountNotFound,
-    ApiStore,
     IdempotencyConflict,
-    NewTask,
     NotAMember,
     NothingToRetry,
     QuotaExhausted,
-    TaskDetail,
     TaskFinished,
     TaskNotFound,
-    TaskSummary,
 )
+from taskd.queue.accounts import ApiStore, NewTask, TaskDetail
 from taskd.queue.store import Store
 from taskd.settings import Settings
+from taskd.types import Task
 
 RATE_WINDOW = 60.0
 MAX_ID = 2**63 - 1
@@ -122,13 +120,13 @@ def require_admin(caller: Principal) -> None:
         raise ApiError(403, codes.FORBIDDEN, "admin role required")
 
 
-def _progress(t: TaskSummary | TaskDetail) -> Progress:
+def _progress(t: Task | TaskDetail) -> Progress:
     finished = t.completed + t.failed + t.cancelled
     return Progress(total=t.total, completed=t.completed, failed=t.failed,
                     cancelled=t.cancelled, percent=round(100.0 * finished / t.total, 2))
 
 
-def _summary(t: TaskSummary) -> TaskSummaryOut:
+def _summary(t: Task) -> TaskSummaryOut:
     return TaskSummaryOut(
         id=t.id, name=t.name, kind=t.kind, queue=t.queue, status=t.status,
         priority=t.priority, user_id=t.user_id, params=t.params, progress=_progress(t),

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from taskd.errors import InvalidInput
-from taskd.queue.api import MAX_QUOTA
-from taskd.queue.store import MAX_SUBTASKS
+from taskd.queue.accounts import MAX_QUOTA
+from taskd.queue.submission import MAX_SUBTASKS
 from taskd.settings import QUEUE_NAME_PATTERN
 
 VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"

@@ -21,7 +21,7 @@ import uvicorn
 from taskd import systemd
 from taskd.api.app import create_app
 from taskd.api.auth import TokenVerifier
-from taskd.database import database_url as resolve_database_url
+from taskd.queue.database import database_url as resolve_database_url
 from taskd.queue.store import Store
 from taskd.settings import Settings, parse_addr
 

@@ -12,7 +12,6 @@ import anyio
 import typer
 from rich.console import Console
 
-from taskd.database import database_url
 from taskd.errors import (
     ConfigError,
     DatabaseUnavailable,
@@ -20,6 +19,7 @@ from taskd.errors import (
     SchemaError,
     TaskdError,
 )
+from taskd.queue.database import database_url
 from taskd.queue.store import Store
 from taskd.settings import Settings, load_settings
 

@@ -6,9 +6,9 @@ import psycopg
 import typer
 
 from taskd.cli.app import app, err_console, run_async, settings_of
-from taskd.database import database_url
 from taskd.queue import migrations
-from taskd.queue.store import translated_errors
+from taskd.queue.connection import translated_errors
+from taskd.queue.database import database_url
 
 
 @app.command()

@@ -23,7 +23,7 @@ def run(ctx: typer.Context) -> None:
     """
     settings = settings_of(ctx)
     configure_logging(settings)
-    from taskd.daemon import Daemon
+    from taskd.executor.daemon import Daemon
 
     code = run_async(Daemon(settings, own_process=True).run)
     sys.exit(code)

@@ -18,8 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from taskd.cli.app import app, err_console, run_async, settings_of
-from taskd.database import database_url
 from taskd.errors import DatabaseError
+from taskd.queue.database import database_url
 from taskd.queue.status import ErrorRow, StatusReport, list_errors, read_status
 from taskd.queue.store import Store
 from taskd.settings import Settings

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from taskd.cli.app import app, run_async, settings_of
 from taskd.cli.status import open_store
-from taskd.queue.models import Subtask, Task
 from taskd.queue.status import list_tasks, subtask_counts
+from taskd.types import Subtask, Task
 
 tasks_app = typer.Typer(
     name="tasks", help="List, show, retry and cancel tasks.", no_args_is_help=True,

@@ -18,8 +18,8 @@ import anyio
 import httpx
 
 from taskd.errors import LeaseLost
-from taskd.queue.models import JSON, ClaimedSubtask
 from taskd.settings import QueueSettings
+from taskd.types import JSON, ClaimedSubtask
 
 AsyncHandler = Callable[["SubtaskContext"], Awaitable[JSON]]
 SyncHandler = Callable[["SubtaskContext"], JSON]

@@ -24,7 +24,7 @@ import httpx
 
 from taskd.errors import HandlerError, PermanentError, RetryLater
 from taskd.handlers.base import SubtaskContext
-from taskd.queue.models import JSON
+from taskd.types import JSON
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 CONTROL_KEYS = ("url", "method", "body", "headers", "timeout")

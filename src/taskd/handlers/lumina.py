@@ -38,8 +38,8 @@ import anyio
 
 from taskd.errors import HandlerError, HandlerTimeout, PermanentError
 from taskd.handlers.base import SubtaskContext
-from taskd.queue.models import JSON
 from taskd.retries import retry_after_failure
+from taskd.types import JSON
 
 TRANSIENT_TRIES = 4
 TRANSIENT_WAIT_MAX = 2.0

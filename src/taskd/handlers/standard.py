@@ -13,7 +13,7 @@ import anyio
 
 from taskd.errors import HandlerError, PermanentError, RetryLater
 from taskd.handlers.base import SubtaskContext
-from taskd.queue.models import JSON
+from taskd.types import JSON
 
 # One day: a sleep longer than that is a mistake in the payload, not a test.
 MAX_SLEEP_MS = 86_400_000

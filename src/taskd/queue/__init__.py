@@ -1,12 +1,19 @@
-"""The queue core: the only package that executes SQL.
+"""The lease-based PostgreSQL queue: the only package that executes SQL.
 
-:class:`Store` offers one typed method per named query; :mod:`taskd.queue.migrations` applies
-the schema. The daemon's components (producer, completer, rescuer, heartbeat, notifier) live
-here too, each in its own module.
+:class:`Store` offers one typed method per named query (``queries/*.sql``); beside it,
+:mod:`~taskd.queue.accounts` (the API's accounts and quota), :mod:`~taskd.queue.status`
+(operators' views), :mod:`~taskd.queue.scaling` (the scaler's queries),
+:mod:`~taskd.queue.listener` (LISTEN for wake-ups), :mod:`~taskd.queue.migrations` (the schema),
+:mod:`~taskd.queue.connection` (session settings, error translation) and
+:mod:`~taskd.queue.submission` (the rules a submission keeps). The daemon that runs the queue
+is :mod:`taskd.executor`.
 """
 
+from taskd.queue.connection import translated_errors
 from taskd.queue.migrations import check_schema, latest_version, migrate
-from taskd.queue.models import (
+from taskd.queue.store import Store
+from taskd.queue.submission import validate_submission
+from taskd.types import (
     ClaimedSubtask,
     ErrorOccurrence,
     ExecutorInfo,
@@ -14,7 +21,6 @@ from taskd.queue.models import (
     Subtask,
     Task,
 )
-from taskd.queue.store import Store, translated_errors, validate_submission
 
 __all__ = [
     "ClaimedSubtask",

@@ -8,19 +8,12 @@ it fails on its own, permanently, instead of the claim that fetched it crashing 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg.types.json import set_json_loads
 
-
-@dataclass(frozen=True, slots=True)
-class UnreadableJSON:
-    """Stands for a JSON value that could not be decoded; ``reason`` says why."""
-
-    reason: str
-
+from taskd.types import UnreadableJSON
 
 _DECODER = json.JSONDecoder()
 

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from taskd.queue.models import Task
 from taskd.queue.store import Store
+from taskd.types import Task
 
 # Bump only for an incompatible change of the JSON shape; adding fields keeps it.
 STATUS_FORMAT = 1

@@ -8,32 +8,32 @@ tests need to move in time take ``now`` (None means the database's ``now()``).
 from __future__ import annotations
 
 import json
-import os
-import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
-from weakref import WeakKeyDictionary
 
 import psycopg
-from psycopg import errors as pgerrors
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import BaseRowFactory, class_row, dict_row, scalar_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from taskd.errors import (
-    DatabaseError,
-    DatabaseUnavailable,
-    InvalidInput,
-    SchemaMissing,
-    TaskdError,
-)
+from taskd.errors import DatabaseUnavailable
 from taskd.queue import migrations
+from taskd.queue.connection import (
+    STATEMENT_TIMEOUT,
+    check_when_idle,
+    connection_kwargs,
+    mark_ok,
+    retrying_conflicts,
+    translate_error,
+    translated_errors,
+    why_unreachable,
+)
 from taskd.queue.jsonload import configure_connection
-from taskd.queue.models import (
+from taskd.queue.queries import query
+from taskd.queue.submission import DEFAULT_MAX_PAYLOAD_BYTES, validate_submission
+from taskd.types import (
     JSON,
     ClaimedSubtask,
     ErrorOccurrence,
@@ -43,18 +43,10 @@ from taskd.queue.models import (
     Subtask,
     Task,
 )
-from taskd.queue.queries import query
-from taskd.retries import retry_after_failure
 
-QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-KIND_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
-MAX_SUBTASKS = 100_000
 MAX_ERROR_MESSAGE = 500
-DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
 Row = TypeVar("Row")
-
-_CONFLICTS = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.LockNotAvailable)
 
 
 def fields_row(cls: type[Row]) -> BaseRowFactory[Row]:
@@ -96,209 +88,6 @@ def _outcome_json(o: Outcome) -> str:
     if o.outcome == "retry" or o.outcome == "snooze":  # NULL would be a NULL run_after
         head += ',"delay":' + _OUTCOME_ENCODER.encode(float(o.delay))
     return head + "}"
-
-
-CONFLICT_TRIES = 5
-# Seconds: every statement of the daemon's sessions (the pool's and the LISTEN connection's).
-STATEMENT_TIMEOUT = 30.0
-
-
-async def _retrying_conflicts(once: Callable[[], Awaitable[Row]]) -> Row:
-    """``once()``, tried again (up to 5 tries in all, with backoff) after a deadlock, a
-    serialization failure or a lock timeout: each rolled its statement back whole, so trying
-    again is safe."""
-    return await retry_after_failure(
-        once, lambda exc: isinstance(exc, _CONFLICTS),
-        tries=CONFLICT_TRIES, wait_base=0.01, wait_max=0.5,
-    )
-
-
-def translate_error(exc: psycopg.Error) -> TaskdError:
-    """Map a psycopg error to taskd's tree (the caller raises it ``from exc``)."""
-    message = exc.diag.message_primary or str(exc) or type(exc).__name__
-    if isinstance(exc, psycopg.OperationalError):
-        return DatabaseUnavailable(f"database unavailable: {message}")
-    if isinstance(exc, (psycopg.DataError, pgerrors.CheckViolation)):
-        return InvalidInput(message.removeprefix("taskd: "))
-    if isinstance(exc, (pgerrors.UndefinedTable, pgerrors.UndefinedFunction,
-                        pgerrors.InvalidSchemaName)):
-        return SchemaMissing(f"{message}: run `taskd migrate`")
-    if isinstance(exc, psycopg.InterfaceError):
-        return DatabaseUnavailable(f"database connection unusable: {message}")
-    return DatabaseError(f"{type(exc).__name__}: {message}")
-
-
-@asynccontextmanager
-async def translated_errors() -> AsyncIterator[None]:
-    """Re-raise psycopg errors as taskd errors."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise translate_error(exc) from exc
-
-
-def connection_kwargs(
-    conninfo: str, application_name: str, statement_timeout: float | None
-) -> dict[str, Any]:
-    """Keyword arguments for every pooled taskd connection.
-
-    Plans are always custom: psycopg prepares a statement on its fifth run, and PostgreSQL's
-    generic plan for an id array of unknown length joined the outcomes in a nested loop
-    (quadratic in the batch: 10.8 ms instead of 3.3 ms for 250 outcomes). Planning each run
-    costs ~0.2 ms a batch.
-
-    Timestamps come back in UTC whatever the server's TimeZone: psycopg builds them with
-    ``datetime.timezone.utc`` then, not a ``zoneinfo`` conversion per value (building a
-    1,000-row claim's rows: 2.73 ms with TimeZone 'Etc/UTC', 1.39 ms with 'UTC', 1.30 ms in
-    binary). Options already in the connection string or PGOPTIONS are kept (a TimeZone
-    there wins).
-    """
-    given = conninfo_to_dict(conninfo).get("options") or os.environ.get("PGOPTIONS", "")
-    options = ["-c TimeZone=UTC", str(given), "-c plan_cache_mode=force_custom_plan"]
-    if statement_timeout:
-        options.append(f"-c statement_timeout={int(statement_timeout * 1000)}")
-    return {"autocommit": True, "application_name": application_name,
-            "options": " ".join(o for o in options if o)}
-
-
-def _dumps(value: Any, what: str) -> str:
-    try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidInput(f"{what} is not JSON-serialisable: {exc}", field=what) from exc
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
-def validate_submission(
-    queue: str,
-    kind: str,
-    payloads: Sequence[Any],
-    *,
-    name: str,
-    priority: int,
-    params: Any,
-    user_id: str | None,
-    max_attempts: int,
-    delay: float,
-    max_payload_bytes: int,
-) -> tuple[str, str]:
-    """Check a submission against the documented rules; return (payloads, params) as JSON.
-
-    Raises :class:`InvalidInput` naming the field. ``taskd.submit_task`` repeats these checks
-    for SQL clients; doing them here gives a precise message without a round trip.
-    """
-    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
-        raise InvalidInput(
-            f"queue {queue!r} is not a valid queue name (^[a-z][a-z0-9_-]{{0,62}}$)",
-            field="queue",
-        )
-    if not isinstance(kind, str) or not KIND_NAME.match(kind):
-        raise InvalidInput(
-            f"kind {kind!r} is not a valid kind (letters, digits, _ . : -, at most 200)",
-            field="kind",
-        )
-    if isinstance(priority, bool) or not isinstance(priority, int) or not (
-        -1000 <= priority <= 1000
-    ):
-        raise InvalidInput(f"priority {priority!r} is outside -1000..1000", field="priority")
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not (
-        1 <= max_attempts <= 1000
-    ):
-        raise InvalidInput(f"max_attempts {max_attempts!r} is outside 1..1000",
-                           field="max_attempts")
-    if not isinstance(delay, (int, float)) or not (0 <= delay <= 10 * 365 * 86400):
-        raise InvalidInput(f"delay {delay!r} must be 0 or more seconds", field="delay")
-    for label, text in (("name", name), ("user_id", user_id)):
-        if text is not None and (not isinstance(text, str) or "\x00" in text):
-            raise InvalidInput(f"{label} must be text without NUL characters", field=label)
-        if text is not None and not _encodes(text):
-            # Lone surrogates: argv or JSON bytes that were not UTF-8.
-            raise InvalidInput(f"{label} must be valid UTF-8 text", field=label)
-    if not isinstance(params, dict):
-        raise InvalidInput("params must be a JSON object", field="params")
-    if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Sequence):
-        raise InvalidInput("payloads must be a list of JSON objects", field="payloads")
-    if not payloads:
-        raise InvalidInput("a task needs at least one subtask (payloads is empty)",
-                           field="payloads")
-    if len(payloads) > MAX_SUBTASKS:
-        raise InvalidInput(f"payloads holds {len(payloads)} subtasks; at most {MAX_SUBTASKS}",
-                           field="payloads")
-    for index, payload in enumerate(payloads):
-        if not isinstance(payload, dict):
-            raise InvalidInput(f"payloads[{index}] is not a JSON object",
-                               field=f"payloads[{index}]")
-    params_json = _dumps(params, "params")
-    payloads_json = _dumps(list(payloads), "payloads")
-    # json.dumps escapes NUL as \u0000; only then is the slower exact walk needed.
-    if "\\u0000" in payloads_json or "\\u0000" in params_json:
-        for index, payload in enumerate(payloads):
-            if _has_nul(payload):
-                raise InvalidInput(f"payloads[{index}] contains a NUL character",
-                                   field=f"payloads[{index}]")
-        if _has_nul(params):
-            raise InvalidInput("params contains a NUL character", field="params")
-    # Cheap bound first: only a large total can hold one payload over the limit.
-    if len(payloads_json) > max_payload_bytes:
-        for index, payload in enumerate(payloads):
-            size = len(_dumps(payload, f"payloads[{index}]").encode())
-            if size > max_payload_bytes:
-                raise InvalidInput(
-                    f"payloads[{index}] is {size} bytes, larger than {max_payload_bytes}",
-                    field=f"payloads[{index}]",
-                )
-    return payloads_json, params_json
-
-
-async def _why_unreachable(conninfo: str, connect_timeout: float) -> DatabaseUnavailable:
-    """The pool only says it timed out; one direct attempt tells why (refused, auth, ...)."""
-    try:
-        conn = await psycopg.AsyncConnection.connect(
-            conninfo, connect_timeout=max(1, int(connect_timeout))
-        )
-    except psycopg.Error as exc:
-        return DatabaseUnavailable(f"database unavailable: {exc}".strip())
-    await conn.close()
-    return DatabaseUnavailable("database unavailable: no connection within "
-                               f"{connect_timeout:g} s")
-
-
-# A connection that finished a statement this recently is not checked on checkout: the check
-# is a round trip, as many as the hot path's own statements. One that broke meanwhile fails
-# its statement, and every caller retries or backs off on DatabaseUnavailable.
-CHECK_IDLE_AFTER = 2.0
-_last_ok: WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = WeakKeyDictionary()
-
-
-def mark_ok(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Note that a statement just succeeded on ``conn`` (see :func:`check_when_idle`)."""
-    _last_ok[conn] = time.monotonic()
-
-
-async def check_when_idle(conn: psycopg.AsyncConnection[Any]) -> None:
-    """A pool's ``check``: a round trip only for a connection not marked ok in the last
-    ``CHECK_IDLE_AFTER`` seconds (or one known broken)."""
-    last = _last_ok.get(conn)
-    if last is not None and time.monotonic() - last < CHECK_IDLE_AFTER and not conn.broken:
-        return
-    await AsyncConnectionPool.check_connection(conn)
 
 
 class Store:
@@ -343,7 +132,7 @@ class Store:
                 await pool.open(wait=True, timeout=connect_timeout)
         except DatabaseUnavailable:
             await pool.close()
-            raise await _why_unreachable(conninfo, connect_timeout) from None
+            raise await why_unreachable(conninfo, connect_timeout) from None
         except BaseException:
             await pool.close()
             raise
@@ -396,7 +185,7 @@ class Store:
                 return rows
 
         try:
-            return await _retrying_conflicts(once)
+            return await retrying_conflicts(once)
         except psycopg.Error as exc:
             raise translate_error(exc) from exc
 
@@ -412,7 +201,7 @@ class Store:
                 return rows
 
         try:
-            return await _retrying_conflicts(once)
+            return await retrying_conflicts(once)
         except psycopg.Error as exc:
             raise translate_error(exc) from exc
 
@@ -481,7 +270,7 @@ class Store:
 
         ``conn``, an autocommit connection with the pool's session settings, runs the claim
         instead of a pooled one: the producer's claim right after a notification runs on the
-        listening connection (``taskd.queue.notifier.ListenLender``).
+        listening connection (``taskd.executor.notifier.ListenLender``).
         """
         if limit <= 0:
             return []

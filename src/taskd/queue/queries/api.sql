@@ -1,4 +1,4 @@
--- The HTTP API's queries (taskd.queue.api). Each starts with a `-- name: <name>` header and
+-- The HTTP API's queries (taskd.queue.accounts). Each starts with a `-- name: <name>` header and
 -- takes named, bound parameters. Names start with api_ so they cannot collide with the core's.
 
 -- name: api_lock_idempotency_key

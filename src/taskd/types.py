@@ -1,4 +1,8 @@
-"""Typed rows that the queue package returns."""
+"""The row types that storage, the executor and handlers share.
+
+This module imports nothing else of taskd (River's ``rivertype``): a handler author imports
+:class:`ClaimedSubtask` or ``JSON`` from here without pulling in psycopg.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ class Outcome(NamedTuple):
     """What became of one attempt, for :meth:`Store.record_outcomes`.
 
     ``result_json`` is the handler's result as JSON text, already encoded and checked by the
-    runner (:func:`taskd.handlers.runner.result_json`): the store splices it into the batch
+    runner (:func:`taskd.executor.runner.result_json`): the store splices it into the batch
     as it is, so a result is encoded once, never decoded and encoded again. None is SQL NULL.
     ``delay`` is the seconds until the retry for ``retry`` and ``snooze`` outcomes. A named
     tuple, like :class:`ClaimedSubtask`: one is built per subtask.
@@ -137,3 +141,14 @@ class RescueReport:
     deleted_subtasks: int = 0
     deleted_tasks: int = 0
     by_queue: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableJSON:
+    """Stands for a JSON value that could not be decoded; ``reason`` says why.
+
+    PostgreSQL accepts JSON nested far deeper than Python's decoder can follow: such a payload
+    or state comes back as this, and the subtask holding it fails on its own, permanently.
+    """
+
+    reason: str

@@ -22,25 +22,25 @@ from dataclasses import replace
 import anyio
 
 from taskd import __version__, systemd
-from taskd.database import database_url, redact
+from taskd.executor.capacity import Capacity
+from taskd.executor.completer import Completer
+from taskd.executor.gate import ClaimGate
+from taskd.executor.heartbeat import Heartbeat
+from taskd.executor.notifier import Notifier
+from taskd.executor.producer import Producer
+from taskd.executor.rescuer import Rescuer
+from taskd.executor.running import RunningSet
+from taskd.executor.stats import StatsCollector
+from taskd.executor.wakeup import Wakeup
 from taskd.handlers.clients import http_clients
 from taskd.handlers.registry import HandlerRegistry
 from taskd.metrics import Health, Metrics
 from taskd.metrics.server import MetricsServer
-from taskd.metrics.stats import StatsCollector
-from taskd.queue.capacity import Capacity
-from taskd.queue.completer import Completer
-from taskd.queue.gate import ClaimGate
-from taskd.queue.heartbeat import Heartbeat
-from taskd.queue.models import ExecutorInfo
-from taskd.queue.notifier import Notifier
-from taskd.queue.producer import Producer
-from taskd.queue.rescuer import Rescuer
-from taskd.queue.running import RunningSet
+from taskd.queue.database import database_url, redact
 from taskd.queue.store import Store
-from taskd.queue.wakeup import Wakeup
 from taskd.scaler.scaler import Scaler
 from taskd.settings import Settings, parse_addr
+from taskd.types import ExecutorInfo
 
 log = logging.getLogger(__name__)
 

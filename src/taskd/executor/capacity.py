@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taskd.queue.changed import Changed
+from taskd.executor.changed import Changed
 
 
 class Capacity:

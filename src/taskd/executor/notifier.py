@@ -18,12 +18,11 @@ import anyio
 import anyio.lowlevel
 import psycopg
 
-from taskd.queue.store import STATEMENT_TIMEOUT, connection_kwargs
-from taskd.queue.wakeup import Wakeup
+from taskd.executor.wakeup import Wakeup
+from taskd.queue.connection import STATEMENT_TIMEOUT
+from taskd.queue.listener import CHANNEL, open_listener
 
 log = logging.getLogger(__name__)
-
-CHANNEL = "taskd"
 
 
 class ListenLender:
@@ -102,13 +101,9 @@ class Notifier:
             backoff = min(self.max_backoff, backoff * 2)
 
     async def _listen(self) -> None:
-        # The pooled connections' session settings: a producer may claim on this one.
-        conn = await psycopg.AsyncConnection.connect(
-            **connection_kwargs(self.conninfo, self.application_name, self.statement_timeout),
-            conninfo=self.conninfo, connect_timeout=10,
-        )
+        conn = await open_listener(self.conninfo, self.application_name,
+                                   statement_timeout=self.statement_timeout)
         async with conn:
-            await conn.execute(f"LISTEN {CHANNEL}")
             log.debug("listening on channel %s", CHANNEL)
             self._wake_all()
             self.listening.set()

@@ -32,20 +32,20 @@ from typing import TYPE_CHECKING
 import anyio
 
 from taskd.errors import DatabaseError
+from taskd.executor.capacity import Capacity
+from taskd.executor.changed import Changed
+from taskd.executor.completer import Completer
+from taskd.executor.gate import ClaimGate
+from taskd.executor.notifier import ListenLender
+from taskd.executor.runner import RunResult, run_subtask, timed_out
+from taskd.executor.running import RunningSet, RunningSubtask
+from taskd.executor.wakeup import Wakeup
 from taskd.handlers.base import SubtaskContext
 from taskd.handlers.clients import HttpClients
-from taskd.handlers.runner import RunResult, run_subtask, timed_out
 from taskd.metrics import Metrics
-from taskd.queue.capacity import Capacity
-from taskd.queue.changed import Changed
-from taskd.queue.completer import Completer
-from taskd.queue.gate import ClaimGate
-from taskd.queue.models import ClaimedSubtask, Outcome
-from taskd.queue.notifier import ListenLender
-from taskd.queue.running import RunningSet, RunningSubtask
 from taskd.queue.store import Store
-from taskd.queue.wakeup import Wakeup
 from taskd.settings import QueueSettings
+from taskd.types import ClaimedSubtask, Outcome
 
 if TYPE_CHECKING:
     from taskd.handlers.registry import HandlerRegistry

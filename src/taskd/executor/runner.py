@@ -23,8 +23,7 @@ import anyio.to_thread
 from taskd.errors import HandlerTimeout, LeaseLost, PermanentError, RetryLater
 from taskd.handlers.base import RegisteredHandler, SubtaskContext
 from taskd.handlers.registry import HandlerRegistry
-from taskd.queue import ErrorOccurrence, Outcome
-from taskd.queue.jsonload import UnreadableJSON
+from taskd.types import ErrorOccurrence, Outcome, UnreadableJSON
 
 # Stack traces go to error_logs; the top frames say where, the rest is noise in a table.
 MAX_STACK_TRACE = 8000

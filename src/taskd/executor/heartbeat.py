@@ -16,12 +16,12 @@ import anyio
 
 from taskd import systemd
 from taskd.errors import DatabaseError
+from taskd.executor.capacity import Capacity
+from taskd.executor.gate import ClaimGate
+from taskd.executor.running import RunningSet
 from taskd.metrics import Health, Metrics
-from taskd.queue.capacity import Capacity
-from taskd.queue.gate import ClaimGate
-from taskd.queue.models import ExecutorInfo
-from taskd.queue.running import RunningSet
 from taskd.queue.store import Store
+from taskd.types import ExecutorInfo
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import anyio
 
 from taskd.errors import DatabaseError
 from taskd.metrics import Metrics
-from taskd.queue.models import RescueReport
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings
+from taskd.types import RescueReport
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Literal
 
 import anyio
 
-from taskd.queue.changed import Changed
-from taskd.queue.models import ClaimedSubtask
+from taskd.executor.changed import Changed
+from taskd.types import ClaimedSubtask
 
 StopReason = Literal["shutdown", "cancelled", "lease_lost"]
 
@@ -20,7 +20,7 @@ class RunningSubtask:
 
     ``scope`` is the cancel scope its handler runs in, only while it runs: the worker's,
     which runs subtasks back to back in one scope until one is cut short (see
-    :class:`taskd.queue.producer.Producer`). Stopping or expiring an entry before it runs
+    :class:`taskd.executor.producer.Producer`). Stopping or expiring an entry before it runs
     marks it, and the worker does not start its handler.
     """
 

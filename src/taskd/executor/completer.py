@@ -23,10 +23,10 @@ import anyio
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from taskd.errors import DatabaseError
+from taskd.executor.changed import Changed
 from taskd.metrics import Metrics
-from taskd.queue.changed import Changed
-from taskd.queue.models import ErrorOccurrence, Outcome
 from taskd.queue.store import Store
+from taskd.types import ErrorOccurrence, Outcome
 
 log = logging.getLogger(__name__)
 

@@ -4,16 +4,7 @@
 operation. Operations that must be atomic (create with quota, retry with quota, account
 updates) run as one transaction of named queries from ``queries/api.sql``.
 
-Errors (all :class:`taskd.errors.TaskdError`)::
-
-    AccountError
-    ├── AccountNotFound      the user has no account
-    ├── NotAMember           the account's membership is not active
-    └── QuotaExhausted       quota_remaining is too low
-    IdempotencyConflict      the Idempotency-Key was used for a different request
-    TaskNotFound             no task with that id
-    TaskFinished             the task has already ended (nothing to cancel)
-    NothingToRetry           the task has no failed subtasks
+Errors are :class:`taskd.errors.AccountError` and its kin (the tree in :mod:`taskd.errors`).
 """
 
 from __future__ import annotations
@@ -24,68 +15,26 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import errors as pgerrors
 from psycopg.rows import class_row, dict_row
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
-from taskd.errors import TaskdError
-from taskd.queue.models import JSON, SubtaskStatus, Task
-from taskd.queue.queries import query
-from taskd.queue.store import (
-    DEFAULT_MAX_PAYLOAD_BYTES,
-    Store,
-    translate_error,
-    validate_submission,
+from taskd.errors import (
+    AccountNotFound,
+    IdempotencyConflict,
+    NotAMember,
+    NothingToRetry,
+    QuotaExhausted,
+    TaskFinished,
+    TaskNotFound,
 )
+from taskd.queue.connection import retrying_conflicts, translate_error
+from taskd.queue.queries import query
+from taskd.queue.store import Store
+from taskd.queue.submission import DEFAULT_MAX_PAYLOAD_BYTES, validate_submission
+from taskd.types import JSON, SubtaskStatus, Task
 
 # One unit of quota per task, whatever its size: the product's unit is "a task request".
 TASK_QUOTA_COST = 1
 MAX_QUOTA = 2**31 - 1  # accounts.quota_remaining is an integer
-
-
-class AccountError(TaskdError):
-    """The caller's account does not allow this request."""
-
-
-class AccountNotFound(AccountError):
-    """The user has no account (an admin creates it with ``PUT /v1/accounts/{user_id}``)."""
-
-
-class NotAMember(AccountError):
-    """The account exists but its membership is not active."""
-
-
-class QuotaExhausted(AccountError):
-    """The account has no quota left for this request."""
-
-
-class IdempotencyConflict(TaskdError):
-    """The Idempotency-Key already names a task created from a different request."""
-
-    def __init__(self, message: str, *, task_id: int) -> None:
-        super().__init__(message)
-        self.task_id = task_id
-
-
-class TaskNotFound(TaskdError):
-    """No task has this id."""
-
-
-class TaskFinished(TaskdError):
-    """The task has already ended; ``status`` says how."""
-
-    def __init__(self, message: str, *, status: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class NothingToRetry(TaskdError):
-    """The task has no failed subtasks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +67,6 @@ class Account:
     quota_remaining: int
     created_at: datetime
     updated_at: datetime
-
-
-# A task as listed: the same row as the queue core's Task.
-TaskSummary = Task
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,18 +104,6 @@ Conn = psycopg.AsyncConnection[Any]
 T = TypeVar("T")
 
 
-def _conflict_retrying() -> AsyncRetrying:
-    # A deadlock or serialization failure rolled the whole transaction back: trying it again
-    # is safe. One object per call: tenacity keeps per-run state on it.
-    return AsyncRetrying(
-        retry=retry_if_exception_type(
-            (pgerrors.DeadlockDetected, pgerrors.SerializationFailure)),
-        stop=stop_after_attempt(5),
-        wait=wait_random_exponential(multiplier=0.01, max=0.5),
-        reraise=True,
-    )
-
-
 class ApiStore:
     """The API's typed queries over a :class:`Store`'s pool."""
 
@@ -185,7 +118,7 @@ class ApiStore:
                 return await work(conn)
 
         try:
-            return await _conflict_retrying()(once)
+            return await retrying_conflicts(once)
         except psycopg.Error as exc:
             raise translate_error(exc) from exc
 
@@ -338,11 +271,11 @@ class ApiStore:
         kind: str | None = None,
         before_id: int | None = None,
         limit: int = 20,
-    ) -> tuple[list[TaskSummary], int]:
+    ) -> tuple[list[Task], int]:
         """The user's tasks, newest first, after the cursor; and how many match in all."""
         params = {"user_id": user_id, "status": status, "kind": kind,
                   "before_id": before_id, "limit": limit}
-        tasks = await self.store.fetch_as("api_list_tasks", params, TaskSummary)
+        tasks = await self.store.fetch_as("api_list_tasks", params, Task)
         total = await self.store.fetch_rows("api_count_tasks", params)
         return tasks, int(total[0]["total"])
 

@@ -1,0 +1,125 @@
+"""The rules a submission must keep, checked before anything is written.
+
+``taskd.submit_task`` repeats these checks for SQL clients; checking here first gives a precise
+message naming the field without a round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from taskd.errors import InvalidInput
+
+QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+KIND_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+MAX_SUBTASKS = 100_000
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInput(f"{what} is not JSON-serialisable: {exc}", field=what) from exc
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def validate_submission(
+    queue: str,
+    kind: str,
+    payloads: Sequence[Any],
+    *,
+    name: str,
+    priority: int,
+    params: Any,
+    user_id: str | None,
+    max_attempts: int,
+    delay: float,
+    max_payload_bytes: int,
+) -> tuple[str, str]:
+    """Check a submission against the documented rules; return (payloads, params) as JSON.
+
+    Raises :class:`InvalidInput` naming the field. ``taskd.submit_task`` repeats these checks
+    for SQL clients; doing them here gives a precise message without a round trip.
+    """
+    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+        raise InvalidInput(
+            f"queue {queue!r} is not a valid queue name (^[a-z][a-z0-9_-]{{0,62}}$)",
+            field="queue",
+        )
+    if not isinstance(kind, str) or not KIND_NAME.match(kind):
+        raise InvalidInput(
+            f"kind {kind!r} is not a valid kind (letters, digits, _ . : -, at most 200)",
+            field="kind",
+        )
+    if isinstance(priority, bool) or not isinstance(priority, int) or not (
+        -1000 <= priority <= 1000
+    ):
+        raise InvalidInput(f"priority {priority!r} is outside -1000..1000", field="priority")
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not (
+        1 <= max_attempts <= 1000
+    ):
+        raise InvalidInput(f"max_attempts {max_attempts!r} is outside 1..1000",
+                           field="max_attempts")
+    if not isinstance(delay, (int, float)) or not (0 <= delay <= 10 * 365 * 86400):
+        raise InvalidInput(f"delay {delay!r} must be 0 or more seconds", field="delay")
+    for label, text in (("name", name), ("user_id", user_id)):
+        if text is not None and (not isinstance(text, str) or "\x00" in text):
+            raise InvalidInput(f"{label} must be text without NUL characters", field=label)
+        if text is not None and not _encodes(text):
+            # Lone surrogates: argv or JSON bytes that were not UTF-8.
+            raise InvalidInput(f"{label} must be valid UTF-8 text", field=label)
+    if not isinstance(params, dict):
+        raise InvalidInput("params must be a JSON object", field="params")
+    if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Sequence):
+        raise InvalidInput("payloads must be a list of JSON objects", field="payloads")
+    if not payloads:
+        raise InvalidInput("a task needs at least one subtask (payloads is empty)",
+                           field="payloads")
+    if len(payloads) > MAX_SUBTASKS:
+        raise InvalidInput(f"payloads holds {len(payloads)} subtasks; at most {MAX_SUBTASKS}",
+                           field="payloads")
+    for index, payload in enumerate(payloads):
+        if not isinstance(payload, dict):
+            raise InvalidInput(f"payloads[{index}] is not a JSON object",
+                               field=f"payloads[{index}]")
+    params_json = _dumps(params, "params")
+    payloads_json = _dumps(list(payloads), "payloads")
+    # json.dumps escapes NUL as \u0000; only then is the slower exact walk needed.
+    if "\\u0000" in payloads_json or "\\u0000" in params_json:
+        for index, payload in enumerate(payloads):
+            if _has_nul(payload):
+                raise InvalidInput(f"payloads[{index}] contains a NUL character",
+                                   field=f"payloads[{index}]")
+        if _has_nul(params):
+            raise InvalidInput("params contains a NUL character", field="params")
+    # Cheap bound first: only a large total can hold one payload over the limit.
+    if len(payloads_json) > max_payload_bytes:
+        for index, payload in enumerate(payloads):
+            size = len(_dumps(payload, f"payloads[{index}]").encode())
+            if size > max_payload_bytes:
+                raise InvalidInput(
+                    f"payloads[{index}] is {size} bytes, larger than {max_payload_bytes}",
+                    field=f"payloads[{index}]",
+                )
+    return payloads_json, params_json
