@@ -79,7 +79,7 @@ def taskd_sql_batch(n: int, connections: int = 4, batch: int = 1000) -> dict[str
     """taskd's own claim and completion statements in the bare loop, no daemon: how fast
     taskd's schema drains when the executor costs nothing (its ceiling on this server)."""
     claim, record = load_queries()["claim_subtasks"], load_queries()["record_outcomes"]
-    # Each loop's claims resume after its last, as a producer's do (taskd.queue.producer).
+    # Each loop's claims resume after its last, as a producer's do (taskd.executor.producer).
     last: dict[int, tuple[Any, ...] | None] = {}
     with temp_database() as url:
 
