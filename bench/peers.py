@@ -94,7 +94,7 @@ def taskd_sql_batch(n: int, connections: int = 4, batch: int = 1000) -> dict[str
             # id and attempt: the first and the eighth column the claim returns
             claimed = [(r[0], r[7]) for r in rows]
             if claimed:
-                outcomes = ",".join(f'{{"id":{i},"attempt":{a},"outcome":"completed",'
+                outcomes = ",".join(f'{{"id":{i},"attempt":{a},"verdict":"completed",'
                                     f'"result":{{}}}}' for i, a in claimed)
                 applied = conn.execute(record, {"executor_id": params["executor_id"],
                                                 "outcomes": f"[{outcomes}]", "now": None})
@@ -106,7 +106,7 @@ def taskd_sql_batch(n: int, connections: int = 4, batch: int = 1000) -> dict[str
             with connect(url) as conn, conn.transaction():
                 submit_noops(conn, n)
 
-        # The daemon's session setting (see taskd.queue.store.connection_kwargs).
+        # The daemon's session setting (see taskd.queue.connection.connection_kwargs).
         cpu = _loops(url, n, connections, step, fill, "SET plan_cache_mode = force_custom_plan")
         count, first, last = rows(url, "SELECT count(*), min(started_at), max(completed_at)"
                                        " FROM taskd.subtasks WHERE status = 'completed'")[0]

@@ -74,6 +74,20 @@ async def insert_subtasks(
     return ids
 
 
+async def insert_error(
+    conn: AnyConn, error_type: str, message: str, *, count: int = 1, **fields: Any
+) -> None:
+    """An error_logs row with any column overridden (stack_trace, queue, kind, times...)."""
+    columns = ["error_type", "error_message", "count", *fields]
+    await conn.execute(
+        psycopg.sql.SQL("INSERT INTO taskd.error_logs ({}) VALUES ({})").format(
+            psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, columns)),
+            psycopg.sql.SQL(", ").join(psycopg.sql.Placeholder() * len(columns)),
+        ),
+        [error_type, message, count, *fields.values()],
+    )
+
+
 async def fetch_one(conn: AnyConn, query: str, *params: Any) -> Any:
     cur = await conn.execute(query, params)  # type: ignore[arg-type]
     row = await cur.fetchone()

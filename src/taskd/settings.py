@@ -171,6 +171,24 @@ class Settings(BaseSettings):
                 merged[name] = options
         return merged
 
+    @model_validator(mode="after")
+    def _check_timings(self) -> Settings:
+        # A lease must outlive the heartbeats that extend it, and an executor must miss more
+        # than one heartbeat before it is declared dead.
+        if self.heartbeat_interval >= self.lease_timeout:
+            raise ValueError(
+                f"heartbeat_interval ({self.heartbeat_interval:g}) must be shorter than "
+                f"lease_timeout ({self.lease_timeout:g}) [TASKD_HEARTBEAT_INTERVAL, "
+                "TASKD_LEASE_TIMEOUT]"
+            )
+        if self.executor_dead_after <= self.heartbeat_interval:
+            raise ValueError(
+                f"executor_dead_after ({self.executor_dead_after:g}) must be longer than "
+                f"heartbeat_interval ({self.heartbeat_interval:g}) [TASKD_EXECUTOR_DEAD_AFTER, "
+                "TASKD_HEARTBEAT_INTERVAL]"
+            )
+        return self
+
     @property
     def active_queues(self) -> dict[str, QueueSettings]:
         """The queues this executor claims from (``enabled``)."""
@@ -248,6 +266,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     for error in exc.errors():
         path = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
+        if not path:  # a rule across top-level settings: the message names them
+            lines.append(f"invalid settings: {message}")
+            continue
         given = error.get("input")
         if isinstance(given, dict):
             # A rule across several settings of one table: no single variable to name.

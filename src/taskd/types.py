@@ -15,14 +15,14 @@ JSON = Any
 SubtaskStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 TaskStatus = SubtaskStatus
 ExecutorStatus = Literal["running", "stopping", "stopped", "dead"]
-OutcomeKind = Literal["completed", "failed", "retry", "snooze", "cancelled"]
+Verdict = Literal["completed", "failed", "retry", "snooze", "cancelled"]
 
 
 class ClaimedSubtask(NamedTuple):
     """A subtask this executor holds under a lease, as the claim returned it.
 
-    A named tuple: immutable, and built at a ninth of a frozen dataclass's cost (one per
-    claimed subtask).
+    A named tuple: immutable, and far cheaper to build than a frozen dataclass (one per
+    claimed subtask; docs/benchmarks.md).
     """
 
     id: int
@@ -38,29 +38,6 @@ class ClaimedSubtask(NamedTuple):
     wait: float  # seconds from run_after to the claim, by the database's clock
 
 
-class Outcome(NamedTuple):
-    """What became of one attempt, for :meth:`Store.record_outcomes`.
-
-    ``result_json`` is the handler's result as JSON text, already encoded and checked by the
-    runner (:func:`taskd.executor.runner.result_json`): the store splices it into the batch
-    as it is, so a result is encoded once, never decoded and encoded again. None is SQL NULL.
-    ``delay`` is the seconds until the retry for ``retry`` and ``snooze`` outcomes. A named
-    tuple, like :class:`ClaimedSubtask`: one is built per subtask.
-    """
-
-    subtask_id: int
-    attempt: int
-    outcome: OutcomeKind
-    result_json: str | None = None
-    error: str | None = None
-    delay: float = 0.0
-
-    @property
-    def result(self) -> JSON | None:
-        """The result as JSON values, decoded from ``result_json``."""
-        return None if self.result_json is None else json.loads(self.result_json)
-
-
 @dataclass(frozen=True, slots=True)
 class ErrorOccurrence:
     """One error to add to error_logs; identical ``(error_type, message)`` pairs aggregate."""
@@ -71,6 +48,32 @@ class ErrorOccurrence:
     queue: str | None = None
     kind: str | None = None
     count: int = 1
+
+
+class Outcome(NamedTuple):
+    """What became of one attempt, for :meth:`taskd.queue.Store.record_outcomes`.
+
+    ``verdict``: completed, failed, retry (with backoff), snooze (retry later without spending
+    the attempt) or cancelled. ``result_json`` is the handler's result as JSON text, encoded
+    and checked once by the runner (:func:`taskd.executor.runner.result_json`); the store
+    splices it into the batch as it is. None is SQL NULL. ``delay`` is the seconds until the
+    retry for ``retry`` and ``snooze``. ``failure`` is the error that error_logs aggregates,
+    written in the same statement as the outcome (None for successes and snoozes). A named
+    tuple, like :class:`ClaimedSubtask`: one is built per subtask.
+    """
+
+    subtask_id: int
+    attempt: int
+    verdict: Verdict
+    result_json: str | None = None
+    error: str | None = None
+    delay: float = 0.0
+    failure: ErrorOccurrence | None = None
+
+    @property
+    def result(self) -> JSON | None:
+        """The result as JSON values, decoded from ``result_json``."""
+        return None if self.result_json is None else json.loads(self.result_json)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import anyio
 import psycopg
 import pytest
 
-from taskd.executor.completer import Completer
+from taskd.executor.completer import Completer, CompleterConfig
 from taskd.metrics import Metrics
 from taskd.queue import Outcome
 from taskd.queue.store import Store
@@ -82,7 +82,7 @@ async def test_a_failed_write_is_logged_and_retried_until_it_lands(
     [claimed] = await store.claim_subtasks("standard", EXECUTOR, 1, LEASE)
     # A real failure: the row is held, and this store's statements time out after 0.2 s.
     impatient = await Store.open(database_url, statement_timeout=0.2)
-    completer = Completer(impatient, EXECUTOR, Metrics(), max_backoff=0.2)
+    completer = Completer(impatient, EXECUTOR, Metrics(), CompleterConfig(max_backoff=0.2))
     try:
         async with await psycopg.AsyncConnection.connect(database_url) as holder:
             await holder.execute("SELECT 1 FROM taskd.subtasks WHERE id = %s FOR UPDATE",
@@ -108,7 +108,8 @@ async def test_producers_wait_for_room_while_the_backlog_is_full_and_batches_kee
 ) -> None:
     await submit(store, 5)
     claimed = await store.claim_subtasks("standard", EXECUTOR, 5, LEASE)
-    completer = Completer(store, EXECUTOR, Metrics(), batch_size=2, max_backlog=3)
+    completer = Completer(store, EXECUTOR, Metrics(),
+                          CompleterConfig(batch_size=2, max_backlog=3))
     for subtask in claimed:
         completer.add("standard", Outcome(subtask.id, subtask.attempt, "completed", "{}"))
     assert completer.backlog == 5
@@ -116,7 +117,7 @@ async def test_producers_wait_for_room_while_the_backlog_is_full_and_batches_kee
     write = completer._write
 
     async def recording(batch: Any) -> None:
-        written.extend(p.outcome.subtask_id for p in batch)
+        written.extend(outcome.subtask_id for _, outcome in batch)
         await write(batch)
 
     completer._write = recording  # type: ignore[method-assign]

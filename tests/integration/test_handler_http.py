@@ -9,15 +9,13 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import anyio
 import pytest
 
-from taskd.executor.runner import RunResult, run_subtask
-from taskd.handlers import HandlerRegistry
 from taskd.handlers.clients import HttpClients
 from taskd.queue.store import Store
-from taskd.settings import QueueSettings, Settings
-from tests.fixtures.contexts import submit_and_claim
+from taskd.settings import QueueSettings
+from taskd.types import Outcome
+from tests.fixtures.contexts import Attempts, submit_and_claim
 
 pytestmark = pytest.mark.anyio
 
@@ -95,21 +93,22 @@ def server() -> Iterator[Server]:
 async def run_http(
     store: Store, http: HttpClients, payload: dict[str, Any],
     settings: QueueSettings | None = None,
-) -> RunResult:
-    ctx = await submit_and_claim(store, http, "http", payload, settings or QueueSettings())
-    registry = HandlerRegistry.load(Settings(handlers={}), discovered=[])
-    return await run_subtask(registry, ctx, thread_limiter=anyio.CapacityLimiter(1))
+) -> Outcome | None:
+    """Submit an http subtask, claim it and run it as a daemon worker does; what was
+    reported for it."""
+    claimed = await submit_and_claim(store, "http", payload)
+    return await Attempts(store, http).run(claimed, settings)
 
 
 async def test_a_2xx_json_answer_is_the_result(
     store: Store, http: HttpClients, server: Server
 ) -> None:
-    result = await run_http(store, http, {
+    outcome = await run_http(store, http, {
         "url": server.url + "/echo", "method": "put", "headers": {"X-Trace": "t1"},
         "size": 3,
     })
-    assert result.outcome is not None and result.outcome.outcome == "completed"
-    echoed = result.outcome.result
+    assert outcome is not None and outcome.verdict == "completed"
+    echoed = outcome.result
     assert echoed["method"] == "PUT" and echoed["path"] == "/echo"
     assert echoed["headers"]["x-trace"] == "t1"
     # Without "body", the payload less the control keys is the body.
@@ -120,31 +119,31 @@ async def test_queue_settings_give_url_and_method_and_body_is_sent_as_given(
     store: Store, http: HttpClients, server: Server
 ) -> None:
     settings = QueueSettings(url=server.url + "/echo", method="PATCH")
-    result = await run_http(store, http, {"body": [1, "two"]}, settings)
-    assert result.outcome is not None
-    assert result.outcome.result["method"] == "PATCH"
-    assert result.outcome.result["body"] == [1, "two"]
-    result = await run_http(store, http, {"method": "GET"}, settings)
-    assert result.outcome is not None and result.outcome.result["body"] is None
+    outcome = await run_http(store, http, {"body": [1, "two"]}, settings)
+    assert outcome is not None
+    assert outcome.result["method"] == "PATCH"
+    assert outcome.result["body"] == [1, "two"]
+    outcome = await run_http(store, http, {"method": "GET"}, settings)
+    assert outcome is not None and outcome.result["body"] is None
 
 
 async def test_text_and_empty_answers(
     store: Store, http: HttpClients, server: Server
 ) -> None:
     text = await run_http(store, http, {"url": server.url + "/text", "method": "GET"})
-    assert text.outcome is not None
-    assert text.outcome.result == {"status": 200, "text": "plain words"}
+    assert text is not None
+    assert text.result == {"status": 200, "text": "plain words"}
     empty = await run_http(store, http, {"url": server.url + "/empty"})
-    assert empty.outcome is not None
-    assert empty.outcome.outcome == "completed" and empty.outcome.result is None
+    assert empty is not None
+    assert empty.verdict == "completed" and empty.result is None
 
 
 async def test_a_4xx_fails_for_good_with_the_answer_in_the_error(
     store: Store, http: HttpClients, server: Server
 ) -> None:
-    result = await run_http(store, http, {"url": server.url + "/status/404", "method": "GET"})
-    assert result.outcome is not None and result.outcome.outcome == "failed"
-    assert result.outcome.error == (
+    outcome = await run_http(store, http, {"url": server.url + "/status/404", "method": "GET"})
+    assert outcome is not None and outcome.verdict == "failed"
+    assert outcome.error == (
         f'HttpRejected: GET {server.url}/status/404 returned 404: {{"message": "you got 404"}}'
     )
 
@@ -153,27 +152,27 @@ async def test_a_4xx_fails_for_good_with_the_answer_in_the_error(
 async def test_a_5xx_or_408_is_retried(
     store: Store, http: HttpClients, server: Server, status: int
 ) -> None:
-    result = await run_http(store, http, {"url": f"{server.url}/status/{status}"})
-    assert result.outcome is not None and result.outcome.outcome == "retry"
-    assert result.outcome.error is not None
-    assert result.outcome.error.startswith(f"HttpStatusError: POST {server.url}/status/{status}")
-    assert result.error is not None and result.error.error_type == "HttpStatusError"
+    outcome = await run_http(store, http, {"url": f"{server.url}/status/{status}"})
+    assert outcome is not None and outcome.verdict == "retry"
+    assert outcome.error is not None
+    assert outcome.error.startswith(f"HttpStatusError: POST {server.url}/status/{status}")
+    assert outcome.failure is not None and outcome.failure.error_type == "HttpStatusError"
 
 
 async def test_a_429_with_retry_after_waits_that_long_without_spending_the_attempt(
     store: Store, http: HttpClients, server: Server
 ) -> None:
-    result = await run_http(store, http, {"url": server.url + "/status/429"})
-    assert result.outcome is not None and result.outcome.outcome == "snooze"
-    assert result.outcome.delay == 7 and result.error is None
+    outcome = await run_http(store, http, {"url": server.url + "/status/429"})
+    assert outcome is not None and outcome.verdict == "snooze"
+    assert outcome.delay == 7 and outcome.failure is None
 
 
 async def test_a_request_timeout_is_retried(
     store: Store, http: HttpClients, server: Server
 ) -> None:
-    result = await run_http(store, http, {"url": server.url + "/slow", "timeout": 0.2})
-    assert result.outcome is not None and result.outcome.outcome == "retry"
-    assert result.outcome.error is not None and result.outcome.error.startswith("ReadTimeout")
+    outcome = await run_http(store, http, {"url": server.url + "/slow", "timeout": 0.2})
+    assert outcome is not None and outcome.verdict == "retry"
+    assert outcome.error is not None and outcome.error.startswith("ReadTimeout")
 
 
 async def test_an_unreachable_server_is_retried_then_failed_with_the_connection_error(
@@ -182,9 +181,9 @@ async def test_an_unreachable_server_is_retried_then_failed_with_the_connection_
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = await run_http(store, http, {"url": f"http://127.0.0.1:{port}/x"})
-    assert result.outcome is not None and result.outcome.outcome == "retry"
-    assert result.error is not None and result.error.error_type == "ConnectError"
+    outcome = await run_http(store, http, {"url": f"http://127.0.0.1:{port}/x"})
+    assert outcome is not None and outcome.verdict == "retry"
+    assert outcome.failure is not None and outcome.failure.error_type == "ConnectError"
 
 
 @pytest.mark.parametrize(
@@ -205,6 +204,6 @@ async def test_an_unreachable_server_is_retried_then_failed_with_the_connection_
 async def test_bad_payloads_fail_for_good_naming_the_key(
     store: Store, http: HttpClients, payload: dict[str, Any], message: str
 ) -> None:
-    result = await run_http(store, http, payload)
-    assert result.outcome is not None and result.outcome.outcome == "failed"
-    assert result.outcome.error == message
+    outcome = await run_http(store, http, payload)
+    assert outcome is not None and outcome.verdict == "failed"
+    assert outcome.error == message

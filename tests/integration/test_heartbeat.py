@@ -11,7 +11,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from taskd.executor.capacity import Capacity
 from taskd.executor.gate import ClaimGate
-from taskd.executor.heartbeat import Heartbeat
+from taskd.executor.heartbeat import Heartbeat, HeartbeatConfig
 from taskd.executor.running import RunningSet
 from taskd.metrics import Health, Metrics
 from taskd.queue import ExecutorInfo, Store
@@ -35,11 +35,13 @@ async def test_heartbeat_extends_leases_and_pauses_claims_when_it_cannot_beat(
         running = RunningSet()
         running.add(claimed)
         gate = ClaimGate()
-        heartbeat = Heartbeat(own, info, {"standard": Capacity(3)}, running, gate, Metrics(),
-                              Health(10), interval=0.1, lease_timeout=1.0)
+        heartbeat = Heartbeat(HeartbeatConfig(interval=0.1, lease_timeout=1.0), own, info,
+                              {"standard": Capacity(3)}, running, gate, Metrics(), Health(10))
+        heartbeat.signals.beat.arm()
         async with anyio.create_task_group() as tg:
             tg.start_soon(heartbeat.run)
-            await wait_until(lambda: heartbeat.beats >= 3)
+            for _ in range(3):
+                await heartbeat.signals.beat.wait()
             # Each beat moves the lease to now() + 1 s: past the claim's own 0.5 s.
             extended = await fetch_one(conn, "SELECT lease_expires_at - started_at"
                                        " FROM taskd.subtasks WHERE id = %s", claimed.id)
@@ -67,8 +69,8 @@ async def test_a_lost_lease_stops_the_handler(store: Store) -> None:
     # Another executor's rescue took it: the lease is no longer this executor's.
     later = await store.database_now() + timedelta(seconds=61)
     await store.rescue_expired_leases(now=later)
-    heartbeat = Heartbeat(store, info, {}, running, ClaimGate(), Metrics(), Health(10),
-                          interval=1, lease_timeout=60)
+    heartbeat = Heartbeat(HeartbeatConfig(interval=1, lease_timeout=60), store, info, {},
+                          running, ClaimGate(), Metrics(), Health(10))
     await heartbeat.beat()
     assert entry.stop_reason == "lease_lost"
     assert entry.scope.cancel_called

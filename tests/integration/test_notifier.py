@@ -30,10 +30,10 @@ class Listening:
 async def listening(database_url: str) -> AsyncIterator[Listening]:
     wakeups = {"standard": Wakeup(), "other": Wakeup()}
     notifier = Notifier(database_url, wakeups, application_name=APP)
+    notifier.signals.listening.arm()
     async with anyio.create_task_group() as tg:
         tg.start_soon(notifier.run)
-        with anyio.fail_after(10):
-            await notifier.listening.wait()
+        await notifier.signals.listening.wait()
         for wakeup in wakeups.values():  # the wake-all of a new LISTEN
             await wakeup.wait(0)
         yield Listening(notifier, wakeups)
@@ -64,9 +64,10 @@ async def lent_after_notify(
         assert await wakeup.wait(10), "not woken"
         borrowed.append(lender.borrow())
 
+    wakeup.signals.waiting.arm()
     async with anyio.create_task_group() as tg:
         tg.start_soon(producer)
-        await wait_until(lambda: wakeup.waiting == 1, message="the producer waiting")
+        await wakeup.signals.waiting.wait()  # the producer waiting
         await notify(conn, queue)
     return borrowed[0]
 
@@ -128,6 +129,7 @@ async def test_shutdown_waits_for_a_lent_connection_to_come_back(
 ) -> None:
     wakeup = Wakeup()
     notifier = Notifier(database_url, {"standard": wakeup}, application_name=APP)
+    notifier.signals.listening.arm()
     lent: list[psycopg.AsyncConnection[Any]] = []
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
@@ -148,10 +150,11 @@ async def test_shutdown_waits_for_a_lent_connection_to_come_back(
                     notifier.lender.give_back()
 
             tg.start_soon(notifier.run)
-            await notifier.listening.wait()
+            await notifier.signals.listening.wait()
             await wakeup.wait(0)
+            wakeup.signals.waiting.arm()
             tg.start_soon(producer)
-            await wait_until(lambda: wakeup.waiting == 1, message="the producer waiting")
+            await wakeup.signals.waiting.wait()  # the producer waiting
             await notify(conn, "standard")
             await anyio.sleep_forever()  # until the producer's shutdown
     assert lent[0].closed

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -14,8 +16,9 @@ from taskd.executor.capacity import Capacity
 from taskd.executor.completer import Completer
 from taskd.executor.gate import ClaimGate
 from taskd.executor.notifier import Notifier
-from taskd.executor.producer import Producer
-from taskd.executor.running import RunningSet
+from taskd.executor.producer import Producer, ProducerConfig
+from taskd.executor.runner import Runner
+from taskd.executor.running import RunningSet, RunningSubtask
 from taskd.executor.wakeup import Wakeup
 from taskd.handlers.base import SubtaskContext
 from taskd.handlers.clients import http_clients
@@ -59,6 +62,23 @@ class Rig:
     completer: Completer
     running: RunningSet
     blocking: Blocking
+    runner: Runner
+    queues: dict[str, QueueSettings]
+
+    def configure(self, **changes: Any) -> None:
+        """Change the producer's config; ``settings`` changes the queue's settings for the
+        runner too."""
+        if "settings" in changes:
+            self.queues["standard"] = changes["settings"]
+        self.producer.config = replace(self.producer.config, **changes)
+
+
+WORKER = "taskd producer standard worker"
+
+
+def workers() -> int:
+    """The producer's worker tasks alive now, by their name (running or parked)."""
+    return sum(1 for task in asyncio.all_tasks() if task.get_name() == WORKER)
 
 
 @pytest.fixture
@@ -69,14 +89,15 @@ async def rig(store: Store) -> AsyncIterator[Rig]:
     metrics = Metrics()
     completer = Completer(store, EXECUTOR, metrics)
     running = RunningSet()
+    queues = {"standard": QueueSettings()}
     async with http_clients(shards=1) as http:
-        producer = Producer(
-            "standard", QueueSettings(), store, EXECUTOR, Capacity(20), Wakeup(), ClaimGate(),
-            completer, running, registry, http, metrics,
-            lease_timeout=60, poll_interval=0.05, thread_limiter=anyio.CapacityLimiter(4),
-            idle_worker_seconds=0.3,
-        )
-        yield Rig(producer, completer, running, blocking)
+        runner = Runner(registry, queues, store, completer, metrics, http,
+                        executor_id=EXECUTOR, thread_limiter=anyio.CapacityLimiter(4))
+        config = ProducerConfig("standard", queues["standard"], lease_timeout=60,
+                                poll_interval=0.05, idle_worker_seconds=0.3)
+        producer = Producer(config, store, EXECUTOR, Capacity(20), Wakeup(), ClaimGate(),
+                            completer, running, runner, metrics)
+        yield Rig(producer, completer, running, blocking, runner, queues)
 
 
 async def run_until(rig: Rig, condition: Any, message: str) -> None:
@@ -104,9 +125,12 @@ async def test_handlers_that_block_each_get_a_worker_up_to_the_limit(
     rig: Rig, store: Store, conn: Any
 ) -> None:
     await submit(store, 50, kind="block")
+    most_workers = 0
 
     async def release_when_full() -> None:
+        nonlocal most_workers
         await wait_until(lambda: rig.blocking.running == 20, message="20 handlers running")
+        most_workers = workers()
         rig.blocking.release.set()
 
     async with anyio.create_task_group() as tg:
@@ -114,14 +138,15 @@ async def test_handlers_that_block_each_get_a_worker_up_to_the_limit(
         await run_until(rig, lambda: all_completed(conn, 50), "50 subtasks completed")
     assert rig.blocking.most == 20
     # Twenty blocked at once needed twenty workers; none beyond the limit.
-    assert rig.producer.workers <= 20
+    assert most_workers == 20
 
 
 async def test_each_attempts_deadline_is_the_queues_timeout_after_its_claim(
     rig: Rig, store: Store, conn: Any
 ) -> None:
     await submit(store, 20, kind="block")
-    timeout = rig.producer.settings.timeout
+    timeout = rig.producer.config.settings.timeout
+    rig.producer.signals.timed_claims.arm()
     before = anyio.current_time()
     deadlines: list[float] = []
 
@@ -138,13 +163,14 @@ async def test_each_attempts_deadline_is_the_queues_timeout_after_its_claim(
     assert all(before + timeout <= d <= after + timeout for d in deadlines), deadlines
     # One claim took all 20: they share its time, whenever each handler started.
     assert len(set(deadlines)) == 1, deadlines
-    assert rig.producer.timed_claims == 0
+    assert rig.producer.signals.timed_claims.taken()[-1] == 0
 
 
 async def test_handlers_past_their_claims_deadline_are_cut_short_and_retried(
     rig: Rig, store: Store, conn: Any
 ) -> None:
-    rig.producer.settings = QueueSettings(timeout=0.3, retry_base=60)
+    rig.configure(settings=QueueSettings(timeout=0.3, retry_base=60))
+    rig.producer.signals.timed_claims.arm()
     rig.producer.capacity.set_limit(3)  # 7 subtasks: three claims, three deadlines
     await submit(store, 7, kind="block")
 
@@ -160,24 +186,26 @@ async def test_handlers_past_their_claims_deadline_are_cut_short_and_retried(
     assert len({deadline for deadline, _ in cut}) == 3, cut
     # Cancelled at its claim's deadline, not before (the bound above is only generous).
     assert all(deadline <= at < deadline + 5 for deadline, at in cut), cut
-    assert rig.producer.timed_claims == 0 and len(rig.running) == 0
+    assert rig.producer.signals.timed_claims.taken()[-1] == 0 and len(rig.running) == 0
 
 
 async def test_a_handler_that_ends_before_its_deadline_leaves_nothing_to_time(
     rig: Rig, store: Store, conn: Any
 ) -> None:
-    rig.producer.settings = QueueSettings(timeout=30)
+    rig.configure(settings=QueueSettings(timeout=30))
+    timed_claims = rig.producer.signals.timed_claims
+    timed_claims.arm()
     await submit(store, 5, kind="block")
 
     async def release_when_full() -> None:
         await wait_until(lambda: rig.blocking.running == 5, message="5 handlers running")
-        assert rig.producer.timed_claims == 1
+        assert timed_claims.taken()[-1] == 1
         rig.blocking.release.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(release_when_full)
         await run_until(rig, lambda: all_completed(conn, 5), "5 subtasks completed")
-    assert rig.producer.timed_claims == 0
+    assert timed_claims.taken()[-1] == 0
     assert rig.blocking.cut_short == []
 
 
@@ -202,23 +230,30 @@ class ScopeRecorder:
             return {"swallowed": True}
 
 
-async def ready_entries(rig: Rig, store: Store, kinds: list[str]) -> list[Any]:
-    """Claim one subtask of each kind, in order, into the producer's ready queue."""
-    entries = []
+async def ready_entries(
+    rig: Rig, store: Store, kinds: list[str]
+) -> deque[RunningSubtask]:
+    """Claim one subtask of each kind, in order, into a ready queue."""
+    ready: deque[RunningSubtask] = deque()
     for kind in kinds:
         await submit(store, 1, kind=kind)
         [claimed] = await store.claim_subtasks("standard", EXECUTOR, 1, 60.0)
-        entries.append(rig.running.add(claimed))
-    rig.producer._ready.extend(entries)
-    rig.producer._coming = 1  # as if another worker were on its way: this one runs them all
-    return entries
+        ready.append(rig.running.add(claimed))
+    return ready
+
+
+async def run_ready(rig: Rig, ready: deque[RunningSubtask]) -> None:
+    """What one worker does with the ready queue, as if another were on its way (so this one
+    runs them all)."""
+    await rig.runner.run_ready(ready, more=lambda: None,
+                               done=lambda entry: rig.running.remove(entry.subtask.id))
 
 
 @pytest.fixture
 def recorder(rig: Rig) -> ScopeRecorder:
     recorder = ScopeRecorder()
-    rig.producer.registry.register("record", recorder.record, "settings", "tests:record")
-    rig.producer.registry.register("stubborn", recorder.stubborn, "settings", "tests:stubborn")
+    rig.runner.registry.register("record", recorder.record, "settings", "tests:record")
+    rig.runner.registry.register("stubborn", recorder.stubborn, "settings", "tests:stubborn")
     return recorder
 
 
@@ -231,9 +266,7 @@ async def outcomes(rig: Rig, conn: Any) -> list[tuple[str, str]]:
 async def test_a_worker_runs_ready_subtasks_back_to_back_in_one_scope(
     rig: Rig, store: Store, conn: Any, recorder: ScopeRecorder
 ) -> None:
-    await ready_entries(rig, store, ["record", "record", "record"])
-    async with anyio.create_task_group() as runs:
-        await rig.producer._run_ready(runs)
+    await run_ready(rig, await ready_entries(rig, store, ["record", "record", "record"]))
     assert len(recorder.scopes) == 3 and len(set(map(id, recorder.scopes))) == 1
     assert await outcomes(rig, conn) == [("record", "completed")] * 3
 
@@ -241,17 +274,17 @@ async def test_a_worker_runs_ready_subtasks_back_to_back_in_one_scope(
 async def test_after_a_stop_the_next_subtasks_run_in_a_new_scope_and_a_waiting_one_never_runs(
     rig: Rig, store: Store, conn: Any, recorder: ScopeRecorder
 ) -> None:
-    stubborn, waiting, _ = await ready_entries(rig, store, ["stubborn", "record", "record"])
+    ready = await ready_entries(rig, store, ["stubborn", "record", "record"])
+    stubborn, waiting, _ = ready
     waiting.stop("cancelled")  # stopped while it waits: its handler never starts
     async with anyio.create_task_group() as runs:
-        runs.start_soon(rig.producer._run_ready, runs)
+        runs.start_soon(run_ready, rig, ready)
         await recorder.stubborn_started.wait()
         stubborn.stop("cancelled")
     # The stubborn handler swallowed its cancellation and returned: its result stands, and
     # its cancelled scope ended with it, before the next subtask.
-    assert len(rig.producer._ready) == 2 and recorder.scopes == []
-    async with anyio.create_task_group() as runs:
-        await rig.producer._run_ready(runs)
+    assert len(ready) == 2 and recorder.scopes == []
+    await run_ready(rig, ready)
     assert len(recorder.scopes) == 1 and not recorder.scopes[0].cancel_called
     assert await outcomes(rig, conn) == [
         ("stubborn", "completed"), ("record", "cancelled"), ("record", "completed")]
@@ -263,7 +296,7 @@ async def test_claims_wait_while_the_completers_backlog_is_full(
     # Handlers free their slots as they hand outcomes over; without a bound, claims would
     # run ahead of writes that cannot keep up (here: the completer is not running at all).
     await submit(store, 30)
-    rig.completer.max_backlog = 5
+    rig.completer.config = replace(rig.completer.config, max_backlog=5)
 
     async def claimed() -> int:
         return int(await fetch_one(
@@ -286,7 +319,7 @@ async def test_a_claim_takes_a_small_limit_whole_and_half_of_a_large_one(
     rig: Rig, store: Store, conn: Any, limit: int, claims: list[int]
 ) -> None:
     # Scaled down: the whole limit up to 5, half of it above that, never more than 10.
-    rig.producer.batch_whole, rig.producer.batch_max = 5, 10
+    rig.configure(batch_whole=5, batch_max=10)
     rig.producer.capacity.set_limit(limit)
     await submit(store, limit, kind="block")
 
@@ -307,7 +340,7 @@ async def test_claims_resume_after_the_last_until_a_wake_up_the_interval_or_the_
     rig: Rig, store: Store
 ) -> None:
     producer = rig.producer
-    producer.full_claim_interval = 3600.0
+    rig.configure(full_claim_interval=3600.0)
     backlog = await submit(store, 10)
 
     async def claim(n: int) -> list[int]:
@@ -321,9 +354,9 @@ async def test_claims_resume_after_the_last_until_a_wake_up_the_interval_or_the_
     assert await claim(1) == [high]
     assert await claim(1) == [backlog]  # lower priorities come after the last one claimed
     higher = await submit(store, 1, priority=9)
-    producer.full_claim_interval = 0.0  # the interval has passed
+    rig.configure(full_claim_interval=0.0)  # the interval has passed
     assert await claim(1) == [higher]
-    producer.full_claim_interval = 3600.0
+    rig.configure(full_claim_interval=3600.0)
     highest = await submit(store, 1, priority=20)
     # One left after the last claimed: the claim goes back to the head for the rest.
     assert await claim(5) == [highest, backlog]
@@ -336,7 +369,7 @@ async def test_a_task_of_higher_priority_submitted_mid_drain_does_not_wait_for_t
 ) -> None:
     # Claims resume past their last subtask; a wake-up (each submit sends one through the
     # notifier) or the interval sends the next back to the head, where the new task is.
-    rig.producer.full_claim_interval = interval
+    rig.configure(full_claim_interval=interval)
     backlog = await submit(store, 5000)
     async with anyio.create_task_group() as tg:
         tg.start_soon(rig.completer.run)
@@ -370,7 +403,7 @@ async def test_handlers_that_finish_at_once_share_a_few_workers_that_end_when_id
 
     async def watch() -> None:
         while True:
-            seen.append(rig.producer.workers)
+            seen.append(workers())
             await anyio.sleep(0.001)
 
     async with anyio.create_task_group() as tg:
@@ -380,7 +413,7 @@ async def test_handlers_that_finish_at_once_share_a_few_workers_that_end_when_id
             inner.start_soon(rig.producer.run)
             await wait_until(lambda: all_completed(conn, 1000), message="1,000 noops completed")
             # Idle workers end after idle_worker_seconds (0.3 s) without a subtask.
-            await wait_until(lambda: rig.producer.workers == 0, within=5,
+            await wait_until(lambda: workers() == 0, within=5,
                              message="idle workers ended")
             rig.producer.stop_claiming()
             inner.cancel_scope.cancel()
@@ -396,13 +429,16 @@ async def test_stopping_claims_ends_parked_workers_and_the_producer(
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(rig.completer.run)
+            parked = rig.producer.pool.signals.parked
+            parked.arm()
             async with anyio.create_task_group() as producing:
                 producing.start_soon(rig.producer.run)
-                await wait_until(lambda: rig.producer.parked_workers >= 1
-                                 and len(rig.running) == 0, message="a parked worker")
+                # A worker parked with nothing left running (within the fail_after above).
+                while await parked.wait() < 1 or len(rig.running) > 0:
+                    pass
                 rig.producer.stop_claiming()
             # The producer's run() returned: its parked workers ended with it.
-            assert rig.producer.workers == 0
+            assert workers() == 0
             await rig.completer.flush()
             tg.cancel_scope.cancel()
     assert await completed(conn) == 10
@@ -415,7 +451,8 @@ async def test_a_claim_woken_by_a_notification_runs_on_the_listening_connection(
     notifier = Notifier(database_url, {"standard": rig.producer.wakeup},
                         application_name=listen_app)
     rig.producer.lender = notifier.lender
-    rig.producer.poll_interval = 3600.0  # woken only by the notification
+    rig.configure(poll_interval=3600.0)  # woken only by the notification
+    notifier.signals.listening.arm()
 
     async def last_statement_on_the_listening_connection() -> str:
         return str(await fetch_one(
@@ -423,14 +460,15 @@ async def test_a_claim_woken_by_a_notification_runs_on_the_listening_connection(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(notifier.run)
-        with anyio.fail_after(10):
-            await notifier.listening.wait()
+        await notifier.signals.listening.wait()
         assert "LISTEN" in await last_statement_on_the_listening_connection()
         await rig.producer.wakeup.wait(0)  # the wake-all of a new LISTEN
 
+        waiting = rig.producer.wakeup.signals.waiting
+        waiting.arm()
+
         async def submit_once_idle() -> None:
-            await wait_until(lambda: rig.producer.wakeup.waiting == 1,
-                             message="the producer waiting for a wake-up")
+            await waiting.wait()  # the producer waiting for a wake-up
             await submit(store, 1)  # submit_task notifies the queue
 
         tg.start_soon(submit_once_idle)

@@ -352,10 +352,20 @@ async def test_one_batch_updates_each_task_once(store: Store, conn: Any) -> None
 
 
 async def test_error_logs_aggregate_identical_errors(store: Store, conn: Any) -> None:
+    await submit(store, 5)
+    claimed = await store.claim_subtasks("standard", "e1", 5, LEASE)
+
+    def failed(subtask: Any, failure: ErrorOccurrence) -> Outcome:
+        return Outcome(subtask.id, 1, "failed", error="x", failure=failure)
+
     boom = ErrorOccurrence("ValueError", "boom", "trace 1", "standard", "noop")
-    await store.record_errors([boom, boom])
-    await store.record_errors([ErrorOccurrence("ValueError", "boom", "trace 3")])
-    await store.record_errors([ErrorOccurrence("KeyError", "other")])
+    await store.record_outcomes("e1", [failed(claimed[0], boom), failed(claimed[1], boom)])
+    await store.record_outcomes("e1", [failed(claimed[2], ErrorOccurrence("ValueError", "boom",
+                                                                          "trace 3"))])
+    await store.record_outcomes("e1", [failed(claimed[3], ErrorOccurrence("KeyError", "other"))])
+    # An outcome whose lease was lost is not applied, and its failure is not counted.
+    assert await store.record_outcomes(
+        "not-the-holder", [failed(claimed[4], ErrorOccurrence("KeyError", "other"))]) == set()
     rows = await (await conn.execute(
         "SELECT error_type, error_message, count, stack_trace FROM taskd.error_logs"
         " ORDER BY error_type"

@@ -222,18 +222,21 @@ async def test_run_checks_every_interval_and_publishes_limits(
     metrics = Metrics()
     scaler = Scaler(store, {"standard": capacity}, {"standard": SMALL}, 0.02, metrics,
                     EXECUTOR, clock=clock)
+    checked = scaler.signals.checked
+    checked.arm()
     async with anyio.create_task_group() as tg:
         tg.start_soon(scaler.run)
-        await wait_until(lambda: scaler.checks >= 1)
+        await checked.wait()
         assert capacity.limit == 4
         # The injected clock has not moved: more checks, no second scale-up.
-        await wait_until(lambda: scaler.checks >= 5)
+        for _ in range(4):
+            await checked.wait()
         assert capacity.limit == 4
         clock.advance(SMALL.scale_up_interval)
         await wait_until(lambda: capacity.limit == 6)
-        # The check that moved the limit writes the row next; let it (and one more) finish.
-        done = scaler.checks
-        await wait_until(lambda: scaler.checks > done)
+        # The check that moved the limit writes the row before it signals; let one finish.
+        checked.taken()
+        await checked.wait()
         tg.cancel_scope.cancel()
     assert await row_concurrency(conn) == {"standard": 6}
     assert adjustments(metrics, "standard", "up") == 2
@@ -251,13 +254,16 @@ async def test_database_errors_are_logged_and_the_next_check_carries_on(
         capacity = Capacity(SMALL.initial)
         scaler = Scaler(store, {"standard": capacity}, {"standard": SMALL}, 0.02, Metrics(),
                         EXECUTOR, clock=FakeClock())
+        scaler.signals.checked.arm()
+        scaler.signals.failed.arm()
         async with anyio.create_task_group() as tg:
             async with conn.transaction():
                 await conn.execute("LOCK TABLE taskd.subtasks IN ACCESS EXCLUSIVE MODE")
                 tg.start_soon(scaler.run)
-                await wait_until(lambda: scaler.failures >= 2)
-                assert capacity.limit == 2 and scaler.checks == 0
-            await wait_until(lambda: scaler.checks >= 1)
+                for _ in range(2):
+                    await scaler.signals.failed.wait()
+                assert capacity.limit == 2 and scaler.signals.checked.taken() == []
+            await scaler.signals.checked.wait()
             tg.cancel_scope.cancel()
         assert capacity.limit == 4
         assert "scaler check failed" in caplog.text

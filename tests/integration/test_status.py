@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -57,17 +58,16 @@ async def arrange_cluster(
     applied = await store.record_outcomes("exec-a", [
         Outcome(a[0].id, a[0].attempt, "completed", result_json='{"ok": true}'),
         Outcome(a[1].id, a[1].attempt, "completed", result_json='{"ok": true}'),
-        Outcome(a[2].id, a[2].attempt, "failed", error="ValueError: bad n"),
+        Outcome(a[2].id, a[2].attempt, "failed", error="ValueError: bad n",
+                failure=ErrorOccurrence("ValueError", "bad n", queue="standard", kind="noop",
+                                        count=3)),
     ])
     assert len(applied) == 3
     applied = await store.record_outcomes("exec-b", [
-        Outcome(b[0].id, b[0].attempt, "retry", error="TimeoutError: slow", delay=3600),
+        Outcome(b[0].id, b[0].attempt, "retry", error="TimeoutError: slow", delay=3600,
+                failure=ErrorOccurrence("TimeoutError", "slow", queue="lumina", kind="lumina")),
     ])
     assert len(applied) == 1
-    await store.record_errors([
-        ErrorOccurrence("ValueError", "bad n", queue="standard", kind="noop", count=3),
-        ErrorOccurrence("TimeoutError", "slow", queue="lumina", kind="lumina"),
-    ])
     # Move the clock past executor_dead_after: all three die; two heartbeat and come back.
     now = await store.database_now()
     dead = await store.mark_dead_executors(DEAD_AFTER, now=now + timedelta(seconds=60))
@@ -185,9 +185,9 @@ async def test_status_json_shape_is_stable(store: Store) -> None:
     ]
 
 
-async def test_errors_newest_first_and_by_queue(store: Store) -> None:
-    await store.record_errors([ErrorOccurrence("A", "first", stack_trace="tb-a", queue="q1")])
-    await store.record_errors([ErrorOccurrence("B", "second", queue="q2")])
+async def test_errors_newest_first_and_by_queue(store: Store, conn: Any) -> None:
+    await factories.insert_error(conn, "A", "first", stack_trace="tb-a", queue="q1")
+    await factories.insert_error(conn, "B", "second", queue="q2")
     rows = await list_errors(store)
     assert [(e.error_type, e.stack_trace) for e in rows] == [("B", None), ("A", "tb-a")]
     assert [e.error_type for e in await list_errors(store, queue="q1")] == ["A"]

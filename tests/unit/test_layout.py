@@ -1,9 +1,10 @@
 """The house's floors (DESIGN.md, "Layout: who may import whom"): imports run one way.
 
-front ends (``python -m taskd`` -> cli -> api, testing) -> executor -> scaler, handlers, metrics -> queue -> the ground
-floor (types, settings, errors, logs, systemd, embedded, retries). Every ``import taskd...``
-in every module under ``src/taskd`` is read, including imports inside functions and under
-``TYPE_CHECKING``: a lazy import that runs back up is still a loop.
+Front ends (``python -m taskd`` -> cli -> api, testing) -> executor -> scaler, handlers,
+metrics -> queue -> the ground floor (types, settings, errors, logs, systemd, embedded,
+retries, testsignals). Every ``import taskd...`` in every module under ``src/taskd`` is read,
+including imports inside functions and under ``TYPE_CHECKING``: a lazy import that runs back
+up is still a loop.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import taskd
 
 SRC = Path(taskd.__file__).parent
 
-GROUND = {"types", "settings", "errors", "logs", "systemd", "embedded", "retries", "__init__"}
+GROUND = {"types", "settings", "errors", "logs", "systemd", "embedded", "retries", "testsignals",
+          "__init__"}
 FLOOR = {"queue": 1, "metrics": 2, "handlers": 2, "scaler": 3, "executor": 4,
          "api": 5, "testing": 5, "cli": 6, "__main__": 7}
 # What each middle-floor package may import besides the ground floor and itself.
@@ -31,7 +33,8 @@ ALLOWED = {
 
 
 def _package(module: str) -> str:
-    """``taskd.queue.store`` -> ``queue``; ``taskd.types`` -> ``types``; ``taskd`` -> ``__init__``."""
+    """``taskd.queue.store`` -> ``queue``; ``taskd.types`` -> ``types``; ``taskd``:
+    ``__init__``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
 

@@ -91,6 +91,31 @@ def test_invalid_values_name_the_setting(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TASKD_HEARTBEAT_INTERVAL": "60"}, ("heartbeat_interval (60)", "lease_timeout (60)")),
+        ({"TASKD_HEARTBEAT_INTERVAL": "5", "TASKD_LEASE_TIMEOUT": "4"},
+         ("heartbeat_interval (5)", "lease_timeout (4)")),
+        ({"TASKD_EXECUTOR_DEAD_AFTER": "5"},
+         ("executor_dead_after (5)", "heartbeat_interval (5)")),
+    ],
+)
+def test_timings_that_cannot_work_together_are_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: tuple[str, str]
+) -> None:
+    # A lease shorter than a heartbeat expires between two beats; an executor declared dead
+    # after one heartbeat interval dies at every hiccup.
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert message.startswith("invalid settings: ") and "\n" not in message
+    assert all(part in message for part in named), message
+    assert all(name in message for name in env), message
+
+
 def test_bad_queue_name_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = tmp_path / "taskd.toml"
     config.write_text("[queues.Bad]\ninitial = 1\n")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taskd.executor.changed import Changed
+from taskd.executor.condition import Condition
 
 
 class Capacity:
@@ -17,7 +17,7 @@ class Capacity:
             raise ValueError("limit must be >= 1")
         self._limit = limit
         self._running = 0
-        self._changed = Changed()
+        self._changed = Condition()
 
     @property
     def limit(self) -> int:

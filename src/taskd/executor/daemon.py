@@ -17,18 +17,19 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import replace
 
 import anyio
+import anyio.abc
 
 from taskd import __version__, systemd
 from taskd.executor.capacity import Capacity
 from taskd.executor.completer import Completer
 from taskd.executor.gate import ClaimGate
-from taskd.executor.heartbeat import Heartbeat
+from taskd.executor.heartbeat import Heartbeat, HeartbeatConfig
 from taskd.executor.notifier import Notifier
-from taskd.executor.producer import Producer
-from taskd.executor.rescuer import Rescuer
+from taskd.executor.producer import Producer, ProducerConfig
+from taskd.executor.rescuer import Rescuer, RescuerConfig
+from taskd.executor.runner import Runner
 from taskd.executor.running import RunningSet
 from taskd.executor.stats import StatsCollector
 from taskd.executor.wakeup import Wakeup
@@ -46,10 +47,9 @@ log = logging.getLogger(__name__)
 
 EXIT_IMMEDIATE = 130
 
-# Python's default first threshold (700 net allocations of container objects) ran ~830
-# collections while a daemon drained 200,000 noops, and each full one walked every object
-# imported at startup: 0.38 s, 7% of the daemon's CPU. Frozen startup objects and a first
-# threshold of 10,000: 5 collections, 0.015 s.
+# Python's default first threshold (700 net allocations of container objects) collected
+# hundreds of times in a drain, each full collection walking every object imported at startup;
+# frozen startup objects and a higher first threshold leave a handful (docs/benchmarks.md).
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
@@ -80,6 +80,7 @@ class Daemon:
         self.wakeups = {q: Wakeup() for q in self.queues}
         self.stopping = anyio.Event()
         self.producers: list[Producer] = []
+        self.runner: Runner | None = None
         self.immediate = False
 
     async def run(self) -> int:
@@ -101,81 +102,91 @@ class Daemon:
 
     async def _run(self, store: Store, url: str, registry: HandlerRegistry) -> int:
         s = self.settings
+        completer = Completer(store, s.executor_id, self.metrics)
+        async with http_clients() as http, anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_signals, tg.cancel_scope)
+            info = await self._register(tg, store)
+            notifier = self._start_components(tg, store, url, info, completer)
+            self.runner = Runner(
+                registry, self.queues, store, completer, self.metrics, http,
+                executor_id=s.executor_id,
+                thread_limiter=anyio.CapacityLimiter(
+                    max(4, sum(c.limit for c in self.capacities.values()))),
+            )
+            async with anyio.create_task_group() as work:
+                for queue in self.queues:
+                    producer = Producer(
+                        ProducerConfig.from_settings(s, queue), store, s.executor_id,
+                        self.capacities[queue], self.wakeups[queue], self.gate, completer,
+                        self.running, self.runner, self.metrics,
+                        lender=notifier.lender if notifier is not None else None,
+                    )
+                    self.producers.append(producer)
+                    work.start_soon(producer.run)
+                if self.own_process:
+                    tune_gc()
+                systemd.notify("READY=1")
+                log.info("ready", extra={"metrics_url": info.metrics_url,
+                                         "gc_thresholds": list(gc.get_threshold()),
+                                         "gc_frozen_objects": gc.get_freeze_count()})
+                await self.stopping.wait()
+                await self._drain(store)
+            released = await self._finish(store, completer)
+            log.info("stopped", extra={"released": released})
+            tg.cancel_scope.cancel()
+        return EXIT_IMMEDIATE if self.immediate else 0
+
+    async def _register(self, tg: anyio.abc.TaskGroup, store: Store) -> ExecutorInfo:
+        """Serve /metrics, then write the executor's row (with the endpoint's address)."""
+        s = self.settings
         metrics_server = MetricsServer(s.metrics_addr, self.metrics, self.health)
+        tg.start_soon(metrics_server.run)
+        with anyio.fail_after(10):
+            await metrics_server.started.wait()
+        host, _ = parse_addr(s.metrics_addr)
+        shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
         info = ExecutorInfo(
             id=s.executor_id, executor_group=s.executor_group, hostname=socket.gethostname(),
             pid=os.getpid(), version=__version__,
             concurrency={q: c.limit for q, c in self.capacities.items()},
+            metrics_url=f"http://{shown}:{metrics_server.port}/metrics",
         )
-        completer = Completer(store, s.executor_id, self.metrics)
-        async with http_clients() as http:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_signals, tg.cancel_scope)
-                tg.start_soon(metrics_server.run)
-                with anyio.fail_after(10):
-                    await metrics_server.started.wait()
-                host, _ = parse_addr(s.metrics_addr)
-                shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
-                info = replace(
-                    info, metrics_url=f"http://{shown}:{metrics_server.port}/metrics"
-                )
-                await store.register_executor(info)
-                self.health.registered = True
-                self.health.db_ok()
-                self.metrics.build_info.labels(__version__).set(1)
-                for queue, capacity in self.capacities.items():
-                    self.metrics.queue_concurrency_limit.labels(queue).set(capacity.limit)
+        await store.register_executor(info)
+        self.health.registered = True
+        self.health.db_ok()
+        self.metrics.build_info.labels(__version__).set(1)
+        for queue, capacity in self.capacities.items():
+            self.metrics.queue_concurrency_limit.labels(queue).set(capacity.limit)
+        return info
 
-                heartbeat = Heartbeat(
-                    store, info, self.capacities, self.running, self.gate, self.metrics,
-                    self.health, interval=s.heartbeat_interval, lease_timeout=s.lease_timeout,
-                )
-                tg.start_soon(heartbeat.run)
-                notifier = Notifier(
-                    url, self.wakeups, application_name=f"taskd-listen {s.executor_id}"[:63],
-                ) if s.listen else None
-                if notifier is not None:
-                    tg.start_soon(notifier.run)
-                tg.start_soon(completer.run)
-                tg.start_soon(Rescuer(
-                    store, self.queues, self.metrics, interval=s.rescue_interval,
-                    executor_dead_after=s.executor_dead_after, retention=s.retention,
-                ).run)
-                tg.start_soon(Scaler(
-                    store, self.capacities, dict(self.queues), s.scale_check_interval,
-                    self.metrics, s.executor_id,
-                ).run)
-                tg.start_soon(StatsCollector(
-                    store, self.metrics, s.stats_interval, s.pool_size,
-                    pending_timeouts={q: qs.pending_timeout for q, qs in self.queues.items()},
-                ).run)
-                thread_limiter = anyio.CapacityLimiter(
-                    max(4, sum(c.limit for c in self.capacities.values()))
-                )
-                async with anyio.create_task_group() as work:
-                    for queue, queue_settings in self.queues.items():
-                        producer = Producer(
-                            queue, queue_settings, store, s.executor_id,
-                            self.capacities[queue], self.wakeups[queue], self.gate, completer,
-                            self.running, registry, http, self.metrics,
-                            lease_timeout=s.lease_timeout, poll_interval=s.poll_interval,
-                            thread_limiter=thread_limiter,
-                            lender=notifier.lender if notifier is not None else None,
-                        )
-                        self.producers.append(producer)
-                        work.start_soon(producer.run)
-                    if self.own_process:
-                        tune_gc()
-                    systemd.notify("READY=1")
-                    log.info("ready", extra={"metrics_url": info.metrics_url,
-                                             "gc_thresholds": list(gc.get_threshold()),
-                                             "gc_frozen_objects": gc.get_freeze_count()})
-                    await self.stopping.wait()
-                    await self._drain(store)
-                released = await self._finish(store, completer)
-                log.info("stopped", extra={"released": released})
-                tg.cancel_scope.cancel()
-        return EXIT_IMMEDIATE if self.immediate else 0
+    def _start_components(
+        self, tg: anyio.abc.TaskGroup, store: Store, url: str, info: ExecutorInfo,
+        completer: Completer,
+    ) -> Notifier | None:
+        """Start every component but the producers; return the notifier (None without
+        ``listen``)."""
+        s = self.settings
+        tg.start_soon(Heartbeat(
+            HeartbeatConfig.from_settings(s), store, info, self.capacities, self.running,
+            self.gate, self.metrics, self.health,
+        ).run)
+        notifier = Notifier(
+            url, self.wakeups, application_name=f"taskd-listen {s.executor_id}"[:63],
+        ) if s.listen else None
+        if notifier is not None:
+            tg.start_soon(notifier.run)
+        tg.start_soon(completer.run)
+        tg.start_soon(Rescuer(RescuerConfig.from_settings(s), store, self.queues,
+                              self.metrics).run)
+        tg.start_soon(Scaler(
+            store, self.capacities, dict(self.queues), s.scale_check_interval, self.metrics,
+            s.executor_id,
+        ).run)
+        tg.start_soon(StatsCollector(
+            store, self.metrics, s.stats_interval, s.pool_size,
+            pending_timeouts={q: qs.pending_timeout for q, qs in self.queues.items()},
+        ).run)
+        return notifier
 
     async def _watch_signals(self, everything: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -213,7 +224,7 @@ class Daemon:
 
         Returns how many subtasks were given back (0: everything finished within the grace).
         """
-        released = [held for p in self.producers for held in p.released]
+        released = self.runner.released if self.runner is not None else []
         # Shielded from the shutdown, yet bounded: a database that stays down must not hold
         # the process forever (leases then expire and the rescuer returns the work).
         with anyio.move_on_after(max(10.0, self.settings.lease_timeout), shield=True):

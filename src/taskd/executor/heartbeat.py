@@ -11,24 +11,55 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import anyio
 
 from taskd import systemd
-from taskd.errors import DatabaseError
+from taskd.errors import ConfigError, DatabaseError
 from taskd.executor.capacity import Capacity
 from taskd.executor.gate import ClaimGate
 from taskd.executor.running import RunningSet
 from taskd.metrics import Health, Metrics
 from taskd.queue.store import Store
+from taskd.settings import Settings
+from taskd.testsignals import TestSignal
 from taskd.types import ExecutorInfo
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class HeartbeatConfig:
+    """``interval``: seconds between heartbeats; ``lease_timeout``: what each extends a lease
+    to. Raises :class:`ConfigError` unless ``0 < interval < lease_timeout``."""
+
+    interval: float
+    lease_timeout: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.interval < self.lease_timeout:
+            raise ConfigError(
+                f"heartbeat: interval ({self.interval:g}) must be > 0 and shorter than "
+                f"lease_timeout ({self.lease_timeout:g})"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HeartbeatConfig:
+        return cls(settings.heartbeat_interval, settings.lease_timeout)
+
+
+@dataclass
+class HeartbeatSignals:
+    """What tests may wait for: a heartbeat written."""
+
+    beat: TestSignal[None] = field(default_factory=TestSignal)
+
+
 class Heartbeat:
     def __init__(
         self,
+        config: HeartbeatConfig,
         store: Store,
         info: ExecutorInfo,
         capacities: Mapping[str, Capacity],
@@ -37,10 +68,9 @@ class Heartbeat:
         metrics: Metrics,
         health: Health,
         *,
-        interval: float,
-        lease_timeout: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.config = config
         self.store = store
         self.info = info
         self.capacities = capacities
@@ -48,15 +78,15 @@ class Heartbeat:
         self.gate = gate
         self.metrics = metrics
         self.health = health
-        self.interval = interval
-        self.lease_timeout = lease_timeout
         self.clock = clock
-        self.beats = 0  # successful heartbeats, for tests and logs
+        self.signals = HeartbeatSignals()
 
     async def run(self) -> None:
         last_ok = self.clock()
         watchdog = systemd.watchdog_interval()
-        interval = min(self.interval, watchdog) if watchdog else self.interval
+        interval = self.config.interval
+        if watchdog:
+            interval = min(interval, watchdog)
         while True:
             await anyio.sleep(interval)
             try:
@@ -65,7 +95,7 @@ class Heartbeat:
                 failing_for = self.clock() - last_ok
                 log.warning("heartbeat failed: %s", exc,
                             extra={"failing_for_s": round(failing_for, 1)})
-                if failing_for > self.lease_timeout:
+                if failing_for > self.config.lease_timeout:
                     self.gate.close(
                         f"heartbeats failing for {failing_for:.0f}s, longer than the lease"
                     )
@@ -83,7 +113,8 @@ class Heartbeat:
             await self.store.register_executor(self.info)
         ids = self.running.ids()
         if ids:
-            held = await self.store.extend_leases(self.info.id, ids, self.lease_timeout)
+            held = await self.store.extend_leases(self.info.id, ids,
+                                                 self.config.lease_timeout)
             for subtask_id in ids:
                 entry = self.running.get(subtask_id)
                 if subtask_id not in held and entry is not None:
@@ -96,7 +127,7 @@ class Heartbeat:
                     log.info("task cancelled, stopping the handler",
                              extra={"subtask_id": subtask_id})
                     entry.stop("cancelled")
-        self.beats += 1
+        self.signals.beat.signal(None)
         self.health.db_ok()
         self.metrics.executor_last_heartbeat.set(time.time())
         for queue, capacity in self.capacities.items():

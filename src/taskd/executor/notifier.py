@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -21,6 +22,7 @@ import psycopg
 from taskd.executor.wakeup import Wakeup
 from taskd.queue.connection import STATEMENT_TIMEOUT
 from taskd.queue.listener import CHANNEL, open_listener
+from taskd.testsignals import TestSignal
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,9 @@ log = logging.getLogger(__name__)
 class ListenLender:
     """The listening connection, lent for one claim right after it delivered a notification.
 
-    Its server process has just run (it sent the notification), and a claim sent to it starts
-    sooner than one sent to a pooled connection whose server process has slept since its last
-    statement: enqueue-to-start p50 at 50 submits/s 1.37 ms instead of 1.48 (medians of 10
-    alternating runs, lower in 8). A producer takes it with :meth:`borrow` (None when it is
+    Its server process has just run (it sent the notification), and a claim sent to it starts sooner
+    than one sent to a pooled connection whose server process has slept since its last statement
+    (enqueue-to-start: docs/benchmarks.md). A producer takes it with :meth:`borrow` (None when it is
     not on offer: between notifications, or taken by another producer) and gives it back with
     :meth:`give_back`; the notifier listens again once it is back. Notifications that arrive
     meanwhile wait (in psycopg's backlog or the socket) for one claim's round trip.
@@ -68,6 +69,13 @@ class ListenLender:
                 self._returned = None
 
 
+@dataclass
+class NotifierSignals:
+    """What tests may wait for: a LISTEN in place (at start and after each reconnection)."""
+
+    listening: TestSignal[None] = field(default_factory=TestSignal)
+
+
 class Notifier:
     """Listen on the ``taskd`` channel (payload: the queue name) and set that queue's wake-up."""
 
@@ -86,7 +94,7 @@ class Notifier:
         self.max_backoff = max_backoff
         self.lender = ListenLender()  # the producers borrow from it (see the daemon)
         self.statement_timeout = statement_timeout
-        self.listening = anyio.Event()  # set once the first LISTEN is in place (tests wait on it)
+        self.signals = NotifierSignals()
 
     async def run(self) -> None:
         backoff = 0.1
@@ -106,7 +114,7 @@ class Notifier:
         async with conn:
             log.debug("listening on channel %s", CHANNEL)
             self._wake_all()
-            self.listening.set()
+            self.signals.listening.signal(None)
             while True:
                 # Notifications that arrive while the connection is lent wait in psycopg's
                 # backlog: the next call yields them first.

@@ -10,39 +10,56 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import anyio
 
-from taskd.errors import DatabaseError
+from taskd.errors import ConfigError, DatabaseError
 from taskd.metrics import Metrics
 from taskd.queue.store import Store
-from taskd.settings import QueueSettings
+from taskd.settings import QueueSettings, Settings
 from taskd.types import RescueReport
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class RescuerConfig:
+    """``interval``: seconds between passes (jittered). ``executor_dead_after``: a heartbeat
+    older marks its executor dead. ``retention``: finished rows older are deleted. Each pass
+    works in batches of ``batch_size``, at most ``max_batches`` per kind of work, so a pass
+    stays short. Raises :class:`ConfigError` for a value it cannot work with."""
+
+    interval: float
+    executor_dead_after: float
+    retention: float
+    batch_size: int = 1000
+    max_batches: int = 20
+
+    def __post_init__(self) -> None:
+        if min(self.interval, self.executor_dead_after, self.retention) <= 0:
+            raise ConfigError("rescuer: interval, executor_dead_after and retention must be "
+                              "> 0 seconds")
+        if self.batch_size < 1 or self.max_batches < 1:
+            raise ConfigError("rescuer: batch_size and max_batches must be >= 1")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RescuerConfig:
+        return cls(settings.rescue_interval, settings.executor_dead_after, settings.retention)
+
+
 class Rescuer:
     def __init__(
         self,
+        config: RescuerConfig,
         store: Store,
         queues: Mapping[str, QueueSettings],
         metrics: Metrics,
-        *,
-        interval: float,
-        executor_dead_after: float,
-        retention: float,
-        batch_size: int = 1000,
-        max_batches: int = 20,
     ) -> None:
+        self.config = config
         self.store = store
         self.queues = queues
         self.metrics = metrics
-        self.interval = interval
-        self.executor_dead_after = executor_dead_after
-        self.retention = retention
-        self.batch_size = batch_size
-        self.max_batches = max_batches  # per kind of work per pass, so a pass stays short
 
     async def run(self) -> None:
         while True:
@@ -60,46 +77,47 @@ class Rescuer:
                         },
                     )
             # Jitter keeps executors started together from contending for the lock in step.
-            await anyio.sleep(self.interval * random.uniform(0.8, 1.2))
+            await anyio.sleep(self.config.interval * random.uniform(0.8, 1.2))
 
     async def rescue_once(self) -> RescueReport:
         """One pass, if no other executor is running one."""
         async with self.store.rescuer_lock() as acquired:
             if not acquired:
                 return RescueReport()
+            batch_size, max_batches = self.config.batch_size, self.config.max_batches
             by_queue: Counter[str] = Counter()
             statuses: Counter[str] = Counter()
-            for _ in range(self.max_batches):
-                rows = await self.store.rescue_expired_leases(limit=self.batch_size)
+            for _ in range(max_batches):
+                rows = await self.store.rescue_expired_leases(limit=batch_size)
                 for row in rows:
                     by_queue[row["queue"]] += 1
                     statuses[row["status"]] += 1
-                if len(rows) < self.batch_size:
+                if len(rows) < batch_size:
                     break
             for queue, n in by_queue.items():
                 self.metrics.leases_rescued.labels(queue).inc(n)
-            dead = await self.store.mark_dead_executors(self.executor_dead_after)
+            dead = await self.store.mark_dead_executors(self.config.executor_dead_after)
             for executor_id in dead:
                 log.warning("executor marked dead", extra={"dead_executor": executor_id})
             timed_out = 0
             for queue, settings in self.queues.items():
                 if settings.pending_timeout <= 0:
                     continue
-                for _ in range(self.max_batches):
+                for _ in range(max_batches):
                     n = await self.store.fail_pending_timeouts(
-                        queue, settings.pending_timeout, limit=self.batch_size
+                        queue, settings.pending_timeout, limit=batch_size
                     )
                     timed_out += n
-                    if n < self.batch_size:
+                    if n < batch_size:
                         break
             deleted_subtasks = deleted_tasks = 0
-            for _ in range(self.max_batches):
+            for _ in range(max_batches):
                 subtasks, tasks = await self.store.delete_finished(
-                    self.retention, limit=self.batch_size
+                    self.config.retention, limit=batch_size
                 )
                 deleted_subtasks += subtasks
                 deleted_tasks += tasks
-                if subtasks < self.batch_size and tasks < self.batch_size:
+                if subtasks < batch_size and tasks < batch_size:
                     break
             return RescueReport(
                 returned=statuses["pending"], failed=statuses["failed"],

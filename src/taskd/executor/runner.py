@@ -1,29 +1,42 @@
-"""Run one attempt of a subtask through its handler and decide its outcome.
+"""The runner: runs claimed subtasks through their handlers and builds every outcome.
 
-The handler runs inside ``ctx.cancel_scope``, cancelled at ``ctx.deadline`` (the queue's
-timeout), and for shutdown, a cancelled task or a lost lease: one scope for both ways it can
-be cut short. :func:`run_subtask` enters it, or runs the handler in it as the caller entered it
-(the daemon's workers: one scope for many attempts run back to back); a stop from outside then
-ends in None, or in the caller's hands, since the caller knows why it stopped the attempt.
-Everything else ends in a :class:`RunResult`.
+A claimed subtask goes producer → runner → completer (River's job executor reports straight
+to its completer). The runner decides what one attempt came to — completed, failed, retry with
+backoff, snooze, timed out, cancelled — here and nowhere else, and hands the :class:`Outcome`
+to the completer. A lost lease produces no outcome (it is counted); a stop for shutdown leaves
+the subtask in :attr:`Runner.released` for the daemon to give back.
+
+A worker runs subtasks back to back in one cancel scope (:meth:`Runner.run_ready`) until one is
+cut short; the next ones then get a new scope. Stopping or expiring a
+:class:`~taskd.executor.running.RunningSubtask` cancels the scope only while its handler runs
+in it; the runner then tells a stop from a timeout by the entry's reason and deadline.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
 import traceback
-from typing import Any, NamedTuple
+from collections import deque
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, NamedTuple, Protocol
 
 import anyio
 import anyio.to_thread
 
-from taskd.errors import HandlerTimeout, LeaseLost, PermanentError, RetryLater
+from taskd.errors import HandlerError, HandlerTimeout, LeaseLost, PermanentError, RetryLater
+from taskd.executor.running import RunningSubtask
 from taskd.handlers.base import RegisteredHandler, SubtaskContext
+from taskd.handlers.clients import HttpClients
 from taskd.handlers.registry import HandlerRegistry
-from taskd.types import ErrorOccurrence, Outcome, UnreadableJSON
+from taskd.metrics import Metrics
+from taskd.queue.store import Store
+from taskd.settings import QueueSettings
+from taskd.types import ClaimedSubtask, ErrorOccurrence, Outcome, UnreadableJSON
 
 # Stack traces go to error_logs; the top frames say where, the rest is noise in a table.
 MAX_STACK_TRACE = 8000
@@ -34,17 +47,10 @@ _RESULT_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 JITTER = 0.1
 
 
-class RunResult(NamedTuple):
-    """What one attempt came to.
+class OutcomeSink(Protocol):
+    """Where the runner hands outcomes: the :class:`~taskd.executor.completer.Completer`."""
 
-    ``outcome`` is None when the lease was lost (drop it, count it). ``error`` is the error to
-    add to error_logs: None for successes and for :class:`taskd.RetryLater`. A named tuple,
-    immutable like a frozen dataclass at a third of its cost (one per subtask).
-    """
-
-    outcome: Outcome | None
-    error: ErrorOccurrence | None
-    duration: float
+    def add(self, queue: str, outcome: Outcome) -> None: ...
 
 
 def backoff_delay(
@@ -84,7 +90,7 @@ def result_json(result: Any) -> str | None:
     if result is None:
         return None  # the common "no result": no encoder at all
     if type(result) is dict and not result:
-        return "{}"  # what noop returns for the default payload: 1.1 us through the encoder
+        return "{}"  # what noop returns for the default payload, without the encoder
     try:
         text = _RESULT_ENCODER.encode(result)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -103,126 +109,218 @@ def result_json(result: Any) -> str | None:
     return text
 
 
-async def run_subtask(
-    registry: HandlerRegistry,
-    ctx: SubtaskContext,
-    *,
-    thread_limiter: anyio.CapacityLimiter,
-    scope_entered: bool = False,
-) -> RunResult | None:
-    """Run the subtask's handler once in ``ctx.cancel_scope`` under the queue's timeout;
-    return its outcome, or None when that scope was cancelled from outside.
+class _QueueMetrics(NamedTuple):
+    """One queue's metric children, looked up once, not per subtask."""
 
-    A caller that sets ``ctx.deadline`` enforces it: at the deadline it gives the scope that
-    deadline, which cancels it. Otherwise the scope's own deadline, or the queue's timeout
-    from now, is the timeout. A cancellation is a timeout when the scope's deadline has
-    passed, a stop from outside when not.
-
-    With ``scope_entered``, the caller has entered ``ctx.cancel_scope`` and enforces
-    ``ctx.deadline`` itself (the producer's workers run many subtasks in one scope): the
-    handler runs as it is, and its scope's cancellation propagates to the caller, who tells
-    a stop from a timeout (:func:`timed_out` makes the outcome of one).
-
-    Never raises for a handler's failure: an unknown kind, a :class:`taskd.PermanentError` or
-    a result that is not JSON become a ``failed`` outcome; :class:`taskd.RetryLater` a
-    ``snooze``; :class:`taskd.errors.LeaseLost` an outcome of None; anything else (a timeout
-    too) a ``retry`` with backoff, or ``failed`` on the last attempt. A cancellation of an
-    enclosing scope propagates.
-    """
-    started = time.monotonic()
-    handler = registry.get(ctx.kind)
-    try:
-        for what, value in (("payload", ctx.subtask.payload), ("state", ctx.state)):
-            if isinstance(value, UnreadableJSON):
-                raise PermanentError(f"the subtask's {what} cannot be read: {value.reason}")
-        if handler is None:
-            raise PermanentError(
-                f"no handler for kind {ctx.kind!r}; registered kinds: "
-                + ", ".join(registry.kinds())
-            )
-        if scope_entered:
-            result = result_json(await _invoke(handler, ctx, thread_limiter))
-        else:
-            result = result_json(await _call(handler, ctx, thread_limiter))
-    except _Stopped:
-        return None
-    except LeaseLost:
-        ctx.logger.warning("lease lost; the outcome of this attempt is dropped")
-        return RunResult(None, None, time.monotonic() - started)
-    except RetryLater as exc:
-        ctx.logger.info("retry later in %gs: %s", exc.delay, exc)
-        outcome = Outcome(ctx.id, ctx.attempt, "snooze", error=error_text(exc), delay=exc.delay)
-        return RunResult(outcome, None, time.monotonic() - started)
-    except Exception as exc:
-        return _failure(ctx, exc, time.monotonic() - started)
-    duration = time.monotonic() - started
-    return RunResult(Outcome(ctx.id, ctx.attempt, "completed", result), None, duration)
+    wait: Any
+    duration: Any
+    leases_lost: Any
 
 
-class _Stopped(Exception):
-    """The attempt's scope was cancelled from outside before its deadline."""
+class Runner:
+    """Runs handlers for every queue of one executor and reports each outcome to ``sink``."""
+
+    def __init__(
+        self,
+        registry: HandlerRegistry,
+        queues: Mapping[str, QueueSettings],
+        store: Store,
+        sink: OutcomeSink,
+        metrics: Metrics,
+        http: HttpClients,
+        *,
+        executor_id: str,
+        thread_limiter: anyio.CapacityLimiter,
+    ) -> None:
+        self.registry = registry
+        self.queues = queues
+        self.store = store
+        self.sink = sink
+        self.http = http
+        self.executor_id = executor_id
+        self.thread_limiter = thread_limiter
+        # (id, attempt) of subtasks stopped by shutdown: the daemon gives them back.
+        self.released: list[tuple[int, int]] = []
+        self._loggers: dict[str, logging.Logger] = {}
+        self._metrics = {
+            queue: _QueueMetrics(metrics.subtask_wait.labels(queue),
+                                 metrics.subtask_duration.labels(queue),
+                                 metrics.leases_lost.labels(queue))
+            for queue in queues
+        }
+        self._scope_class: type[anyio.CancelScope] | None = None
+
+    async def run_ready(
+        self,
+        ready: deque[RunningSubtask],
+        *,
+        more: Callable[[], None],
+        done: Callable[[RunningSubtask], None],
+    ) -> None:
+        """Run subtasks from ``ready``, back to back in one cancel scope, until it is empty or
+        the scope was used: cancelled (a handler stopped or past its deadline) or given a
+        deadline by a handler.
+
+        ``more()`` is called when a subtask is taken while others wait (so that another worker
+        comes for them: a handler that blocks never holds up the next subtask); ``done(entry)``
+        after each subtask ends, before its outcome is written.
+        """
+        scope_class = self._scope_class
+        if scope_class is None:
+            # The backend's own class: anyio.CancelScope() looks the backend up on each call.
+            scope_class = self._scope_class = type(anyio.CancelScope())
+        running: tuple[RunningSubtask, SubtaskContext, float] | None = None
+        with scope_class() as scope:
+            while ready and not scope.cancel_called and scope.deadline == math.inf:
+                entry = ready.popleft()
+                if ready:
+                    more()
+                ctx = self._context(entry, scope)
+                running = (entry, ctx, time.monotonic())
+                try:
+                    await self._run(entry, ctx)
+                finally:
+                    done(entry)
+                running = None
+        if running is not None:  # this scope's cancellation cut the handler short
+            entry, ctx, started = running
+            self._cut_short(entry, ctx, time.monotonic() - started)
+
+    async def run_one(self, subtask: ClaimedSubtask, deadline: float | None = None) -> None:
+        """Run one claimed subtask as a worker does, its deadline (anyio's clock; default the
+        queue's timeout from now) enforced as the producer's timer enforces a claim's.
+
+        For :mod:`taskd.testing` and tests: the same path as the daemon's, one subtask long.
+        """
+        if deadline is None:
+            deadline = anyio.current_time() + self.queues[subtask.queue].timeout
+        entry = RunningSubtask(subtask, deadline)
+
+        async def expire() -> None:
+            await anyio.sleep_until(deadline)
+            entry.expire()
+
+        async with anyio.create_task_group() as timer:
+            timer.start_soon(expire)
+            await self.run_ready(deque([entry]), more=lambda: None, done=lambda _: None)
+            timer.cancel_scope.cancel()
+
+    def _context(self, entry: RunningSubtask, scope: anyio.CancelScope) -> SubtaskContext:
+        subtask = entry.subtask
+        return SubtaskContext(
+            subtask=subtask,
+            queue_settings=self.queues[subtask.queue],
+            logger=logging.LoggerAdapter(
+                self._logger(subtask.kind),
+                {"subtask_id": subtask.id, "task_id": subtask.task_id, "queue": subtask.queue,
+                 "attempt": subtask.attempt},
+            ),
+            http=self.http.client_for(subtask.id),
+            session=self.http.session,
+            cancel_scope=scope,
+            _checkpoint=partial(self.store.checkpoint, self.executor_id, subtask.id,
+                                subtask.attempt),
+            state=subtask.state,
+            deadline=entry.deadline,
+        )
+
+    async def _run(self, entry: RunningSubtask, ctx: SubtaskContext) -> None:
+        self._metrics[ctx.queue].wait.observe(max(0.0, ctx.subtask.wait))
+        if entry.stop_reason is not None or entry.expired:
+            self._cut_short(entry, ctx, 0.0)  # stopped, or past its deadline, while ready
+            return
+        started = time.monotonic()
+        entry.scope = ctx.cancel_scope
+        try:
+            outcome = await self._attempt(ctx)
+        finally:
+            entry.scope = None
+        self._report(ctx, outcome, time.monotonic() - started)
+
+    async def _attempt(self, ctx: SubtaskContext) -> Outcome | None:
+        """Run the handler once; what it came to (None: the lease was lost). A cancellation
+        of the scope propagates: :meth:`run_ready` tells a stop from a timeout."""
+        handler = self.registry.get(ctx.kind)
+        try:
+            for what, value in (("payload", ctx.subtask.payload), ("state", ctx.state)):
+                if isinstance(value, UnreadableJSON):
+                    raise PermanentError(f"the subtask's {what} cannot be read: {value.reason}")
+            if handler is None:
+                raise PermanentError(
+                    f"no handler for kind {ctx.kind!r}; registered kinds: "
+                    + ", ".join(self.registry.kinds())
+                )
+            result = result_json(await self._invoke(handler, ctx))
+        except LeaseLost:
+            ctx.logger.warning("lease lost; the outcome of this attempt is dropped")
+            return None
+        except RetryLater as exc:
+            ctx.logger.info("retry later in %gs: %s", exc.delay, exc)
+            return Outcome(ctx.id, ctx.attempt, "snooze", error=error_text(exc), delay=exc.delay)
+        except Exception as exc:
+            return _failure(ctx, exc)
+        return Outcome(ctx.id, ctx.attempt, "completed", result)
+
+    async def _invoke(self, handler: RegisteredHandler, ctx: SubtaskContext) -> Any:
+        if handler.is_async:
+            return await handler.fn(ctx)
+        # A thread cannot be stopped: past the timeout it is abandoned and runs to its end in
+        # the background, while its slot is given back.
+        return await anyio.to_thread.run_sync(
+            handler.fn, ctx, limiter=self.thread_limiter, abandon_on_cancel=True
+        )
+
+    def _report(self, ctx: SubtaskContext, outcome: Outcome | None, duration: float) -> None:
+        if outcome is None:
+            self._metrics[ctx.queue].leases_lost.inc()
+            return
+        self._metrics[ctx.queue].duration.observe(duration)
+        self.sink.add(ctx.queue, outcome)
+
+    def _cut_short(self, entry: RunningSubtask, ctx: SubtaskContext, duration: float) -> None:
+        """The entry's handler was cancelled, or never started: a stop's reason wins over a
+        deadline that also passed. A handler that cancelled its own scope failed: its attempt
+        is retried like after any error, rather than left processing until its lease expires."""
+        if entry.stop_reason is None:
+            if entry.expired or ctx.cancel_scope.deadline <= anyio.current_time():
+                error: Exception = HandlerTimeout(
+                    f"{ctx.kind} handler ran longer than the queue's timeout of "
+                    f"{ctx.queue_settings.timeout:g} s")
+            else:
+                error = HandlerError(f"the {ctx.kind} handler cancelled its own cancel scope")
+            self._report(ctx, _failure(ctx, error), duration)
+        elif entry.stop_reason == "shutdown":
+            self.released.append((ctx.id, ctx.attempt))
+        elif entry.stop_reason == "cancelled":
+            self.sink.add(ctx.queue, Outcome(ctx.id, ctx.attempt, "cancelled",
+                                             error="cancelled on request"))
+        elif entry.stop_reason == "lease_lost":
+            self._metrics[ctx.queue].leases_lost.inc()
+
+    def _logger(self, kind: str) -> logging.Logger:
+        logger = self._loggers.get(kind)
+        if logger is None:
+            logger = self._loggers[kind] = logging.getLogger(f"taskd.handler.{kind}")
+        return logger
 
 
-async def _call(
-    handler: RegisteredHandler, ctx: SubtaskContext, thread_limiter: anyio.CapacityLimiter
-) -> Any:
-    scope = ctx.cancel_scope
-    if ctx.deadline == math.inf:
-        # No caller's deadline (the producer's timer cancels its scopes at theirs): the
-        # scope's, or the queue's timeout from now, set on the scope.
-        if scope.deadline == math.inf:
-            scope.deadline = anyio.current_time() + ctx.queue_settings.timeout
-        ctx.deadline = scope.deadline
-    with scope:
-        return await _invoke(handler, ctx, thread_limiter)
-    # The scope caught its own cancellation: its deadline passed, or it was cancelled from
-    # outside (the daemon then knows why, and its reason wins over a deadline that also passed).
-    if anyio.current_time() < scope.deadline:
-        raise _Stopped
-    raise _timeout(ctx)
-
-
-async def _invoke(
-    handler: RegisteredHandler, ctx: SubtaskContext, thread_limiter: anyio.CapacityLimiter
-) -> Any:
-    if handler.is_async:
-        return await handler.fn(ctx)
-    # A thread cannot be stopped: past the timeout it is abandoned and runs to its end in the
-    # background, while its slot is given back.
-    return await anyio.to_thread.run_sync(
-        handler.fn, ctx, limiter=thread_limiter, abandon_on_cancel=True
-    )
-
-
-def _timeout(ctx: SubtaskContext) -> HandlerTimeout:
-    return HandlerTimeout(f"{ctx.kind} handler ran longer than the queue's timeout of "
-                          f"{ctx.queue_settings.timeout:g} s")
-
-
-def timed_out(ctx: SubtaskContext, duration: float) -> RunResult:
-    """The outcome of an attempt past its deadline: cut short while it ran, or never started
-    because its deadline passed first. Retried with backoff, or failed on the last attempt,
-    as :func:`run_subtask` does with a timeout."""
-    return _failure(ctx, _timeout(ctx), duration)
-
-
-def _failure(ctx: SubtaskContext, exc: Exception, duration: float) -> RunResult:
+def _failure(ctx: SubtaskContext, exc: Exception) -> Outcome:
+    """A failed attempt: retried with backoff, or failed for good when the error is permanent
+    or the attempts are used up; its error goes to error_logs with the outcome."""
     text = error_text(exc)
-    permanent = isinstance(exc, PermanentError)
-    last = ctx.attempt >= ctx.max_attempts
     stack = storable("".join(traceback.format_exception(exc))[-MAX_STACK_TRACE:])
-    error = ErrorOccurrence(
+    failure = ErrorOccurrence(
         error_type=type(exc).__name__, message=storable(str(exc)), stack_trace=stack,
         queue=ctx.queue, kind=ctx.kind,
     )
-    if permanent or last:
-        why = "permanent error" if permanent else f"attempt {ctx.attempt} of {ctx.max_attempts}"
+    if isinstance(exc, PermanentError) or ctx.attempt >= ctx.max_attempts:
+        why = ("permanent error" if isinstance(exc, PermanentError)
+               else f"attempt {ctx.attempt} of {ctx.max_attempts}")
         ctx.logger.warning("failed (%s): %s", why, text)
-        return RunResult(Outcome(ctx.id, ctx.attempt, "failed", error=text), error, duration)
+        return Outcome(ctx.id, ctx.attempt, "failed", error=text, failure=failure)
     settings = ctx.queue_settings
     delay = backoff_delay(ctx.attempt, settings.retry_base, settings.retry_max)
     ctx.logger.info(
         "attempt %d of %d failed, retry in %.1fs: %s", ctx.attempt, ctx.max_attempts, delay, text
     )
-    outcome = Outcome(ctx.id, ctx.attempt, "retry", error=text, delay=delay)
-    return RunResult(outcome, error, duration)
+    return Outcome(ctx.id, ctx.attempt, "retry", error=text, delay=delay, failure=failure)

@@ -8,7 +8,7 @@ from typing import Literal
 
 import anyio
 
-from taskd.executor.changed import Changed
+from taskd.executor.condition import Condition
 from taskd.types import ClaimedSubtask
 
 StopReason = Literal["shutdown", "cancelled", "lease_lost"]
@@ -49,7 +49,7 @@ class RunningSet:
 
     def __init__(self) -> None:
         self._entries: dict[int, RunningSubtask] = {}
-        self._changed = Changed()
+        self._changed = Condition()
 
     def add(self, subtask: ClaimedSubtask, deadline: float = math.inf) -> RunningSubtask:
         """Track ``subtask``, whose attempt times out at ``deadline`` (anyio's clock).

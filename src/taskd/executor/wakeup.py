@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import anyio
+
+from taskd.testsignals import TestSignal
+
+
+@dataclass
+class WakeupSignals:
+    """What tests may wait for: a producer starting to wait for a wake-up."""
+
+    waiting: TestSignal[None] = field(default_factory=TestSignal)
 
 
 class Wakeup:
@@ -11,18 +22,15 @@ class Wakeup:
     def __init__(self) -> None:
         self._event = anyio.Event()
         self.sets = 0  # how many times it was set: whoever must not miss one compares counts
+        self.signals = WakeupSignals()
 
     def set(self) -> None:
         self.sets += 1
         self._event.set()
 
-    @property
-    def waiting(self) -> int:
-        """Tasks waiting for it now."""
-        return self._event.statistics().tasks_waiting
-
     async def wait(self, within: float) -> bool:
         """Wait until set or ``within`` seconds pass; return whether it was set. Resets it."""
+        self.signals.waiting.signal(None)
         with anyio.move_on_after(within):
             await self._event.wait()
         was_set = self._event.is_set()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import aiohttp
 import anyio
@@ -43,7 +43,7 @@ class SubtaskContext:
     """What a handler gets: the subtask, its queue's settings, and ways to report progress.
 
     ``http`` is an httpx client and ``session`` an aiohttp session, both shared by the daemon's
-    handlers; aiohttp costs about a fifth of httpx's CPU per request (see
+    handlers; aiohttp costs much less CPU per request than httpx (see
     :mod:`taskd.handlers.clients`), for handlers that make many small requests.
     """
 
@@ -56,10 +56,8 @@ class SubtaskContext:
     _checkpoint: Callable[[JSON], Awaitable[bool]]
     state: JSON | None = None
     # anyio's clock (anyio.current_time()): when the attempt times out and cancel_scope is
-    # cancelled. The daemon sets it to the claim's time plus the queue's timeout; left at
-    # infinity, run_subtask sets it to the queue's timeout from the handler's start.
+    # cancelled. The daemon's runner sets it to the claim's time plus the queue's timeout.
     deadline: float = math.inf
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> int:

@@ -2,14 +2,13 @@
 
 httpx is the client handlers are written against. httpcore checks every connection in a
 client's pool before each request (for an idle one, a readable-socket probe through anyio's
-attribute lookup). With 50 lumina handlers on one client that bookkeeping alone was an eighth
-of the daemon's samples. So the daemon keeps a few httpx clients, each with a small pool, and
+attribute lookup); with many handlers on one client that bookkeeping showed in the daemon's
+profile. So the daemon keeps a few httpx clients, each with a small pool, and
 gives each subtask one of them; they share one TLS context (loading the CA bundle is slow).
 
 The aiohttp session is for handlers that make many small requests, as the lumina handler's
-polls do. Here (``python -m bench http-clients``: 50 tasks, each polling every 100 ms), a
-request took 830-1,320 us of CPU through httpx with eight clients, 670-1,000 us through
-httpx's transport alone, and 190-230 us through aiohttp. At 500 requests a second that is the
+polls do: a request costs a fraction of httpx's CPU through it (``python -m bench
+http-clients``, docs/benchmarks.md), which at hundreds of requests a second is the
 difference between a daemon that is the bottleneck and one that is not. The session keeps
 aiohttp's default of at most 100 connections at once; a request beyond them waits for one,
 within its own timeout.
@@ -48,8 +47,8 @@ async def http_clients(shards: int = SHARDS) -> AsyncIterator[HttpClients]:
     async with AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(httpx.AsyncClient(timeout=TIMEOUT, verify=tls))
                    for _ in range(shards)]
-        # Not trust_env: with it aiohttp reads ~/.netrc, in a thread, on every request (a
-        # quarter of the daemon's samples polling lumina). So this session ignores the
+        # Not trust_env: with it aiohttp reads ~/.netrc, in a thread, on every request. So
+        # this session ignores the
         # HTTP(S)_PROXY variables that httpx honours; a handler passes proxy= itself.
         session = await stack.enter_async_context(aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=TIMEOUT),

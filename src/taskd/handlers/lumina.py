@@ -16,8 +16,8 @@ retry (which submits again), or a permanent failure when the error's code is
 A retried attempt whose state holds a job id polls that job instead of submitting again, so a
 crashed executor never causes a second submission once the checkpoint is written.
 
-Requests go through the daemon's shared aiohttp session (``ctx.session``): about a fifth of
-httpx's CPU per request, which matters at hundreds of polls a second. Transient HTTP trouble (no
+Requests go through the daemon's shared aiohttp session (``ctx.session``): less CPU per
+request than httpx, which matters at hundreds of polls a second. Transient HTTP trouble (no
 answer: a failed connection or a timeout, :class:`LuminaUnreachable`; or 408, 429, 5xx,
 :class:`LuminaUnavailable`) is retried inside the attempt with tenacity,
 :data:`TRANSIENT_TRIES` tries with jittered exponential backoff. At the submission, trouble
@@ -106,8 +106,7 @@ async def handle(ctx: SubtaskContext) -> JSON:
     assert isinstance(job_id, str)
 
     # Polls start polling_interval apart, on a clock set at the submission: the time a request
-    # takes does not push every later poll back (a fixed delay after each answer saw a 500 ms
-    # job end 18 ms, at p50, before the poll that noticed it).
+    # takes does not push every later poll back (as a fixed delay after each answer did).
     interval = settings.polling_interval
     poll_at = anyio.current_time() if resumed else submitted_at + interval
     missed: Exception | None = None

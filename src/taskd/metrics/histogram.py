@@ -1,12 +1,12 @@
 """A Prometheus histogram for what the event loop observes once per subtask.
 
-``prometheus_client.Histogram`` takes a lock for the sum and another for the bucket, and walks
-the bounds in Python: 1.4-1.6 us an observation on the benchmark machine, two per subtask, 8%
-of a daemon's CPU draining noops (py-spy). Here an observation is a bisection and two
-additions (0.24 us), with no lock: every observation comes from the daemon's event loop thread,
-and a scrape from the metrics thread reads Python ints and floats, which no reader can see half
-written. A scrape may see an observation in its bucket before it is in the sum; Prometheus
-tolerates that as it tolerates a scrape between the client library's two locks.
+``prometheus_client.Histogram`` takes a lock for the sum and another for the bucket, and walks the
+bounds in Python, twice per subtask: a visible share of a daemon's CPU draining noops
+(docs/benchmarks.md). Here an observation is a bisection and two additions, with no lock: every
+observation comes from the daemon's event loop thread, and a scrape from the metrics thread reads
+Python ints and floats, which no reader can see half written. A scrape may see an observation in its
+bucket before it is in the sum; Prometheus tolerates that as it tolerates a scrape between the
+client library's two locks.
 
 The exposition is prometheus_client's own: ``_bucket`` (cumulative, ``le`` as the client
 library formats it), ``_count``, ``_sum`` and ``_created`` per label set (``_created`` unless

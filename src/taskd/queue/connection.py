@@ -77,15 +77,13 @@ def connection_kwargs(
     """Keyword arguments for every pooled taskd connection.
 
     Plans are always custom: psycopg prepares a statement on its fifth run, and PostgreSQL's
-    generic plan for an id array of unknown length joined the outcomes in a nested loop
-    (quadratic in the batch: 10.8 ms instead of 3.3 ms for 250 outcomes). Planning each run
-    costs ~0.2 ms a batch.
+    generic plan for an id array of unknown length joined the outcomes in a nested loop,
+    quadratic in the batch; planning each run costs far less (docs/benchmarks.md).
 
     Timestamps come back in UTC whatever the server's TimeZone: psycopg builds them with
-    ``datetime.timezone.utc`` then, not a ``zoneinfo`` conversion per value (building a
-    1,000-row claim's rows: 2.73 ms with TimeZone 'Etc/UTC', 1.39 ms with 'UTC', 1.30 ms in
-    binary). Options already in the connection string or PGOPTIONS are kept (a TimeZone
-    there wins).
+    ``datetime.timezone.utc`` then, not a ``zoneinfo`` conversion per value, which halved the cost
+    of building a claim's rows (docs/benchmarks.md). Options already in the connection string or
+    PGOPTIONS are kept (a TimeZone there wins).
     """
     given = conninfo_to_dict(conninfo).get("options") or os.environ.get("PGOPTIONS", "")
     options = ["-c TimeZone=UTC", str(given), "-c plan_cache_mode=force_custom_plan"]

@@ -20,10 +20,10 @@ _DECODER = json.JSONDecoder()
 
 def tolerant_loads(data: str | bytes) -> Any:
     if data == b"{}":
-        return {}  # the default payload: 1.8 us through the decoder, 0.1 us here
+        return {}  # the default payload, without the decoder
     try:
         # PostgreSQL sends JSON as UTF-8: decoding it here spares json.loads its encoding
-        # detection (half the cost of reading a small payload).
+        # detection.
         return _DECODER.decode(data.decode() if isinstance(data, bytes) else data)
     except RecursionError:
         return UnreadableJSON("JSON nested too deeply for Python to decode")

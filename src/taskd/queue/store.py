@@ -36,15 +36,12 @@ from taskd.queue.submission import DEFAULT_MAX_PAYLOAD_BYTES, validate_submissio
 from taskd.types import (
     JSON,
     ClaimedSubtask,
-    ErrorOccurrence,
     ExecutorInfo,
     ExecutorStatus,
     Outcome,
     Subtask,
     Task,
 )
-
-MAX_ERROR_MESSAGE = 500
 
 Row = TypeVar("Row")
 
@@ -53,9 +50,9 @@ def fields_row(cls: type[Row]) -> BaseRowFactory[Row]:
     """Rows as ``cls._make(values)``, for a named tuple whose fields are the query's columns in
     order.
 
-    The claim builds one row per subtask: 0.18 us each this way, against 1.59 us for a frozen
-    dataclass of the same 11 fields and more through psycopg's ``class_row`` (keyword
-    arguments through a dict). The columns are checked against the fields once per statement,
+    The claim builds one row per subtask: this way costs a fraction of a frozen dataclass, and
+    less still than psycopg's ``class_row`` (keyword arguments through a dict;
+    docs/benchmarks.md). The columns are checked against the fields once per statement,
     so the query and its row type cannot drift apart silently.
     """
     names: tuple[str, ...] = cls._fields  # type: ignore[attr-defined]
@@ -77,16 +74,25 @@ _OUTCOME_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 def _outcome_json(o: Outcome) -> str:
     """One element of record_outcomes' JSON array (absent keys are NULL there).
 
-    Formatted, not encoded: 0.17-0.35 us against 0.84-2.1 us through the encoder. The result
-    is JSON text already (see :class:`Outcome`); the error goes through the encoder.
+    Formatted, not encoded: a fraction of the encoder's cost (docs/benchmarks.md). The result
+    is JSON text already (see :class:`Outcome`); texts go through the encoder.
     """
-    head = f'{{"id":{o.subtask_id:d},"attempt":{o.attempt:d},"outcome":"{o.outcome}"'
+    head = f'{{"id":{o.subtask_id:d},"attempt":{o.attempt:d},"verdict":"{o.verdict}"'
     if o.result_json is not None:
         head += ',"result":' + o.result_json
     if o.error is not None:
         head += ',"error":' + _OUTCOME_ENCODER.encode(o.error)
-    if o.outcome == "retry" or o.outcome == "snooze":  # NULL would be a NULL run_after
+    if o.verdict == "retry" or o.verdict == "snooze":  # NULL would be a NULL run_after
         head += ',"delay":' + _OUTCOME_ENCODER.encode(float(o.delay))
+    failure = o.failure
+    if failure is not None:
+        head += ',"error_type":' + _OUTCOME_ENCODER.encode(failure.error_type)
+        head += ',"message":' + _OUTCOME_ENCODER.encode(failure.message)
+        head += f',"n":{failure.count:d}'
+        for key in ("stack_trace", "queue", "kind"):
+            value = getattr(failure, key)
+            if value is not None:
+                head += f',"{key}":' + _OUTCOME_ENCODER.encode(value)
     return head + "}"
 
 
@@ -263,10 +269,7 @@ class Store:
         rows before ``after`` may have become ready and the claim must start from the head.
 
         The rows come in binary: cheaper on both sides than text (PostgreSQL formats a
-        float8 or a timestamptz as text at some cost): 1,000 rows 0.96 ms from send to the
-        last byte instead of 1.48 ms (building them: ``connection_kwargs``). With the UTC
-        sessions, 2 daemons draining 200,000 noops used 1.0 us less CPU a subtask (median of
-        8 alternating pairs; less in 6 of them).
+        float8 or a timestamptz as text at some cost; docs/benchmarks.md).
 
         ``conn``, an autocommit connection with the pool's session settings, runs the claim
         instead of a pooled one: the producer's claim right after a notification runs on the
@@ -295,7 +298,9 @@ class Store:
     ) -> set[int]:
         """Write outcomes in one statement, fenced; return the ids that were applied.
 
-        An outcome whose id is missing from the result lost its lease: it was not applied.
+        An outcome whose id is missing from the result lost its lease: it was not applied, and
+        its ``failure`` not counted. The failures of those applied are aggregated into
+        error_logs by ``(error_type, message)`` in the same statement.
         """
         if not outcomes:
             return set()
@@ -353,29 +358,6 @@ class Store:
             return set()
         rows = await self.fetch_rows("cancel_requested", {"ids": ids})
         return {row["id"] for row in rows}
-
-    async def record_errors(self, errors: Sequence[ErrorOccurrence]) -> None:
-        """Aggregate errors into error_logs by ``(error_type, message)``."""
-        if not errors:
-            return
-        merged: dict[tuple[str, str], ErrorOccurrence] = {}
-        for error in errors:
-            key = (error.error_type[:200], error.message[:MAX_ERROR_MESSAGE])
-            seen = merged.get(key)
-            merged[key] = ErrorOccurrence(
-                key[0], key[1],
-                error.stack_trace or (seen.stack_trace if seen else None),
-                error.queue, error.kind, error.count + (seen.count if seen else 0),
-            )
-        values = list(merged.values())
-        await self.fetch_rows("upsert_error_logs", {
-            "error_types": [e.error_type for e in values],
-            "messages": [e.message for e in values],
-            "counts": [e.count for e in values],
-            "stack_traces": [e.stack_trace for e in values],
-            "queues": [e.queue for e in values],
-            "kinds": [e.kind for e in values],
-        })
 
     # -- executors ------------------------------------------------------------------------------
 

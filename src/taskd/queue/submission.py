@@ -62,6 +62,36 @@ def validate_submission(
     Raises :class:`InvalidInput` naming the field. ``taskd.submit_task`` repeats these checks
     for SQL clients; doing them here gives a precise message without a round trip.
     """
+    _check_fields(queue, kind, name=name, priority=priority, user_id=user_id,
+                  max_attempts=max_attempts, delay=delay)
+    _check_shapes(payloads, params)
+    params_json = _dumps(params, "params")
+    payloads_json = _dumps(list(payloads), "payloads")
+    # json.dumps escapes NUL as \u0000; only then is the slower exact walk needed.
+    if "\\u0000" in payloads_json or "\\u0000" in params_json:
+        for index, payload in enumerate(payloads):
+            if _has_nul(payload):
+                raise InvalidInput(f"payloads[{index}] contains a NUL character",
+                                   field=f"payloads[{index}]")
+        if _has_nul(params):
+            raise InvalidInput("params contains a NUL character", field="params")
+    # Cheap bound first: only a large total can hold one payload over the limit.
+    if len(payloads_json) > max_payload_bytes:
+        for index, payload in enumerate(payloads):
+            size = len(_dumps(payload, f"payloads[{index}]").encode())
+            if size > max_payload_bytes:
+                raise InvalidInput(
+                    f"payloads[{index}] is {size} bytes, larger than {max_payload_bytes}",
+                    field=f"payloads[{index}]",
+                )
+    return payloads_json, params_json
+
+
+def _check_fields(
+    queue: Any, kind: Any, *, name: Any, priority: Any, user_id: Any, max_attempts: Any,
+    delay: Any,
+) -> None:
+    """The scalar fields: names, numbers and texts."""
     if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
         raise InvalidInput(
             f"queue {queue!r} is not a valid queue name (^[a-z][a-z0-9_-]{{0,62}}$)",
@@ -89,6 +119,10 @@ def validate_submission(
         if text is not None and not _encodes(text):
             # Lone surrogates: argv or JSON bytes that were not UTF-8.
             raise InvalidInput(f"{label} must be valid UTF-8 text", field=label)
+
+
+def _check_shapes(payloads: Any, params: Any) -> None:
+    """params is an object; payloads a non-empty list of objects, not too many."""
     if not isinstance(params, dict):
         raise InvalidInput("params must be a JSON object", field="params")
     if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Sequence):
@@ -103,23 +137,3 @@ def validate_submission(
         if not isinstance(payload, dict):
             raise InvalidInput(f"payloads[{index}] is not a JSON object",
                                field=f"payloads[{index}]")
-    params_json = _dumps(params, "params")
-    payloads_json = _dumps(list(payloads), "payloads")
-    # json.dumps escapes NUL as \u0000; only then is the slower exact walk needed.
-    if "\\u0000" in payloads_json or "\\u0000" in params_json:
-        for index, payload in enumerate(payloads):
-            if _has_nul(payload):
-                raise InvalidInput(f"payloads[{index}] contains a NUL character",
-                                   field=f"payloads[{index}]")
-        if _has_nul(params):
-            raise InvalidInput("params contains a NUL character", field="params")
-    # Cheap bound first: only a large total can hold one payload over the limit.
-    if len(payloads_json) > max_payload_bytes:
-        for index, payload in enumerate(payloads):
-            size = len(_dumps(payload, f"payloads[{index}]").encode())
-            if size > max_payload_bytes:
-                raise InvalidInput(
-                    f"payloads[{index}] is {size} bytes, larger than {max_payload_bytes}",
-                    field=f"payloads[{index}]",
-                )
-    return payloads_json, params_json

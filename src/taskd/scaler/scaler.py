@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import anyio
@@ -30,6 +30,7 @@ from taskd.metrics import Metrics
 from taskd.queue import scaling
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings
+from taskd.testsignals import TestSignal
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,14 @@ def decide(
     )
 
 
+@dataclass
+class ScalerSignals:
+    """What tests may wait for: a check done (its decisions), a check a database error ended."""
+
+    checked: TestSignal[dict[str, Decision]] = field(default_factory=TestSignal)
+    failed: TestSignal[DatabaseError] = field(default_factory=TestSignal)
+
+
 class Scaler:
     """One per executor, for all of its queues."""
 
@@ -160,8 +169,7 @@ class Scaler:
         self.clock = clock
         self.last_scale_up: dict[str, float] = {}
         self.last_scale_down: dict[str, float] = {}
-        self.checks = 0  # checks that completed, row write included (tests wait on it)
-        self.failures = 0  # checks that a database error ended
+        self.signals = ScalerSignals()
         self._row_outdated = False  # a change whose write to the executor row failed
 
     async def run(self) -> None:
@@ -172,7 +180,7 @@ class Scaler:
             try:
                 await self.check_once()
             except DatabaseError as exc:
-                self.failures += 1
+                self.signals.failed.signal(exc)
                 log.warning("scaler check failed, trying again next interval: %s", exc)
             await anyio.sleep(self.interval * random.uniform(1 - JITTER, 1 + JITTER))
 
@@ -216,5 +224,5 @@ class Scaler:
                 log.warning("executor row %s not found; the heartbeat registers it again",
                             self.executor_id)
             self._row_outdated = False
-        self.checks += 1
+        self.signals.checked.signal(decisions)
         return decisions

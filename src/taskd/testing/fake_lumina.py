@@ -44,9 +44,9 @@ from typing import Any
 
 from aiohttp import web
 
-# The server is aiohttp's: Python's http.server answered 50 pollers' bursts in turn (p50 7 ms
-# a request at 500/s) and listened with a backlog of 5 (SYNs lost when 50 clients connected
-# at once, p99 1,026 ms), and the benchmark of the lumina handler measured the fake.
+# The server is aiohttp's: Python's http.server answered many pollers' bursts in turn and
+# listened with a backlog of 5 (SYNs lost when many clients connected at once), and the
+# benchmark of the lumina handler measured the fake instead of the handler.
 LISTEN_BACKLOG = 128
 JOBS_PATH = "/v1/jobs"
 STATS_PATH = "/v1/stats"

@@ -6,7 +6,7 @@
 -- decision changes, and stopping there keeps one check as cheap with a million pending rows as
 -- with a hundred. The ORDER BY is the claim index's (subtasks_claim_idx): without it the
 -- planner, which cannot tell queues apart, picks a sequential scan that reads the whole table
--- for a queue with no rows (0.2 ms against 95 ms with 1M pending rows).
+-- for a queue with no rows.
 SELECT q.queue,
        (SELECT count(*)
           FROM (SELECT 1

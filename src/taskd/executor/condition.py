@@ -1,12 +1,16 @@
-"""A wake-up for whoever waits on a condition that code elsewhere changes."""
+"""A condition variable for one event loop: wake whoever waits for state that code elsewhere
+changes (a free slot, an empty running set, room in the completer's backlog)."""
 
 from __future__ import annotations
 
 import anyio
 
 
-class Changed:
+class Condition:
     """Wakes every current waiter on :meth:`notify`; costs nothing while no one waits.
+
+    Unlike ``anyio.Condition`` it has no lock: one event loop, and state changed between
+    awaits only.
 
     The event behind it is created by the first waiter and dropped by :meth:`notify`: an event
     per change (a released slot, an ended subtask) costs more than the no-op handler behind it.
