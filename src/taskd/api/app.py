@@ -36,15 +36,7 @@ from taskd.api.models import (
     TaskOut,
     TaskSummaryOut,
 )
-from taskd.errors import (
-    AccountNotFound,
-    IdempotencyConflict,
-    NotAMember,
-    NothingToRetry,
-    QuotaExhausted,
-    TaskFinished,
-    TaskNotFound,
-)
+from taskd.errors import AccountNotFound
 from taskd.queue.accounts import ApiStore, NewTask, TaskDetail
 from taskd.queue.store import Store
 from taskd.settings import Settings
@@ -173,10 +165,6 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
         if not caller.is_admin and owner != caller.user_id:
             raise ApiError(403, codes.FORBIDDEN, "no access to this task")
 
-    @app.exception_handler(TaskNotFound)
-    async def _not_found(_: Request, exc: Exception) -> Response:
-        return codes.error_response(404, codes.NOT_FOUND, "task not found")
-
     @app.get("/healthz", response_model=HealthOut, tags=["system"])
     async def healthz() -> HealthOut:
         """Liveness and readiness: 200 when the database answers, 503 when it does not."""
@@ -210,22 +198,13 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
             queue = body.queue
         payloads, _batch = body.plan()
         queue_settings = settings.queues.get(queue)
-        try:
-            created = await api.create_task(NewTask(
-                user_id=caller.user_id, name=body.name, kind=body.kind, queue=queue,
-                priority=body.priority, params=body.params, payloads=payloads,
-                max_attempts=queue_settings.max_attempts if queue_settings else 3,
-                idempotency_key=idempotency_key,
-                max_payload_bytes=settings.max_payload_bytes,
-            ))
-        except AccountNotFound as exc:
-            raise ApiError(404, codes.NOT_FOUND, "user not found") from exc
-        except NotAMember as exc:
-            raise ApiError(403, codes.FORBIDDEN, "please activate membership first") from exc
-        except QuotaExhausted as exc:
-            raise ApiError(403, codes.QUOTA_EXHAUSTED, "quota exhausted") from exc
-        except IdempotencyConflict as exc:
-            raise ApiError(409, codes.CONFLICT, str(exc), {"task_id": exc.task_id}) from exc
+        created = await api.create_task(NewTask(
+            user_id=caller.user_id, name=body.name, kind=body.kind, queue=queue,
+            priority=body.priority, params=body.params, payloads=payloads,
+            max_attempts=queue_settings.max_attempts if queue_settings else 3,
+            idempotency_key=idempotency_key,
+            max_payload_bytes=settings.max_payload_bytes,
+        ))
         if created.replayed:
             response.status_code = 200
         detail = await api.task_detail(created.task_id)
@@ -283,10 +262,7 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
         409 when the task has already ended.
         """
         await visible_task(caller, task_id)
-        try:
-            cancelled, stopping = await api.cancel_task(task_id)
-        except TaskFinished as exc:
-            raise ApiError(409, codes.CONFLICT, str(exc), {"status": exc.status}) from exc
+        cancelled, stopping = await api.cancel_task(task_id)
         return CancelOut(id=task_id, cancelled=cancelled, stopping=stopping)
 
     @app.post("/v1/tasks/{task_id}/retry", response_model=RetryOut, tags=["tasks"])
@@ -297,16 +273,7 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
         admin retries it). 409 when nothing failed.
         """
         await visible_task(caller, task_id)
-        try:
-            report = await api.retry_task(task_id, charge_user=not caller.is_admin)
-        except NothingToRetry as exc:
-            raise ApiError(409, codes.CONFLICT, str(exc)) from exc
-        except AccountNotFound as exc:
-            raise ApiError(404, codes.NOT_FOUND, "user not found") from exc
-        except NotAMember as exc:
-            raise ApiError(403, codes.FORBIDDEN, "please activate membership first") from exc
-        except QuotaExhausted as exc:
-            raise ApiError(403, codes.QUOTA_EXHAUSTED, "quota exhausted") from exc
+        report = await api.retry_task(task_id, charge_user=not caller.is_admin)
         return RetryOut(id=task_id, retried=report.retried, quota_taken=report.quota_taken)
 
     @app.put("/v1/accounts/{user_id}", response_model=AccountOut, tags=["accounts"])
@@ -327,7 +294,7 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
             require_admin(caller)
         account = await api.get_account(user_id)
         if account is None:
-            raise ApiError(404, codes.NOT_FOUND, "user not found")
+            raise AccountNotFound(f"user {user_id!r} not found")
         return AccountOut(user_id=account.user_id, is_member=account.is_member,
                           quota_remaining=account.quota_remaining, created=False,
                           created_at=account.created_at, updated_at=account.updated_at)
