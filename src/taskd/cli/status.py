@@ -18,6 +18,7 @@ from rich.text import Text
 from taskd.cli.app import app, err_console, open_store, run_async, settings_of
 from taskd.errors import DatabaseError
 from taskd.queue.status import ErrorRow, StatusReport, list_errors, read_status
+from taskd.settings import Settings
 
 EXIT_HEALTHY = 0
 EXIT_ATTENTION = 1
@@ -127,20 +128,24 @@ def status(
     cannot be reached.
     """
     settings = settings_of(ctx)
+    if watch:
+        raise typer.Exit(_watch(settings, as_json=as_json, interval=interval))
+
+    async def once() -> StatusReport:
+        async with open_store(settings) as store:
+            return await read_status(store, dead_after=settings.executor_dead_after)
+
+    report = run_async(once)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        Console().print(render_status(report))
+    raise typer.Exit(exit_code(report))
+
+
+def _watch(settings: Settings, *, as_json: bool, interval: float) -> int:
+    """Show the status every ``interval`` seconds until Ctrl-C; the last refresh's exit code."""
     dead_after = settings.executor_dead_after
-
-    if not watch:
-        async def once() -> StatusReport:
-            async with open_store(settings) as store:
-                return await read_status(store, dead_after=dead_after)
-
-        report = run_async(once)
-        if as_json:
-            typer.echo(json.dumps(report.to_json(), indent=2))
-        else:
-            Console().print(render_status(report))
-        raise typer.Exit(exit_code(report))
-
     last_code = EXIT_HEALTHY
 
     async def loop() -> None:
@@ -171,7 +176,7 @@ def status(
     # Ctrl-C ends the watch; the exit code is the last refresh's.
     with contextlib.suppress(KeyboardInterrupt):
         run_async(loop)
-    raise typer.Exit(last_code)
+    return last_code
 
 
 @app.command()
