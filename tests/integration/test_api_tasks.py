@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from taskd.settings import Settings
 from tests.integration.api_support import (
     Client,
     assert_error,
@@ -316,3 +317,22 @@ def test_status_reports_queues_executors_tasks_rate_and_database(
     assert status["executors"] == {"running": 1}
     assert status["uptime_seconds"] >= 0 and status["version"]
     assert status["processing_rate"]["window_seconds"] == 60
+
+
+def test_status_does_not_count_a_running_executor_with_a_stale_heartbeat_as_live(
+    client: Client, db: Conn, api_settings: Settings
+) -> None:
+    """An executor that died with no peer left to mark it dead still says 'running'; its
+    heartbeat, older than executor_dead_after, says otherwise (as in `taskd status`)."""
+    put_account(client, "alice")
+    create(client("alice"), subtasks=[{"n": 1}])
+    db.execute("INSERT INTO taskd.executors (id, hostname, pid, version, concurrency, running,"
+               " last_heartbeat_at) VALUES ('e1', 'h', 1, '0', '{\"standard\": 10}',"
+               " '{\"standard\": 3}', now() - make_interval(secs => %s))",
+               (api_settings.executor_dead_after + 30,))
+    status = client("root", admin=True).get("/v1/status").json()
+    assert status["health"] == "degraded"
+    assert status["queues"]["standard"]["concurrency"] == 0
+    assert status["queues"]["standard"]["running"] == 0
+    assert status["queues"]["standard"]["pending"] == 1
+    assert status["executors"] == {"running": 1}  # by the status its row records

@@ -91,7 +91,6 @@ TASK_SCOPED = {
     "cancel_task": {"task_id": 1},
     "retry_failed_subtasks": {"task_id": 1},
     "list_subtasks": {"task_id": 1, "after_id": 0, "limit": 100},
-    "api_retry_failed_subtasks": {"task_id": 1},
     "api_list_subtasks": {"task_id": 1, "after_id": 0, "limit": 100, "status": None},
     "api_count_subtasks": {"task_id": 1, "status": None},
     "api_task_detail": {"id": 1, "results_limit": 100},

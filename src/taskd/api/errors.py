@@ -32,7 +32,18 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from taskd.errors import DatabaseUnavailable, InvalidInput, TaskdError
+from taskd.errors import (
+    AccountNotFound,
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InvalidInput,
+    NotAMember,
+    NothingToRetry,
+    QuotaExhausted,
+    TaskdError,
+    TaskFinished,
+    TaskNotFound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,24 +122,55 @@ def validation_details(errors: Any) -> list[dict[str, str]]:
     return details
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every failure through :func:`error_response`."""
+def taskd_error_response(exc: TaskdError) -> JSONResponse:
+    """The answer to one of taskd's exceptions, chosen by its type (never by its message).
 
-    async def api_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ApiError)
-        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+    The routes raise taskd's exceptions as they come; this is the one place that turns each
+    into a status, an errorCode, a message and details.
+    """
+    match exc:
+        case ApiError():
+            return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+        case InvalidInput():
+            return error_response(422, INVALID_INPUT, str(exc),
+                                  [{"field": exc.field or "request", "problem": str(exc)}])
+        case AccountNotFound():
+            return error_response(404, NOT_FOUND, "user not found")
+        case NotAMember():
+            return error_response(403, FORBIDDEN, "please activate membership first")
+        case QuotaExhausted():
+            return error_response(403, QUOTA_EXHAUSTED, "quota exhausted")
+        case TaskNotFound():
+            return error_response(404, NOT_FOUND, "task not found")
+        case IdempotencyConflict():
+            return error_response(409, CONFLICT, str(exc), {"task_id": exc.task_id})
+        case TaskFinished():
+            return error_response(409, CONFLICT, str(exc), {"status": exc.status})
+        case NothingToRetry():
+            return error_response(409, CONFLICT, str(exc))
+        case DatabaseUnavailable():
+            log.warning("database unavailable: %s", exc)
+            return error_response(503, UNAVAILABLE, "the database is unavailable; retry later",
+                                  None, {"Retry-After": "5"})
+    # A database error the API did not expect: logged in full, answered without internals.
+    log.error("request failed: %s", exc, exc_info=exc)
+    return error_response(503, UNAVAILABLE, "the request could not be completed; retry later",
+                          None, {"Retry-After": "5"})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every failure through :func:`error_response`; taskd's own exceptions through
+    :func:`taskd_error_response`."""
+
+    async def taskd_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, TaskdError)
+        return taskd_error_response(exc)
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         details = validation_details(exc.errors())
         fields = ", ".join(d["field"] for d in details[:5])
         return error_response(422, INVALID_INPUT, f"invalid input: {fields}", details)
-
-    async def invalid_input(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, InvalidInput)
-        field = exc.field or "request"
-        return error_response(422, INVALID_INPUT, str(exc),
-                              [{"field": field, "problem": str(exc)}])
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -139,25 +181,11 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, code, message, None, headers)
 
-    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("database unavailable: %s", exc)
-        return error_response(503, UNAVAILABLE, "the database is unavailable; retry later",
-                              None, {"Retry-After": "5"})
-
-    async def taskd_error(_: Request, exc: Exception) -> JSONResponse:
-        # A database error the API did not expect: logged in full, answered without internals.
-        log.error("request failed: %s", exc, exc_info=exc)
-        return error_response(503, UNAVAILABLE, "the request could not be completed; retry later",
-                              None, {"Retry-After": "5"})
-
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected error", exc_info=exc)
         return error_response(500, INTERNAL, "internal error")
 
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(InvalidInput, invalid_input)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(DatabaseUnavailable, unavailable)
     app.add_exception_handler(TaskdError, taskd_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)

@@ -248,11 +248,12 @@ class ProcessingRate(BaseModel):
 
 class StatusOut(BaseModel):
     health: Literal["ok", "degraded"] = Field(
-        description="degraded: no executor is running")
+        description="degraded: no live executor is running (one whose heartbeat is older "
+                    "than executor_dead_after is not live)")
     version: str
     uptime_seconds: float = Field(description="of this API process")
     database: DatabaseStatus
-    executors: dict[str, int] = Field(description="executors by status")
+    executors: dict[str, int] = Field(description="executors by the status their row records")
     queues: dict[str, QueueStatus]
     tasks: dict[str, int] = Field(description="tasks by status")
     processing_rate: ProcessingRate

@@ -38,6 +38,9 @@ app = typer.Typer(
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
+# Seconds a command waits for its first connection before it reports the database unavailable.
+CONNECT_TIMEOUT = 5.0
+
 EXIT_CODES: list[tuple[type[TaskdError], int]] = [
     (ConfigError, 2),
     (InvalidInput, 2),
@@ -64,18 +67,28 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
 
 
 @asynccontextmanager
-async def open_store(
-    settings: Settings, *, check_schema: bool = True, max_size: int = 2
-) -> AsyncIterator[Store]:
-    """A store for one CLI command; raises a SchemaError naming `taskd migrate` when due."""
-    store = await Store.open(
-        database_url(settings), min_size=1, max_size=max_size,
-        application_name="taskd-cli", check_schema=check_schema,
-    )
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    """A small store for one command, checked against the schema.
+
+    The pool's own warnings ("error connecting ...") are held back while the store is open:
+    an unreachable database is reported once, as DatabaseUnavailable, by the caller.
+    Raises DatabaseUnavailable after CONNECT_TIMEOUT seconds, or a SchemaError naming
+    `taskd migrate`.
+    """
+    pool_logger = logging.getLogger("psycopg.pool")
+    level = pool_logger.level
+    pool_logger.setLevel(logging.ERROR)
     try:
-        yield store
+        store = await Store.open(
+            database_url(settings), min_size=1, max_size=2, application_name="taskd-cli",
+            connect_timeout=CONNECT_TIMEOUT,
+        )
+        try:
+            yield store
+        finally:
+            await store.close()
     finally:
-        await store.close()
+        pool_logger.setLevel(level)
 
 
 def configure_logging(settings: Settings) -> None:

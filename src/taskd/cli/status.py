@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -17,41 +15,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from taskd.cli.app import app, err_console, run_async, settings_of
+from taskd.cli.app import app, err_console, open_store, run_async, settings_of
 from taskd.errors import DatabaseError
-from taskd.queue.database import database_url
 from taskd.queue.status import ErrorRow, StatusReport, list_errors, read_status
-from taskd.queue.store import Store
 from taskd.settings import Settings
 
 EXIT_HEALTHY = 0
 EXIT_ATTENTION = 1
 EXIT_UNREACHABLE = 2
-CONNECT_TIMEOUT = 5.0
-
-
-@contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """A small store for one operator command, checked against the schema.
-
-    The pool's own warnings ("error connecting ...") are held back while it opens: an
-    unreachable database is reported once, as DatabaseUnavailable, by the caller.
-    Raises DatabaseUnavailable after CONNECT_TIMEOUT seconds, or a SchemaError.
-    """
-    pool_logger = logging.getLogger("psycopg.pool")
-    level = pool_logger.level
-    pool_logger.setLevel(logging.ERROR)
-    try:
-        store = await Store.open(
-            database_url(settings), min_size=1, max_size=2, application_name="taskd-cli",
-            connect_timeout=CONNECT_TIMEOUT,
-        )
-        try:
-            yield store
-        finally:
-            await store.close()
-    finally:
-        pool_logger.setLevel(level)
 
 
 def format_age(seconds: float | None) -> str:
@@ -157,20 +128,24 @@ def status(
     cannot be reached.
     """
     settings = settings_of(ctx)
+    if watch:
+        raise typer.Exit(_watch(settings, as_json=as_json, interval=interval))
+
+    async def once() -> StatusReport:
+        async with open_store(settings) as store:
+            return await read_status(store, dead_after=settings.executor_dead_after)
+
+    report = run_async(once)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        Console().print(render_status(report))
+    raise typer.Exit(exit_code(report))
+
+
+def _watch(settings: Settings, *, as_json: bool, interval: float) -> int:
+    """Show the status every ``interval`` seconds until Ctrl-C; the last refresh's exit code."""
     dead_after = settings.executor_dead_after
-
-    if not watch:
-        async def once() -> StatusReport:
-            async with open_store(settings) as store:
-                return await read_status(store, dead_after=dead_after)
-
-        report = run_async(once)
-        if as_json:
-            typer.echo(json.dumps(report.to_json(), indent=2))
-        else:
-            Console().print(render_status(report))
-        raise typer.Exit(exit_code(report))
-
     last_code = EXIT_HEALTHY
 
     async def loop() -> None:
@@ -201,7 +176,7 @@ def status(
     # Ctrl-C ends the watch; the exit code is the last refresh's.
     with contextlib.suppress(KeyboardInterrupt):
         run_async(loop)
-    raise typer.Exit(last_code)
+    return last_code
 
 
 @app.command()

@@ -10,8 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taskd.cli.app import app, run_async, settings_of
-from taskd.cli.status import open_store
+from taskd.cli.app import app, open_store, run_async, settings_of
 from taskd.queue.status import list_tasks, subtask_counts
 from taskd.types import Subtask, Task
 

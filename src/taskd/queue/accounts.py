@@ -9,13 +9,12 @@ Errors are :class:`taskd.errors.AccountError` and its kin (the tree in :mod:`tas
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import psycopg
-from psycopg.rows import class_row, dict_row
+from psycopg.rows import class_row
 
 from taskd.errors import (
     AccountNotFound,
@@ -26,8 +25,7 @@ from taskd.errors import (
     TaskFinished,
     TaskNotFound,
 )
-from taskd.queue.connection import retrying_conflicts, translate_error
-from taskd.queue.queries import query
+from taskd.queue.connection import Conn, run_query
 from taskd.queue.store import Store
 from taskd.queue.submission import DEFAULT_MAX_PAYLOAD_BYTES, validate_submission
 from taskd.types import JSON, SubtaskStatus, Task
@@ -100,33 +98,11 @@ class RetryReport:
     quota_taken: int
 
 
-Conn = psycopg.AsyncConnection[Any]
-T = TypeVar("T")
-
-
 class ApiStore:
     """The API's typed queries over a :class:`Store`'s pool."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-
-    async def _in_transaction(self, work: Callable[[Conn], Awaitable[T]]) -> T:
-        """Run ``work`` in one transaction, again after a deadlock; translate errors."""
-
-        async def once() -> T:
-            async with self.store.pool.connection() as conn, conn.transaction():
-                return await work(conn)
-
-        try:
-            return await retrying_conflicts(once)
-        except psycopg.Error as exc:
-            raise translate_error(exc) from exc
-
-    @staticmethod
-    async def _rows(conn: Conn, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(query(name), params)
-        return await cur.fetchall() if cur.description else []
 
     # -- accounts -------------------------------------------------------------------------
 
@@ -136,10 +112,10 @@ class ApiStore:
 
         Raises :class:`AccountNotFound`, :class:`NotAMember` or :class:`QuotaExhausted`.
         """
-        taken = await ApiStore._rows(conn, "api_take_quota", {"user_id": user_id, "cost": cost})
+        taken = await run_query(conn, "api_take_quota", {"user_id": user_id, "cost": cost})
         if taken:
             return int(taken[0]["quota_remaining"])
-        accounts = await ApiStore._rows(conn, "api_get_account", {"user_id": user_id})
+        accounts = await run_query(conn, "api_get_account", {"user_id": user_id})
         if not accounts:
             raise AccountNotFound(f"user {user_id!r} not found")
         if not accounts[0]["is_member"]:
@@ -164,25 +140,21 @@ class ApiStore:
             raise ValueError(f"quota_remaining {quota_remaining} is outside 0..{MAX_QUOTA}")
 
         async def work(conn: Conn) -> tuple[Account, bool]:
-            created = bool(await self._rows(conn, "api_ensure_account",
-                                            {"user_id": user_id}))
-            old = await self._rows(conn, "api_lock_account", {"user_id": user_id})
+            created = bool(await run_query(conn, "api_ensure_account", {"user_id": user_id}))
+            old = await run_query(conn, "api_lock_account", {"user_id": user_id})
             before = int(old[0]["quota_remaining"])
-            cur = conn.cursor(row_factory=class_row(Account))
-            await cur.execute(query("api_update_account"), {
+            [account] = await run_query(conn, "api_update_account", {
                 "user_id": user_id, "is_member": is_member,
                 "quota_remaining": quota_remaining,
-            })
-            account = await cur.fetchone()
-            assert account is not None
+            }, class_row(Account))
             if quota_remaining != before:
-                await self._rows(conn, "api_record_ledger", {
+                await run_query(conn, "api_record_ledger", {
                     "user_id": user_id, "task_id": None,
                     "delta": quota_remaining - before, "reason": "adjust",
                 })
             return account, created
 
-        return await self._in_transaction(work)
+        return await self.store.in_transaction(work)
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -206,29 +178,29 @@ class ApiStore:
                 if earlier is not None:
                     return CreatedTask(earlier, replayed=True, quota_remaining=None)
             remaining = await self._take_quota(conn, new.user_id, TASK_QUOTA_COST)
-            rows = await self._rows(conn, "submit_task", {
+            rows = await run_query(conn, "submit_task", {
                 "queue": new.queue, "kind": new.kind, "payloads": payloads_json,
                 "name": new.name, "priority": new.priority, "params": params_json,
                 "user_id": new.user_id, "max_attempts": new.max_attempts,
                 "delay": 0.0, "max_payload_bytes": new.max_payload_bytes,
             })
             task_id = int(rows[0]["task_id"])
-            await self._rows(conn, "api_mark_api_task", {
+            await run_query(conn, "api_mark_api_task", {
                 "id": task_id, "cost": TASK_QUOTA_COST, "key": new.idempotency_key,
             })
-            await self._rows(conn, "api_record_ledger", {
+            await run_query(conn, "api_record_ledger", {
                 "user_id": new.user_id, "task_id": task_id,
                 "delta": -TASK_QUOTA_COST, "reason": "deduct",
             })
             return CreatedTask(task_id, replayed=False, quota_remaining=remaining)
 
-        return await self._in_transaction(work)
+        return await self.store.in_transaction(work)
 
     async def _earlier_request(self, conn: Conn, new: NewTask) -> int | None:
         """The task this idempotency key already created, or None; waits for a racing twin."""
         key = {"user_id": new.user_id, "key": new.idempotency_key}
-        await self._rows(conn, "api_lock_idempotency_key", key)
-        found = await self._rows(conn, "api_find_idempotent_task", key)
+        await run_query(conn, "api_lock_idempotency_key", key)
+        found = await run_query(conn, "api_find_idempotent_task", key)
         if not found:
             return None
         row = found[0]
@@ -310,7 +282,7 @@ class ApiStore:
         """
 
         async def work(conn: Conn) -> RetryReport:
-            rows = await self._rows(conn, "api_lock_task", {"id": task_id})
+            rows = await run_query(conn, "api_lock_task", {"id": task_id})
             if not rows:
                 raise TaskNotFound(f"task {task_id} not found")
             task = rows[0]
@@ -321,18 +293,16 @@ class ApiStore:
             if charge_user and task["quota_cost"] > 0 and paid < TASK_QUOTA_COST:
                 owed = TASK_QUOTA_COST - paid
                 await self._take_quota(conn, task["user_id"], owed)
-                await self._rows(conn, "api_add_task_quota_cost",
-                                 {"id": task_id, "cost": owed})
-                await self._rows(conn, "api_record_ledger", {
+                await run_query(conn, "api_add_task_quota_cost", {"id": task_id, "cost": owed})
+                await run_query(conn, "api_record_ledger", {
                     "user_id": task["user_id"], "task_id": task_id,
                     "delta": -owed, "reason": "adjust",
                 })
-            retried = await self._rows(conn, "api_retry_failed_subtasks",
-                                       {"task_id": task_id})
-            await self._rows(conn, "api_notify_queue", {"queue": task["queue"]})
+            retried = await run_query(conn, "retry_failed_subtasks", {"task_id": task_id})
+            await run_query(conn, "api_notify_queue", {"queue": task["queue"]})
             return RetryReport(retried=len(retried), quota_taken=owed)
 
-        return await self._in_transaction(work)
+        return await self.store.in_transaction(work)
 
     # -- system status --------------------------------------------------------------------
 

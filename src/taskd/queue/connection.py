@@ -1,8 +1,9 @@
 """Connections to PostgreSQL: session settings, the pool's checks, and error translation.
 
 Every taskd session gets the same settings (:func:`connection_kwargs`), psycopg's errors become
-taskd's own in one place (:func:`translate_error`), and statements rolled back by a conflict are
-tried again by one helper (:func:`retrying_conflicts`).
+taskd's own in one place (:func:`translate_error`), statements rolled back by a conflict are
+tried again by one helper (:func:`retrying_conflicts`, with translation :func:`retried`), and
+a named query runs on a given connection through one helper (:func:`run_query`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import BaseRowFactory, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from taskd.errors import (
@@ -26,9 +28,12 @@ from taskd.errors import (
     SchemaMissing,
     TaskdError,
 )
+from taskd.queue.queries import query
 from taskd.retries import retry_after_failure
 
 T = TypeVar("T")
+Row = TypeVar("Row")
+Conn = psycopg.AsyncConnection[Any]
 
 _CONFLICTS = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.LockNotAvailable)
 
@@ -69,6 +74,39 @@ async def translated_errors() -> AsyncIterator[None]:
         yield
     except psycopg.Error as exc:
         raise translate_error(exc) from exc
+
+
+async def retried(once: Callable[[], Awaitable[T]]) -> T:
+    """``once()`` through :func:`retrying_conflicts`; psycopg's errors become taskd's."""
+    try:
+        return await retrying_conflicts(once)
+    except psycopg.Error as exc:
+        raise translate_error(exc) from exc
+
+
+@overload
+async def run_query(conn: Conn, name: str, params: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+
+@overload
+async def run_query(
+    conn: Conn, name: str, params: dict[str, Any], row_factory: BaseRowFactory[Row],
+    *, binary: bool = False,
+) -> list[Row]: ...
+
+
+async def run_query(
+    conn: Conn, name: str, params: dict[str, Any], row_factory: BaseRowFactory[Any] = dict_row,
+    *, binary: bool = False,
+) -> list[Any]:
+    """Run the named query on ``conn``; its rows (dicts unless ``row_factory`` says otherwise;
+    none for a statement without rows). Raises psycopg's errors: the caller translates them
+    (:func:`retried`, as ``Store.fetch_as`` and ``Store.in_transaction`` do)."""
+    cur = conn.cursor(row_factory=row_factory, binary=binary)
+    await cur.execute(query(name), params)
+    rows = await cur.fetchall() if cur.description else []
+    mark_ok(conn)
+    return rows
 
 
 def connection_kwargs(

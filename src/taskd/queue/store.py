@@ -8,7 +8,7 @@ tests need to move in time take ``now`` (None means the database's ``now()``).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
@@ -22,11 +22,11 @@ from taskd.errors import DatabaseUnavailable
 from taskd.queue import migrations
 from taskd.queue.connection import (
     STATEMENT_TIMEOUT,
+    Conn,
     check_when_idle,
     connection_kwargs,
-    mark_ok,
-    retrying_conflicts,
-    translate_error,
+    retried,
+    run_query,
     translated_errors,
     why_unreachable,
 )
@@ -44,6 +44,7 @@ from taskd.types import (
 )
 
 Row = TypeVar("Row")
+T = TypeVar("T")
 
 
 def fields_row(cls: type[Row]) -> BaseRowFactory[Row]:
@@ -184,32 +185,23 @@ class Store:
 
         async def once() -> list[Row]:
             async with self._connection(conn) as c:
-                cur = c.cursor(row_factory=factory, binary=binary)
-                await cur.execute(query(name), params)
-                rows: list[Row] = await cur.fetchall()
-                mark_ok(c)
-                return rows
+                return await run_query(c, name, params, factory, binary=binary)
 
-        try:
-            return await retrying_conflicts(once)
-        except psycopg.Error as exc:
-            raise translate_error(exc) from exc
+        return await retried(once)
 
     async def fetch_rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Run the named query; return its rows as dicts (none for a statement without rows)."""
+        return await self.fetch_as(name, params, dict, dict_row)
 
-        async def once() -> list[dict[str, Any]]:
-            async with self.pool.connection() as conn:
-                cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(query(name), params)
-                rows = await cur.fetchall() if cur.description else []
-                mark_ok(conn)
-                return rows
+    async def in_transaction(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """``work`` on a pooled connection in one transaction, run again after a deadlock;
+        psycopg's errors translated. ``work`` runs its statements with :func:`run_query`."""
 
-        try:
-            return await retrying_conflicts(once)
-        except psycopg.Error as exc:
-            raise translate_error(exc) from exc
+        async def once() -> T:
+            async with self.pool.connection() as conn, conn.transaction():
+                return await work(conn)
+
+        return await retried(once)
 
     # -- submitting ---------------------------------------------------------------------------
 

@@ -120,16 +120,6 @@ SELECT t.id, t.user_id, t.status, t.queue, t.failed, t.quota_cost,
 -- name: api_add_task_quota_cost
 UPDATE taskd.tasks SET quota_cost = quota_cost + %(cost)s WHERE id = %(id)s;
 
--- name: api_retry_failed_subtasks
--- Failed subtasks back to pending with fresh attempts (api_notify_queue wakes the executors).
-UPDATE taskd.subtasks s
-   SET status = 'pending', attempt = 0, run_after = now(), error = NULL, result = NULL,
-       completed_at = NULL, cancel_requested = false, updated_at = now()
-  FROM taskd.tasks t
- WHERE t.id = %(task_id)s AND s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
-   AND s.task_id = t.id AND s.status = 'failed'
-RETURNING s.id;
-
 -- name: api_notify_queue
 -- Delivered at commit, like taskd.submit_task's wake-up.
 SELECT pg_notify('taskd', %(queue)s::text);

@@ -323,6 +323,8 @@ WITH pending AS (
 SELECT (SELECT count(*) FROM pending) AS cancelled, (SELECT count(*) FROM running) AS requested;
 
 -- name: retry_failed_subtasks
+-- Failed subtasks back to pending with fresh attempts; for `taskd tasks retry` and the API's
+-- retry (which then wakes the executors with api_notify_queue in the same transaction).
 UPDATE taskd.subtasks s
    SET status = 'pending', attempt = 0, run_after = now(), error = NULL, result = NULL,
        completed_at = NULL, cancel_requested = false, updated_at = now()

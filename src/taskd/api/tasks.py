@@ -1,0 +1,194 @@
+"""``/v1/tasks``: create, list, read, page through subtasks, cancel and retry.
+
+The routes raise taskd's exceptions as they come (TaskNotFound, QuotaExhausted, ...);
+:func:`taskd.api.errors.taskd_error_response` answers them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Response
+
+from taskd.api import errors as codes
+from taskd.api.auth import USER_ID_PATTERN, Principal
+from taskd.api.dependencies import Api, Caller, Config, require_admin
+from taskd.api.errors import ApiError
+from taskd.api.models import (
+    CancelOut,
+    CreateTaskRequest,
+    Progress,
+    RetryOut,
+    Status,
+    SubtaskList,
+    SubtaskOut,
+    TaskCreated,
+    TaskList,
+    TaskOut,
+    TaskSummaryOut,
+)
+from taskd.queue.accounts import ApiStore, NewTask, TaskDetail
+from taskd.settings import Settings
+from taskd.types import Task
+
+MAX_ID = 2**63 - 1
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+CURSOR_PATTERN = r"^[0-9]{1,18}$"
+
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="the task's id")]
+Limit = Annotated[int, Query(ge=1, le=100, description="page size, at most 100")]
+Cursor = Annotated[str | None, Query(pattern=CURSOR_PATTERN,
+                                     description="next_cursor of the previous page")]
+
+router = APIRouter(tags=["tasks"])
+
+
+def _progress(t: Task | TaskDetail) -> Progress:
+    finished = t.completed + t.failed + t.cancelled
+    return Progress(total=t.total, completed=t.completed, failed=t.failed,
+                    cancelled=t.cancelled, percent=round(100.0 * finished / t.total, 2))
+
+
+def _summary(t: Task) -> TaskSummaryOut:
+    return TaskSummaryOut(
+        id=t.id, name=t.name, kind=t.kind, queue=t.queue, status=t.status,
+        priority=t.priority, user_id=t.user_id, params=t.params, progress=_progress(t),
+        created_at=t.created_at, updated_at=t.updated_at, completed_at=t.completed_at,
+    )
+
+
+def _detail(t: TaskDetail) -> dict[str, Any]:
+    return {
+        "id": t.id, "name": t.name, "kind": t.kind, "queue": t.queue, "status": t.status,
+        "priority": t.priority, "user_id": t.user_id, "params": t.params,
+        "progress": _progress(t), "created_at": t.created_at, "updated_at": t.updated_at,
+        "completed_at": t.completed_at, "running": t.processing, "batch_size": t.batch_size,
+        "total_images": t.total * t.batch_size, "results": t.results, "error": t.error,
+    }
+
+
+async def _visible_task(api: ApiStore, caller: Principal, task_id: int) -> None:
+    """Raises TaskNotFound, or ApiError 403 unless the caller owns the task or is an admin."""
+    owner = await api.task_owner(task_id)
+    if not caller.is_admin and owner != caller.user_id:
+        raise ApiError(403, codes.FORBIDDEN, "no access to this task")
+
+
+def _queue_of(body: CreateTaskRequest, settings: Settings) -> str:
+    """The queue the task goes to: its kind's, or the one asked for if it is served."""
+    queue = settings.api.kinds.get(body.kind)
+    if queue is None:
+        raise ApiError(400, codes.INVALID_INPUT, "invalid task type",
+                       {"kind": body.kind, "allowed": sorted(settings.api.kinds)})
+    if body.queue is not None and body.queue != queue:
+        if body.queue not in settings.queues:
+            raise ApiError(422, codes.INVALID_INPUT, f"queue {body.queue!r} is not served",
+                           [{"field": "queue", "problem": "not a configured queue"}])
+        queue = body.queue
+    return queue
+
+
+@router.post("/v1/tasks", response_model=TaskCreated, status_code=201,
+             responses={200: {"model": TaskCreated,
+                              "description": "an Idempotency-Key replay: the earlier task"}})
+async def create_task(
+    body: CreateTaskRequest,
+    caller: Caller,
+    api: Api,
+    settings: Config,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="repeat a request safely: the same key returns the same task")] = None,
+) -> dict[str, Any]:
+    """Create a task: take one unit of quota, insert its subtasks and wake executors.
+
+    One transaction: the account must exist (4004), be a member (4003) and have quota
+    (4002); nothing is written otherwise.
+    """
+    queue = _queue_of(body, settings)
+    payloads, _batch = body.plan()
+    queue_settings = settings.queues.get(queue)
+    created = await api.create_task(NewTask(
+        user_id=caller.user_id, name=body.name, kind=body.kind, queue=queue,
+        priority=body.priority, params=body.params, payloads=payloads,
+        max_attempts=queue_settings.max_attempts if queue_settings else 3,
+        idempotency_key=idempotency_key,
+        max_payload_bytes=settings.max_payload_bytes,
+    ))
+    if created.replayed:
+        response.status_code = 200
+    detail = await api.task_detail(created.task_id)
+    return {**_detail(detail), "replayed": created.replayed,
+            "quota_remaining": created.quota_remaining}
+
+
+@router.get("/v1/tasks", response_model=TaskList)
+async def list_tasks(
+    caller: Caller,
+    api: Api,
+    status: Status | None = None,
+    kind: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+    user_id: Annotated[str | None, Query(
+        pattern=USER_ID_PATTERN, description="another user's tasks (admins only)")] = None,
+) -> TaskList:
+    """The caller's tasks, newest first, with the number that match the filters."""
+    owner = caller.user_id
+    if user_id is not None and user_id != caller.user_id:
+        require_admin(caller)
+        owner = user_id
+    tasks, total = await api.list_tasks(
+        owner, status=status, kind=kind, limit=limit,
+        before_id=int(cursor) if cursor is not None else None,
+    )
+    next_cursor = str(tasks[-1].id) if len(tasks) == limit else None
+    return TaskList(items=[_summary(t) for t in tasks], total=total, next_cursor=next_cursor)
+
+
+@router.get("/v1/tasks/{task_id}", response_model=TaskOut)
+async def get_task(caller: Caller, api: Api, task_id: TaskId) -> dict[str, Any]:
+    """One task: progress, the first results and the latest error (owner or admin)."""
+    await _visible_task(api, caller, task_id)
+    return _detail(await api.task_detail(task_id))
+
+
+@router.get("/v1/tasks/{task_id}/subtasks", response_model=SubtaskList)
+async def list_subtasks(
+    caller: Caller, api: Api, task_id: TaskId, status: Status | None = None,
+    limit: Limit = 20, cursor: Cursor = None,
+) -> SubtaskList:
+    """The task's subtasks in id order, a page at a time (owner or admin)."""
+    await _visible_task(api, caller, task_id)
+    subtasks, total = await api.list_subtasks(
+        task_id, status=status, limit=limit,
+        after_id=int(cursor) if cursor is not None else 0,
+    )
+    next_cursor = str(subtasks[-1].id) if len(subtasks) == limit else None
+    items = [SubtaskOut(**{f: getattr(s, f) for f in SubtaskOut.model_fields})
+             for s in subtasks]
+    return SubtaskList(items=items, total=total, next_cursor=next_cursor)
+
+
+@router.post("/v1/tasks/{task_id}/cancel", response_model=CancelOut)
+async def cancel_task(caller: Caller, api: Api, task_id: TaskId) -> CancelOut:
+    """Cancel pending subtasks; ask running ones to stop (owner or admin).
+
+    409 when the task has already ended.
+    """
+    await _visible_task(api, caller, task_id)
+    cancelled, stopping = await api.cancel_task(task_id)
+    return CancelOut(id=task_id, cancelled=cancelled, stopping=stopping)
+
+
+@router.post("/v1/tasks/{task_id}/retry", response_model=RetryOut)
+async def retry_task(caller: Caller, api: Api, task_id: TaskId) -> RetryOut:
+    """Failed subtasks back to pending (admin, or the owner when quota allows).
+
+    A task whose quota was refunded takes one unit again from its owner (not when an
+    admin retries it). 409 when nothing failed.
+    """
+    await _visible_task(api, caller, task_id)
+    report = await api.retry_task(task_id, charge_user=not caller.is_admin)
+    return RetryOut(id=task_id, retried=report.retried, quota_taken=report.quota_taken)
