@@ -88,7 +88,7 @@ def taskd_sql_batch(n: int, connections: int = 4, batch: int = 1000) -> dict[str
             params = {"queue": "standard", "executor_id": f"bench-sql-{k}", "limit": batch,
                       "lease_timeout": 60.0, "cluster_max": None, "now": None,
                       "after_priority": after and after[4], "after_run_after": after and after[9],
-                      "after_id": after and after[0]}
+                      "after_id": after and after[0], "suspect_after": 2}
             rows = conn.execute(claim, params).fetchall()
             last[k] = rows[-1] if len(rows) == batch else None  # short: from the head next
             # id and attempt: the first and the eighth column the claim returns

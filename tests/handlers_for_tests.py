@@ -51,7 +51,8 @@ async def _connections() -> AsyncConnectionPool[Any]:
 
 
 async def record(ctx: SubtaskContext) -> dict[str, Any]:
-    """Record the start, sleep ``ms``, record the end; ``fail`` raises, ``permanent`` too.
+    """Record the start, sleep ``ms``, record the end; ``fail`` raises, ``permanent`` too;
+    ``poison`` kills the process right after recording the start.
 
     ``fail_rate`` (0..1) fails that share of attempts at random, decided by an RNG seeded with
     the subtask id and attempt, so that a test can tell which attempts were meant to fail.
@@ -66,6 +67,8 @@ async def record(ctx: SubtaskContext) -> dict[str, Any]:
         row = await cur.fetchone()
         mark_ok(conn)
     assert row is not None
+    if ctx.payload.get("poison"):
+        os._exit(70)  # what a segfaulting extension or the OOM killer does to the process
     await anyio.sleep(float(ctx.payload.get("ms", 0)) / 1000)
     async with pool.connection() as conn:
         await conn.execute(

@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     scale_check_interval: Seconds = Field(10.0, gt=0)
     stats_interval: Seconds = Field(15.0, gt=0)
     rescue_interval: Seconds = Field(5.0, gt=0)
+    poison_after: int = Field(
+        3, ge=2, le=1000,
+        description="a subtask whose executor crashed or froze this many times while running "
+                    "it fails as a poison pill; one fewer and it runs alone",
+    )
     retention: Seconds = Field(7 * 86400.0, gt=0, description="finished rows older are deleted")
     metrics_addr: str = "0.0.0.0:9464"
     log_format: Literal["text", "json"] = "text"

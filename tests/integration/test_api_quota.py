@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from taskd.api import RunningApi, mint_token
-from taskd.queue import Outcome
+from taskd.queue import Outcome, maintenance
 from taskd.queue.store import Store
 from taskd.settings import Settings
 from tests.integration.api_support import (
@@ -119,8 +119,8 @@ def test_a_bad_idempotency_key_is_422(client: Client) -> None:
 async def test_a_failed_task_refunds_exactly_once_when_executors_and_rescuer_race(
     api: RunningApi, api_settings: Settings, client: Client, db: Conn, database_url: str
 ) -> None:
-    """Two executors fail their subtasks, the rescuer times out the pending ones and the API
-    cancels, all at once, for 20 tasks: each task is refunded once, and only once."""
+    """Two executors fail their subtasks, the rescuer times out the tasks nobody started and the
+    API cancels, all at once, for 20 tasks: each task is refunded once, and only once."""
     tasks = 20
     put_account(client, "alice", quota=tasks)
     c = client("alice")
@@ -143,7 +143,7 @@ async def test_a_failed_task_refunds_exactly_once_when_executors_and_rescuer_rac
 
         async def rescuer() -> None:
             await start.wait()
-            while await stores[2].fail_pending_timeouts("standard", 0.0, limit=3):
+            while await maintenance.fail_unstarted_tasks(stores[2], "standard", 0.0, limit=3):
                 pass
 
         async def canceller() -> None:

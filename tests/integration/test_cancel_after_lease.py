@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import pytest
 
-from taskd.queue import Outcome, Store
+from taskd.queue import Outcome, Store, maintenance
 from tests.factories import submit
 
 pytestmark = pytest.mark.anyio
@@ -33,7 +33,7 @@ async def test_cancel_requested_subtask_whose_lease_expires_ends_cancelled(
 ) -> None:
     task_id, subtask_id = await _claimed_then_cancelled(store)
     later = await store.database_now() + timedelta(seconds=LEASE + 1)
-    rescued = await store.rescue_expired_leases(now=later)
+    rescued = await maintenance.rescue_expired_leases(store, now=later)
     assert [(r["id"], r["status"]) for r in rescued] == [(subtask_id, "cancelled")]
     assert await store.claim_subtasks("standard", "e2", 10, LEASE, now=later) == []
     task = await store.get_task(task_id)

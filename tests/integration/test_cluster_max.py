@@ -28,7 +28,8 @@ LEASE = 30.0
 # claim_subtasks's parameters with their types, for a PREPARE of the same text.
 CLAIM_PARAMS = {"queue": "text", "executor_id": "text", "limit": "integer",
                 "lease_timeout": "float8", "cluster_max": "integer", "now": "timestamptz",
-                "after_priority": "integer", "after_run_after": "timestamptz", "after_id": "bigint"}
+                "after_priority": "integer", "after_run_after": "timestamptz", "after_id": "bigint",
+                "suspect_after": "integer"}
 
 
 def count_subplans(plan: dict[str, Any]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from taskd.handlers import HandlerRegistry
 from taskd.handlers.clients import HttpClients
 from taskd.handlers.lumina import TRANSIENT_TRIES
+from taskd.queue import maintenance
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings, Settings
 from taskd.testing import FakeLumina
@@ -276,9 +277,11 @@ async def test_an_executor_that_vanishes_mid_poll_is_resumed_without_a_second_su
                 await run(attempts, claimed, settings)
         # Nobody completes the attempt; the rescuer takes the lease back once it expires.
         later = await store.database_now() + timedelta(seconds=90)
-        assert [r["id"] for r in await store.rescue_expired_leases(now=later)] == [claimed.id]
+        rescued = await maintenance.rescue_expired_leases(store, now=later)
+        assert [r["id"] for r in rescued] == [claimed.id]
         resumed = await claim_one(store, "lumina")
-        assert resumed.attempt == 2 and resumed.state == {"job_id": "job-1"}
+        # The vanished executor's attempt is given back; the checkpoint is kept.
+        assert resumed.attempt == 1 and resumed.state == {"job_id": "job-1"}
         outcome = await run(attempts, resumed, settings)
         assert outcome.verdict == "completed"
         assert api.stats().submissions == {reference(claimed): 1}

@@ -18,6 +18,7 @@ from taskd.executor.running import RunningSubtask, StopReason
 from taskd.handlers import HandlerRegistry, SubtaskContext
 from taskd.handlers.base import AsyncHandler
 from taskd.handlers.clients import HttpClients
+from taskd.queue import maintenance
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings, Settings
 from tests.factories import fetch_one
@@ -295,7 +296,7 @@ async def test_a_lost_lease_gives_no_outcome(
     claimed = await submit_and_claim(store, "checkpoints", {})
     # The rescuer, a minute and a half on, takes the lease back.
     later = await store.database_now() + timedelta(seconds=90)
-    rescued = await store.rescue_expired_leases(now=later)
+    rescued = await maintenance.rescue_expired_leases(store, now=later)
     assert [r["id"] for r in rescued] == [claimed.id]
     assert await attempts.run(claimed, FAST) is None
     assert attempts.reported == []

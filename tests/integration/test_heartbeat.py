@@ -14,7 +14,7 @@ from taskd.executor.gate import ClaimGate
 from taskd.executor.heartbeat import Heartbeat, HeartbeatConfig
 from taskd.executor.running import RunningSet
 from taskd.metrics import Health, Metrics
-from taskd.queue import ExecutorInfo, Store
+from taskd.queue import ExecutorInfo, Store, maintenance
 from tests.factories import fetch_one, submit, wait_until
 from tests.system.proxy import CuttableProxy
 
@@ -68,7 +68,7 @@ async def test_a_lost_lease_stops_the_handler(store: Store) -> None:
     entry.scope = anyio.CancelScope()  # as a worker sets it while the handler runs
     # Another executor's rescue took it: the lease is no longer this executor's.
     later = await store.database_now() + timedelta(seconds=61)
-    await store.rescue_expired_leases(now=later)
+    await maintenance.rescue_expired_leases(store, now=later)
     heartbeat = Heartbeat(HeartbeatConfig(interval=1, lease_timeout=60), store, info, {},
                           running, ClaimGate(), Metrics(), Health(10))
     await heartbeat.beat()

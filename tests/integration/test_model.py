@@ -34,7 +34,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from taskd.queue import Outcome, Store
+from taskd.queue import Outcome, Store, maintenance
 
 EXECUTORS = ("e1", "e2", "e3")
 LEASE = 30.0
@@ -58,6 +58,7 @@ class SubtaskModel:
     locked_by: str | None = None
     lease_expires: float | None = None  # seconds on the model's clock
     cancel_requested: bool = False
+    crashes: int = 0
 
 
 @dataclass
@@ -155,18 +156,35 @@ class QueueMachine(RuleBasedStateMachine):
     def claim(self, executor: str, limit: int) -> None:
         claimed = self.call(self.store.claim_subtasks, "standard", executor, limit, LEASE,
                             now=self.at(self.model.now))
-        ready = sorted(
-            (s for s in self.model.subtasks.values()
-             if s.status == "pending" and s.run_after <= (1, self.model.now)),
-            key=lambda s: (-s.priority, s.run_after, s.id),
-        )[:limit]
+        ready = self.ready(suspects=False)[:limit]
         assert [c.id for c in claimed] == [s.id for s in ready]
+        self.grant(executor, ready)
+        assert [c.attempt for c in claimed] == [s.attempt for s in ready]
+
+    @rule(executor=st.sampled_from(EXECUTORS))
+    def claim_suspect(self, executor: str) -> None:
+        """The quarantine's claim: one subtask in two crashes, run alone."""
+        claimed = self.call(self.store.claim_suspect, executor, ["standard"], LEASE,
+                            now=self.at(self.model.now))
+        ready = self.ready(suspects=True)[:1]
+        assert ([claimed.id] if claimed else []) == [s.id for s in ready]
+        self.grant(executor, ready)
+
+    def ready(self, *, suspects: bool) -> list[SubtaskModel]:
+        suspect_after = maintenance.DEFAULT_POISON_AFTER - 1
+        return sorted(
+            (s for s in self.model.subtasks.values()
+             if s.status == "pending" and s.run_after <= (1, self.model.now)
+             and (s.crashes >= suspect_after) == suspects),
+            key=lambda s: (-s.priority, s.run_after, s.id),
+        )
+
+    def grant(self, executor: str, ready: list[SubtaskModel]) -> None:
         before = {s.id: s.status for s in ready}
         for s in ready:
             s.status, s.locked_by, s.attempt = "processing", executor, s.attempt + 1
             s.lease_expires = self.model.now + LEASE
             self.grants.append((s.id, executor, s.attempt))
-        assert [c.attempt for c in claimed] == [s.attempt for s in ready]
         self.model.changed(before)
 
     @precondition(lambda self: self.grants)
@@ -222,14 +240,18 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule()
     def rescue(self) -> None:
-        rows = self.call(self.store.rescue_expired_leases, now=self.at(self.model.now))
+        rows = self.call(maintenance.rescue_expired_leases, self.store,
+                         now=self.at(self.model.now))
         expired = [s for s in self.model.subtasks.values()
                    if s.status == "processing" and s.lease_expires is not None
                    and s.lease_expires < self.model.now]
         before = {s.id: s.status for s in expired}
         for s in expired:
+            # A crash gives the attempt back; the third makes it a poison pill.
+            s.crashes += 1
             s.status = ("cancelled" if s.cancel_requested else
-                        "failed" if s.attempt >= s.max_attempts else "pending")
+                        "failed" if s.crashes >= maintenance.DEFAULT_POISON_AFTER else "pending")
+            s.attempt -= s.status == "pending"
             s.locked_by = s.lease_expires = None
         assert sorted((r["id"], r["status"]) for r in rows) == sorted(
             (s.id, s.status) for s in expired)
@@ -263,8 +285,8 @@ class QueueMachine(RuleBasedStateMachine):
         before = {s.id: s.status for s in failed}
         run_after = self.stamp()
         for s in failed:
-            s.status, s.attempt, s.run_after, s.cancel_requested = (
-                "pending", 0, run_after, False)
+            s.status, s.attempt, s.run_after, s.cancel_requested, s.crashes = (
+                "pending", 0, run_after, False, 0)
         self.model.changed(before)
 
     # -- the check after every step --------------------------------------------------------------

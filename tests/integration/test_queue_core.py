@@ -12,7 +12,7 @@ from psycopg import sql
 
 from taskd.errors import DatabaseError
 from taskd.executor.runner import result_json
-from taskd.queue import ErrorOccurrence, ExecutorInfo, Outcome, Store
+from taskd.queue import ErrorOccurrence, ExecutorInfo, Outcome, Store, maintenance
 from taskd.queue.connection import connection_kwargs
 from taskd.queue.queries import query
 from taskd.queue.store import fields_row
@@ -62,7 +62,7 @@ async def test_a_claim_after_a_subtask_skips_the_claimed_head_of_the_index(
     for _ in range(10):
         claimed += await store.claim_subtasks("standard", "e1", 500, LEASE)
     params = {"queue": "standard", "executor_id": "e2", "limit": 100, "lease_timeout": LEASE,
-              "cluster_max": None, "now": None}
+              "cluster_max": None, "now": None, "suspect_after": 2}
     last = claimed[-1]
     head = await _claim_index_buffers(conn, dict(params, **CLAIM_FROM_HEAD))
     after = await _claim_index_buffers(conn, dict(
@@ -195,10 +195,11 @@ async def test_lost_lease_outcome_is_rejected_and_reclaimer_wins(
     await submit(store, 1)
     [first] = await store.claim_subtasks("standard", "slow", 1, LEASE)
     later = await store.database_now() + timedelta(seconds=LEASE + 1)
-    rescued = await store.rescue_expired_leases(now=later)
+    rescued = await maintenance.rescue_expired_leases(store, now=later)
     assert [r["id"] for r in rescued] == [first.id]
     [second] = await store.claim_subtasks("standard", "fast", 1, LEASE, now=later)
-    assert second.id == first.id and second.attempt == 2
+    # The crash's attempt was given back: the same attempt number, another holder.
+    assert second.id == first.id and second.attempt == 1
 
     applied = await store.record_outcomes(
         "slow", [Outcome(first.id, first.attempt, "completed", '{"by": "slow"}')]
@@ -213,31 +214,46 @@ async def test_lost_lease_outcome_is_rejected_and_reclaimer_wins(
         "slow", [Outcome(first.id, first.attempt, "failed", error="late")]
     ) == set()
     row = await fetch_one(conn, "SELECT status, result, attempt FROM taskd.subtasks")
-    assert row == ("completed", {"by": "fast"}, 2)
+    assert row == ("completed", {"by": "fast"}, 1)
 
 
-async def test_expired_lease_is_rescued_then_failed_when_out_of_attempts(
+async def test_expired_leases_give_the_attempt_back_and_fail_as_poison_after_three_crashes(
     store: Store, conn: Any
 ) -> None:
-    await submit(store, 1, max_attempts=2)
+    await submit(store, 1, max_attempts=1)
     now = await store.database_now()
-    for attempt in (1, 2):
-        [claimed] = await store.claim_subtasks("standard", "e1", 1, LEASE, now=now)
-        assert claimed.attempt == attempt
+    for crash in (1, 2, 3):
+        if crash < 3:
+            [claimed] = await store.claim_subtasks("standard", f"e{crash}", 1, LEASE, now=now)
+        else:
+            # Two crashes make it a suspect: the claim leaves it to one that runs it alone.
+            assert await store.claim_subtasks("standard", "e3", 1, LEASE, now=now) == []
+            assert await store.suspects_waiting(["standard"])
+            suspect = await store.claim_suspect("e3", ["standard"], LEASE)
+            assert suspect is not None
+            claimed = suspect
+            now = await store.database_now()
+        assert claimed.attempt == 1  # a crash does not spend the attempt
         now += timedelta(seconds=LEASE + 1)
-        [rescued] = await store.rescue_expired_leases(now=now)
-        assert rescued["status"] == ("pending" if attempt == 1 else "failed")
-    row = await fetch_one(conn, "SELECT status, error, locked_by FROM taskd.subtasks")
-    assert row[0] == "failed" and "lease expired" in row[1] and row[2] is None
-    assert await store.claim_subtasks("standard", "e1", 1, LEASE, now=now) == []
+        [rescued] = await maintenance.rescue_expired_leases(store, now=now)
+        assert rescued["status"] == ("pending" if crash < 3 else "failed")
+    row = await fetch_one(conn, "SELECT status, error, locked_by, crashes FROM taskd.subtasks")
+    assert row == ("failed", "Poison: its executor crashed or stopped answering while running "
+                   "it, 3 times (last: executor e3)", None, 3)
+    assert await store.claim_subtasks("standard", "e4", 1, LEASE, now=now) == []
+    assert not await store.suspects_waiting(["standard"])
     task = await fetch_one(conn, "SELECT status, failed, completed_at IS NOT NULL FROM taskd.tasks")
     assert task == ("failed", 1, True)
+    logged = await fetch_one(conn, "SELECT error_type, error_message, count, queue, kind"
+                                   " FROM taskd.error_logs")
+    assert logged == ("Poison", "its executor crashed or stopped answering while running it, "
+                      "3 times", 1, "standard", "noop")
 
 
 async def test_unexpired_leases_are_not_rescued(store: Store) -> None:
     await submit(store, 2)
     await store.claim_subtasks("standard", "e1", 2, LEASE)
-    assert await store.rescue_expired_leases() == []
+    assert await maintenance.rescue_expired_leases(store) == []
 
 
 async def test_retry_waits_its_backoff_in_database_time_and_survives_restart(
@@ -373,16 +389,6 @@ async def test_error_logs_aggregate_identical_errors(store: Store, conn: Any) ->
     assert rows == [("KeyError", "other", 1, None), ("ValueError", "boom", 3, "trace 3")]
 
 
-async def test_pending_timeout_fails_old_pending_subtasks(store: Store, conn: Any) -> None:
-    await submit(store, 2)
-    now = await store.database_now()
-    assert await store.fail_pending_timeouts("standard", 600, now=now) == 0
-    assert await store.fail_pending_timeouts("standard", 600, now=now + timedelta(seconds=601)) == 2
-    row = await fetch_one(conn, "SELECT status, error FROM taskd.subtasks LIMIT 1")
-    assert row[0] == "failed" and "timed out waiting" in row[1]
-    assert await fetch_one(conn, "SELECT status FROM taskd.tasks") == "failed"
-
-
 async def test_extend_leases_only_for_the_holder(store: Store, conn: Any) -> None:
     await submit(store, 2)
     claimed = await store.claim_subtasks("standard", "e1", 2, LEASE)
@@ -391,7 +397,7 @@ async def test_extend_leases_only_for_the_holder(store: Store, conn: Any) -> Non
     assert await store.extend_leases("e2", ids, LEASE, now=later) == set()
     assert await store.extend_leases("e1", ids, LEASE, now=later) == set(ids)
     # 20 s later plus a fresh 30 s lease: nothing expires at +40 s.
-    assert await store.rescue_expired_leases(now=later + timedelta(seconds=20)) == []
+    assert await maintenance.rescue_expired_leases(store, now=later + timedelta(seconds=20)) == []
 
 
 async def test_release_gives_subtasks_back_without_spending_attempts(
@@ -434,8 +440,9 @@ async def test_executor_register_heartbeat_dead_and_back(store: Store, conn: Any
     assert await store.heartbeat_executor("e1", {"standard": 15}, {"standard": 2}, now=now) == (
         "running"
     )
-    assert await store.mark_dead_executors(30, now=now + timedelta(seconds=10)) == []
-    assert await store.mark_dead_executors(30, now=now + timedelta(seconds=31)) == ["e1"]
+    assert await maintenance.mark_dead_executors(store, 30, now=now + timedelta(seconds=10)) == []
+    later = now + timedelta(seconds=31)
+    assert await maintenance.mark_dead_executors(store, 30, now=later) == ["e1"]
     assert await store.heartbeat_executor("e1", {}, {}) == "running"
     await store.set_executor_status("e1", "stopped")
     row = await fetch_one(conn, "SELECT status, stopped_at IS NOT NULL FROM taskd.executors")
@@ -463,19 +470,11 @@ async def test_retention_deletes_only_old_finished_rows(store: Store, conn: Any)
     await submit(store, 1, queue="other")
     claimed = await store.claim_subtasks("standard", "e1", 2, LEASE)
     await store.record_outcomes("e1", [Outcome(c.id, 1, "completed", "{}") for c in claimed])
-    assert await store.delete_finished(3600) == (0, 0)
+    assert await maintenance.delete_finished(store, 3600) == (0, 0)
     later = await store.database_now() + timedelta(hours=2)
-    assert await store.delete_finished(3600, now=later) == (2, 1)
+    assert await maintenance.delete_finished(store, 3600, now=later) == (2, 1)
     assert await store.get_task(done) is None
     assert await fetch_one(conn, "SELECT count(*) FROM taskd.subtasks") == 1
-
-
-async def test_rescuer_lock_is_held_by_one_at_a_time(store: Store) -> None:
-    async with store.rescuer_lock() as first:
-        async with store.rescuer_lock() as second:
-            assert (first, second) == (True, False)
-    async with store.rescuer_lock() as again:
-        assert again
 
 
 async def test_database_errors_surface_as_taskd_errors(database_url: str) -> None:
@@ -543,3 +542,12 @@ async def test_a_claim_given_a_connection_runs_on_it(
         await store.claim_subtasks("standard", "e1", 1, LEASE, cluster_max=cluster_max,
                                    conn=given)
     assert len(await store.claim_subtasks("standard", "e1", 2, LEASE)) == 1
+
+
+async def test_no_taskd_session_can_sit_in_a_transaction_for_long(store: Store) -> None:
+    # A process that freezes with a transaction open must not hold its locks for good.
+    async with store.pool.connection() as conn:
+        cur = await conn.execute("SHOW idle_in_transaction_session_timeout")
+        assert await cur.fetchone() == ("10s",)
+        cur = await conn.execute("SHOW statement_timeout")
+        assert await cur.fetchone() == ("30s",)

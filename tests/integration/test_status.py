@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from taskd.queue import maintenance
 from taskd.queue.status import (
     list_errors,
     list_tasks,
@@ -70,7 +71,7 @@ async def arrange_cluster(
     assert len(applied) == 1
     # Move the clock past executor_dead_after: all three die; two heartbeat and come back.
     now = await store.database_now()
-    dead = await store.mark_dead_executors(DEAD_AFTER, now=now + timedelta(seconds=60))
+    dead = await maintenance.mark_dead_executors(store, DEAD_AFTER, now=now + timedelta(seconds=60))
     assert sorted(dead) == ["exec-a", "exec-b", "exec-c"]
     if live:
         for name in ("exec-a", "exec-b"):

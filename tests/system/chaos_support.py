@@ -205,16 +205,19 @@ VIOLATIONS: dict[str, str] = {
          WHERE locked_by IS NOT NULL OR lease_expires_at IS NOT NULL""",
     "attempts over max_attempts": """
         SELECT id, attempt, max_attempts FROM taskd.subtasks WHERE attempt > max_attempts""",
-    "more executions than attempts": """
-        SELECT s.id, s.attempt, count(e.id) FROM taskd.subtasks s
+    # A crash of its executor gives the attempt back (the rescuer counts crashes instead):
+    # each crash allows one more execution, of an attempt number already executed.
+    "more executions than attempts and crashes": """
+        SELECT s.id, s.attempt, s.crashes, count(e.id) FROM taskd.subtasks s
           JOIN public.executions e ON e.subtask_id = s.id
-         GROUP BY s.id, s.attempt HAVING count(e.id) > s.attempt""",
+         GROUP BY s.id, s.attempt, s.crashes HAVING count(e.id) > s.attempt + s.crashes""",
     "an execution of an attempt the subtask never reached": """
         SELECT e.subtask_id, e.attempt, s.attempt FROM public.executions e
           JOIN taskd.subtasks s ON s.id = e.subtask_id WHERE e.attempt > s.attempt""",
-    "one attempt executed twice": """
-        SELECT subtask_id, attempt, count(*) FROM public.executions
-         GROUP BY subtask_id, attempt HAVING count(*) > 1""",
+    "one attempt executed twice without a crash": """
+        SELECT e.subtask_id, e.attempt, s.crashes, count(*) FROM public.executions e
+          JOIN taskd.subtasks s ON s.id = e.subtask_id
+         GROUP BY e.subtask_id, e.attempt, s.crashes HAVING count(*) > 1 + s.crashes""",
     "final outcome recorded other than once": """
         SELECT s.id, s.status, count(t.id) FROM taskd.subtasks s
           LEFT JOIN public.transitions t

@@ -71,15 +71,18 @@ def test_kill_9_one_of_three_daemons_loses_and_duplicates_nothing(database_url: 
         wait_for(lambda: counts(database_url).get("completed", 0) == total, timeout=120,
                  message="every subtask completed")
     assert counts(database_url) == {"completed": total}
-    # Exactly one recorded outcome each, and never more executions than attempts.
+    # Exactly one recorded outcome each, and never more executions than attempts and crashes
+    # (a crash gives the attempt back).
     over = query(database_url, """
-        SELECT s.id, s.attempt, count(e.id) FROM taskd.subtasks s
+        SELECT s.id, s.attempt, s.crashes, count(e.id) FROM taskd.subtasks s
           LEFT JOIN public.executions e ON e.subtask_id = s.id
-         GROUP BY s.id, s.attempt HAVING count(e.id) > s.attempt OR count(e.id) = 0""")
+         GROUP BY s.id, s.attempt, s.crashes
+        HAVING count(e.id) > s.attempt + s.crashes OR count(e.id) = 0""")
     assert over == []
-    # Only the leases the victim held when it died were run again.
+    # Only the leases the victim held when it died were run again, without spending an attempt.
     assert {row[0] for row in query(database_url,
-                                    "SELECT id FROM taskd.subtasks WHERE attempt > 1")} <= held
+                                    "SELECT id FROM taskd.subtasks WHERE crashes > 0")} <= held
+    assert scalar(database_url, "SELECT max(attempt) FROM taskd.subtasks") == 1
     # lease_timeout (3 s) + one rescuer interval (0.5 s, jittered) + polling slack.
     assert rescued_after < 3 + 0.6 + 1.5, rescued_after
     task = query(database_url, "SELECT status, completed, failed FROM taskd.tasks")

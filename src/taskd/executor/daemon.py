@@ -28,6 +28,7 @@ from taskd.executor.gate import ClaimGate
 from taskd.executor.heartbeat import Heartbeat, HeartbeatConfig
 from taskd.executor.notifier import Notifier
 from taskd.executor.producer import Producer, ProducerConfig
+from taskd.executor.quarantine import Quarantine, QuarantineConfig
 from taskd.executor.rescuer import Rescuer, RescuerConfig
 from taskd.executor.runner import Runner
 from taskd.executor.running import RunningSet
@@ -81,6 +82,7 @@ class Daemon:
         self.stopping = anyio.Event()
         self.producers: list[Producer] = []
         self.runner: Runner | None = None
+        self.quarantine: Quarantine | None = None
         self.immediate = False
 
     async def run(self) -> int:
@@ -114,6 +116,12 @@ class Daemon:
                     max(4, sum(c.limit for c in self.capacities.values()))),
             )
             async with anyio.create_task_group() as work:
+                self.quarantine = Quarantine(
+                    QuarantineConfig(list(self.queues), s.poll_interval, s.lease_timeout,
+                                     s.poison_after),
+                    store, s.executor_id, self.gate, self.running, self.runner,
+                )
+                work.start_soon(self.quarantine.run)
                 for queue in self.queues:
                     producer = Producer(
                         ProducerConfig.from_settings(s, queue), store, s.executor_id,
@@ -176,8 +184,9 @@ class Daemon:
         if notifier is not None:
             tg.start_soon(notifier.run)
         tg.start_soon(completer.run)
-        tg.start_soon(Rescuer(RescuerConfig.from_settings(s), store, self.queues,
-                              self.metrics).run)
+        # Every configured queue's pending timeout, served here or not: a task of a queue no
+        # daemon serves is one that nobody started.
+        tg.start_soon(Rescuer(RescuerConfig.from_settings(s), store, s.queues, self.metrics).run)
         tg.start_soon(Scaler(
             store, self.capacities, dict(self.queues), s.scale_check_interval, self.metrics,
             s.executor_id,
@@ -205,6 +214,8 @@ class Daemon:
         """Stop claiming, wait up to the grace period, then stop what is still running."""
         for producer in self.producers:
             producer.stop_claiming()
+        if self.quarantine is not None:
+            self.quarantine.stop_claiming()
         try:
             with anyio.CancelScope(shield=True):
                 await store.set_executor_status(self.settings.executor_id, "stopping")

@@ -1,39 +1,72 @@
-"""The claim gate: open while this executor can prove it owns its leases."""
+"""The claim gate: producers claim only while no one holds it closed.
+
+Two things close it: the heartbeat, while this executor cannot prove it owns its leases
+(heartbeats failing for longer than the lease), and the quarantine, while a suspected poison
+pill runs alone. Each closes and opens it under its own name, so one cannot open what the
+other closed.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
+
+from taskd.executor.condition import Condition
 
 log = logging.getLogger(__name__)
 
 
 class ClaimGate:
-    """Producers claim only while the gate is open; the heartbeat closes it when it fails
-    for longer than the lease, and opens it again when a heartbeat succeeds."""
-
     def __init__(self) -> None:
         self._open = anyio.Event()
         self._open.set()
-        self.reason: str | None = None
+        self._closed_by: dict[str, str] = {}  # who -> why
+        self._in_flight = 0  # claims that passed the gate and have not handed their rows on
+        self._passed = Condition()
 
     @property
     def is_open(self) -> bool:
         return self._open.is_set()
 
-    def open(self) -> None:
-        if not self._open.is_set():
-            log.info("claiming resumed")
-            self.reason = None
+    @property
+    def reason(self) -> str | None:
+        """Why it is closed (the reasons joined), None while open."""
+        return "; ".join(self._closed_by.values()) or None
+
+    def close(self, reason: str, *, by: str = "heartbeat") -> None:
+        if by in self._closed_by:
+            return
+        if self._open.is_set():
+            self._open = anyio.Event()
+        self._closed_by[by] = reason
+        log.log(logging.WARNING if by == "heartbeat" else logging.INFO,
+                "claiming paused: %s", reason)
+
+    def open(self, *, by: str = "heartbeat") -> None:
+        if self._closed_by.pop(by, None) is None:
+            return
+        log.info("claiming resumed" if not self._closed_by else "claiming still paused: %s",
+                 self.reason)
+        if not self._closed_by:
             self._open.set()
 
-    def close(self, reason: str) -> None:
-        if self._open.is_set():
-            log.warning("claiming paused: %s", reason)
-            self.reason = reason
-            self._open = anyio.Event()
-
-    async def wait_open(self) -> None:
+    @asynccontextmanager
+    async def passing(self) -> AsyncIterator[None]:
+        """Wait until open, then count the block as a claim in flight until it ends: a claim
+        that passed the gate before it closed still adds running subtasks."""
         while not self._open.is_set():
             await self._open.wait()
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._passed.notify()
+
+    async def wait_no_claims(self) -> None:
+        """Return once no claim that passed the gate is still in flight."""
+        while self._in_flight:
+            await self._passed.wait()

@@ -97,11 +97,12 @@ class Heartbeat:
                             extra={"failing_for_s": round(failing_for, 1)})
                 if failing_for > self.config.lease_timeout:
                     self.gate.close(
-                        f"heartbeats failing for {failing_for:.0f}s, longer than the lease"
+                        f"heartbeats failing for {failing_for:.0f}s, longer than the lease",
+                        by="heartbeat",
                     )
             else:
                 last_ok = self.clock()
-                self.gate.open()
+                self.gate.open(by="heartbeat")
             systemd.notify("WATCHDOG=1")
 
     async def beat(self) -> None:

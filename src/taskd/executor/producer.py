@@ -31,7 +31,7 @@ from taskd.executor.running import RunningSet, RunningSubtask
 from taskd.executor.wakeup import Wakeup
 from taskd.executor.workers import WorkerPool
 from taskd.metrics import Metrics
-from taskd.queue.store import Store
+from taskd.queue.store import DEFAULT_POISON_AFTER, Store
 from taskd.settings import QueueSettings, Settings
 from taskd.testsignals import TestSignal
 from taskd.types import ClaimedSubtask
@@ -48,6 +48,8 @@ class ProducerConfig:
     ``refill_delay``: how long a claim waits for more slots to free up when few are free.
     ``idle_worker_seconds``: how long a worker with nothing to run lives on.
     ``full_claim_interval``: how often a claim starts from the claim index's head anyway.
+    ``poison_after``: a subtask in one fewer crashes of its executor is a suspect, which the
+    claim leaves to the quarantine.
     """
 
     queue: str
@@ -59,6 +61,7 @@ class ProducerConfig:
     refill_delay: float = 0.005
     idle_worker_seconds: float = 30.0
     full_claim_interval: float = 1.0
+    poison_after: int = DEFAULT_POISON_AFTER
 
     def __post_init__(self) -> None:
         for name in ("lease_timeout", "poll_interval", "idle_worker_seconds"):
@@ -73,7 +76,7 @@ class ProducerConfig:
     @classmethod
     def from_settings(cls, settings: Settings, queue: str) -> ProducerConfig:
         return cls(queue, settings.queues[queue], lease_timeout=settings.lease_timeout,
-                   poll_interval=settings.poll_interval)
+                   poll_interval=settings.poll_interval, poison_after=settings.poison_after)
 
 
 @dataclass
@@ -162,21 +165,24 @@ class Producer:
                 # A few ms for more slots to free up: one claim for many, not one per slot.
                 with anyio.move_on_after(self.config.refill_delay):
                     await self.capacity.wait_for_free(batch)
-            await self.gate.wait_open()
-            await self.completer.wait_for_room()  # claims must not run ahead of the writes
-            want = min(self.capacity.free(), batch)
-            try:
-                # Shielded: a claim cancelled mid-flight could commit and lose its rows.
-                with anyio.CancelScope(shield=True):
-                    claimed = await self._claim(want)
-            except DatabaseError as exc:
-                self.log.warning("claim failed, retrying in %.1fs: %s", backoff, exc)
+            async with self.gate.passing():
+                await self.completer.wait_for_room()  # claims must not run ahead of the writes
+                want = min(self.capacity.free(), batch)
+                try:
+                    # Shielded: a claim cancelled mid-flight could commit and lose its rows.
+                    with anyio.CancelScope(shield=True):
+                        claimed = await self._claim(want)
+                except DatabaseError as exc:
+                    self.log.warning("claim failed, retrying in %.1fs: %s", backoff, exc)
+                    claimed = None
+                else:
+                    if claimed:
+                        self._hand_on(claimed, runs)
+            if claimed is None:
                 await self.wakeup.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
-            if claimed:
-                self._hand_on(claimed, runs)
             if len(claimed) < want:
                 await self.wakeup.wait(self.config.poll_interval)
 
@@ -253,6 +259,7 @@ class Producer:
             return await self.store.claim_subtasks(
                 self.queue, self.executor_id, want, self.config.lease_timeout,
                 cluster_max=self.config.settings.cluster_max, after=after, conn=conn,
+                poison_after=self.config.poison_after,
             )
         finally:
             if lender is not None and conn is not None:

@@ -1,7 +1,15 @@
 """The rescuer: expired leases, dead executors, pending timeouts, retention.
 
-Any executor may run it; a transaction-level advisory lock keeps it to one at a time across the
-cluster. Work is done in LIMIT-sized batches; errors are logged and the next pass carries on.
+Every executor runs it, with no lock and no leader: each statement
+(:mod:`taskd.queue.maintenance`) takes its rows with SKIP LOCKED and holds nothing after it
+ends, so passes of several executors overlap harmlessly and a daemon that freezes mid-pass
+stops no one else's. Work is done in LIMIT-sized batches; errors are logged and the next pass
+carries on.
+
+A lease that expired means its executor crashed or froze while running the subtask. That is
+not evidence against the subtask: it goes back with its attempt given back and a crash
+counted, and only a subtask present in ``poison_after`` crashes fails, as a suspected poison
+pill, so that an innocent subtask never fails because a neighbour killed the process.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import anyio
 
 from taskd.errors import ConfigError, DatabaseError
 from taskd.metrics import Metrics
+from taskd.queue import maintenance
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings, Settings
 from taskd.types import RescueReport
@@ -28,11 +37,14 @@ class RescuerConfig:
     """``interval``: seconds between passes (jittered). ``executor_dead_after``: a heartbeat
     older marks its executor dead. ``retention``: finished rows older are deleted. Each pass
     works in batches of ``batch_size``, at most ``max_batches`` per kind of work, so a pass
-    stays short. Raises :class:`ConfigError` for a value it cannot work with."""
+    stays short. ``poison_after``: crashes of its executor while running it after which a
+    subtask fails as a suspected poison pill. Raises :class:`ConfigError` for a value it cannot
+    work with."""
 
     interval: float
     executor_dead_after: float
     retention: float
+    poison_after: int = maintenance.DEFAULT_POISON_AFTER
     batch_size: int = 1000
     max_batches: int = 20
 
@@ -40,12 +52,13 @@ class RescuerConfig:
         if min(self.interval, self.executor_dead_after, self.retention) <= 0:
             raise ConfigError("rescuer: interval, executor_dead_after and retention must be "
                               "> 0 seconds")
-        if self.batch_size < 1 or self.max_batches < 1:
-            raise ConfigError("rescuer: batch_size and max_batches must be >= 1")
+        if min(self.batch_size, self.max_batches, self.poison_after) < 1:
+            raise ConfigError("rescuer: batch_size, max_batches and poison_after must be >= 1")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RescuerConfig:
-        return cls(settings.rescue_interval, settings.executor_dead_after, settings.retention)
+        return cls(settings.rescue_interval, settings.executor_dead_after, settings.retention,
+                   poison_after=settings.poison_after)
 
 
 class Rescuer:
@@ -76,52 +89,71 @@ class Rescuer:
                             "timed_out": report.timed_out,
                         },
                     )
-            # Jitter keeps executors started together from contending for the lock in step.
+            # Jitter keeps executors started together from running their passes in step.
             await anyio.sleep(self.config.interval * random.uniform(0.8, 1.2))
 
     async def rescue_once(self) -> RescueReport:
-        """One pass, if no other executor is running one."""
-        async with self.store.rescuer_lock() as acquired:
-            if not acquired:
-                return RescueReport()
-            batch_size, max_batches = self.config.batch_size, self.config.max_batches
-            by_queue: Counter[str] = Counter()
-            statuses: Counter[str] = Counter()
-            for _ in range(max_batches):
-                rows = await self.store.rescue_expired_leases(limit=batch_size)
-                for row in rows:
-                    by_queue[row["queue"]] += 1
-                    statuses[row["status"]] += 1
-                if len(rows) < batch_size:
+        """One pass: expired leases, dead executors, the pending timeout, retention.
+
+        Every daemon runs passes, and two may run at once: each statement takes its rows with
+        SKIP LOCKED, and no lock is held from one statement to the next.
+        """
+        by_queue, statuses = await self._rescue_leases()
+        dead = await maintenance.mark_dead_executors(self.store, self.config.executor_dead_after)
+        for executor_id in dead:
+            log.warning("executor marked dead", extra={"dead_executor": executor_id})
+        timed_out = await self._fail_unstarted_tasks()
+        deleted_subtasks, deleted_tasks = await self._delete_finished()
+        return RescueReport(
+            returned=statuses["pending"], failed=statuses["failed"],
+            dead_executors=tuple(dead), timed_out=timed_out,
+            deleted_subtasks=deleted_subtasks, deleted_tasks=deleted_tasks,
+            by_queue=dict(by_queue),
+        )
+
+    async def _rescue_leases(self) -> tuple[Counter[str], Counter[str]]:
+        by_queue: Counter[str] = Counter()
+        statuses: Counter[str] = Counter()
+        for _ in range(self.config.max_batches):
+            rows = await maintenance.rescue_expired_leases(
+                self.store, poison_after=self.config.poison_after, limit=self.config.batch_size)
+            for row in rows:
+                by_queue[row["queue"]] += 1
+                statuses[row["status"]] += 1
+                if row["status"] == "failed":
+                    log.warning("subtask failed as poison", extra={
+                        "subtask_id": row["id"], "task_id": row["task_id"],
+                        "queue": row["queue"], "crashes": self.config.poison_after})
+            if len(rows) < self.config.batch_size:
+                break
+        for queue, n in by_queue.items():
+            self.metrics.leases_rescued.labels(queue).inc(n)
+        return by_queue, statuses
+
+    async def _fail_unstarted_tasks(self) -> int:
+        timed_out = 0
+        for queue, settings in self.queues.items():
+            if settings.pending_timeout <= 0:
+                continue
+            for _ in range(self.config.max_batches):
+                tasks = await maintenance.fail_unstarted_tasks(
+                    self.store, queue, settings.pending_timeout, limit=self.config.batch_size)
+                timed_out += len(tasks)
+                if tasks:
+                    log.warning("tasks timed out waiting: nobody started them", extra={
+                        "queue": queue, "task_ids": tasks[:20], "count": len(tasks),
+                        "pending_timeout_s": settings.pending_timeout})
+                if len(tasks) < self.config.batch_size:
                     break
-            for queue, n in by_queue.items():
-                self.metrics.leases_rescued.labels(queue).inc(n)
-            dead = await self.store.mark_dead_executors(self.config.executor_dead_after)
-            for executor_id in dead:
-                log.warning("executor marked dead", extra={"dead_executor": executor_id})
-            timed_out = 0
-            for queue, settings in self.queues.items():
-                if settings.pending_timeout <= 0:
-                    continue
-                for _ in range(max_batches):
-                    n = await self.store.fail_pending_timeouts(
-                        queue, settings.pending_timeout, limit=batch_size
-                    )
-                    timed_out += n
-                    if n < batch_size:
-                        break
-            deleted_subtasks = deleted_tasks = 0
-            for _ in range(max_batches):
-                subtasks, tasks = await self.store.delete_finished(
-                    self.config.retention, limit=batch_size
-                )
-                deleted_subtasks += subtasks
-                deleted_tasks += tasks
-                if subtasks < batch_size and tasks < batch_size:
-                    break
-            return RescueReport(
-                returned=statuses["pending"], failed=statuses["failed"],
-                dead_executors=tuple(dead), timed_out=timed_out,
-                deleted_subtasks=deleted_subtasks, deleted_tasks=deleted_tasks,
-                by_queue=dict(by_queue),
-            )
+        return timed_out
+
+    async def _delete_finished(self) -> tuple[int, int]:
+        deleted_subtasks = deleted_tasks = 0
+        for _ in range(self.config.max_batches):
+            subtasks, tasks = await maintenance.delete_finished(
+                self.store, self.config.retention, limit=self.config.batch_size)
+            deleted_subtasks += subtasks
+            deleted_tasks += tasks
+            if subtasks < self.config.batch_size and tasks < self.config.batch_size:
+                break
+        return deleted_subtasks, deleted_tasks

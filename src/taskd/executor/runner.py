@@ -29,7 +29,7 @@ import anyio
 import anyio.to_thread
 
 from taskd.errors import HandlerError, HandlerTimeout, LeaseLost, PermanentError, RetryLater
-from taskd.executor.running import RunningSubtask
+from taskd.executor.running import RunningSet, RunningSubtask
 from taskd.handlers.base import RegisteredHandler, SubtaskContext
 from taskd.handlers.clients import HttpClients
 from taskd.handlers.registry import HandlerRegistry
@@ -186,15 +186,25 @@ class Runner:
             entry, ctx, started = running
             self._cut_short(entry, ctx, time.monotonic() - started)
 
-    async def run_one(self, subtask: ClaimedSubtask, deadline: float | None = None) -> None:
+    async def run_one(
+        self, subtask: ClaimedSubtask, deadline: float | None = None,
+        *, running: RunningSet | None = None,
+    ) -> None:
         """Run one claimed subtask as a worker does, its deadline (anyio's clock; default the
         queue's timeout from now) enforced as the producer's timer enforces a claim's.
 
-        For :mod:`taskd.testing` and tests: the same path as the daemon's, one subtask long.
+        With ``running``, the subtask is in that set while it runs (its lease extended by the
+        heartbeat, stopped at shutdown). For the quarantine, :mod:`taskd.testing` and tests:
+        the same path as the daemon's workers, one subtask long.
         """
         if deadline is None:
             deadline = anyio.current_time() + self.queues[subtask.queue].timeout
-        entry = RunningSubtask(subtask, deadline)
+        entry = (running.add(subtask, deadline) if running is not None
+                 else RunningSubtask(subtask, deadline))
+
+        def done(_: RunningSubtask) -> None:
+            if running is not None:
+                running.remove(subtask.id)
 
         async def expire() -> None:
             await anyio.sleep_until(deadline)
@@ -202,7 +212,7 @@ class Runner:
 
         async with anyio.create_task_group() as timer:
             timer.start_soon(expire)
-            await self.run_ready(deque([entry]), more=lambda: None, done=lambda _: None)
+            await self.run_ready(deque([entry]), more=lambda: None, done=done)
             timer.cancel_scope.cancel()
 
     def _context(self, entry: RunningSubtask, scope: anyio.CancelScope) -> SubtaskContext:

@@ -40,6 +40,9 @@ _CONFLICTS = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors
 CONFLICT_TRIES = 5
 # Seconds: every statement of the daemon's sessions (the pool's and the LISTEN connection's).
 STATEMENT_TIMEOUT = 30.0
+# Seconds a taskd session may sit idle inside a transaction: a process that freezes with one
+# open (SIGSTOP, a paused VM, a partition) loses it, and the locks it held, after this.
+IDLE_IN_TRANSACTION_TIMEOUT = 10.0
 
 
 async def retrying_conflicts(once: Callable[[], Awaitable[T]]) -> T:
@@ -124,7 +127,8 @@ def connection_kwargs(
     PGOPTIONS are kept (a TimeZone there wins).
     """
     given = conninfo_to_dict(conninfo).get("options") or os.environ.get("PGOPTIONS", "")
-    options = ["-c TimeZone=UTC", str(given), "-c plan_cache_mode=force_custom_plan"]
+    options = ["-c TimeZone=UTC", str(given), "-c plan_cache_mode=force_custom_plan",
+               f"-c idle_in_transaction_session_timeout={int(IDLE_IN_TRANSACTION_TIMEOUT * 1000)}"]
     if statement_timeout:
         options.append(f"-c statement_timeout={int(statement_timeout * 1000)}")
     return {"autocommit": True, "application_name": application_name,

@@ -44,6 +44,10 @@ from taskd.types import (
 )
 
 Row = TypeVar("Row")
+
+#: Crashes of its executor while running it after which a subtask fails as a poison pill; one
+#: fewer makes it a suspect that runs alone (the claim skips it; claim_suspect takes it).
+DEFAULT_POISON_AFTER = 3
 T = TypeVar("T")
 
 
@@ -249,6 +253,7 @@ class Store:
         now: datetime | None = None,
         after: ClaimedSubtask | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
+        poison_after: int = DEFAULT_POISON_AFTER,
     ) -> list[ClaimedSubtask]:
         """Claim up to ``limit`` ready subtasks of ``queue``: highest priority, then oldest;
         returned in that order.
@@ -273,7 +278,8 @@ class Store:
                   "lease_timeout": lease_timeout, "cluster_max": cluster_max, "now": now,
                   "after_priority": None if after is None else after.priority,
                   "after_run_after": None if after is None else after.run_after,
-                  "after_id": None if after is None else after.id}
+                  "after_id": None if after is None else after.id,
+                  "suspect_after": poison_after - 1}
         if cluster_max is None:
             claimed = await self.fetch_as("claim_subtasks", params, ClaimedSubtask,
                                           _CLAIMED_ROW, binary=True, conn=conn)
@@ -284,6 +290,27 @@ class Store:
                 await cur.execute(query("claim_subtasks"), params)
                 claimed = await cur.fetchall()
         return claimed
+
+    async def claim_suspect(
+        self, executor_id: str, queues: Sequence[str], lease_timeout: float,
+        *, poison_after: int = DEFAULT_POISON_AFTER, now: datetime | None = None,
+    ) -> ClaimedSubtask | None:
+        """Claim one suspect of ``queues`` (a subtask that was running in ``poison_after - 1``
+        crashes of its executor), for an executor that runs nothing else while it runs; None
+        when none is ready."""
+        rows = await self.fetch_as("claim_suspect", {
+            "executor_id": executor_id, "queues": list(queues), "lease_timeout": lease_timeout,
+            "suspect_after": poison_after - 1, "now": now,
+        }, ClaimedSubtask, _CLAIMED_ROW, binary=True)
+        return rows[0] if rows else None
+
+    async def suspects_waiting(
+        self, queues: Sequence[str], *, poison_after: int = DEFAULT_POISON_AFTER
+    ) -> bool:
+        """Whether a suspect of ``queues`` is ready to run (a cheap read of a tiny index)."""
+        rows = await self.fetch_rows("suspects_waiting", {
+            "queues": list(queues), "suspect_after": poison_after - 1})
+        return bool(rows[0]["waiting"])
 
     async def record_outcomes(
         self, executor_id: str, outcomes: Sequence[Outcome], *, now: datetime | None = None
@@ -378,51 +405,6 @@ class Store:
     async def set_executor_status(self, executor_id: str, status: ExecutorStatus) -> None:
         await self.fetch_rows("set_executor_status", {"id": executor_id, "status": status})
 
-    # -- maintenance ----------------------------------------------------------------------------
-
-    async def rescue_expired_leases(
-        self, *, limit: int = 1000, now: datetime | None = None
-    ) -> list[dict[str, Any]]:
-        """Return expired leases to pending (failed when out of attempts); one batch."""
-        return await self.fetch_rows("rescue_expired_leases", {"limit": limit, "now": now})
-
-    async def mark_dead_executors(
-        self, dead_after: float, *, now: datetime | None = None
-    ) -> list[str]:
-        rows = await self.fetch_rows("mark_dead_executors", {"dead_after": dead_after, "now": now})
-        return [row["id"] for row in rows]
-
-    async def fail_pending_timeouts(
-        self, queue: str, pending_timeout: float, *, limit: int = 1000,
-        now: datetime | None = None,
-    ) -> int:
-        """Fail subtasks of ``queue`` pending longer than ``pending_timeout``; one batch."""
-        rows = await self.fetch_rows("fail_pending_timeouts", {
-            "queue": queue, "pending_timeout": pending_timeout, "limit": limit, "now": now,
-        })
-        return len(rows)
-
-    async def delete_finished(
-        self, retention: float, *, limit: int = 1000, now: datetime | None = None
-    ) -> tuple[int, int]:
-        """Delete one batch of finished subtasks and tasks older than ``retention``."""
-        params = {"retention": retention, "limit": limit, "now": now}
-        subtasks = await self.fetch_rows("delete_finished_subtasks", params)
-        tasks = await self.fetch_rows("delete_finished_tasks", params)
-        return len(subtasks), len(tasks)
-
-    @asynccontextmanager
-    async def rescuer_lock(self) -> AsyncIterator[bool]:
-        """Hold the rescuer's advisory lock for the block if no other executor holds it.
-
-        The lock is transaction-level: it is released when the block's transaction ends,
-        even if this process dies.
-        """
-        async with translated_errors(), self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(query("try_rescuer_lock"))
-            row = await cur.fetchone()
-            yield bool(row and row[0])
-
     # -- tasks ----------------------------------------------------------------------------------
 
     async def get_task(self, task_id: int) -> Task | None:
@@ -449,12 +431,3 @@ class Store:
         rows = await self.fetch_rows("database_now", {})
         value: datetime = rows[0]["now"]
         return value
-
-    # -- operators ------------------------------------------------------------------------------
-
-    async def overview(self) -> dict[str, Any]:
-        """Executors and queue counts across every host, for ``taskd status``."""
-        return {
-            "executors": await self.fetch_rows("executor_overview", {}),
-            "queues": await self.fetch_rows("queue_overview", {}),
-        }

@@ -45,6 +45,8 @@ CREATE UNIQUE INDEX tasks_idempotency_idx ON taskd.tasks (user_id, idempotency_k
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX tasks_user_idx ON taskd.tasks (user_id, id DESC) WHERE user_id IS NOT NULL;
 CREATE INDEX tasks_finished_idx ON taskd.tasks (completed_at) WHERE completed_at IS NOT NULL;
+-- Unfinished tasks by age, for the pending timeout.
+CREATE INDEX tasks_unfinished_idx ON taskd.tasks (queue, created_at) WHERE completed_at IS NULL;
 
 CREATE TABLE taskd.subtasks (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -70,12 +72,17 @@ CREATE TABLE taskd.subtasks (
     started_at       timestamptz,
     completed_at     timestamptz,
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- Leases that expired under it (its executor crashed or froze): see the rescuer.
+    crashes          integer NOT NULL DEFAULT 0,
     CONSTRAINT subtasks_lease_check CHECK ((status = 'processing') = (locked_by IS NOT NULL))
 );
 
 -- The claim index: only pending rows, so it stays small however many finished rows exist.
 CREATE INDEX subtasks_claim_idx ON taskd.subtasks (queue, priority DESC, run_after, id)
     WHERE status = 'pending';
+-- Subtasks that were running when an executor crashed or froze (suspects run alone).
+CREATE INDEX subtasks_suspect_idx ON taskd.subtasks (queue, priority DESC, run_after, id)
+    WHERE status = 'pending' AND crashes > 0;
 -- Held leases by expiry, for the rescuer. Not on status = 'processing': fenced writes would
 -- then scan it (and every dead entry in it) instead of finding their rows by primary key.
 CREATE INDEX subtasks_lease_idx ON taskd.subtasks (lease_expires_at)
@@ -398,4 +405,4 @@ $$;
 
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
-    (6, 'subtask_id_ranges'), (7, 'one_payload_submit');
+    (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts');

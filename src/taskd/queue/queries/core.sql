@@ -33,6 +33,7 @@ WITH picked AS (
          WHERE status = 'pending'
            AND queue = %(queue)s
            AND run_after <= coalesce(%(now)s, now())
+           AND crashes < %(suspect_after)s  -- a suspected poison pill runs alone
            AND (%(after_priority)s::integer IS NULL
                 OR priority = %(after_priority)s::integer
                    AND (run_after, id) > (%(after_run_after)s::timestamptz, %(after_id)s::bigint))
@@ -47,6 +48,7 @@ WITH picked AS (
          WHERE status = 'pending'
            AND queue = %(queue)s
            AND run_after <= coalesce(%(now)s, now())
+           AND crashes < %(suspect_after)s  -- a suspected poison pill runs alone
            AND priority < %(after_priority)s::integer
          ORDER BY priority DESC, run_after, id
          LIMIT %(limit)s
@@ -78,6 +80,42 @@ WITH picked AS (
 )
 -- Claim order, sorted here: cheaper than in the executor.
 SELECT * FROM claimed ORDER BY priority DESC, run_after, id;
+
+-- name: claim_suspect
+-- One suspected poison pill (a subtask that was running in suspect_after crashes of its
+-- executor), for an executor that runs nothing else meanwhile: alone, a crash is its own.
+-- Through subtasks_suspect_idx, which holds only subtasks with a crash.
+WITH picked AS (
+    SELECT id
+      FROM taskd.subtasks
+     WHERE status = 'pending'
+       AND crashes > 0
+       AND crashes >= %(suspect_after)s
+       AND queue = ANY(%(queues)s::text[])
+       AND run_after <= coalesce(%(now)s, now())
+     ORDER BY priority DESC, run_after, id
+     LIMIT 1
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE taskd.subtasks s
+   SET status = 'processing',
+       locked_by = %(executor_id)s,
+       attempt = s.attempt + 1,
+       lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_timeout)s),
+       started_at = coalesce(%(now)s, now()),
+       updated_at = coalesce(%(now)s, now())
+  FROM picked
+ WHERE s.id = picked.id
+RETURNING s.id, s.task_id, s.queue, s.kind, s.priority, s.payload, s.state, s.attempt,
+          s.max_attempts, s.run_after, date_part('epoch', s.started_at - s.run_after) AS wait;
+
+-- name: suspects_waiting
+-- Whether any of these queues has a suspect ready (subtasks_suspect_idx).
+SELECT EXISTS (
+    SELECT 1 FROM taskd.subtasks
+     WHERE status = 'pending' AND crashes > 0 AND crashes >= %(suspect_after)s
+       AND queue = ANY(%(queues)s::text[]) AND run_after <= now()
+) AS waiting;
 
 -- name: lock_queue_claims
 -- The cluster-wide cap: capped claims of one queue take this lock first, in the same
@@ -183,53 +221,6 @@ UPDATE taskd.subtasks s
    AND s.status = 'processing'
 RETURNING s.id;
 
--- name: rescue_expired_leases
-WITH expired AS (
-    SELECT id
-      FROM taskd.subtasks
-     WHERE status = 'processing'
-       AND lease_expires_at < coalesce(%(now)s, now())
-     ORDER BY lease_expires_at
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
-)
-UPDATE taskd.subtasks s
-   -- Its task was cancelled while it ran: cancelled, not returned to be run again.
-   SET status = CASE WHEN s.cancel_requested THEN 'cancelled'
-                     WHEN s.attempt >= s.max_attempts THEN 'failed' ELSE 'pending' END,
-       error = CASE WHEN s.cancel_requested THEN 'cancelled'
-                    WHEN s.attempt >= s.max_attempts
-                    THEN format('lease expired (executor %%s) on attempt %%s of %%s',
-                                s.locked_by, s.attempt, s.max_attempts)
-                    ELSE s.error END,
-       completed_at = CASE WHEN s.cancel_requested OR s.attempt >= s.max_attempts
-                           THEN coalesce(%(now)s, now()) END,
-       locked_by = NULL,
-       lease_expires_at = NULL,
-       updated_at = coalesce(%(now)s, now())
-  FROM expired
- WHERE s.id = expired.id
-RETURNING s.id, s.task_id, s.queue, s.status;
-
--- name: fail_pending_timeouts
-WITH stale AS (
-    SELECT id
-      FROM taskd.subtasks
-     WHERE status = 'pending'
-       AND queue = %(queue)s
-       AND created_at < coalesce(%(now)s, now()) - make_interval(secs => %(pending_timeout)s)
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
-)
-UPDATE taskd.subtasks s
-   SET status = 'failed',
-       error = format('timed out waiting: pending longer than %%s s', %(pending_timeout)s),
-       completed_at = coalesce(%(now)s, now()),
-       updated_at = coalesce(%(now)s, now())
-  FROM stale
- WHERE s.id = stale.id
-RETURNING s.id, s.task_id;
-
 -- name: register_executor
 INSERT INTO taskd.executors
        (id, executor_group, hostname, pid, version, status, concurrency, running, metrics_url)
@@ -266,41 +257,6 @@ UPDATE taskd.executors
        running = CASE WHEN %(status)s = 'stopped' THEN '{}'::jsonb ELSE running END
  WHERE id = %(id)s;
 
--- name: mark_dead_executors
-UPDATE taskd.executors
-   SET status = 'dead'
- WHERE status IN ('running', 'stopping')
-   AND last_heartbeat_at < coalesce(%(now)s, now()) - make_interval(secs => %(dead_after)s)
-RETURNING id;
-
--- name: try_rescuer_lock
-SELECT pg_try_advisory_xact_lock(hashtextextended('taskd.rescuer', 0)) AS locked;
-
--- name: delete_finished_subtasks
-WITH old AS (
-    SELECT id
-      FROM taskd.subtasks
-     WHERE completed_at < coalesce(%(now)s, now()) - make_interval(secs => %(retention)s)
-       AND status IN ('completed', 'failed', 'cancelled')
-     LIMIT %(limit)s
-)
-DELETE FROM taskd.subtasks s USING old WHERE s.id = old.id
-RETURNING s.id;
-
--- name: delete_finished_tasks
-WITH old AS (
-    SELECT t.id
-      FROM taskd.tasks t
-     WHERE t.completed_at < coalesce(%(now)s, now()) - make_interval(secs => %(retention)s)
-       AND t.status IN ('completed', 'failed', 'cancelled')
-       AND NOT EXISTS (SELECT 1 FROM taskd.subtasks s
-                        WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
-                          AND s.task_id = t.id AND s.status IN ('pending', 'processing'))
-     LIMIT %(limit)s
-)
-DELETE FROM taskd.tasks t USING old WHERE t.id = old.id
-RETURNING t.id;
-
 -- name: cancel_task
 -- Pending subtasks become cancelled; processing ones are asked to stop (cancel_requested).
 -- A task's subtasks: its id range of the primary key (there is no index on task_id).
@@ -326,8 +282,8 @@ SELECT (SELECT count(*) FROM pending) AS cancelled, (SELECT count(*) FROM runnin
 -- Failed subtasks back to pending with fresh attempts; for `taskd tasks retry` and the API's
 -- retry (which then wakes the executors with api_notify_queue in the same transaction).
 UPDATE taskd.subtasks s
-   SET status = 'pending', attempt = 0, run_after = now(), error = NULL, result = NULL,
-       completed_at = NULL, cancel_requested = false, updated_at = now()
+   SET status = 'pending', attempt = 0, crashes = 0, run_after = now(), error = NULL,
+       result = NULL, completed_at = NULL, cancel_requested = false, updated_at = now()
   FROM taskd.tasks t
  WHERE t.id = %(task_id)s AND s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
    AND s.task_id = t.id AND s.status = 'failed'

@@ -1,0 +1,62 @@
+"""The rescuer's queries: expired leases, dead executors, the pending timeout, retention.
+
+Each function runs one statement that every daemon may run at the same time as the others
+(``queries/maintenance.sql``): no lock is held across a pass, so a daemon that freezes in the
+middle of one stops nobody else's. Times come from the database clock; ``now`` replaces it in
+tests.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from taskd.queue.store import DEFAULT_POISON_AFTER, Store
+
+__all__ = ["DEFAULT_POISON_AFTER", "delete_finished", "fail_unstarted_tasks",
+           "mark_dead_executors", "rescue_expired_leases"]
+
+
+async def rescue_expired_leases(
+    store: Store, *, poison_after: int = DEFAULT_POISON_AFTER, limit: int = 1000,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Give back one batch of expired leases: pending with the attempt given back and a crash
+    counted; failed as poison at ``poison_after`` crashes; cancelled if its task was.
+
+    Returns ``{id, task_id, queue, status}`` per subtask.
+    """
+    return await store.fetch_rows("rescue_expired_leases", {
+        "limit": limit, "poison_after": poison_after, "now": now,
+    })
+
+
+async def mark_dead_executors(
+    store: Store, dead_after: float, *, now: datetime | None = None
+) -> list[str]:
+    """Mark executors whose heartbeat is older than ``dead_after`` dead; return their ids."""
+    rows = await store.fetch_rows("mark_dead_executors", {"dead_after": dead_after, "now": now})
+    return [row["id"] for row in rows]
+
+
+async def fail_unstarted_tasks(
+    store: Store, queue: str, pending_timeout: float, *, limit: int = 1000,
+    now: datetime | None = None,
+) -> list[int]:
+    """Fail one batch of ``queue``'s tasks that nobody started within ``pending_timeout`` of
+    becoming runnable; return their ids."""
+    rows = await store.fetch_rows("fail_unstarted_tasks", {
+        "queue": queue, "pending_timeout": pending_timeout, "limit": limit, "now": now,
+    })
+    return [row["task_id"] for row in rows]
+
+
+async def delete_finished(
+    store: Store, retention: float, *, limit: int = 1000, now: datetime | None = None
+) -> tuple[int, int]:
+    """Delete one batch of finished subtasks and tasks older than ``retention``; return how
+    many of each."""
+    params = {"retention": retention, "limit": limit, "now": now}
+    subtasks = await store.fetch_rows("delete_finished_subtasks", params)
+    tasks = await store.fetch_rows("delete_finished_tasks", params)
+    return len(subtasks), len(tasks)

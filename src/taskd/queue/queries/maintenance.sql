@@ -1,0 +1,158 @@
+-- The rescuer's statements. Each is one autocommit statement that every daemon may run at the
+-- same time as the others (rows are taken FOR UPDATE SKIP LOCKED): maintenance needs no lock
+-- and no leader, so a daemon that freezes mid-pass holds nothing that stops the others.
+
+-- name: rescue_expired_leases
+-- Leases that expired: the executor crashed, froze or lost the database while it ran the
+-- subtask. That is not evidence against the subtask, so it goes back to pending with its
+-- attempt given back and one more crash counted. A subtask present in poison_after crashes is
+-- a suspected poison pill (it may be what kills its executors): failed, with the reason, and
+-- counted in error_logs as Poison. A subtask whose task was cancelled while it ran is
+-- cancelled, not run again.
+WITH expired AS (
+    SELECT id
+      FROM taskd.subtasks
+     WHERE status = 'processing'
+       AND lease_expires_at < coalesce(%(now)s, now())
+     ORDER BY lease_expires_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE taskd.subtasks s
+       SET status = CASE WHEN s.cancel_requested THEN 'cancelled'
+                         WHEN s.crashes + 1 >= %(poison_after)s THEN 'failed'
+                         ELSE 'pending' END,
+           error = CASE WHEN s.cancel_requested THEN 'cancelled'
+                        WHEN s.crashes + 1 >= %(poison_after)s
+                        THEN format('Poison: its executor crashed or stopped answering while '
+                                    'running it, %%s times (last: executor %%s)',
+                                    s.crashes + 1, s.locked_by)
+                        ELSE s.error END,
+           crashes = s.crashes + 1,
+           attempt = CASE WHEN s.cancel_requested OR s.crashes + 1 >= %(poison_after)s
+                          THEN s.attempt ELSE s.attempt - 1 END,
+           completed_at = CASE WHEN s.cancel_requested OR s.crashes + 1 >= %(poison_after)s
+                               THEN coalesce(%(now)s, now()) END,
+           locked_by = NULL,
+           lease_expires_at = NULL,
+           updated_at = coalesce(%(now)s, now())
+      FROM expired
+     WHERE s.id = expired.id
+    RETURNING s.id, s.task_id, s.queue, s.kind, s.status, s.cancel_requested
+), poisoned AS (
+    INSERT INTO taskd.error_logs AS e
+           (error_type, error_message, count, queue, kind, first_occurred_at, last_occurred_at)
+    SELECT 'Poison',
+           format('its executor crashed or stopped answering while running it, %%s times',
+                  %(poison_after)s),
+           count(*), max(queue), max(kind), coalesce(%(now)s, now()), coalesce(%(now)s, now())
+      FROM rescued
+     WHERE status = 'failed'
+    HAVING count(*) > 0
+    ON CONFLICT (error_type, error_message) DO UPDATE
+       SET count = e.count + excluded.count,
+           queue = excluded.queue,
+           kind = excluded.kind,
+           last_occurred_at = excluded.last_occurred_at
+)
+SELECT id, task_id, queue, status FROM rescued;
+
+-- name: fail_unstarted_tasks
+-- The pending timeout, a rule about tasks: a task none of whose subtasks has started within
+-- pending_timeout of becoming runnable (its earliest pending run_after: the creation, a time
+-- scheduled ahead, or a retry) fails as a whole, and is counted in error_logs as
+-- PendingTimeout. A task with any subtask started is never timed out this way.
+-- Candidates are the queue's unfinished tasks created before the cutoff (tasks_unfinished_idx);
+-- each one's subtasks are read through its id range. A claim holding one of its subtasks makes
+-- this statement fail (NOWAIT) rather than time out a task that is starting; the next pass
+-- looks again.
+WITH stale AS (
+    SELECT t.id, t.first_subtask_id, t.last_subtask_id
+      FROM taskd.tasks t
+     WHERE t.queue = %(queue)s
+       AND t.completed_at IS NULL
+       AND t.created_at < coalesce(%(now)s, now()) - make_interval(secs => %(pending_timeout)s)
+       AND NOT EXISTS (SELECT 1 FROM taskd.subtasks s
+                        WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
+                          AND s.task_id = t.id AND s.started_at IS NOT NULL)
+       AND (SELECT min(s.run_after) FROM taskd.subtasks s
+             WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
+               AND s.task_id = t.id AND s.status = 'pending')
+           < coalesce(%(now)s, now()) - make_interval(secs => %(pending_timeout)s)
+     ORDER BY t.created_at
+     LIMIT %(limit)s
+), locked AS (
+    SELECT s.id
+      FROM taskd.subtasks s
+      JOIN stale t ON s.id BETWEEN t.first_subtask_id AND t.last_subtask_id AND s.task_id = t.id
+     WHERE s.status = 'pending'
+       FOR UPDATE OF s NOWAIT
+), failed AS (
+    UPDATE taskd.subtasks s
+       SET status = 'failed',
+           error = format('timed out waiting: nobody started it within %%s s',
+                          %(pending_timeout)s),
+           completed_at = coalesce(%(now)s, now()),
+           updated_at = coalesce(%(now)s, now())
+      FROM locked
+     WHERE s.id = locked.id
+    RETURNING s.task_id, s.kind
+), logged AS (
+    INSERT INTO taskd.error_logs AS e
+           (error_type, error_message, count, queue, kind, first_occurred_at, last_occurred_at)
+    SELECT 'PendingTimeout',
+           format('timed out waiting: nobody started it within %%s s', %(pending_timeout)s),
+           count(DISTINCT task_id), %(queue)s, max(kind),
+           coalesce(%(now)s, now()), coalesce(%(now)s, now())
+      FROM failed
+    HAVING count(*) > 0
+    ON CONFLICT (error_type, error_message) DO UPDATE
+       SET count = e.count + excluded.count,
+           queue = excluded.queue,
+           kind = excluded.kind,
+           last_occurred_at = excluded.last_occurred_at
+)
+SELECT DISTINCT task_id FROM failed;
+
+-- name: mark_dead_executors
+-- Executors whose heartbeat is older than dead_after. A dead executor that heartbeats again
+-- comes back (heartbeat_executor).
+WITH stale AS (
+    SELECT id
+      FROM taskd.executors
+     WHERE status IN ('running', 'stopping')
+       AND last_heartbeat_at < coalesce(%(now)s, now()) - make_interval(secs => %(dead_after)s)
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE taskd.executors e
+   SET status = 'dead'
+  FROM stale
+ WHERE e.id = stale.id
+RETURNING e.id;
+
+-- name: delete_finished_subtasks
+WITH old AS (
+    SELECT id
+      FROM taskd.subtasks
+     WHERE completed_at < coalesce(%(now)s, now()) - make_interval(secs => %(retention)s)
+       AND status IN ('completed', 'failed', 'cancelled')
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+DELETE FROM taskd.subtasks s USING old WHERE s.id = old.id
+RETURNING s.id;
+
+-- name: delete_finished_tasks
+WITH old AS (
+    SELECT t.id
+      FROM taskd.tasks t
+     WHERE t.completed_at < coalesce(%(now)s, now()) - make_interval(secs => %(retention)s)
+       AND t.status IN ('completed', 'failed', 'cancelled')
+       AND NOT EXISTS (SELECT 1 FROM taskd.subtasks s
+                        WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
+                          AND s.task_id = t.id AND s.status IN ('pending', 'processing'))
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+DELETE FROM taskd.tasks t USING old WHERE t.id = old.id
+RETURNING t.id;
