@@ -14,8 +14,8 @@ from taskd.errors import DatabaseError
 from taskd.executor.runner import result_json
 from taskd.queue import ErrorOccurrence, ExecutorInfo, Outcome, Store, maintenance
 from taskd.queue.connection import connection_kwargs
+from taskd.queue.encoding import fields_row
 from taskd.queue.queries import query
-from taskd.queue.store import fields_row
 from tests.factories import CLAIM_FROM_HEAD, fetch_one, submit
 
 pytestmark = pytest.mark.anyio

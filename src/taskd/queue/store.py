@@ -7,7 +7,6 @@ tests need to move in time take ``now`` (None means the database's ``now()``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -30,6 +29,7 @@ from taskd.queue.connection import (
     translated_errors,
     why_unreachable,
 )
+from taskd.queue.encoding import CLAIMED_ROW, outcomes_json
 from taskd.queue.jsonload import configure_connection
 from taskd.queue.queries import query
 from taskd.queue.submission import DEFAULT_MAX_PAYLOAD_BYTES, validate_submission
@@ -49,56 +49,6 @@ Row = TypeVar("Row")
 #: fewer makes it a suspect that runs alone (the claim skips it; claim_suspect takes it).
 DEFAULT_POISON_AFTER = 3
 T = TypeVar("T")
-
-
-def fields_row(cls: type[Row]) -> BaseRowFactory[Row]:
-    """Rows as ``cls._make(values)``, for a named tuple whose fields are the query's columns in
-    order.
-
-    The claim builds one row per subtask: this way costs a fraction of a frozen dataclass, and
-    less still than psycopg's ``class_row`` (keyword arguments through a dict;
-    docs/benchmarks.md). The columns are checked against the fields once per statement,
-    so the query and its row type cannot drift apart silently.
-    """
-    names: tuple[str, ...] = cls._fields  # type: ignore[attr-defined]
-    make: Callable[[Sequence[Any]], Row] = cls._make  # type: ignore[attr-defined]
-
-    def factory(cursor: Any) -> Callable[[Sequence[Any]], Row]:
-        columns = tuple(c.name for c in cursor.description or ())
-        if columns and columns != names:
-            raise TypeError(f"{cls.__name__} has the fields {names}; the query returned {columns}")
-        return make
-
-    return factory
-
-
-_CLAIMED_ROW = fields_row(ClaimedSubtask)
-_OUTCOME_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
-
-
-def _outcome_json(o: Outcome) -> str:
-    """One element of record_outcomes' JSON array (absent keys are NULL there).
-
-    Formatted, not encoded: a fraction of the encoder's cost (docs/benchmarks.md). The result
-    is JSON text already (see :class:`Outcome`); texts go through the encoder.
-    """
-    head = f'{{"id":{o.subtask_id:d},"attempt":{o.attempt:d},"verdict":"{o.verdict}"'
-    if o.result_json is not None:
-        head += ',"result":' + o.result_json
-    if o.error is not None:
-        head += ',"error":' + _OUTCOME_ENCODER.encode(o.error)
-    if o.verdict == "retry" or o.verdict == "snooze":  # NULL would be a NULL run_after
-        head += ',"delay":' + _OUTCOME_ENCODER.encode(float(o.delay))
-    failure = o.failure
-    if failure is not None:
-        head += ',"error_type":' + _OUTCOME_ENCODER.encode(failure.error_type)
-        head += ',"message":' + _OUTCOME_ENCODER.encode(failure.message)
-        head += f',"n":{failure.count:d}'
-        for key in ("stack_trace", "queue", "kind"):
-            value = getattr(failure, key)
-            if value is not None:
-                head += f',"{key}":' + _OUTCOME_ENCODER.encode(value)
-    return head + "}"
 
 
 class Store:
@@ -282,11 +232,11 @@ class Store:
                   "suspect_after": poison_after - 1}
         if cluster_max is None:
             claimed = await self.fetch_as("claim_subtasks", params, ClaimedSubtask,
-                                          _CLAIMED_ROW, binary=True, conn=conn)
+                                          CLAIMED_ROW, binary=True, conn=conn)
         else:
             async with translated_errors(), self._connection(conn) as c, c.transaction():
                 await c.execute(query("lock_queue_claims"), params)
-                cur = c.cursor(row_factory=_CLAIMED_ROW, binary=True)
+                cur = c.cursor(row_factory=CLAIMED_ROW, binary=True)
                 await cur.execute(query("claim_subtasks"), params)
                 claimed = await cur.fetchall()
         return claimed
@@ -301,7 +251,7 @@ class Store:
         rows = await self.fetch_as("claim_suspect", {
             "executor_id": executor_id, "queues": list(queues), "lease_timeout": lease_timeout,
             "suspect_after": poison_after - 1, "now": now,
-        }, ClaimedSubtask, _CLAIMED_ROW, binary=True)
+        }, ClaimedSubtask, CLAIMED_ROW, binary=True)
         return rows[0] if rows else None
 
     async def suspects_waiting(
@@ -323,7 +273,7 @@ class Store:
         """
         if not outcomes:
             return set()
-        batch = "[" + ",".join([_outcome_json(o) for o in outcomes]) + "]"
+        batch = outcomes_json(outcomes)
         # The ids as they are, not a dict per row: the batch returns up to 500 of them.
         ids = await self.fetch_as("record_outcomes", {
             "executor_id": executor_id, "outcomes": batch, "now": now,
