@@ -34,9 +34,8 @@ from taskd.handlers.base import RegisteredHandler, SubtaskContext
 from taskd.handlers.clients import HttpClients
 from taskd.handlers.registry import HandlerRegistry
 from taskd.metrics import Metrics
-from taskd.queue.store import Store
 from taskd.settings import QueueSettings
-from taskd.types import ClaimedSubtask, ErrorOccurrence, Outcome, UnreadableJSON
+from taskd.types import JSON, ClaimedSubtask, ErrorOccurrence, Outcome, UnreadableJSON
 
 # Stack traces go to error_logs; the top frames say where, the rest is noise in a table.
 MAX_STACK_TRACE = 8000
@@ -51,6 +50,15 @@ class OutcomeSink(Protocol):
     """Where the runner hands outcomes: the :class:`~taskd.executor.completer.Completer`."""
 
     def add(self, queue: str, outcome: Outcome) -> None: ...
+
+
+class CheckpointStore(Protocol):
+    """Where ``ctx.checkpoint`` writes: the :class:`~taskd.queue.store.Store` (fenced), or
+    :class:`taskd.testing.CheckpointRecorder` in a handler's unit test."""
+
+    async def checkpoint(
+        self, executor_id: str, subtask_id: int, attempt: int, state: JSON
+    ) -> bool: ...
 
 
 def backoff_delay(
@@ -124,7 +132,7 @@ class Runner:
         self,
         registry: HandlerRegistry,
         queues: Mapping[str, QueueSettings],
-        store: Store,
+        store: CheckpointStore,
         sink: OutcomeSink,
         metrics: Metrics,
         http: HttpClients,
