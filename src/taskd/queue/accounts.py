@@ -49,6 +49,7 @@ class NewTask:
     max_attempts: int = 3
     idempotency_key: str | None = None
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +170,7 @@ class ApiStore:
         payloads_json, params_json = validate_submission(
             new.queue, new.kind, new.payloads, name=new.name, priority=new.priority,
             params=new.params, user_id=new.user_id, max_attempts=new.max_attempts, delay=0.0,
-            max_payload_bytes=new.max_payload_bytes,
+            max_payload_bytes=new.max_payload_bytes, traceparent=new.traceparent,
         )
 
         async def work(conn: Conn) -> CreatedTask:
@@ -183,6 +184,7 @@ class ApiStore:
                 "name": new.name, "priority": new.priority, "params": params_json,
                 "user_id": new.user_id, "max_attempts": new.max_attempts,
                 "delay": 0.0, "max_payload_bytes": new.max_payload_bytes,
+                "traceparent": new.traceparent,
             })
             task_id = int(rows[0]["task_id"])
             await run_query(conn, "api_mark_api_task", {

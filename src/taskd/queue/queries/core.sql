@@ -12,7 +12,8 @@ SELECT taskd.submit_task(
     user_id => %(user_id)s,
     max_attempts => %(max_attempts)s,
     run_after => now() + make_interval(secs => %(delay)s),
-    max_payload_bytes => %(max_payload_bytes)s
+    max_payload_bytes => %(max_payload_bytes)s,
+    traceparent => %(traceparent)s
 ) AS task_id;
 
 -- name: claim_subtasks
