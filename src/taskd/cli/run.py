@@ -24,8 +24,10 @@ def run(ctx: typer.Context) -> None:
     settings = settings_of(ctx)
     configure_logging(settings)
     from taskd.executor.daemon import Daemon
+    from taskd.executor.tracing import load_tracing
 
-    code = run_async(Daemon(settings, own_process=True).run)
+    daemon = Daemon(settings, own_process=True, tracing=load_tracing(settings))
+    code = run_async(daemon.run)
     sys.exit(code)
 
 

@@ -30,6 +30,7 @@ import anyio.to_thread
 
 from taskd.errors import HandlerError, HandlerTimeout, LeaseLost, PermanentError, RetryLater
 from taskd.executor.running import RunningSubtask
+from taskd.executor.tracing import Tracing
 from taskd.handlers.base import RegisteredHandler, SubtaskContext
 from taskd.handlers.clients import HttpClients
 from taskd.handlers.registry import HandlerRegistry
@@ -139,8 +140,10 @@ class Runner:
         *,
         executor_id: str,
         thread_limiter: anyio.CapacityLimiter,
+        tracing: Tracing | None = None,
     ) -> None:
         self.registry = registry
+        self.tracing = tracing
         self.queues = queues
         self.store = store
         self.sink = sink
@@ -239,8 +242,12 @@ class Runner:
             return
         started = time.monotonic()
         entry.scope = ctx.cancel_scope
+        tracing = self.tracing
         try:
-            outcome = await self._attempt(ctx)
+            if tracing is None:
+                outcome = await self._attempt(ctx)
+            else:
+                outcome = await tracing.run(ctx, self._attempt)
         finally:
             entry.scope = None
         self._report(ctx, outcome, time.monotonic() - started)

@@ -16,6 +16,13 @@ SELECT taskd.submit_task(
     traceparent => %(traceparent)s
 ) AS task_id;
 
+-- name: task_traceparents
+-- The traceparents of the claimed subtasks' tasks that have one: read per claimed batch, and
+-- only while tracing is on (taskd.executor.tracing), so that the claim stays as it is.
+SELECT id, traceparent
+  FROM taskd.tasks
+ WHERE id = ANY(%(task_ids)s::bigint[]) AND traceparent IS NOT NULL;
+
 -- name: claim_subtasks
 -- One statement: pick the highest priority, then oldest, ready rows of the queue, skip rows
 -- other claimers hold, and take them under a lease. With cluster_max set, the caller holds
