@@ -3,6 +3,12 @@
 - :func:`run_handler` runs one attempt of a handler through the daemon's own runner, without
   a database, and returns a :class:`HandlerOutcome`; checkpoints go to a
   :class:`CheckpointRecorder`.
+- :func:`drain` runs every claimable subtask of a queue in this process: the real store's
+  claim, the daemon's runner, the real completer.
+- :func:`assert_submitted`: "this connection (or transaction) submitted a task of kind K with
+  payload P".
+- :mod:`taskd.testing.pytest_plugin`: the ``taskd_db`` fixture, a migrated throw-away database
+  with ``drain``.
 - :class:`FakeLumina` is a fake of the external Lumina API that the ``lumina`` handler drives.
 
 docs/handlers.md shows them in use.
@@ -14,6 +20,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from taskd.queue.inspection import SubmittedTask
+    from taskd.testing.assertions import assert_submitted
+    from taskd.testing.draining import DrainReport, drain
     from taskd.testing.fake_lumina import FakeLumina, FakeLuminaStats
     from taskd.testing.handlers import CheckpointRecorder, HandlerOutcome, run_handler
 
@@ -23,13 +32,21 @@ _WHERE = {
     "run_handler": "taskd.testing.handlers",
     "HandlerOutcome": "taskd.testing.handlers",
     "CheckpointRecorder": "taskd.testing.handlers",
+    "drain": "taskd.testing.draining",
+    "DrainReport": "taskd.testing.draining",
+    "assert_submitted": "taskd.testing.assertions",
+    "SubmittedTask": "taskd.queue.inspection",
 }
 
 __all__ = [
     "CheckpointRecorder",
+    "DrainReport",
     "FakeLumina",
     "FakeLuminaStats",
     "HandlerOutcome",
+    "SubmittedTask",
+    "assert_submitted",
+    "drain",
     "run_handler",
 ]
 
