@@ -164,6 +164,7 @@ class Daemon:
         self.health.registered = True
         self.health.db_ok()
         self.metrics.build_info.labels(__version__).set(1)
+        self.metrics.start_queues(self.queues)
         for queue, capacity in self.capacities.items():
             self.metrics.queue_concurrency_limit.labels(queue).set(capacity.limit)
         return info
