@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +25,16 @@ from taskd.queue import testdb
 from taskd.queue.store import Store
 
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+# The example handlers (tests/fixtures/example-handlers) are installed for the tests only,
+# into a folder of their own (`make test`: .venv/test-site), never into the environment that
+# `make run` uses; the tests and the processes they start find them through the path.
+TEST_SITE = Path(os.environ.get("TASKD_TEST_SITE")
+                 or Path(__file__).resolve().parents[1] / ".venv" / "test-site")
+if TEST_SITE.is_dir() and str(TEST_SITE) not in sys.path:
+    sys.path.insert(0, str(TEST_SITE))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(TEST_SITE), os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(scope="session")
