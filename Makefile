@@ -2,35 +2,49 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# The example handlers of tests/fixtures/example-handlers, installed for the tests only: the
+# tests put this folder on their path (tests/conftest.py), so `taskd handlers` in the
+# environment that `make run` uses never lists them.
+TEST_SITE := $(VENV)/test-site
 
 .PHONY: run test lint check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	# pip 25.1 is the first to install PEP 735 dependency groups (--group dev).
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
 
 $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[embedded]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,api]'
 	touch $@
 
-# The dev install adds tests/fixtures/example-handlers: handlers offered by entry points.
-$(VENV)/.dev-installed: pyproject.toml tests/fixtures/example-handlers/pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,embedded,api,bench]'
-	$(BIN)/python -m pip install --quiet --no-deps -e tests/fixtures/example-handlers
+# The dev install: the extras, the dev and bench dependency groups, and the example handlers
+# (offered by entry points) in $(TEST_SITE).
+$(VENV)/.dev-installed: pyproject.toml tests/fixtures/example-handlers/pyproject.toml \
+		tests/fixtures/example-handlers/src/taskd_example_handlers/__init__.py | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'  # a venv from before --group
+	$(BIN)/python -m pip install --quiet -e '.[embedded,api,otel]' --group dev --group bench
+	# Earlier versions installed the example handlers into the venv itself.
+	$(BIN)/python -m pip uninstall --quiet --yes taskd-example-handlers 2>/dev/null || true
+	rm -rf $(TEST_SITE)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(TEST_SITE) \
+		tests/fixtures/example-handlers
 	touch $@
 
 ## run: the daemon on the embedded PostgreSQL (or TASKD_DATABASE_URL when set), with a fake
-## Lumina API on 127.0.0.1:8099 behind the lumina queue. Ctrl-C stops both gracefully.
+## Lumina API on 127.0.0.1:8099 behind the lumina queue, polled every 0.5 s (the lumina
+## queue's default is 5 s, for a real API). Ctrl-C stops both gracefully.
 run: $(VENV)/.run-installed
 	@$(BIN)/python -m taskd.testing.fake_lumina --port 8099 --job-seconds 2 & \
 	trap 'kill $$! 2>/dev/null' EXIT; \
 	TASKD_QUEUES__LUMINA__BASE_URL=$${TASKD_QUEUES__LUMINA__BASE_URL:-http://127.0.0.1:8099} \
+	TASKD_QUEUES__LUMINA__POLLING_INTERVAL=$${TASKD_QUEUES__LUMINA__POLLING_INTERVAL:-0.5} \
 	TASKD_METRICS_ADDR=$${TASKD_METRICS_ADDR:-127.0.0.1:9464} \
 	$(BIN)/taskd run
 
 ## test: the whole suite against a real PostgreSQL (see tests/conftest.py for which)
 test: $(VENV)/.dev-installed
-	$(BIN)/pytest -n auto --dist worksteal
+	TASKD_TEST_SITE=$(abspath $(TEST_SITE)) $(BIN)/pytest -n auto --dist worksteal
 
 ## lint: ruff and mypy --strict
 lint: $(VENV)/.dev-installed

@@ -3,31 +3,38 @@
 The server is found in this order: ``TASKD_TEST_DATABASE_URL``; a server on 127.0.0.1:5432
 (user postgres); a ``testcontainers`` PostgreSQL when a Docker engine answers; the embedded
 ``pgserver``. The template database is named after a hash of the migrations, built once under an
-advisory lock, and cloned per test, so tests never share rows and ``pytest -n auto`` works.
+advisory lock, and cloned per test, so tests never share rows and ``pytest -n auto`` works
+(:mod:`taskd.queue.testdb`, which the ``taskd_db`` fixture of taskd's pytest plugin uses too).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from importlib import resources
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from taskd.handlers.clients import HttpClients, http_clients
-from taskd.queue import migrations
+from taskd.queue import testdb
 from taskd.queue.store import Store
 
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+# The example handlers (tests/fixtures/example-handlers) are installed for the tests only,
+# into a folder of their own (`make test`: .venv/test-site), never into the environment that
+# `make run` uses; the tests and the processes they start find them through the path.
+TEST_SITE = Path(os.environ.get("TASKD_TEST_SITE")
+                 or Path(__file__).resolve().parents[1] / ".venv" / "test-site")
+if TEST_SITE.is_dir() and str(TEST_SITE) not in sys.path:
+    sys.path.insert(0, str(TEST_SITE))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(TEST_SITE), os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(scope="session")
@@ -78,89 +85,31 @@ def admin_url() -> Iterator[str]:
     yield server.get_uri()
 
 
-def _migrations_digest() -> str:
-    digest = hashlib.sha256()
-    for entry in sorted(resources.files("taskd.sql").iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".sql"):
-            digest.update(entry.name.encode() + entry.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-async def _migrate(url: str) -> None:
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await migrations.migrate(conn)
-
-
 @pytest.fixture(scope="session")
 def template_name(admin_url: str) -> str:
-    """A migrated template database, built once per schema version."""
-    import anyio
-
-    name = f"taskd_tpl_{_migrations_digest()}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute("SELECT pg_advisory_lock(hashtext('taskd-test-template'))")
-        try:
-            exists = admin.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
-            ).fetchone()
-            if not exists:
-                building = f"{name}_building"
-                admin.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(building)
-                    )
-                )
-                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(building)))
-                anyio.run(_migrate, make_conninfo(admin_url, dbname=building))
-                admin.execute(
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                        sql.Identifier(building), sql.Identifier(name)
-                    )
-                )
-        finally:
-            admin.execute("SELECT pg_advisory_unlock(hashtext('taskd-test-template'))")
-    return name
-
-
-def create_database(admin_url: str, template: str) -> tuple[str, str]:
-    """Clone the template into a new database; return (name, url)."""
-    name = f"taskd_t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        )
-    return name, make_conninfo(admin_url, dbname=name)
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    """A migrated template database, built once per schema version; templates of older
+    schemas are dropped (taskd.queue.testdb)."""
+    return testdb.ensure_template(admin_url)
 
 
 @pytest.fixture
 def database_url(admin_url: str, template_name: str) -> Iterator[str]:
     """A migrated database of this test's own."""
-    name, url = create_database(admin_url, template_name)
+    name, url = testdb.create_database(admin_url, template_name)
     try:
         yield url
     finally:
-        drop_database(admin_url, name)
+        testdb.drop_database(admin_url, name)
 
 
 @pytest.fixture
 def empty_database_url(admin_url: str) -> Iterator[str]:
     """An empty database (no taskd schema) of this test's own."""
-    name = f"taskd_e_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    name, url = testdb.create_empty_database(admin_url)
     try:
-        yield make_conninfo(admin_url, dbname=name)
+        yield url
     finally:
-        drop_database(admin_url, name)
+        testdb.drop_database(admin_url, name)
 
 
 @pytest.fixture

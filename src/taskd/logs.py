@@ -12,6 +12,8 @@ from typing import Any
 _PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]+@|(password=)\S+", re.IGNORECASE)
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# Extras that are not shown: uvicorn's copy of the message with terminal colour codes.
+_HIDDEN = _STANDARD | {"color_message"}
 
 
 def redact_secrets(text: str) -> str:
@@ -21,7 +23,7 @@ def redact_secrets(text: str) -> str:
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+        extras = {k: v for k, v in vars(record).items() if k not in _HIDDEN}
         line = (
             f"{datetime.fromtimestamp(record.created, UTC):%Y-%m-%dT%H:%M:%S.%f}"[:-3]
             + f"Z {record.levelname:<7} {record.name}: {record.getMessage()}"
@@ -41,7 +43,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        event.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        event.update({k: v for k, v in vars(record).items() if k not in _HIDDEN})
         if record.exc_info:
             event["exception"] = self.formatException(record.exc_info)
         return redact_secrets(json.dumps(event, default=str))

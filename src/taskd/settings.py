@@ -151,6 +151,10 @@ class Settings(BaseSettings):
     listen: bool = True
     pool_size: int = Field(5, ge=2, le=100, description="database connections per daemon")
     max_payload_bytes: int = Field(1024 * 1024, ge=1, description="largest payload accepted")
+    tracing: bool | None = Field(
+        None, description="OpenTelemetry spans (the otel extra); unset: on when "
+        "OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set",
+    )
     queues: dict[str, QueueSettings] = Field(
         default_factory=lambda: {name: QueueSettings(**d) for name, d in QUEUE_DEFAULTS.items()}
     )

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
+from psycopg import sql
 
 from taskd.errors import SchemaMissing, SchemaOutdated, SchemaTooNew
 from taskd.queue import migrations
@@ -74,10 +77,12 @@ def test_concurrent_migrate_commands_both_succeed(empty_database_url: str) -> No
     ]
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    said = sorted(err.strip().splitlines()[-1] for _, err in outputs)
-    # One process applied every migration (its last line names the newest); the other waited.
+    said = sorted(out.strip().splitlines()[0] for out, _ in outputs)
+    # One process applied every migration (its first line names the first); the other waited
+    # and found nothing left to do.
     latest = migrations.migrations()[-1]
-    assert said[0].startswith(f"applied {latest.version:04d}_{latest.name}"), said
+    assert said == ["applied 0001_initial",
+                    f"schema is up to date (version {latest.version})"], outputs
     assert said[1].startswith("schema is up to date"), said
     with psycopg.connect(empty_database_url) as conn:
         rows = conn.execute("SELECT version FROM taskd.schema_migrations ORDER BY 1").fetchall()
@@ -157,3 +162,37 @@ async def test_upgrading_from_version_5_records_each_tasks_subtask_range(
                               " GROUP BY t.id ORDER BY t.id").fetchall()
         assert ranges[0][:2] == ranges[0][2:] and ranges[0][0] is not None
         assert ranges[1] == (None, None, None, None)
+
+
+NEW_SUBMIT = ("taskd.submit_task(text, text, jsonb, text, integer, jsonb, text, integer, "
+              "timestamptz, integer, text)")
+
+
+def test_version_8_keeps_who_may_execute_submit_task(empty_database_url: str) -> None:
+    """Version 8 replaces submit_task (a new last argument): roles that could execute the old
+    one can execute the new one, and PUBLIC still cannot when it could not before."""
+    role = f"taskd_submitter_{uuid.uuid4().hex[:8]}"
+    migrated_to(empty_database_url, 7)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        try:
+            conn.execute("REVOKE ALL ON FUNCTION taskd.submit_task(text, text, jsonb, text, "
+                         "integer, jsonb, text, integer, timestamptz, integer) FROM PUBLIC")
+            conn.execute(sql.SQL(
+                "GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, "
+                "jsonb, text, integer, timestamptz, integer) TO {}").format(sql.Identifier(role)))
+            applied = anyio.run(_migrate, empty_database_url)
+            assert [m.version for m in applied] == [8]
+            may = conn.execute(
+                "SELECT has_function_privilege(%s, %s::regprocedure, 'EXECUTE'),"
+                " has_function_privilege('public', %s::regprocedure, 'EXECUTE')",
+                (role, NEW_SUBMIT, NEW_SUBMIT)).fetchone()
+            assert may == (True, False)
+        finally:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+async def _migrate(url: str) -> list[migrations.Migration]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+        return await migrations.migrate(c)

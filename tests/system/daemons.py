@@ -60,7 +60,10 @@ class DaemonProcess:
             "TASKD_METRICS_ADDR": "127.0.0.1:0",
             "TASKD_HANDLERS": RECORD_HANDLERS,
             "TASKD_LOG_FORMAT": "json",
-            "PYTHONPATH": str(REPO),
+            # The repository (tests.handlers_for_tests), then what the tests run with (the
+            # example handlers' folder, see tests/conftest.py).
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
+                                          if p),
             **env,
         }
         self._log = self.log_path.open("wb")

@@ -70,13 +70,13 @@ def test_bare_loops() -> None:
     assert own["n"] == 300 and own["client_cpu_us"] > 0 and own["pg_cpu_us"] >= 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pgqueuer") is None, reason="bench extra")
+@pytest.mark.skipif(importlib.util.find_spec("pgqueuer") is None, reason="bench group")
 def test_pgqueuer() -> None:
     assert peers.pgqueuer_throughput(50, 1, 10)["n"] == 50
     assert peers.pgqueuer_latency(rate=20, seconds=0.3)["n"] == 6
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pgqueuer") is None, reason="bench extra")
+@pytest.mark.skipif(importlib.util.find_spec("pgqueuer") is None, reason="bench group")
 def test_peers_ends_with_the_targets_round_by_round() -> None:
     args = argparse.Namespace(n=60, concurrency=20, procrastinate_n=0, rate=20.0, seconds=0.3,
                               repeat=1)
@@ -86,7 +86,7 @@ def test_peers_ends_with_the_targets_round_by_round() -> None:
     assert all(row["met"].endswith("of 1") for row in summary), summary
 
 
-@pytest.mark.skipif(importlib.util.find_spec("procrastinate") is None, reason="bench extra")
+@pytest.mark.skipif(importlib.util.find_spec("procrastinate") is None, reason="bench group")
 def test_procrastinate() -> None:
     assert peers.procrastinate_throughput(20, 1, 2)["n"] == 20
     assert peers.procrastinate_latency(rate=20, seconds=0.3)["n"] == 6

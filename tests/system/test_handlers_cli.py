@@ -35,6 +35,19 @@ def test_taskd_handlers_lists_every_kind_with_its_source() -> None:
     assert table.returncode == 0 and "example-shout" in table.stdout
 
 
+def test_the_runtime_environment_does_not_offer_the_tests_example_handlers() -> None:
+    # make test installs them into a folder that only the tests put on their path (the
+    # conftest adds it to PYTHONPATH); `taskd handlers` as `make run`'s venv runs it, without.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and "test-site" not in p)
+    done = subprocess.run([sys.executable, "-m", "taskd", "handlers", "--json"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    kinds = {h["kind"] for h in json.loads(done.stdout)["handlers"]}
+    assert kinds == {"noop", "sleep", "fail", "http", "lumina"}
+
+
 def test_a_handler_path_that_does_not_import_stops_with_exit_2_and_one_line() -> None:
     done = taskd("handlers", TASKD_HANDLERS='{"resize": "myapp.jobs:resize"}')
     assert done.returncode == 2

@@ -121,3 +121,43 @@ async def test_counters_match_a_known_workload(store: Store, database_url: str) 
                 with anyio.fail_after(30):
                     code = await proc.wait()
                 assert code == 0
+
+
+async def test_a_fresh_daemon_exports_every_queue_series_at_0_and_no_created_series(
+    store: Store, database_url: str,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+    env.pop("PROMETHEUS_DISABLE_CREATED_SERIES", None)
+    env.update({
+        "TASKD_DATABASE_URL": database_url, "TASKD_METRICS_ADDR": "127.0.0.1:0",
+        "TASKD_EXECUTOR_ID": "fresh-metrics", "TASKD_QUEUES": '{"standard": {}, "extra": {}}',
+    })
+    async with await anyio.open_process([sys.executable, "-m", "taskd", "run"], env=env) as proc:
+        try:
+            async def metrics_url() -> str | None:
+                rows = await store.fetch_rows("executor_overview", {})
+                return next((r["metrics_url"] for r in rows if r["id"] == "fresh-metrics"),
+                            None)
+
+            url = await poll(metrics_url)
+            async with httpx.AsyncClient() as http:
+                text = (await http.get(url)).text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                await proc.wait()
+    values = samples(text)
+    for queue in ("standard", "lumina", "extra"):
+        q = (("queue", queue),)
+        for name in ("taskd_leases_rescued_total", "taskd_leases_lost_total",
+                     "taskd_subtasks_claimed_total", "taskd_queue_running"):
+            assert values[(name, q)] == 0, (name, queue)
+        for outcome in ("completed", "failed", "retried", "snoozed", "cancelled"):
+            key = ("taskd_subtasks_finished_total", (("outcome", outcome), *q))
+            assert values[key] == 0
+        for direction in ("up", "down"):
+            key = ("taskd_scaler_adjustments_total", (("direction", direction), *q))
+            assert values[key] == 0
+    assert not [line for line in text.splitlines() if "_created" in line], "created series"
+    linted = await anyio.to_thread.run_sync(lambda: run_promtool("check", "metrics", stdin=text))
+    assert linted.returncode == 0, linted.stdout + linted.stderr

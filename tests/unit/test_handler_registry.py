@@ -104,8 +104,8 @@ def test_the_installed_example_distribution_is_found_by_its_entry_points() -> No
     try:
         dist = importlib.metadata.distribution("taskd-example-handlers")
     except importlib.metadata.PackageNotFoundError:
-        pytest.fail("taskd-example-handlers is not installed: run `make test`, or "
-                    "pip install -e tests/fixtures/example-handlers")
+        pytest.fail("taskd-example-handlers is not installed for the tests: run `make test`, "
+                    "or pip install --target .venv/test-site tests/fixtures/example-handlers")
     registry = HandlerRegistry.load(Settings(handlers={}))
     echo, shout = registry.get("example-echo"), registry.get("example-shout")
     assert echo is not None and shout is not None

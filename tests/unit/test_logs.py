@@ -39,3 +39,18 @@ def test_json_lines_carry_extras_and_no_password() -> None:
     assert event["queue"] == "standard" and event["level"] == "info"
     assert "pw123" not in json.dumps(event)
     assert "\n" not in TextFormatter().format(record)
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()])
+def test_uvicorns_coloured_copy_of_the_message_is_not_logged(
+    formatter: logging.Formatter,
+) -> None:
+    # uvicorn passes extra={"color_message": ...}: the message again, with terminal colours.
+    record = logging.makeLogRecord({
+        "name": "uvicorn.error", "levelname": "INFO", "levelno": 20,
+        "msg": "Started server process [%d]", "args": (42,),
+        "color_message": "Started server process [\x1b[36m%d\x1b[0m]", "queue": "standard",
+    })
+    line = formatter.format(record)
+    assert "color_message" not in line and "\x1b" not in line and "[36m" not in line
+    assert "Started server process [42]" in line and "standard" in line

@@ -5,11 +5,18 @@ from __future__ import annotations
 import math
 import sys
 import threading
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    disable_created_metrics,
+    enable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from taskd.metrics import DURATION_BUCKETS, Metrics
@@ -50,6 +57,18 @@ def test_the_exposition_is_the_client_librarys_for_any_observations(
             == without_created(generate_openmetrics(theirs)))
 
 
+@pytest.fixture
+def created_series() -> Iterator[None]:
+    """The client library's *_created series on, as without taskd's Metrics (which turns
+    them off for the whole process); off again after."""
+    enable_created_metrics()
+    try:
+        yield
+    finally:
+        disable_created_metrics()
+
+
+@pytest.mark.usefixtures("created_series")
 def test_each_label_set_has_a_created_sample_as_the_client_librarys_has() -> None:
     client, loop, theirs, ours = pair()
     client.labels("standard").observe(0.2)

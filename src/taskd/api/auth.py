@@ -18,12 +18,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from taskd.api.errors import INVALID_TOKEN, NOT_LOGGED_IN, error_response
 from taskd.errors import ConfigError
+from taskd.queue.accounts import USER_ID_PATTERN as USER_ID_PATTERN
 from taskd.settings import ApiSettings
 
 MIN_SECRET_BYTES = 32
 # User ids: printable, no control characters, at most 200 characters. U+FFFD is refused too:
 # it is what an undecodable byte in a URL path becomes, so it never names the id asked for.
-USER_ID_PATTERN = r"^[^\x00-\x1f\x7f\ufffd]{1,200}$"
 _USER_ID = re.compile(USER_ID_PATTERN)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

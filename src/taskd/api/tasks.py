@@ -28,6 +28,7 @@ from taskd.api.models import (
     TaskSummaryOut,
 )
 from taskd.queue.accounts import ApiStore, NewTask, TaskDetail
+from taskd.queue.submission import valid_traceparent
 from taskd.settings import Settings
 from taskd.types import Task
 
@@ -100,6 +101,9 @@ async def create_task(
     idempotency_key: Annotated[str | None, Header(
         pattern=IDEMPOTENCY_KEY_PATTERN,
         description="repeat a request safely: the same key returns the same task")] = None,
+    traceparent: Annotated[str | None, Header(
+        description="W3C trace context of the caller's span: each run's span links to it "
+                    "(an invalid one is ignored, as the W3C says)")] = None,
 ) -> dict[str, Any]:
     """Create a task: take one unit of quota, insert its subtasks and wake executors.
 
@@ -115,6 +119,7 @@ async def create_task(
         max_attempts=queue_settings.max_attempts if queue_settings else 3,
         idempotency_key=idempotency_key,
         max_payload_bytes=settings.max_payload_bytes,
+        traceparent=traceparent if traceparent and valid_traceparent(traceparent) else None,
     ))
     if created.replayed:
         response.status_code = 200

@@ -1,6 +1,7 @@
 """The ``taskd`` command line. Each command group lives in a module of its own."""
 
 from taskd.cli import (  # noqa: F401  (registers the commands)
+    accounts,
     api,
     handlers,
     migrate,

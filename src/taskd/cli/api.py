@@ -5,6 +5,15 @@ from __future__ import annotations
 import typer
 
 from taskd.cli.app import app, configure_logging, run_async, settings_of
+from taskd.errors import ConfigError
+
+# What the api extra installs (pip install 'taskd[api]'), by the name Python imports.
+API_EXTRA_MODULES = {"fastapi", "starlette", "uvicorn", "jwt", "cryptography"}
+
+
+def _api_extra_missing(exc: ModuleNotFoundError) -> ConfigError:
+    return ConfigError(f"taskd api needs the api extra: pip install 'taskd[api]' "
+                       f"(no module named {exc.name!r})")
 
 api_app = typer.Typer(
     help="The HTTP API: submit, read, cancel and retry tasks; accounts; system status.\n\n"
@@ -14,6 +23,7 @@ api_app = typer.Typer(
     "served at /openapi.json, the interactive docs at /docs, a health check at /healthz.",
     invoke_without_command=True,
     no_args_is_help=False,
+    rich_markup_mode=None,
 )
 app.add_typer(api_app, name="api")
 
@@ -23,7 +33,12 @@ def api(ctx: typer.Context) -> None:
     """Serve the HTTP API until SIGTERM (systemd: Type=notify)."""
     if ctx.invoked_subcommand is not None:
         return
-    from taskd.api.server import serve
+    try:
+        from taskd.api.server import serve
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in API_EXTRA_MODULES:
+            raise
+        raise _api_extra_missing(exc) from None
 
     settings = settings_of(ctx)
     configure_logging(settings)
@@ -41,8 +56,14 @@ def token(
     ),
 ) -> None:
     """Mint a token and print it alone on stdout, signed with the API's configured key."""
-    from taskd.api.auth import mint_token, parse_ttl
     from taskd.errors import InvalidInput
+
+    try:
+        from taskd.api.auth import mint_token, parse_ttl
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in API_EXTRA_MODULES:
+            raise
+        raise _api_extra_missing(exc) from None
 
     settings = settings_of(ctx)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -34,9 +35,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's own help: typer's rich panels showed `--help <bool>` for every flag and kept
+    # the line breaks of the docstrings.
+    rich_markup_mode=None,
 )
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# Piped output is read by scripts and pagers, not cut to a terminal: rich would assume 80
+# columns and shorten table cells ("standa…").
+PIPED_WIDTH = 400
+
+
+def out_console() -> Console:
+    """The console for a command's output on stdout: the terminal's width on a terminal (or
+    an exported ``COLUMNS``), :data:`PIPED_WIDTH` columns otherwise."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=PIPED_WIDTH)
 
 # Seconds a command waits for its first connection before it reports the database unavailable.
 CONNECT_TIMEOUT = 5.0
@@ -50,9 +66,24 @@ EXIT_CODES: list[tuple[type[TaskdError], int]] = [
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from taskd import __version__
+
+        typer.echo(f"taskd {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _load(ctx: typer.Context) -> None:
-    # Bad settings stop every command here, before it does anything.
+def _load(
+    ctx: typer.Context,
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True,
+        help="print the version and exit",
+    ),
+) -> None:
+    # Bad settings stop every command here, before it does anything (not --version, which
+    # has exited by now).
     ctx.obj = load_settings()
 
 

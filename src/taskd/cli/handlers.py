@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from taskd.cli.app import app, settings_of
+from taskd.cli.app import app, out_console, settings_of
 from taskd.handlers.registry import HandlerRegistry
 
 
@@ -39,7 +38,7 @@ def handlers(
         table.add_column(column)
     for row in rows:
         table.add_row(row["kind"], row["source"], row["origin"], row["runs"])
-    console = Console()
+    console = out_console()
     console.print(table)
     for row in replaced:
         console.print(

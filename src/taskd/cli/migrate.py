@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import typer
 
-from taskd.cli.app import app, err_console, run_async, settings_of
+from taskd.cli.app import app, run_async, settings_of
 from taskd.queue import migrations
 from taskd.queue.connection import translated_errors
 from taskd.queue.database import database_url
@@ -29,8 +29,6 @@ def migrate(ctx: typer.Context) -> None:
                 return await migrations.migrate(conn)
 
     applied = run_async(go)
-    if applied:
-        for m in applied:
-            err_console.print(f"applied {m.version:04d}_{m.name}")
-    else:
-        err_console.print(f"schema is up to date (version {migrations.latest_version()})")
+    for m in applied:
+        typer.echo(f"applied {m.version:04d}_{m.name}")
+    typer.echo(f"schema is up to date (version {migrations.latest_version()})")

@@ -9,8 +9,17 @@ from typing import Any
 import anyio
 import typer
 
-from taskd.cli.app import app, configure_logging, open_store, run_async, settings_of
+from taskd.cli.app import (
+    app,
+    configure_logging,
+    err_console,
+    open_store,
+    run_async,
+    settings_of,
+)
 from taskd.errors import InvalidInput
+from taskd.queue.status import first_failure
+from taskd.queue.store import Store
 
 
 @app.command()
@@ -24,8 +33,10 @@ def run(ctx: typer.Context) -> None:
     settings = settings_of(ctx)
     configure_logging(settings)
     from taskd.executor.daemon import Daemon
+    from taskd.executor.tracing import load_tracing
 
-    code = run_async(Daemon(settings, own_process=True).run)
+    daemon = Daemon(settings, own_process=True, tracing=load_tracing(settings))
+    code = run_async(daemon.run)
     sys.exit(code)
 
 
@@ -78,7 +89,18 @@ def submit(
         sys.exit(1)
 
 
-async def _wait(store: Any, task_id: int, total: int) -> str:
+async def _why_failed(store: Store, task_id: int) -> str:
+    """``N of M subtasks failed; the first (subtask S): <error>`` for a failed task."""
+    task = await store.get_task(task_id)
+    failure = await first_failure(store, task_id)
+    counts = f"{task.failed} of {task.total} subtasks failed" if task is not None else ""
+    if failure is None:
+        return counts
+    subtask_id, error = failure
+    return f"{counts}; the first (subtask {subtask_id}): {error or 'no error recorded'}"
+
+
+async def _wait(store: Store, task_id: int, total: int) -> str:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     with Progress(TextColumn("task {task.fields[task_id]} {task.fields[status]}"), BarColumn(),
@@ -91,5 +113,9 @@ async def _wait(store: Any, task_id: int, total: int) -> str:
             done = task.completed + task.failed + task.cancelled
             progress.update(bar, completed=done, status=task.status)
             if task.status in ("completed", "failed", "cancelled"):
-                return str(task.status)
+                break
             await anyio.sleep(0.2)
+    if task.status == "failed":
+        err_console.print(f"task {task_id} failed: {await _why_failed(store, task_id)}",
+                          markup=False)
+    return str(task.status)

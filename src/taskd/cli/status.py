@@ -10,12 +10,12 @@ from typing import Any
 
 import anyio
 import typer
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from taskd.cli.app import app, err_console, open_store, run_async, settings_of
+from taskd.cli.app import app, err_console, open_store, out_console, run_async, settings_of
 from taskd.errors import DatabaseError
 from taskd.queue.status import ErrorRow, StatusReport, list_errors, read_status
 from taskd.settings import Settings
@@ -139,7 +139,7 @@ def status(
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
-        Console().print(render_status(report))
+        out_console().print(render_status(report))
     raise typer.Exit(exit_code(report))
 
 
@@ -150,7 +150,7 @@ def _watch(settings: Settings, *, as_json: bool, interval: float) -> int:
 
     async def loop() -> None:
         nonlocal last_code
-        console = Console()
+        console = out_console()
         async with open_store(settings) as store:
             live = None if as_json else Live(console=console, auto_refresh=False)
             with contextlib.ExitStack() as stack:
@@ -206,7 +206,7 @@ def errors(
         ]
         typer.echo(json.dumps(payload, indent=2))
         return
-    console = Console()
+    console = out_console()
     console.print(render_errors(rows, "errors, newest first"))
     if traces:
         for e in rows:

@@ -10,12 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taskd.cli.app import app, open_store, run_async, settings_of
+from taskd.cli.app import app, open_store, out_console, run_async, settings_of
+from taskd.queue.accounts import ApiStore
 from taskd.queue.status import list_tasks, subtask_counts
 from taskd.types import Subtask, Task
 
 tasks_app = typer.Typer(
     name="tasks", help="List, show, retry and cancel tasks.", no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(tasks_app)
 
@@ -86,7 +88,7 @@ def list_command(
         table.add_row(str(t.id), t.queue, t.kind, t.status,
                       f"{t.completed}/{t.failed}/{t.cancelled}/{t.total}", t.name or "-",
                       f"{t.created_at:%Y-%m-%d %H:%M:%S}")
-    Console().print(table)
+    out_console().print(table)
 
 
 @tasks_app.command("show")
@@ -115,7 +117,7 @@ def show_command(
         typer.echo(json.dumps({**task_json(task), "subtasks_by_status": counts,
                                "subtasks": [subtask_json(s) for s in subtasks]}, indent=2))
         return
-    console = Console()
+    console = out_console()
     console.print(
         f"task {task.id} [bold]{task.status}[/bold]  queue={task.queue} kind={task.kind} "
         f"priority={task.priority} name={task.name or '-'} user={task.user_id or '-'}",
@@ -139,14 +141,17 @@ def show_command(
 def retry_command(
     ctx: typer.Context, task_id: int = typer.Argument(..., help="the task's id")
 ) -> None:
-    """Put the task's failed subtasks back to pending with fresh attempts."""
+    """Put the task's failed subtasks back to pending with fresh attempts (no quota is taken,
+    as when an admin retries through the API). Exit 1 when it has no failed subtasks."""
     settings = settings_of(ctx)
 
     async def go() -> int | None:
         async with open_store(settings) as store:
             if await store.get_task(task_id) is None:
                 return None
-            return await store.retry_task(task_id)
+            # NothingToRetry (exit 1) for a task without failed subtasks, as the API's 409.
+            report = await ApiStore(store).retry_task(task_id, charge_user=False)
+            return report.retried
 
     retried = run_async(go)
     if retried is None:
@@ -158,14 +163,16 @@ def retry_command(
 def cancel_command(
     ctx: typer.Context, task_id: int = typer.Argument(..., help="the task's id")
 ) -> None:
-    """Cancel the task's pending subtasks and ask its running ones to stop."""
+    """Cancel the task's pending subtasks and ask its running ones to stop. Exit 1 when the
+    task has already ended."""
     settings = settings_of(ctx)
 
     async def go() -> tuple[int, int] | None:
         async with open_store(settings) as store:
             if await store.get_task(task_id) is None:
                 return None
-            return await store.cancel_task(task_id)
+            # TaskFinished (exit 1) for a task that has ended, as the API's 409.
+            return await ApiStore(store).cancel_task(task_id)
 
     result = run_async(go)
     if result is None:

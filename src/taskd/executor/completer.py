@@ -21,6 +21,7 @@ import anyio
 
 from taskd.errors import ConfigError, DatabaseError
 from taskd.executor.condition import Condition
+from taskd.executor.tracing import Tracing
 from taskd.metrics import Metrics
 from taskd.queue.store import Store
 from taskd.retries import retry_after_failure
@@ -63,9 +64,10 @@ class Completer:
 
     def __init__(
         self, store: Store, executor_id: str, metrics: Metrics,
-        config: CompleterConfig | None = None,
+        config: CompleterConfig | None = None, *, tracing: Tracing | None = None,
     ) -> None:
         self.store = store
+        self.tracing = tracing
         self.executor_id = executor_id
         self.metrics = metrics
         self.config = config or CompleterConfig()
@@ -123,12 +125,20 @@ class Completer:
         async def record() -> set[int]:
             return await self.store.record_outcomes(self.executor_id, outcomes)
 
-        # The outcomes wait here until the database is back.
-        applied = await retry_after_failure(
-            record,
-            lambda exc: isinstance(exc, DatabaseError),
-            tries=None, wait_base=0.05, wait_max=self.config.max_backoff, on_failure=failed,
-        )
+        async def written() -> set[int]:
+            # The outcomes wait here until the database is back.
+            return await retry_after_failure(
+                record,
+                lambda exc: isinstance(exc, DatabaseError),
+                tries=None, wait_base=0.05, wait_max=self.config.max_backoff,
+                on_failure=failed,
+            )
+
+        if self.tracing is None:
+            applied = await written()
+        else:
+            with self.tracing.record_span(len(batch)):
+                applied = await written()
         finished: Counter[tuple[str, str]] = Counter()
         for queue, outcome in batch:
             if outcome.subtask_id in applied:

@@ -33,6 +33,7 @@ from taskd.executor.rescuer import Rescuer, RescuerConfig
 from taskd.executor.runner import Runner
 from taskd.executor.running import RunningSet
 from taskd.executor.stats import StatsCollector
+from taskd.executor.tracing import Tracing
 from taskd.executor.wakeup import Wakeup
 from taskd.handlers.clients import http_clients
 from taskd.handlers.registry import HandlerRegistry
@@ -67,10 +68,14 @@ def tune_gc() -> None:
 class Daemon:
     """One executor: everything ``taskd run`` does, for one process."""
 
-    def __init__(self, settings: Settings, *, own_process: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, own_process: bool = False, tracing: Tracing | None = None,
+    ) -> None:
         """``own_process``: the daemon is the process (``taskd run``), so it may tune the
-        garbage collector once started (:func:`tune_gc`)."""
+        garbage collector once started (:func:`tune_gc`). ``tracing``: OpenTelemetry spans
+        (:func:`taskd.executor.tracing.load_tracing`); None traces nothing."""
         self.settings = settings
+        self.tracing = tracing
         self.own_process = own_process
         self.metrics = Metrics()
         self.health = Health(ready_window=3 * settings.heartbeat_interval + 5)
@@ -101,10 +106,12 @@ class Daemon:
         finally:
             with anyio.CancelScope(shield=True):
                 await store.close()
+            if self.tracing is not None:
+                self.tracing.shutdown()
 
     async def _run(self, store: Store, url: str, registry: HandlerRegistry) -> int:
         s = self.settings
-        completer = Completer(store, s.executor_id, self.metrics)
+        completer = Completer(store, s.executor_id, self.metrics, tracing=self.tracing)
         async with http_clients() as http, anyio.create_task_group() as tg:
             tg.start_soon(self._watch_signals, tg.cancel_scope)
             info = await self._register(tg, store)
@@ -114,6 +121,7 @@ class Daemon:
                 executor_id=s.executor_id,
                 thread_limiter=anyio.CapacityLimiter(
                     max(4, sum(c.limit for c in self.capacities.values()))),
+                tracing=self.tracing,
             )
             async with anyio.create_task_group() as work:
                 self.quarantine = Quarantine(
@@ -128,6 +136,7 @@ class Daemon:
                         self.capacities[queue], self.wakeups[queue], self.gate, completer,
                         self.running, self.runner, self.metrics,
                         lender=notifier.lender if notifier is not None else None,
+                        tracing=self.tracing,
                     )
                     self.producers.append(producer)
                     work.start_soon(producer.run)
@@ -163,6 +172,7 @@ class Daemon:
         self.health.registered = True
         self.health.db_ok()
         self.metrics.build_info.labels(__version__).set(1)
+        self.metrics.start_queues(self.queues)
         for queue, capacity in self.capacities.items():
             self.metrics.queue_concurrency_limit.labels(queue).set(capacity.limit)
         return info

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import anyio
@@ -28,6 +29,7 @@ from taskd.executor.gate import ClaimGate
 from taskd.executor.notifier import ListenLender
 from taskd.executor.runner import Runner
 from taskd.executor.running import RunningSet, RunningSubtask
+from taskd.executor.tracing import Tracing
 from taskd.executor.wakeup import Wakeup
 from taskd.executor.workers import WorkerPool
 from taskd.metrics import Metrics
@@ -101,8 +103,10 @@ class Producer:
         metrics: Metrics,
         *,
         lender: ListenLender | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
+        self.tracing = tracing
         self.queue = config.queue
         self.store = store
         self.executor_id = executor_id
@@ -256,11 +260,16 @@ class Producer:
         lender = self.lender
         conn = lender.borrow() if lender is not None else None
         try:
-            return await self.store.claim_subtasks(
-                self.queue, self.executor_id, want, self.config.lease_timeout,
-                cluster_max=self.config.settings.cluster_max, after=after, conn=conn,
-                poison_after=self.config.poison_after,
-            )
+            def claim() -> Awaitable[list[ClaimedSubtask]]:
+                return self.store.claim_subtasks(
+                    self.queue, self.executor_id, want, self.config.lease_timeout,
+                    cluster_max=self.config.settings.cluster_max, after=after, conn=conn,
+                    poison_after=self.config.poison_after,
+                )
+
+            if self.tracing is None:
+                return await claim()
+            return await self.tracing.claim(self.queue, self.store, claim)
         finally:
             if lender is not None and conn is not None:
                 lender.give_back()

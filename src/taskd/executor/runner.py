@@ -30,13 +30,13 @@ import anyio.to_thread
 
 from taskd.errors import HandlerError, HandlerTimeout, LeaseLost, PermanentError, RetryLater
 from taskd.executor.running import RunningSet, RunningSubtask
+from taskd.executor.tracing import Tracing
 from taskd.handlers.base import RegisteredHandler, SubtaskContext
 from taskd.handlers.clients import HttpClients
 from taskd.handlers.registry import HandlerRegistry
 from taskd.metrics import Metrics
-from taskd.queue.store import Store
 from taskd.settings import QueueSettings
-from taskd.types import ClaimedSubtask, ErrorOccurrence, Outcome, UnreadableJSON
+from taskd.types import JSON, ClaimedSubtask, ErrorOccurrence, Outcome, UnreadableJSON
 
 # Stack traces go to error_logs; the top frames say where, the rest is noise in a table.
 MAX_STACK_TRACE = 8000
@@ -51,6 +51,15 @@ class OutcomeSink(Protocol):
     """Where the runner hands outcomes: the :class:`~taskd.executor.completer.Completer`."""
 
     def add(self, queue: str, outcome: Outcome) -> None: ...
+
+
+class CheckpointStore(Protocol):
+    """Where ``ctx.checkpoint`` writes: the :class:`~taskd.queue.store.Store` (fenced), or
+    :class:`taskd.testing.CheckpointRecorder` in a handler's unit test."""
+
+    async def checkpoint(
+        self, executor_id: str, subtask_id: int, attempt: int, state: JSON
+    ) -> bool: ...
 
 
 def backoff_delay(
@@ -124,15 +133,17 @@ class Runner:
         self,
         registry: HandlerRegistry,
         queues: Mapping[str, QueueSettings],
-        store: Store,
+        store: CheckpointStore,
         sink: OutcomeSink,
         metrics: Metrics,
         http: HttpClients,
         *,
         executor_id: str,
         thread_limiter: anyio.CapacityLimiter,
+        tracing: Tracing | None = None,
     ) -> None:
         self.registry = registry
+        self.tracing = tracing
         self.queues = queues
         self.store = store
         self.sink = sink
@@ -241,8 +252,12 @@ class Runner:
             return
         started = time.monotonic()
         entry.scope = ctx.cancel_scope
+        tracing = self.tracing
         try:
-            outcome = await self._attempt(ctx)
+            if tracing is None:
+                outcome = await self._attempt(ctx)
+            else:
+                outcome = await tracing.run(ctx, self._attempt)
         finally:
             entry.scope = None
         self._report(ctx, outcome, time.monotonic() - started)

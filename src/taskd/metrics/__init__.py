@@ -2,9 +2,16 @@
 
 Names and labels follow DESIGN.md. No label takes unbounded values: ``queue``, ``outcome``,
 ``direction``, ``status``, ``state`` and ``error_type`` only.
+
+Counters and histograms export no ``*_created`` series (they doubled the number of series
+and no dashboard or alert reads them). :meth:`Metrics.start_queues` creates every labelled
+series of the configured queues at 0, so that a dashboard shows 0, not "No data", before the
+first event.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -13,9 +20,15 @@ from prometheus_client import (
     GCCollector,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 
 from taskd.metrics.histogram import LoopHistogram
+
+#: The ``outcome`` label of ``taskd_subtasks_finished_total`` (one per verdict of the runner).
+OUTCOMES = ("completed", "failed", "retried", "snoozed", "cancelled")
+#: The ``direction`` label of ``taskd_scaler_adjustments_total``.
+DIRECTIONS = ("up", "down")
 
 # Subtask durations span milliseconds (noop) to minutes (external APIs).
 DURATION_BUCKETS = (
@@ -27,6 +40,8 @@ class Metrics:
     """Every taskd metric; components take one instance in their constructor."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # The client library's switch is global: every registry of the process drops them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         # The standard process_* (memory, CPU, file descriptors) and python_* (collector,
@@ -41,7 +56,7 @@ class Metrics:
         self.subtasks_finished = Counter(
             "taskd_subtasks_finished_total",
             "Attempts finished by this executor, by outcome "
-            "(completed, failed, retried, snoozed, released).",
+            "(completed, failed, retried, snoozed, cancelled).",
             ["queue", "outcome"], registry=r,
         )
         self.leases_lost = Counter(
@@ -111,6 +126,19 @@ class Metrics:
         self.build_info = Gauge(
             "taskd_build_info", "Always 1; labels carry the version.", ["version"], registry=r,
         )
+
+    def start_queues(self, queues: Iterable[str]) -> None:
+        """Create the per-queue series of ``queues`` at 0 (counters, ``queue_running``), for
+        every outcome and direction."""
+        for queue in queues:
+            self.subtasks_claimed.labels(queue)
+            self.leases_lost.labels(queue)
+            self.leases_rescued.labels(queue)
+            for outcome in OUTCOMES:
+                self.subtasks_finished.labels(queue, outcome)
+            for direction in DIRECTIONS:
+                self.scaler_adjustments.labels(queue, direction)
+            self.queue_running.labels(queue).set(0)
 
 
 class Health:

@@ -5,8 +5,9 @@
 (operators' views), :mod:`~taskd.queue.scaling` (the scaler's queries),
 :mod:`~taskd.queue.listener` (LISTEN for wake-ups), :mod:`~taskd.queue.migrations` (the schema),
 :mod:`~taskd.queue.connection` (session settings, error translation) and
-:mod:`~taskd.queue.submission` (the rules a submission keeps). The daemon that runs the queue
-is :mod:`taskd.executor`.
+:mod:`~taskd.queue.submission` (the rules a submission keeps), :mod:`~taskd.queue.inspection`
+(what was submitted, for tests and tracing) and :mod:`~taskd.queue.testdb` (throw-away test
+databases). The daemon that runs the queue is :mod:`taskd.executor`.
 """
 
 from taskd.queue.connection import translated_errors

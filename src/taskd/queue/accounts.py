@@ -9,6 +9,7 @@ Errors are :class:`taskd.errors.AccountError` and its kin (the tree in :mod:`tas
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,9 @@ from taskd.types import JSON, SubtaskStatus, Task
 # One unit of quota per task, whatever its size: the product's unit is "a task request".
 TASK_QUOTA_COST = 1
 MAX_QUOTA = 2**31 - 1  # accounts.quota_remaining is an integer
+# A user id: 1 to 200 characters, no control characters (a token's sub claim, a path segment).
+USER_ID_PATTERN = r"^[^\x00-\x1f\x7f\ufffd]{1,200}$"
+_USER_ID = re.compile(USER_ID_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,7 @@ class NewTask:
     max_attempts: int = 3
     idempotency_key: str | None = None
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +139,11 @@ class ApiStore:
         """Create or update an account; the quota change goes to the ledger as ``adjust``.
 
         Returns the account and whether it was created. Raises :class:`ValueError` for a quota
-        outside 0..2^31-1.
+        outside 0..2^31-1 or a user id that breaks :data:`USER_ID_PATTERN`.
         """
+        if not _USER_ID.match(user_id):
+            raise ValueError(f"user id {user_id!r:.220} must be 1 to 200 characters without "
+                             "control characters")
         if not 0 <= quota_remaining <= MAX_QUOTA:
             raise ValueError(f"quota_remaining {quota_remaining} is outside 0..{MAX_QUOTA}")
 
@@ -169,7 +177,7 @@ class ApiStore:
         payloads_json, params_json = validate_submission(
             new.queue, new.kind, new.payloads, name=new.name, priority=new.priority,
             params=new.params, user_id=new.user_id, max_attempts=new.max_attempts, delay=0.0,
-            max_payload_bytes=new.max_payload_bytes,
+            max_payload_bytes=new.max_payload_bytes, traceparent=new.traceparent,
         )
 
         async def work(conn: Conn) -> CreatedTask:
@@ -183,6 +191,7 @@ class ApiStore:
                 "name": new.name, "priority": new.priority, "params": params_json,
                 "user_id": new.user_id, "max_attempts": new.max_attempts,
                 "delay": 0.0, "max_payload_bytes": new.max_payload_bytes,
+                "traceparent": new.traceparent,
             })
             task_id = int(rows[0]["task_id"])
             await run_query(conn, "api_mark_api_task", {

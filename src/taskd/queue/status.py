@@ -274,6 +274,13 @@ async def subtask_counts(store: Store, task_id: int) -> dict[str, int]:
     return {r["status"]: int(r["count"]) for r in rows}
 
 
+async def first_failure(store: Store, task_id: int) -> tuple[int, str | None] | None:
+    """The first failed subtask of the task, in id order: ``(subtask id, error)``; None when
+    none failed."""
+    rows = await store.fetch_rows("task_first_failure", {"task_id": task_id})
+    return (int(rows[0]["id"]), rows[0]["error"]) if rows else None
+
+
 @dataclass(frozen=True, slots=True)
 class StatsSnapshot:
     """What the metrics' stats collector reads in one query.

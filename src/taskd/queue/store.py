@@ -172,21 +172,25 @@ class Store:
         max_attempts: int = 3,
         delay: float = 0.0,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        traceparent: str | None = None,
     ) -> int:
         """Insert a task and its subtasks in one round trip and wake the queue's executors.
 
-        Returns the task id. Raises :class:`InvalidInput` (nothing written) for bad input.
+        ``traceparent``: the W3C traceparent of the submitter's span, which the span of each
+        run links to (OpenTelemetry). Returns the task id. Raises :class:`InvalidInput`
+        (nothing written) for bad input.
         """
         payloads_json, params_json = validate_submission(
             queue, kind, payloads, name=name, priority=priority,
             params={} if params is None else params, user_id=user_id,
             max_attempts=max_attempts, delay=delay, max_payload_bytes=max_payload_bytes,
+            traceparent=traceparent,
         )
         rows = await self.fetch_rows("submit_task", {
             "queue": queue, "kind": kind, "payloads": payloads_json, "name": name,
             "priority": priority, "params": params_json, "user_id": user_id,
             "max_attempts": max_attempts, "delay": float(delay),
-            "max_payload_bytes": max_payload_bytes,
+            "max_payload_bytes": max_payload_bytes, "traceparent": traceparent,
         })
         return int(rows[0]["task_id"])
 

@@ -16,7 +16,17 @@ from taskd.errors import InvalidInput
 QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 KIND_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 MAX_SUBTASKS = 100_000
+# W3C trace context's traceparent (version 00 and later ones, which may only add fields after
+# these four; the API and the Python client store only the four).
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+def valid_traceparent(value: str) -> bool:
+    """True for a W3C traceparent that taskd stores (``submit_task`` checks the same): four
+    lower-case hex fields, not version ff, neither id all zeros."""
+    return (TRACEPARENT.match(value) is not None and not value.startswith("ff")
+            and value[3:35] != "0" * 32 and value[36:52] != "0" * 16)
 
 
 def _dumps(value: Any, what: str) -> str:
@@ -56,6 +66,7 @@ def validate_submission(
     max_attempts: int,
     delay: float,
     max_payload_bytes: int,
+    traceparent: str | None = None,
 ) -> tuple[str, str]:
     """Check a submission against the documented rules; return (payloads, params) as JSON.
 
@@ -65,6 +76,11 @@ def validate_submission(
     _check_fields(queue, kind, name=name, priority=priority, user_id=user_id,
                   max_attempts=max_attempts, delay=delay)
     _check_shapes(payloads, params)
+    if traceparent is not None and (
+        not isinstance(traceparent, str) or not valid_traceparent(traceparent)
+    ):
+        raise InvalidInput(f"traceparent {traceparent!r:.100} is not a W3C traceparent "
+                           "(00-<32 hex>-<16 hex>-<2 hex>)", field="traceparent")
     params_json = _dumps(params, "params")
     payloads_json = _dumps(list(payloads), "payloads")
     # json.dumps escapes NUL as \u0000; only then is the slower exact walk needed.

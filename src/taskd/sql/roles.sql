@@ -53,7 +53,7 @@ BEGIN
     END LOOP;
 
     REVOKE ALL ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, jsonb, text,
-                                             integer, timestamptz, integer) FROM PUBLIC;
+                                             integer, timestamptz, integer, text) FROM PUBLIC;
 
     -- taskd run
     EXECUTE format('GRANT SELECT, UPDATE, DELETE ON taskd.tasks, taskd.subtasks TO %I',
@@ -73,7 +73,7 @@ BEGIN
     EXECUTE format('GRANT SELECT ON taskd.executors, taskd.error_logs TO %I', api_role);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
-                   'integer, jsonb, text, integer, timestamptz, integer) TO %I', api_role);
+                   'integer, jsonb, text, integer, timestamptz, integer, text) TO %I', api_role);
 
     -- taskd status
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA taskd TO %I', readonly_role);

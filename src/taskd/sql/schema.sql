@@ -37,6 +37,8 @@ CREATE TABLE taskd.tasks (
     -- a range of the primary key, so subtasks needs no index on task_id.
     first_subtask_id bigint,
     last_subtask_id bigint,
+    -- The W3C traceparent of the span that submitted the task (OpenTelemetry), or NULL.
+    traceparent     text,
     CONSTRAINT tasks_counters_check CHECK (completed + failed + cancelled <= total),
     CONSTRAINT tasks_subtask_ids_check CHECK (first_subtask_id <= last_subtask_id)
 );
@@ -288,7 +290,8 @@ CREATE FUNCTION taskd.submit_task(
     user_id          text DEFAULT NULL,
     max_attempts     integer DEFAULT 3,
     run_after        timestamptz DEFAULT NULL,
-    max_payload_bytes integer DEFAULT 1048576
+    max_payload_bytes integer DEFAULT 1048576,
+    traceparent      text DEFAULT NULL
 ) RETURNS bigint
 -- As its owner: EXECUTE on this function is what a submitting role needs (roles.sql).
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -318,6 +321,16 @@ BEGIN
     IF max_attempts IS NULL OR max_attempts < 1 OR max_attempts > 1000 THEN
         RAISE EXCEPTION 'taskd: max_attempts % is outside 1..1000', coalesce(max_attempts::text, 'NULL')
             USING ERRCODE = '22023';
+    END IF;
+    -- W3C trace context: version-traceid-parentid-flags, lower-case hex; version ff, an all-zero
+    -- trace id and an all-zero parent id are invalid.
+    IF traceparent IS NOT NULL AND (
+           traceparent !~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+           OR left(traceparent, 2) = 'ff'
+           OR substr(traceparent, 4, 32) = repeat('0', 32)
+           OR substr(traceparent, 37, 16) = repeat('0', 16)) THEN
+        RAISE EXCEPTION 'taskd: traceparent % is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)',
+            quote_literal(left(traceparent, 100)) USING ERRCODE = '22023';
     END IF;
     IF params IS NULL OR jsonb_typeof(params) <> 'object' THEN
         RAISE EXCEPTION 'taskd: params must be a JSON object' USING ERRCODE = '22023';
@@ -393,10 +406,11 @@ BEGIN
     END IF;
 
     INSERT INTO taskd.tasks (id, name, queue, kind, priority, user_id, params, total,
-                             first_subtask_id, last_subtask_id)
+                             first_subtask_id, last_subtask_id, traceparent)
     OVERRIDING SYSTEM VALUE
     VALUES (new_id, coalesce(submit_task.name, ''), submit_task.queue, submit_task.kind,
-            submit_task.priority, submit_task.user_id, submit_task.params, n, first_id, last_id);
+            submit_task.priority, submit_task.user_id, submit_task.params, n, first_id, last_id,
+            submit_task.traceparent);
 
     PERFORM pg_notify('taskd', submit_task.queue);
     RETURN new_id;
@@ -405,4 +419,5 @@ $$;
 
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
-    (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts');
+    (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts'),
+    (9, 'traceparent');

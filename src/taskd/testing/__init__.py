@@ -1,23 +1,61 @@
-"""Test helpers that ship with taskd: real servers on loopback, never mocks.
+"""A test kit for handler authors and services that submit work; real servers, never mocks.
 
-:class:`FakeLumina` is a fake of the external Lumina API that the ``lumina`` handler drives.
+- :func:`run_handler` runs one attempt of a handler through the daemon's own runner, without
+  a database, and returns a :class:`HandlerOutcome`; checkpoints go to a
+  :class:`CheckpointRecorder`.
+- :func:`drain` runs every claimable subtask of a queue in this process: the real store's
+  claim, the daemon's runner, the real completer.
+- :func:`assert_submitted`: "this connection (or transaction) submitted a task of kind K with
+  payload P".
+- :mod:`taskd.testing.pytest_plugin`: the ``taskd_db`` fixture, a migrated throw-away database
+  with ``drain``.
+- :class:`FakeLumina` is a fake of the external Lumina API that the ``lumina`` handler drives.
+
+docs/handlers.md shows them in use.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from taskd.queue.inspection import SubmittedTask
+    from taskd.testing.assertions import assert_submitted
+    from taskd.testing.draining import DrainReport, drain
     from taskd.testing.fake_lumina import FakeLumina, FakeLuminaStats
+    from taskd.testing.handlers import CheckpointRecorder, HandlerOutcome, run_handler
 
-__all__ = ["FakeLumina", "FakeLuminaStats"]
+_WHERE = {
+    "FakeLumina": "taskd.testing.fake_lumina",
+    "FakeLuminaStats": "taskd.testing.fake_lumina",
+    "run_handler": "taskd.testing.handlers",
+    "HandlerOutcome": "taskd.testing.handlers",
+    "CheckpointRecorder": "taskd.testing.handlers",
+    "drain": "taskd.testing.draining",
+    "DrainReport": "taskd.testing.draining",
+    "assert_submitted": "taskd.testing.assertions",
+    "SubmittedTask": "taskd.queue.inspection",
+}
+
+__all__ = [
+    "CheckpointRecorder",
+    "DrainReport",
+    "FakeLumina",
+    "FakeLuminaStats",
+    "HandlerOutcome",
+    "SubmittedTask",
+    "assert_submitted",
+    "drain",
+    "run_handler",
+]
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use, so that `python -m taskd.testing.fake_lumina` does not find the
-    # module already imported by its own package (runpy warns about that).
-    if name in __all__:
-        from taskd.testing import fake_lumina
-
-        return getattr(fake_lumina, name)
-    raise AttributeError(name)
+    # module already imported by its own package (runpy warns about that), and importing the
+    # package for one helper does not load the daemon for another.
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(module), name)

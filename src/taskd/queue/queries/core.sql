@@ -12,8 +12,16 @@ SELECT taskd.submit_task(
     user_id => %(user_id)s,
     max_attempts => %(max_attempts)s,
     run_after => now() + make_interval(secs => %(delay)s),
-    max_payload_bytes => %(max_payload_bytes)s
+    max_payload_bytes => %(max_payload_bytes)s,
+    traceparent => %(traceparent)s
 ) AS task_id;
+
+-- name: task_traceparents
+-- The traceparents of the claimed subtasks' tasks that have one: read per claimed batch, and
+-- only while tracing is on (taskd.executor.tracing), so that the claim stays as it is.
+SELECT id, traceparent
+  FROM taskd.tasks
+ WHERE id = ANY(%(task_ids)s::bigint[]) AND traceparent IS NOT NULL;
 
 -- name: claim_subtasks
 -- One statement: pick the highest priority, then oldest, ready rows of the queue, skip rows

@@ -148,3 +148,13 @@ SELECT CASE WHEN s.status = 'pending' AND s.run_after > now() THEN 'scheduled'
  WHERE t.id = %(task_id)s
  GROUP BY 1
  ORDER BY 1;
+
+-- name: task_first_failure
+-- The first failed subtask of a task, in id order: its id range of the primary key.
+SELECT s.id, s.error
+  FROM taskd.tasks t
+  JOIN taskd.subtasks s
+    ON s.id BETWEEN t.first_subtask_id AND t.last_subtask_id AND s.task_id = t.id
+ WHERE t.id = %(task_id)s AND s.status = 'failed'
+ ORDER BY s.id
+ LIMIT 1;
