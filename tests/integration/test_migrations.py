@@ -168,8 +168,8 @@ NEW_SUBMIT = ("taskd.submit_task(text, text, jsonb, text, integer, jsonb, text, 
               "timestamptz, integer, text)")
 
 
-def test_version_8_keeps_who_may_execute_submit_task(empty_database_url: str) -> None:
-    """Version 8 replaces submit_task (a new last argument): roles that could execute the old
+def test_version_9_keeps_who_may_execute_submit_task(empty_database_url: str) -> None:
+    """Version 9 replaces submit_task (a new last argument): roles that could execute the old
     one can execute the new one, and PUBLIC still cannot when it could not before."""
     role = f"taskd_submitter_{uuid.uuid4().hex[:8]}"
     migrated_to(empty_database_url, 7)
@@ -182,7 +182,7 @@ def test_version_8_keeps_who_may_execute_submit_task(empty_database_url: str) ->
                 "GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, "
                 "jsonb, text, integer, timestamptz, integer) TO {}").format(sql.Identifier(role)))
             applied = anyio.run(_migrate, empty_database_url)
-            assert [m.version for m in applied] == [8]
+            assert [m.version for m in applied] == [8, 9]
             may = conn.execute(
                 "SELECT has_function_privilege(%s, %s::regprocedure, 'EXECUTE'),"
                 " has_function_privilege('public', %s::regprocedure, 'EXECUTE')",
