@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     executor_dead_after: Seconds = Field(30.0, gt=0)
     poll_interval: Seconds = Field(1.0, gt=0)
     shutdown_grace: Seconds = Field(30.0, ge=0)
+    final_writes_timeout: Seconds = Field(
+        10.0, gt=0, description="at shutdown, how long the last outcomes, the given-back "
+        "subtasks and the executor's status may take to write; then the daemon exits anyway",
+    )
     scale_check_interval: Seconds = Field(10.0, gt=0)
     stats_interval: Seconds = Field(15.0, gt=0)
     rescue_interval: Seconds = Field(5.0, gt=0)

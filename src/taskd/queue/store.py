@@ -153,8 +153,10 @@ class Store:
                 raise
         return store
 
-    async def close(self) -> None:
-        await self.pool.close()
+    async def close(self, worker_wait: float = 5.0) -> None:
+        """Close the pool, waiting up to ``worker_wait`` seconds for its workers (one may be
+        connecting to a database that does not answer)."""
+        await self.pool.close(timeout=worker_wait)
 
     # -- plumbing ---------------------------------------------------------------------------
 
