@@ -22,7 +22,7 @@ from taskd import systemd
 from taskd.api.app import create_app
 from taskd.api.auth import TokenVerifier
 from taskd.queue.database import database_url as resolve_database_url
-from taskd.queue.store import Store
+from taskd.queue.store import Store, when_available
 from taskd.settings import Settings, parse_addr
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,16 @@ def _config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
 
 async def serve(settings: Settings, *, database_url: str | None = None) -> None:
     """Open the store, then serve until SIGTERM/SIGINT. Raises :class:`taskd.TaskdError`
-    (ConfigError for unusable JWT settings, DatabaseUnavailable, SchemaError) before serving."""
+    (ConfigError for unusable JWT settings, DatabaseRefused, SchemaError) before serving."""
     TokenVerifier(settings.api)  # refuse a missing or short secret before touching anything
     url = database_url or resolve_database_url(settings)
-    store = await Store.open(url, min_size=1, max_size=settings.api.pool_size,
-                             application_name="taskd-api")
+    # A database that is unavailable (no free slot, starting up) is waited for, as taskd run
+    # does; one that refuses the configuration stops the start (DatabaseRefused).
+    store = await when_available(
+        lambda: Store.open(url, min_size=1, max_size=settings.api.pool_size,
+                           application_name="taskd-api"))
+    if store is None:
+        return
     try:
         app = create_app(settings, store)
         server = _Server(_config(app, settings))

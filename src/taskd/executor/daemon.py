@@ -4,6 +4,10 @@ Start: open the pool and check the schema, load handlers, register the executor,
 READY. Run: heartbeat, notifier, completer, rescuer, scaler, metrics, and one producer per queue.
 Any component that crashes stops the daemon with a non-zero exit (systemd restarts it).
 
+Start: a database that is unavailable (refused, out of connection slots, starting up) is tried
+again with backoff until it answers; one that refuses the configuration (credentials, no such
+database) or an unmigrated schema stops the start with one line.
+
 Shutdown (SIGTERM or SIGINT): stop claiming; let running handlers finish for ``shutdown_grace``
 while the heartbeat keeps extending their leases; cancel what is left and give those subtasks
 back as pending (the attempt not spent); flush the completer; mark the executor stopped; exit 0.
@@ -46,7 +50,7 @@ from taskd.handlers.registry import HandlerRegistry
 from taskd.metrics import Health, Metrics
 from taskd.metrics.server import MetricsServer
 from taskd.queue.database import database_url, redact
-from taskd.queue.store import Store
+from taskd.queue.store import Store, when_available
 from taskd.retries import retry_after_failure
 from taskd.scaler.scaler import Scaler
 from taskd.settings import Settings, parse_addr
@@ -66,6 +70,10 @@ STOP_MARGIN = 5.0
 IMMEDIATE_EXIT_WITHIN = 0.5
 # Closing the pool at exit: its workers may be stuck connecting to a database that is down.
 POOL_CLOSE_TIMEOUT = 1.0
+# Start: a database that is unavailable is tried again after 0.5 s, 1 s, 2 s ... at most 5 s.
+START_RETRY_BASE = 0.5
+START_RETRY_MAX = 5.0
+START_CONNECT_TIMEOUT = 10.0
 
 # Python's default first threshold (700 net allocations of container objects) collected
 # hundreds of times in a drain, each full collection walking every object imported at startup;
@@ -116,6 +124,9 @@ class Daemon:
         async with anyio.create_task_group() as everything:
             everything.start_soon(self._watch_signals, everything.cancel_scope)
             store = self._store = await self._open_store(url)
+            if store is None:  # stopped while waiting for the database
+                everything.cancel_scope.cancel()
+                return EXIT_IMMEDIATE if self.immediate else 0
             try:
                 await self._run(store, url, registry)
             finally:
@@ -125,12 +136,19 @@ class Daemon:
             everything.cancel_scope.cancel()
         return EXIT_IMMEDIATE if self.immediate else 0
 
-    async def _open_store(self, url: str) -> Store:
+    async def _open_store(self, url: str) -> Store | None:
+        """The store, once the database takes a connection (tried again with backoff while it
+        is unavailable); None when a signal stops the daemon meanwhile."""
         s = self.settings
         # pool_size counts every connection of the daemon: the notifier's LISTEN is one.
         pool_max = s.pool_size - 1 if s.listen else s.pool_size
-        return await Store.open(url, min_size=min(2, pool_max), max_size=pool_max,
-                                application_name=f"taskd {s.executor_id}"[:63])
+        return await when_available(
+            lambda: Store.open(url, min_size=min(2, pool_max), max_size=pool_max,
+                               application_name=f"taskd {s.executor_id}"[:63],
+                               connect_timeout=START_CONNECT_TIMEOUT),
+            stop=self.stopping, retry_base=START_RETRY_BASE, retry_max=START_RETRY_MAX,
+            connect_timeout=START_CONNECT_TIMEOUT,
+        )
 
     async def _run(self, store: Store, url: str, registry: HandlerRegistry) -> None:
         s = self.settings
