@@ -44,6 +44,9 @@ QUEUE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 Seconds = float
+# What sits between taskd and PostgreSQL: nothing (or a pooler in session mode), or a pooler in
+# transaction mode, where a session's state does not outlive its transaction.
+Pooler = Literal["none", "transaction"]
 
 
 class QueueSettings(BaseModel):
@@ -147,7 +150,15 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     executor_id: str = Field(default_factory=_default_executor_id, min_length=1, max_length=200)
     executor_group: str = Field("default", min_length=1, max_length=200)
+    database_pooler: Pooler = Field(
+        "none", description="transaction: database_url goes through a pooler in transaction "
+        "mode (PgBouncer): no prepared statements, no startup options, no LISTEN on it",
+    )
     listen: bool = True
+    listen_database_url: SecretStr | None = Field(
+        None, description="a direct connection (not through a transaction pooler) for LISTEN; "
+        "default database_url",
+    )
     pool_size: int = Field(5, ge=2, le=100, description="database connections per daemon")
     max_payload_bytes: int = Field(1024 * 1024, ge=1, description="largest payload accepted")
     queues: dict[str, QueueSettings] = Field(

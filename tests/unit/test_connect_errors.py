@@ -6,7 +6,7 @@ import pytest
 
 from taskd.cli.app import EXIT_CODES
 from taskd.errors import ConfigError, DatabaseRefused, DatabaseUnavailable
-from taskd.queue.connection import connect_error
+from taskd.queue.connection import connect_error, connection_kwargs
 
 
 @pytest.mark.parametrize("sqlstate", [
@@ -36,3 +36,12 @@ def test_what_will_not_pass_is_refused_and_a_config_error(sqlstate: str) -> None
 def test_without_a_sqlstate_it_is_whether_a_server_answered() -> None:
     assert type(connect_error("refused", None, answered=False)) is DatabaseUnavailable
     assert type(connect_error("password?", None, answered=True)) is DatabaseRefused
+
+
+def test_behind_a_transaction_pooler_nothing_is_prepared_and_no_options_are_sent() -> None:
+    direct = connection_kwargs("dbname=app", "taskd x", 30.0)
+    pooled = connection_kwargs("dbname=app", "taskd x", 30.0, pooler="transaction")
+    assert "statement_timeout=30000" in direct["options"]
+    assert "prepare_threshold" not in direct  # psycopg's default: prepare on the fifth run
+    assert pooled == {"autocommit": True, "application_name": "taskd x",
+                      "prepare_threshold": None}

@@ -66,7 +66,7 @@ async def serve(settings: Settings, *, database_url: str | None = None) -> None:
     # does; one that refuses the configuration stops the start (DatabaseRefused).
     store = await when_available(
         lambda: Store.open(url, min_size=1, max_size=settings.api.pool_size,
-                           application_name="taskd-api"))
+                           application_name="taskd-api", pooler=settings.database_pooler))
     if store is None:
         return
     try:
@@ -107,7 +107,7 @@ def serve_in_thread(
 
     async def main() -> None:
         store = await Store.open(database_url, min_size=1, max_size=settings.api.pool_size,
-                                 application_name="taskd-api")
+                                 application_name="taskd-api", pooler=settings.database_pooler)
         try:
             app = create_app(settings, store)
             server = uvicorn.Server(_config(app, settings, log_level="warning"))

@@ -38,7 +38,7 @@ def migrate(
 
     async def once() -> list[migrations.Migration]:
         url = database_url(settings)
-        kwargs = connection_kwargs(url, "taskd-migrate", None)
+        kwargs = connection_kwargs(url, "taskd-migrate", None, pooler=settings.database_pooler)
         await check_connect(url, kwargs, CONNECT_TIMEOUT)  # classifies a refusal
         async with translated_errors():
             conn = await psycopg.AsyncConnection.connect(url, **kwargs)

@@ -33,7 +33,7 @@ import anyio
 import anyio.abc
 
 from taskd import __version__, systemd
-from taskd.errors import DatabaseError
+from taskd.errors import ConfigError, DatabaseError
 from taskd.executor.capacity import Capacity
 from taskd.executor.completer import Completer
 from taskd.executor.gate import ClaimGate
@@ -121,6 +121,11 @@ class Daemon:
         log.info("starting", extra={"executor_id": s.executor_id, "version": __version__,
                                      "database": redact(url), "queues": sorted(self.queues)})
         registry = HandlerRegistry.load(s)
+        if s.database_pooler == "transaction" and s.listen and s.listen_database_url is None:
+            raise ConfigError(
+                "listen = true needs a direct connection to PostgreSQL, and database_url goes "
+                "through a transaction pooler [TASKD_DATABASE_POOLER]: set listen_database_url "
+                "[TASKD_LISTEN_DATABASE_URL] or listen = false [TASKD_LISTEN]")
         async with anyio.create_task_group() as everything:
             everything.start_soon(self._watch_signals, everything.cancel_scope)
             store = self._store = await self._open_store(url)
@@ -145,7 +150,8 @@ class Daemon:
         return await when_available(
             lambda: Store.open(url, min_size=min(2, pool_max), max_size=pool_max,
                                application_name=f"taskd {s.executor_id}"[:63],
-                               connect_timeout=START_CONNECT_TIMEOUT),
+                               connect_timeout=START_CONNECT_TIMEOUT,
+                               pooler=s.database_pooler),
             stop=self.stopping, retry_base=START_RETRY_BASE, retry_max=START_RETRY_MAX,
             connect_timeout=START_CONNECT_TIMEOUT,
         )
@@ -223,8 +229,11 @@ class Daemon:
             HeartbeatConfig.from_settings(s), store, info, self.capacities, self.running,
             self.gate, self.metrics, self.health,
         ).run)
+        # LISTEN needs a session of its own: behind a transaction pooler, a direct connection.
+        listen_url = (s.listen_database_url.get_secret_value()
+                      if s.listen_database_url is not None else url)
         notifier = Notifier(
-            url, self.wakeups, application_name=f"taskd-listen {s.executor_id}"[:63],
+            listen_url, self.wakeups, application_name=f"taskd-listen {s.executor_id}"[:63],
         ) if s.listen else None
         if notifier is not None:
             tg.start_soon(notifier.run)

@@ -39,6 +39,7 @@ from taskd.errors import (
 )
 from taskd.queue.queries import query
 from taskd.retries import retry_after_failure
+from taskd.settings import Pooler
 
 T = TypeVar("T")
 Row = TypeVar("Row")
@@ -119,7 +120,8 @@ async def run_query(
 
 
 def connection_kwargs(
-    conninfo: str, application_name: str, statement_timeout: float | None
+    conninfo: str, application_name: str, statement_timeout: float | None,
+    *, pooler: Pooler = "none",
 ) -> dict[str, Any]:
     """Keyword arguments for every pooled taskd connection.
 
@@ -131,7 +133,16 @@ def connection_kwargs(
     ``datetime.timezone.utc`` then, not a ``zoneinfo`` conversion per value, which halved the cost
     of building a claim's rows (docs/benchmarks.md). Options already in the connection string or
     PGOPTIONS are kept (a TimeZone there wins).
+
+    Behind a transaction pooler (``pooler="transaction"``) each transaction may run on another
+    server connection: a statement psycopg prepared on one is missing on the next (``prepared
+    statement "_pg3_0" does not exist``), so nothing is prepared; and the startup ``options``
+    are refused (PgBouncer: ``unsupported startup parameter``) or dropped, so none are sent:
+    the role's or the database's settings must carry them (docs/daemon.md).
     """
+    if pooler == "transaction":
+        return {"autocommit": True, "application_name": application_name,
+                "prepare_threshold": None}
     given = conninfo_to_dict(conninfo).get("options") or os.environ.get("PGOPTIONS", "")
     options = ["-c TimeZone=UTC", str(given), "-c plan_cache_mode=force_custom_plan"]
     if statement_timeout:

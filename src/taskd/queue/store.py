@@ -36,6 +36,7 @@ from taskd.queue.connection import (
 from taskd.queue.jsonload import configure_connection
 from taskd.queue.queries import query
 from taskd.queue.submission import DEFAULT_MAX_PAYLOAD_BYTES, validate_submission
+from taskd.settings import Pooler
 from taskd.types import (
     JSON,
     ClaimedSubtask,
@@ -120,13 +121,17 @@ class Store:
         check_schema: bool = True,
         connect_timeout: float = 10.0,
         checkout_timeout: float = 10.0,
+        pooler: Pooler = "none",
     ) -> Store:
         """Open a pool, wait for its first connection and check the schema version.
+
+        ``pooler="transaction"``: the URL goes through a pooler in transaction mode (see
+        :func:`~taskd.queue.connection.connection_kwargs`).
 
         Raises :class:`DatabaseUnavailable` (may pass: try again), :class:`DatabaseRefused`
         (will not: the configuration) or a :class:`taskd.errors.SchemaError`.
         """
-        kwargs = connection_kwargs(conninfo, application_name, statement_timeout)
+        kwargs = connection_kwargs(conninfo, application_name, statement_timeout, pooler=pooler)
         # One connection of our own first: a refusal is known at once and classified, where
         # the pool would try again until its timeout and then say only that it timed out.
         await check_connect(conninfo, kwargs, connect_timeout)
