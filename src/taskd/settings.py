@@ -107,6 +107,13 @@ class ApiSettings(BaseModel):
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     pool_size: int = Field(10, ge=1, le=100, description="database connections per API process")
+    read_timeout: Seconds = Field(
+        15.0, gt=0, description="a request, headers and body, must arrive within this many "
+        "seconds of its first byte; else 408 and the connection is closed",
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="client connections served at once; one more is answered 503",
+    )
     kinds: dict[str, str] = Field(
         default_factory=lambda: {"lumina": "lumina", "noop": "standard"},
         description="task kinds the API accepts, each with its default queue",
