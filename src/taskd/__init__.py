@@ -3,6 +3,7 @@
 from taskd.errors import (
     ConfigError,
     DatabaseError,
+    DatabaseRefused,
     DatabaseUnavailable,
     HandlerError,
     InvalidInput,
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "DatabaseError",
+    "DatabaseRefused",
     "DatabaseUnavailable",
     "HandlerError",
     "InvalidInput",

@@ -9,7 +9,8 @@ TaskdError
 │   ├── SchemaOutdated        migrations are missing: run `taskd migrate`
 │   └── SchemaTooNew          the database was migrated by a newer taskd
 ├── DatabaseError             any other failure reported by PostgreSQL
-│   └── DatabaseUnavailable   the server cannot be reached or the connection broke
+│   ├── DatabaseUnavailable   the server cannot be reached, is full or starting: try again
+│   └── DatabaseRefused       the server refuses this configuration (also a ConfigError)
 ├── LeaseLost                 this executor no longer holds the subtask's lease
 ├── HandlerError              raised by handlers to steer what happens to a subtask
 │   ├── PermanentError        fail now, do not retry
@@ -72,7 +73,17 @@ class DatabaseError(TaskdError):
 
 
 class DatabaseUnavailable(DatabaseError):
-    """PostgreSQL cannot be reached, or the connection broke mid-query."""
+    """PostgreSQL cannot be reached, the connection broke mid-query, or the server cannot take
+    a connection now (no free slot, starting up, in recovery): worth trying again."""
+
+
+class DatabaseRefused(DatabaseError, ConfigError):
+    """The server refused the connection for a reason that trying again will not change: bad
+    credentials, no such database, no permission to connect. ``sqlstate`` says which."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 class LeaseLost(TaskdError):

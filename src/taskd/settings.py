@@ -44,6 +44,9 @@ QUEUE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 Seconds = float
+# What sits between taskd and PostgreSQL: nothing (or a pooler in session mode), or a pooler in
+# transaction mode, where a session's state does not outlive its transaction.
+Pooler = Literal["none", "transaction"]
 
 
 class QueueSettings(BaseModel):
@@ -104,6 +107,13 @@ class ApiSettings(BaseModel):
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     pool_size: int = Field(10, ge=1, le=100, description="database connections per API process")
+    read_timeout: Seconds = Field(
+        15.0, gt=0, description="a request, headers and body, must arrive within this many "
+        "seconds of its first byte; else 408 and the connection is closed",
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="client connections served at once; one more is answered 503",
+    )
     kinds: dict[str, str] = Field(
         default_factory=lambda: {"lumina": "lumina", "noop": "standard"},
         description="task kinds the API accepts, each with its default queue",
@@ -134,6 +144,10 @@ class Settings(BaseSettings):
     executor_dead_after: Seconds = Field(30.0, gt=0)
     poll_interval: Seconds = Field(1.0, gt=0)
     shutdown_grace: Seconds = Field(30.0, ge=0)
+    final_writes_timeout: Seconds = Field(
+        10.0, gt=0, description="at shutdown, how long the last outcomes, the given-back "
+        "subtasks and the executor's status may take to write; then the daemon exits anyway",
+    )
     scale_check_interval: Seconds = Field(10.0, gt=0)
     stats_interval: Seconds = Field(15.0, gt=0)
     rescue_interval: Seconds = Field(5.0, gt=0)
@@ -148,7 +162,15 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     executor_id: str = Field(default_factory=_default_executor_id, min_length=1, max_length=200)
     executor_group: str = Field("default", min_length=1, max_length=200)
+    database_pooler: Pooler = Field(
+        "none", description="transaction: database_url goes through a pooler in transaction "
+        "mode (PgBouncer): no prepared statements, no startup options, no LISTEN on it",
+    )
     listen: bool = True
+    listen_database_url: SecretStr | None = Field(
+        None, description="a direct connection (not through a transaction pooler) for LISTEN; "
+        "default database_url",
+    )
     pool_size: int = Field(5, ge=2, le=100, description="database connections per daemon")
     max_payload_bytes: int = Field(1024 * 1024, ge=1, description="largest payload accepted")
     tracing: bool | None = Field(

@@ -71,3 +71,33 @@ def test_the_documented_drop_in_points_the_shipped_unit_at_another_taskd(
     done = _verify(tmp_path / "taskd.service")
     assert done.returncode == 0, done.stderr
     assert "taskd.service" not in done.stderr, done.stderr
+
+def unit_setting(unit: str, key: str) -> str:
+    """The value of ``key=`` in the unit (the last one wins, as in systemd)."""
+    values = [line.split("=", 1)[1].strip() for line in (UNITS / unit).read_text().splitlines()
+              if line.startswith(f"{key}=")]
+    assert values, f"{unit} sets no {key}"
+    return values[-1]
+
+
+def seconds(value: str) -> float:
+    """A systemd time span such as ``75``, ``75s`` or ``1min 15s``, in seconds."""
+    units = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}
+    total = 0.0
+    for part in value.split():
+        number = part.rstrip("abcdefghijklmnopqrstuvwxyz")
+        total += float(number) * units.get(part[len(number):] or "s", 0)
+    return total
+
+
+def test_taskd_unit_waits_for_the_longest_stop_the_daemon_can_take() -> None:
+    # The daemon exits at the latest shutdown_grace + final_writes_timeout + STOP_MARGIN after
+    # SIGTERM; a shorter TimeoutStopSec would have systemd SIGKILL a daemon that is still
+    # giving its work back (docs/daemon.md, "Shutdown").
+    from taskd.executor.daemon import STOP_MARGIN
+    from taskd.settings import Settings
+
+    fields = Settings.model_fields
+    longest = (float(fields["shutdown_grace"].default)
+               + float(fields["final_writes_timeout"].default) + STOP_MARGIN)
+    assert seconds(unit_setting("taskd.service", "TimeoutStopSec")) >= longest

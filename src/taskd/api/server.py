@@ -5,6 +5,7 @@ database URL or an unmigrated schema stops the start with one clear error.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -21,11 +22,15 @@ import uvicorn
 from taskd import systemd
 from taskd.api.app import create_app
 from taskd.api.auth import TokenVerifier
+from taskd.api.connections import FD_RESERVE, ConnectionLimits, connection_capacity
 from taskd.queue.database import database_url as resolve_database_url
-from taskd.queue.store import Store
+from taskd.queue.store import Store, when_available
 from taskd.settings import Settings, parse_addr
 
 log = logging.getLogger(__name__)
+
+# Seconds an idle connection stays open between requests (uvicorn's default).
+KEEP_ALIVE = 5
 
 
 class _Server(uvicorn.Server):
@@ -49,24 +54,43 @@ class _Server(uvicorn.Server):
                                       if s != signal.SIGTERM]
 
 
-def _config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The bounds on client connections (see :mod:`taskd.api.connections`); raises the
+    process's open-files limit to its hard limit on the way."""
+    served, backlog = connection_capacity(settings.api.max_connections,
+                                          FD_RESERVE + settings.api.pool_size)
+    return ConnectionLimits(read_timeout=settings.api.read_timeout, max_connections=served,
+                            backlog=backlog)
+
+
+def _config(
+    app: Any, settings: Settings, limits: ConnectionLimits, **overrides: Any
+) -> uvicorn.Config:
     host, port = parse_addr(settings.api.addr)
     return uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=True, proxy_headers=False,
-        server_header=False, timeout_graceful_shutdown=10, **overrides,
+        server_header=False, timeout_graceful_shutdown=10, http=limits.protocol(),
+        timeout_keep_alive=KEEP_ALIVE, backlog=limits.backlog, **overrides,
     )
 
 
 async def serve(settings: Settings, *, database_url: str | None = None) -> None:
     """Open the store, then serve until SIGTERM/SIGINT. Raises :class:`taskd.TaskdError`
-    (ConfigError for unusable JWT settings, DatabaseUnavailable, SchemaError) before serving."""
+    (ConfigError for unusable JWT settings, DatabaseRefused, SchemaError) before serving."""
     TokenVerifier(settings.api)  # refuse a missing or short secret before touching anything
     url = database_url or resolve_database_url(settings)
-    store = await Store.open(url, min_size=1, max_size=settings.api.pool_size,
-                             application_name="taskd-api")
+    # A database that is unavailable (no free slot, starting up) is waited for, as taskd run
+    # does; one that refuses the configuration stops the start (DatabaseRefused).
+    store = await when_available(
+        lambda: Store.open(url, min_size=1, max_size=settings.api.pool_size,
+                           application_name="taskd-api", pooler=settings.database_pooler))
+    if store is None:
+        return
     try:
         app = create_app(settings, store)
-        server = _Server(_config(app, settings))
+        limits = connection_limits(settings)
+        asyncio.get_running_loop().set_exception_handler(limits.loop_exception_handler)
+        server = _Server(_config(app, settings, limits))
         log.info("taskd api listening on %s", settings.api.addr)
         await server.serve()
     finally:
@@ -102,10 +126,12 @@ def serve_in_thread(
 
     async def main() -> None:
         store = await Store.open(database_url, min_size=1, max_size=settings.api.pool_size,
-                                 application_name="taskd-api")
+                                 application_name="taskd-api", pooler=settings.database_pooler)
         try:
             app = create_app(settings, store)
-            server = uvicorn.Server(_config(app, settings, log_level="warning"))
+            limits = connection_limits(settings)
+            asyncio.get_running_loop().set_exception_handler(limits.loop_exception_handler)
+            server = uvicorn.Server(_config(app, settings, limits, log_level="warning"))
             holder["server"] = server
             ready.set()
             await server.serve(sockets=[sock])

@@ -112,7 +112,7 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
     try:
         store = await Store.open(
             database_url(settings), min_size=1, max_size=2, application_name="taskd-cli",
-            connect_timeout=CONNECT_TIMEOUT,
+            connect_timeout=CONNECT_TIMEOUT, pooler=settings.database_pooler,
         )
         try:
             yield store

@@ -5,28 +5,51 @@ from __future__ import annotations
 import psycopg
 import typer
 
-from taskd.cli.app import app, run_async, settings_of
+from taskd.cli.app import (
+    CONNECT_TIMEOUT,
+    app,
+    configure_logging,
+    run_async,
+    settings_of,
+)
 from taskd.queue import migrations
-from taskd.queue.connection import translated_errors
+from taskd.queue.connection import check_connect, connection_kwargs, translated_errors
 from taskd.queue.database import database_url
+from taskd.queue.store import when_available
 
 
 @app.command()
-def migrate(ctx: typer.Context) -> None:
+def migrate(
+    ctx: typer.Context,
+    wait: bool = typer.Option(
+        False, "--wait", help="while the database is unavailable (no server answers, no free "
+        "connection slot, starting up), try again with backoff instead of exiting 2; bad "
+        "credentials or a missing database still exit 2 (the unit's ExecStartPre uses it)"),
+) -> None:
     """Apply the schema migrations that are missing.
 
     Idempotent, and safe to run from several hosts at once: migrators take turns under an
     advisory lock and a later one finds nothing left to do.
     """
     settings = settings_of(ctx)
+    if wait:
+        configure_logging(settings)
 
-    async def go() -> list[migrations.Migration]:
+    async def once() -> list[migrations.Migration]:
+        url = database_url(settings)
+        kwargs = connection_kwargs(url, "taskd-migrate", None, pooler=settings.database_pooler)
+        await check_connect(url, kwargs, CONNECT_TIMEOUT)  # classifies a refusal
         async with translated_errors():
-            conn = await psycopg.AsyncConnection.connect(
-                database_url(settings), autocommit=True, application_name="taskd-migrate"
-            )
+            conn = await psycopg.AsyncConnection.connect(url, **kwargs)
             async with conn:
                 return await migrations.migrate(conn)
+
+    async def go() -> list[migrations.Migration]:
+        if not wait:
+            return await once()
+        applied = await when_available(once, connect_timeout=CONNECT_TIMEOUT)
+        assert applied is not None  # None only with a stop event
+        return applied
 
     applied = run_async(go)
     for m in applied:

@@ -4,10 +4,17 @@ Start: open the pool and check the schema, load handlers, register the executor,
 READY. Run: heartbeat, notifier, completer, rescuer, scaler, metrics, and one producer per queue.
 Any component that crashes stops the daemon with a non-zero exit (systemd restarts it).
 
+Start: a database that is unavailable (refused, out of connection slots, starting up) is tried
+again with backoff until it answers; one that refuses the configuration (credentials, no such
+database) or an unmigrated schema stops the start with one line.
+
 Shutdown (SIGTERM or SIGINT): stop claiming; let running handlers finish for ``shutdown_grace``
 while the heartbeat keeps extending their leases; cancel what is left and give those subtasks
 back as pending (the attempt not spent); flush the completer; mark the executor stopped; exit 0.
-A second signal exits at once (leases then expire and the rescuer returns the work).
+The final writes get ``final_writes_timeout``: a database that stays down is given up on then
+(leases expire and the rescuer returns the work). The whole stop takes at most
+``shutdown_grace + final_writes_timeout + STOP_MARGIN``, which the unit's ``TimeoutStopSec``
+covers. A second signal exits at once, within ``IMMEDIATE_EXIT_WITHIN``.
 """
 
 from __future__ import annotations
@@ -17,11 +24,16 @@ import logging
 import os
 import signal
 import socket
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
 
 import anyio
 import anyio.abc
 
 from taskd import __version__, systemd
+from taskd.errors import ConfigError, DatabaseError
 from taskd.executor.capacity import Capacity
 from taskd.executor.completer import Completer
 from taskd.executor.gate import ClaimGate
@@ -40,7 +52,8 @@ from taskd.handlers.registry import HandlerRegistry
 from taskd.metrics import Health, Metrics
 from taskd.metrics.server import MetricsServer
 from taskd.queue.database import database_url, redact
-from taskd.queue.store import Store
+from taskd.queue.store import Store, when_available
+from taskd.retries import retry_after_failure
 from taskd.scaler.scaler import Scaler
 from taskd.settings import Settings, parse_addr
 from taskd.types import ExecutorInfo
@@ -48,6 +61,21 @@ from taskd.types import ExecutorInfo
 log = logging.getLogger(__name__)
 
 EXIT_IMMEDIATE = 130
+EXIT_STOP_OVERRUN = 1
+
+# Seconds a stop may take beyond shutdown_grace + final_writes_timeout (closing the pool and the
+# event loop), after which the process exits anyway: TimeoutStopSec in deploy/systemd must cover
+# all three, so that systemd never has to SIGKILL (tests/system/test_systemd_units.py checks it).
+STOP_MARGIN = 5.0
+# After a second signal the process is gone within this many seconds, whatever still runs (a
+# shielded claim waiting for a connection, a handler in a thread, the pool's workers).
+IMMEDIATE_EXIT_WITHIN = 0.5
+# Closing the pool at exit: its workers may be stuck connecting to a database that is down.
+POOL_CLOSE_TIMEOUT = 1.0
+# Start: a database that is unavailable is tried again after 0.5 s, 1 s, 2 s ... at most 5 s.
+START_RETRY_BASE = 0.5
+START_RETRY_MAX = 5.0
+START_CONNECT_TIMEOUT = 10.0
 
 # Python's default first threshold (700 net allocations of container objects) collected
 # hundreds of times in a drain, each full collection walking every object imported at startup;
@@ -89,6 +117,9 @@ class Daemon:
         self.runner: Runner | None = None
         self.quarantine: Quarantine | None = None
         self.immediate = False
+        # Shielded sections (the final writes) that a second signal still ends.
+        self._shields: set[anyio.CancelScope] = set()
+        self._store: Store | None = None
 
     async def run(self) -> int:
         """Run until a signal; return the exit code."""
@@ -97,23 +128,47 @@ class Daemon:
         log.info("starting", extra={"executor_id": s.executor_id, "version": __version__,
                                      "database": redact(url), "queues": sorted(self.queues)})
         registry = HandlerRegistry.load(s)
+        if s.database_pooler == "transaction" and s.listen and s.listen_database_url is None:
+            raise ConfigError(
+                "listen = true needs a direct connection to PostgreSQL, and database_url goes "
+                "through a transaction pooler [TASKD_DATABASE_POOLER]: set listen_database_url "
+                "[TASKD_LISTEN_DATABASE_URL] or listen = false [TASKD_LISTEN]")
+        async with anyio.create_task_group() as everything:
+            everything.start_soon(self._watch_signals, everything.cancel_scope)
+            store = self._store = await self._open_store(url)
+            if store is None:  # stopped while waiting for the database
+                everything.cancel_scope.cancel()
+                return EXIT_IMMEDIATE if self.immediate else 0
+            try:
+                await self._run(store, url, registry)
+            finally:
+                # Bounded: the pool's workers may be stuck connecting to a database that is down.
+                with anyio.move_on_after(POOL_CLOSE_TIMEOUT + 1, shield=True):
+                    await store.close(worker_wait=POOL_CLOSE_TIMEOUT)
+                if self.tracing is not None:
+                    self.tracing.shutdown()
+            everything.cancel_scope.cancel()
+        return EXIT_IMMEDIATE if self.immediate else 0
+
+    async def _open_store(self, url: str) -> Store | None:
+        """The store, once the database takes a connection (tried again with backoff while it
+        is unavailable); None when a signal stops the daemon meanwhile."""
+        s = self.settings
         # pool_size counts every connection of the daemon: the notifier's LISTEN is one.
         pool_max = s.pool_size - 1 if s.listen else s.pool_size
-        store = await Store.open(url, min_size=min(2, pool_max), max_size=pool_max,
-                                 application_name=f"taskd {s.executor_id}"[:63])
-        try:
-            return await self._run(store, url, registry)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await store.close()
-            if self.tracing is not None:
-                self.tracing.shutdown()
+        return await when_available(
+            lambda: Store.open(url, min_size=min(2, pool_max), max_size=pool_max,
+                               application_name=f"taskd {s.executor_id}"[:63],
+                               connect_timeout=START_CONNECT_TIMEOUT,
+                               pooler=s.database_pooler),
+            stop=self.stopping, retry_base=START_RETRY_BASE, retry_max=START_RETRY_MAX,
+            connect_timeout=START_CONNECT_TIMEOUT,
+        )
 
-    async def _run(self, store: Store, url: str, registry: HandlerRegistry) -> int:
+    async def _run(self, store: Store, url: str, registry: HandlerRegistry) -> None:
         s = self.settings
         completer = Completer(store, s.executor_id, self.metrics, tracing=self.tracing)
         async with http_clients() as http, anyio.create_task_group() as tg:
-            tg.start_soon(self._watch_signals, tg.cancel_scope)
             info = await self._register(tg, store)
             notifier = self._start_components(tg, store, url, info, completer)
             self.runner = Runner(
@@ -148,10 +203,14 @@ class Daemon:
                                          "gc_frozen_objects": gc.get_freeze_count()})
                 await self.stopping.wait()
                 await self._drain(store)
-            released = await self._finish(store, completer)
+                # The final writes' time runs from here, and at its end the pool is closed: that
+                # also ends a claim still waiting for a connection (its wait is shielded), which
+                # the producers' exit, just below, waits for.
+                deadline = anyio.current_time() + s.final_writes_timeout
+                tg.start_soon(self._close_pool_at, store, deadline)
+            released = await self._finish(store, completer, deadline)
             log.info("stopped", extra={"released": released})
             tg.cancel_scope.cancel()
-        return EXIT_IMMEDIATE if self.immediate else 0
 
     async def _register(self, tg: anyio.abc.TaskGroup, store: Store) -> ExecutorInfo:
         """Serve /metrics, then write the executor's row (with the endpoint's address)."""
@@ -188,8 +247,11 @@ class Daemon:
             HeartbeatConfig.from_settings(s), store, info, self.capacities, self.running,
             self.gate, self.metrics, self.health,
         ).run)
+        # LISTEN needs a session of its own: behind a transaction pooler, a direct connection.
+        listen_url = (s.listen_database_url.get_secret_value()
+                      if s.listen_database_url is not None else url)
         notifier = Notifier(
-            url, self.wakeups, application_name=f"taskd-listen {s.executor_id}"[:63],
+            listen_url, self.wakeups, application_name=f"taskd-listen {s.executor_id}"[:63],
         ) if s.listen else None
         if notifier is not None:
             tg.start_soon(notifier.run)
@@ -211,14 +273,44 @@ class Daemon:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 if not self.stopping.is_set():
+                    budget = (self.settings.shutdown_grace + self.settings.final_writes_timeout
+                              + STOP_MARGIN)
                     log.info("shutting down", extra={"signal": signal.Signals(signum).name,
-                                                     "grace_s": self.settings.shutdown_grace})
+                                                     "grace_s": self.settings.shutdown_grace,
+                                                     "stop_within_s": budget})
                     systemd.notify("STOPPING=1")
                     self.stopping.set()
+                    if self.own_process:
+                        _exit_later(budget, EXIT_STOP_OVERRUN,
+                                    f"the shutdown took longer than {budget:g} s: exiting now")
                 else:
                     log.warning("second signal: exiting now")
                     self.immediate = True
+                    for scope in list(self._shields):
+                        scope.cancel()
                     everything.cancel()
+                    if self.own_process:
+                        _exit_later(IMMEDIATE_EXIT_WITHIN, EXIT_IMMEDIATE,
+                                    "second signal: still running, exiting without cleanup")
+                    if self._store is not None:
+                        # Closing the pool ends the claims still waiting for a connection
+                        # (shielded: a claim in flight must not be cut), so the producers end.
+                        with anyio.CancelScope(shield=True):
+                            with anyio.move_on_after(POOL_CLOSE_TIMEOUT):
+                                await self._store.close(worker_wait=POOL_CLOSE_TIMEOUT)
+
+    @contextmanager
+    def _shielded(self, deadline: float) -> Iterator[anyio.CancelScope]:
+        """A section shielded from the shutdown's cancellation, ended at ``deadline`` or by a
+        second signal."""
+        with anyio.CancelScope(shield=True, deadline=deadline) as scope:
+            if self.immediate:
+                scope.cancel()
+            self._shields.add(scope)
+            try:
+                yield scope
+            finally:
+                self._shields.discard(scope)
 
     async def _drain(self, store: Store) -> None:
         """Stop claiming, wait up to the grace period, then stop what is still running."""
@@ -226,12 +318,13 @@ class Daemon:
             producer.stop_claiming()
         if self.quarantine is not None:
             self.quarantine.stop_claiming()
-        try:
-            with anyio.CancelScope(shield=True):
-                await store.set_executor_status(self.settings.executor_id, "stopping")
-        except Exception as exc:  # the database may be down; shutdown goes on
-            log.warning("could not mark the executor stopping: %s", exc)
+        # The grace period bounds the "stopping" mark too: a database that is down holds it
+        # for as long as the pool waits for a connection.
         with anyio.move_on_after(self.settings.shutdown_grace):
+            try:
+                await store.set_executor_status(self.settings.executor_id, "stopping")
+            except DatabaseError as exc:  # the database may be down; shutdown goes on
+                log.warning("could not mark the executor stopping: %s", exc)
             await self.running.wait_empty()
         left = self.running.entries()
         if left:
@@ -240,18 +333,55 @@ class Daemon:
         for entry in left:
             entry.stop("shutdown")
 
-    async def _finish(self, store: Store, completer: Completer) -> int:
-        """Shielded final writes: outcomes, given-back subtasks, the executor's status.
+    async def _close_pool_at(self, store: Store, deadline: float) -> None:
+        await anyio.sleep_until(deadline)
+        await store.close(worker_wait=POOL_CLOSE_TIMEOUT)
+
+    async def _finish(self, store: Store, completer: Completer, deadline: float) -> int:
+        """The final writes: outcomes, given-back subtasks, the executor's status; shielded,
+        retried through database errors, and given up at ``deadline`` (the end of
+        ``final_writes_timeout``).
 
         Returns how many subtasks were given back (0: everything finished within the grace).
         """
+        s = self.settings
         released = self.runner.released if self.runner is not None else []
-        # Shielded from the shutdown, yet bounded: a database that stays down must not hold
-        # the process forever (leases then expire and the rescuer returns the work).
-        with anyio.move_on_after(max(10.0, self.settings.lease_timeout), shield=True):
+        written = False
+        with self._shielded(deadline):
             await completer.flush()
             if released:
-                await store.release_subtasks(self.settings.executor_id, released)
-            await store.set_executor_status(self.settings.executor_id, "stopped")
+                await _until_written(lambda: store.release_subtasks(s.executor_id, released))
+            await _until_written(lambda: store.set_executor_status(s.executor_id, "stopped"))
+            written = True
+        if not written and not self.immediate:
+            log.warning("final writes not done within final_writes_timeout: leases expire after "
+                        "lease_timeout and the rescuer returns the work",
+                        extra={"final_writes_timeout_s": s.final_writes_timeout,
+                               "unwritten_outcomes": completer.backlog,
+                               "released": len(released)})
         return len(released)
 
+
+async def _until_written(write: Callable[[], Awaitable[object]]) -> None:
+    """``write()``, tried again through database errors (the caller bounds the time)."""
+    await retry_after_failure(
+        write, lambda exc: isinstance(exc, DatabaseError), tries=None, wait_base=0.05,
+        wait_max=1.0,
+        on_failure=lambda exc: log.warning("final write failed, retrying: %s", exc),
+    )
+
+
+def _exit_later(seconds: float, code: int, why: str) -> None:
+    """End the process with ``code`` after ``seconds`` unless it has ended by then: a bound
+    that holds whatever the event loop or a thread is stuck in. For ``taskd run`` only."""
+
+    def exit_now() -> None:
+        log.warning(why, extra={"exit_code": code})
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, exit_now)
+    timer.daemon = True
+    timer.start()

@@ -7,32 +7,36 @@ tests need to move in time take ``now`` (None means the database's ``now()``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
+import anyio
 import psycopg
 from psycopg.rows import BaseRowFactory, class_row, dict_row, scalar_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from taskd import systemd
 from taskd.errors import DatabaseUnavailable
 from taskd.queue import migrations
 from taskd.queue.connection import (
     STATEMENT_TIMEOUT,
     Conn,
+    check_connect,
     check_when_idle,
     connection_kwargs,
     retried,
     run_query,
     translated_errors,
-    why_unreachable,
 )
 from taskd.queue.encoding import CLAIMED_ROW, outcomes_json
 from taskd.queue.jsonload import configure_connection
 from taskd.queue.queries import query
 from taskd.queue.submission import DEFAULT_MAX_PAYLOAD_BYTES, validate_submission
+from taskd.settings import Pooler
 from taskd.types import (
     JSON,
     ClaimedSubtask,
@@ -49,6 +53,8 @@ Row = TypeVar("Row")
 #: fewer makes it a suspect that runs alone (the claim skips it; claim_suspect takes it).
 DEFAULT_POISON_AFTER = 3
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class Store:
@@ -69,16 +75,25 @@ class Store:
         check_schema: bool = True,
         connect_timeout: float = 10.0,
         checkout_timeout: float = 10.0,
+        pooler: Pooler = "none",
     ) -> Store:
         """Open a pool, wait for its first connection and check the schema version.
 
-        Raises :class:`DatabaseUnavailable` or a :class:`taskd.errors.SchemaError`.
+        ``pooler="transaction"``: the URL goes through a pooler in transaction mode (see
+        :func:`~taskd.queue.connection.connection_kwargs`).
+
+        Raises :class:`DatabaseUnavailable` (may pass: try again), :class:`DatabaseRefused`
+        (will not: the configuration) or a :class:`taskd.errors.SchemaError`.
         """
+        kwargs = connection_kwargs(conninfo, application_name, statement_timeout, pooler=pooler)
+        # One connection of our own first: a refusal is known at once and classified, where
+        # the pool would try again until its timeout and then say only that it timed out.
+        await check_connect(conninfo, kwargs, connect_timeout)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             conninfo,
             min_size=min_size,
             max_size=max_size,
-            kwargs=connection_kwargs(conninfo, application_name, statement_timeout),
+            kwargs=kwargs,
             open=False,
             name=application_name,
             # How long a query waits for a connection (e.g. while the database is away)
@@ -93,7 +108,9 @@ class Store:
                 await pool.open(wait=True, timeout=connect_timeout)
         except DatabaseUnavailable:
             await pool.close()
-            raise await why_unreachable(conninfo, connect_timeout) from None
+            await check_connect(conninfo, kwargs, connect_timeout)  # says why, if it can
+            raise DatabaseUnavailable("database unavailable: no connection within "
+                                      f"{connect_timeout:g} s") from None
         except BaseException:
             await pool.close()
             raise
@@ -107,8 +124,10 @@ class Store:
                 raise
         return store
 
-    async def close(self) -> None:
-        await self.pool.close()
+    async def close(self, worker_wait: float = 5.0) -> None:
+        """Close the pool, waiting up to ``worker_wait`` seconds for its workers (one may be
+        connecting to a database that does not answer)."""
+        await self.pool.close(timeout=worker_wait)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -385,3 +404,42 @@ class Store:
         rows = await self.fetch_rows("database_now", {})
         value: datetime = rows[0]["now"]
         return value
+
+
+async def when_available(
+    once: Callable[[], Awaitable[T]],
+    *,
+    stop: anyio.Event | None = None,
+    retry_base: float = 0.5,
+    retry_max: float = 5.0,
+    connect_timeout: float = 10.0,
+) -> T | None:
+    """``once()`` (e.g. a :meth:`Store.open`) until it gets through to the database.
+
+    While the database is unavailable (no server answers, no free connection slot, starting
+    up or in recovery) it is tried again after ``retry_base`` seconds, then twice as long each
+    time up to ``retry_max``; each failed try is one warning, and systemd is told that the
+    start goes on (``EXTEND_TIMEOUT_USEC``), so that ``TimeoutStartSec`` does not end it.
+    Returns None if ``stop`` is set meanwhile. :class:`taskd.errors.DatabaseRefused` (the
+    configuration), a :class:`taskd.errors.SchemaError` and any other error propagate at once.
+    """
+    attempt = 0
+    while True:
+        try:
+            return await once()
+        except DatabaseUnavailable as exc:
+            attempt += 1
+            delay = min(retry_max, retry_base * 2 ** (attempt - 1))
+            log.warning("database unavailable, retrying",
+                        extra={"attempt": attempt, "retry_in_s": delay, "error": str(exc)})
+            # The next try: the wait, then up to two connection timeouts (ours, the pool's).
+            extend = delay + 2 * connect_timeout + 5
+            systemd.notify(f"STATUS=waiting for the database (try {attempt}): {exc}\n"
+                           f"EXTEND_TIMEOUT_USEC={int(extend * 1_000_000)}")
+        if stop is None:
+            await anyio.sleep(delay)
+            continue
+        with anyio.move_on_after(delay):
+            await stop.wait()
+        if stop.is_set():
+            return None
