@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -81,6 +81,10 @@ class QueueSettings(BaseModel):
     request_timeout: Seconds = Field(
         30.0, gt=0, description="one HTTP request of the http and lumina handlers"
     )
+    groups: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, min_length=1,
+        description="the executor groups that serve this queue; unset: every group",
+    )
 
     @model_validator(mode="after")
     def _check_bounds(self) -> QueueSettings:
@@ -142,7 +146,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     executor_id: str = Field(default_factory=_default_executor_id, min_length=1, max_length=200)
-    executor_group: str = Field("default", min_length=1, max_length=200)
+    executor_group: str = Field(
+        "default", min_length=1, max_length=200,
+        description="which queues this daemon serves: those whose groups name it, or name none",
+    )
     listen: bool = True
     pool_size: int = Field(5, ge=2, le=100, description="database connections per daemon")
     max_payload_bytes: int = Field(1024 * 1024, ge=1, description="largest payload accepted")
@@ -191,8 +198,15 @@ class Settings(BaseSettings):
 
     @property
     def active_queues(self) -> dict[str, QueueSettings]:
-        """The queues this executor claims from (``enabled``)."""
+        """The queues that run (``enabled``), whichever groups serve them."""
         return {name: q for name, q in self.queues.items() if q.enabled}
+
+    @property
+    def served_queues(self) -> dict[str, QueueSettings]:
+        """The queues this executor claims from: enabled, and served by its group (a queue
+        whose ``groups`` is unset is served by every group)."""
+        return {name: q for name, q in self.active_queues.items()
+                if q.groups is None or self.executor_group in q.groups}
 
     @field_validator("metrics_addr")
     @classmethod

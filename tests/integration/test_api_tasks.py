@@ -313,7 +313,10 @@ def test_status_reports_queues_executors_tasks_rate_and_database(
     assert status["queues"]["standard"]["concurrency"] == 10
     assert status["queues"]["standard"]["running"] == 3
     assert status["queues"]["standard"]["pending"] == 2
-    assert status["tasks"] == {"pending": 1}
+    assert status["tasks"] == {"pending": 1, "processing": 0, "completed": 0, "failed": 0,
+                               "cancelled": 0}
+    assert status["subtasks"] == {"pending": 2, "processing": 0, "completed": 0, "failed": 0,
+                                  "cancelled": 0}
     assert status["executors"] == {"running": 1}
     assert status["uptime_seconds"] >= 0 and status["version"]
     assert status["processing_rate"]["window_seconds"] == 60

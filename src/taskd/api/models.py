@@ -255,7 +255,10 @@ class StatusOut(BaseModel):
     database: DatabaseStatus
     executors: dict[str, int] = Field(description="executors by the status their row records")
     queues: dict[str, QueueStatus]
-    tasks: dict[str, int] = Field(description="tasks by status")
+    tasks: dict[str, int] = Field(description="tasks by status (every status is a key)")
+    subtasks: dict[str, int] = Field(
+        description="subtasks by status (every status is a key): pending and processing "
+                    "counted from the rows, the finished from their tasks' counters")
     processing_rate: ProcessingRate
 
 

@@ -306,10 +306,6 @@ class ApiStore:
 
     # -- system status --------------------------------------------------------------------
 
-    async def task_statistics(self) -> dict[str, int]:
-        rows = await self.store.fetch_rows("api_task_statistics", {})
-        return {row["status"]: int(row["count"]) for row in rows}
-
     async def finished_in_window(self, window: float) -> tuple[int, int]:
         """Subtasks (completed, failed) in the last ``window`` seconds, by the database clock."""
         rows = await self.store.fetch_rows("api_processing_rate", {"window": window})

@@ -138,9 +138,6 @@ UPDATE taskd.accounts
  WHERE user_id = %(user_id)s
 RETURNING user_id, is_member, quota_remaining, created_at, updated_at;
 
--- name: api_task_statistics
-SELECT status, count(*) AS count FROM taskd.tasks GROUP BY status;
-
 -- name: api_processing_rate
 -- Uses subtasks_finished_idx: only rows finished inside the window are read.
 SELECT count(*) FILTER (WHERE status = 'completed') AS completed,
