@@ -272,11 +272,11 @@ CASES: list[Case] = [
          params={"status": "pending' OR 1=1 --"}),
     Case("list-cursor-sql", "GET", "/v1/tasks", 422, 4001, params={"cursor": "1 OR 1=1"}),
     Case("account-path-sql", "GET", "/v1/accounts/x'%20OR%20'1'='1", 403, 4003),
-    # -- another user's things ----------------------------------------------------------------
-    Case("read-bobs-task", "GET", "/v1/tasks/{bob_task}", 403, 4003),
-    Case("bobs-subtasks", "GET", "/v1/tasks/{bob_task}/subtasks", 403, 4003),
-    Case("cancel-bobs-task", "POST", "/v1/tasks/{bob_task}/cancel", 403, 4003),
-    Case("retry-bobs-task", "POST", "/v1/tasks/{bob_task}/retry", 403, 4003),
+    # -- another user's things: a task answers exactly as a missing one ----------------------
+    Case("read-bobs-task", "GET", "/v1/tasks/{bob_task}", 404, 4004),
+    Case("bobs-subtasks", "GET", "/v1/tasks/{bob_task}/subtasks", 404, 4004),
+    Case("cancel-bobs-task", "POST", "/v1/tasks/{bob_task}/cancel", 404, 4004),
+    Case("retry-bobs-task", "POST", "/v1/tasks/{bob_task}/retry", 404, 4004),
     Case("list-bobs-tasks", "GET", "/v1/tasks", 403, 4003, params={"user_id": "bob"}),
     Case("read-bobs-account", "GET", "/v1/accounts/bob", 403, 4003),
     Case("give-myself-quota", "PUT", "/v1/accounts/alice", 403, 4003,

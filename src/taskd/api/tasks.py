@@ -27,6 +27,7 @@ from taskd.api.models import (
     TaskOut,
     TaskSummaryOut,
 )
+from taskd.errors import TaskNotFound
 from taskd.queue.accounts import ApiStore, NewTask, TaskDetail
 from taskd.settings import Settings
 from taskd.types import Task
@@ -68,10 +69,11 @@ def _detail(t: TaskDetail) -> dict[str, Any]:
 
 
 async def _visible_task(api: ApiStore, caller: Principal, task_id: int) -> None:
-    """Raises TaskNotFound, or ApiError 403 unless the caller owns the task or is an admin."""
+    """Raises TaskNotFound unless the task exists and the caller owns it or is an admin:
+    another user's task is answered exactly as a missing one, so nothing of it is revealed."""
     owner = await api.task_owner(task_id)
     if not caller.is_admin and owner != caller.user_id:
-        raise ApiError(403, codes.FORBIDDEN, "no access to this task")
+        raise TaskNotFound(f"task {task_id} not found")
 
 
 def _queue_of(body: CreateTaskRequest, settings: Settings) -> str:
