@@ -32,6 +32,10 @@ from pydantic_settings import (
 from taskd.errors import ConfigError
 
 QUEUE_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+# Runs of a subtask, the first included: attempts = 1 + retries. The design's 3 retries.
+DEFAULT_MAX_ATTEMPTS = 4
+# The largest a PostgreSQL jsonb value can be (taskd.limits refuses more).
+MAX_PAYLOAD_BYTES_CEILING = 268_435_455
 DEFAULT_CONFIG_PATH = Path("/etc/taskd/taskd.toml")
 
 # DESIGN.md's per-queue defaults; a queue not named here takes QueueSettings' own defaults.
@@ -61,7 +65,10 @@ class QueueSettings(BaseModel):
         None, ge=1, description="most subtasks of this queue processing across all executors"
     )
     timeout: Seconds = Field(300.0, gt=0, description="a handler running longer is cancelled")
-    max_attempts: int = Field(3, ge=1, le=1000)
+    max_attempts: int = Field(
+        DEFAULT_MAX_ATTEMPTS, ge=1, le=1000,
+        description="runs of a subtask, the first included (attempts = 1 + retries)",
+    )
     pending_timeout: Seconds = Field(
         600.0, ge=0, description="fail subtasks pending longer than this; 0 turns it off"
     )
@@ -152,7 +159,10 @@ class Settings(BaseSettings):
     )
     listen: bool = True
     pool_size: int = Field(5, ge=2, le=100, description="database connections per daemon")
-    max_payload_bytes: int = Field(1024 * 1024, ge=1, description="largest payload accepted")
+    max_payload_bytes: int = Field(
+        1024 * 1024, ge=1, le=MAX_PAYLOAD_BYTES_CEILING,
+        description="largest payload accepted; `taskd migrate` makes the database enforce it",
+    )
     queues: dict[str, QueueSettings] = Field(
         default_factory=lambda: {name: QueueSettings(**d) for name, d in QUEUE_DEFAULTS.items()}
     )

@@ -93,13 +93,14 @@ def test_admin_endpoints_refuse_plain_users(
 
 @pytest.mark.parametrize(("method", "suffix"), [
     ("GET", ""), ("GET", "/subtasks"), ("POST", "/cancel"), ("POST", "/retry"),
+    ("PATCH", ""),
 ])
 def test_another_users_task_is_404_exactly_as_a_missing_one(
     client: Client, method: str, suffix: str
 ) -> None:
     put_account(client, "alice")
     task = create(client("alice"), name="secret-name", params={"secret": "s3cr3t"}).json()
-    body = None
+    body = {"priority": 5} if method == "PATCH" else None
     response = client("mallory").request(method, f"/v1/tasks/{task['id']}{suffix}", json=body)
     missing = client("mallory").request(method, f"/v1/tasks/{task['id'] + 1000}{suffix}",
                                         json=body)

@@ -247,26 +247,6 @@ def _fail_all(db: Conn, task_id: int) -> None:
                " completed_at = now() WHERE task_id = %s", (task_id,))
 
 
-def test_retry_by_the_owner_takes_quota_again_after_a_refund(client: Client, db: Conn) -> None:
-    put_account(client, "alice", quota=1)
-    c = client("alice")
-    task_id = create(c).json()["id"]
-    assert_error(c.post(f"/v1/tasks/{task_id}/retry"), 409, 4009, "no failed subtasks")
-    _fail_all(db, task_id)  # the task ends failed: the trigger refunds its unit
-    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 1
-    assert c.post(f"/v1/tasks/{task_id}/retry").json() == {
-        "id": task_id, "retried": 1, "quota_taken": 1}
-    assert c.get(f"/v1/tasks/{task_id}").json()["status"] == "processing"
-    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 0
-    _fail_all(db, task_id)  # fails again: refunded at most once per task...
-    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 0
-    # ...and the unit paid again covers further retries of the same task.
-    assert c.post(f"/v1/tasks/{task_id}/retry").json()["quota_taken"] == 0
-    ledger = db.execute("SELECT reason, delta FROM taskd.quota_ledger WHERE task_id = %s"
-                        " ORDER BY id", (task_id,)).fetchall()
-    assert ledger == [("deduct", -1), ("refund", 1), ("adjust", -1)]
-
-
 def test_retry_after_a_refund_needs_quota_unless_an_admin_asks(client: Client, db: Conn) -> None:
     put_account(client, "alice", quota=1)
     c = client("alice")

@@ -277,6 +277,8 @@ CASES: list[Case] = [
     Case("bobs-subtasks", "GET", "/v1/tasks/{bob_task}/subtasks", 404, 4004),
     Case("cancel-bobs-task", "POST", "/v1/tasks/{bob_task}/cancel", 404, 4004),
     Case("retry-bobs-task", "POST", "/v1/tasks/{bob_task}/retry", 404, 4004),
+    Case("reprioritise-bobs-task", "PATCH", "/v1/tasks/{bob_task}", 404, 4004,
+         json_body={"priority": 1000}),
     Case("list-bobs-tasks", "GET", "/v1/tasks", 403, 4003, params={"user_id": "bob"}),
     Case("read-bobs-account", "GET", "/v1/accounts/bob", 403, 4003),
     Case("give-myself-quota", "PUT", "/v1/accounts/alice", 403, 4003,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from taskd.errors import SchemaMissing, SchemaOutdated, SchemaTooNew
 from taskd.queue import migrations
@@ -157,3 +159,45 @@ async def test_upgrading_from_version_5_records_each_tasks_subtask_range(
                               " GROUP BY t.id ORDER BY t.id").fetchall()
         assert ranges[0][:2] == ranges[0][2:] and ranges[0][0] is not None
         assert ranges[1] == (None, None, None, None)
+
+
+def test_upgrading_to_rules_as_meant_keeps_grants_and_matches_refunds_to_charges(
+    empty_database_url: str,
+) -> None:
+    """rules_as_meant (version 8) replaces submit_task: who could execute it still can (and
+    PUBLIC still cannot, when roles.sql had taken it away); each old refund names its task's
+    deduction."""
+    role = f"t{uuid.uuid4().hex[:8]}_old_submitter"
+    upgrade = next(m for m in migrations.migrations() if m.name == "rules_as_meant")
+    migrated_to(empty_database_url, upgrade.version - 1)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        try:
+            old = ("taskd.submit_task(text, text, jsonb, text, integer, jsonb, text, integer,"
+                   " timestamptz, integer)")
+            conn.execute(f"REVOKE ALL ON FUNCTION {old} FROM PUBLIC")  # type: ignore[arg-type]
+            conn.execute(sql.SQL(f"GRANT EXECUTE ON FUNCTION {old} TO {{}}").format(  # type: ignore[arg-type]
+                sql.Identifier(role)))
+            conn.execute("INSERT INTO taskd.accounts (user_id, quota_remaining)"
+                         " VALUES ('alice', 0)")
+            task = conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]',"
+                                " user_id => 'alice')").fetchone()
+            conn.execute("INSERT INTO taskd.quota_ledger (user_id, task_id, delta, reason)"
+                         " VALUES ('alice', %(t)s, -1, 'deduct'), ('alice', %(t)s, 1, 'refund'),"
+                         " ('alice', NULL, 5, 'adjust')", {"t": task[0] if task else None})
+            conn.execute(upgrade.sql.encode())
+            new = "taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, timestamptz)"
+            can = conn.execute("SELECT has_function_privilege(%s, %s, 'EXECUTE'),"
+                               " has_function_privilege('public', %s, 'EXECUTE')",
+                               (role, new, new)).fetchone()
+            assert can == (True, False)
+            refunds = conn.execute(
+                "SELECT r.refund_of = c.id FROM taskd.quota_ledger r JOIN taskd.quota_ledger c"
+                " ON c.task_id = r.task_id AND c.reason = 'deduct' WHERE r.reason = 'refund'"
+            ).fetchall()
+            assert refunds == [(True,)]
+            assert conn.execute("SELECT max_payload_bytes FROM taskd.limits").fetchone() == (
+                1048576,)
+        finally:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -1,4 +1,5 @@
-"""Executor groups route work: real daemons in two groups, a real `taskd status`."""
+"""Executor groups route work: real daemons in two groups, real `taskd status` and
+`taskd tasks priority` processes."""
 
 from __future__ import annotations
 
@@ -66,3 +67,24 @@ def test_a_daemon_runs_only_the_queues_its_group_serves(database_url: str) -> No
                      message="the default daemon runs standard work")
             assert taskd(database_url, "status").returncode == 0
 
+
+def test_tasks_priority_command(database_url: str) -> None:
+    task_id = submit(database_url, "standard", n=3)
+    done = taskd(database_url, "tasks", "priority", str(task_id), "-5")
+    assert done.returncode == 0, done.stderr
+    assert f"task {task_id}: priority -5, 3 unfinished subtasks moved" in done.stdout
+    assert query(database_url, "SELECT DISTINCT priority FROM taskd.task_subtasks(%s)",
+                 task_id) == [(-5,)]
+    out_of_range = taskd(database_url, "tasks", "priority", str(task_id), "1001")
+    assert out_of_range.returncode == 2
+    assert "priority 1001 is outside -1000..1000" in out_of_range.stderr
+    missing = taskd(database_url, "tasks", "priority", "424242", "1")
+    assert (missing.returncode, missing.stderr.strip()) == (1, "taskd: error: no task 424242")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE taskd.subtasks SET status = 'cancelled', completed_at = now()"
+                     " WHERE task_id = %s", (task_id,))
+    ended = taskd(database_url, "tasks", "priority", str(task_id), "7")
+    assert ended.returncode == 1
+    assert "has already ended (cancelled); its priority cannot change" in ended.stderr
+    helped = taskd(database_url, "tasks", "priority", "--help")
+    assert helped.returncode == 0 and "claim order" in helped.stdout

@@ -30,6 +30,8 @@ def test_defaults_follow_the_design() -> None:
     )
     assert (lum.initial, lum.step, lum.scale_up_interval, lum.timeout) == (2, 2, 120, 300)
     assert (lum.polling_interval, lum.max_polls) == (5, 60)
+    # The design's 3 retries: attempts = 1 + retries.
+    assert std.max_attempts == lum.max_attempts == 4
     assert std.groups is None and s.served_queues.keys() == s.active_queues.keys()
 
 

@@ -132,6 +132,16 @@ def expand_prompts(
     return payloads
 
 
+class TaskPatch(BaseModel):
+    """``PATCH /v1/tasks/{id}``: what may change after submit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Strict, as at create: true, "5" or 5.0 is a wrong type, not a priority.
+    priority: StrictInt = Field(ge=-1000, le=1000, description="higher runs first; the "
+                                "task's pending subtasks move in the claim order at once")
+
+
 class Progress(BaseModel):
     total: int
     completed: int
