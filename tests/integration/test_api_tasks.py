@@ -55,17 +55,32 @@ def test_prompts_expand_over_every_combination_of_variables(client: Client, db: 
     assert response.status_code == 201, response.text
     task = response.json()
     assert task["queue"] == "lumina"
-    assert task["progress"]["total"] == 2 * 2 * 2
-    assert task["batch_size"] == 4 and task["total_images"] == 8 * 4
+    assert task["progress"]["total"] == 2 * 2 + 2
+    assert task["batch_size"] == 4 and task["total_images"] == 6 * 4
     prompts = [r[0] for r in db.execute(
         "SELECT payload->>'prompt' FROM taskd.subtasks WHERE task_id = %s ORDER BY id",
         (task["id"],))]
+    # "just {animal}" uses no {place}: it is not multiplied by the places.
     assert prompts == ["a cat in Rome", "a cat in 7", "a dog in Rome", "a dog in 7",
-                       "just cat", "just cat", "just dog", "just dog"]
+                       "just cat", "just dog"]
     payload = db.execute("SELECT payload FROM taskd.subtasks WHERE task_id = %s ORDER BY id"
                          " LIMIT 1", (task["id"],)).fetchone()
     assert payload == ({"prompt": "a cat in Rome", "batch_size": 4,
                         "variables": {"animal": "cat", "place": "Rome"}},)
+    last = db.execute("SELECT payload FROM taskd.subtasks WHERE task_id = %s ORDER BY id DESC"
+                      " LIMIT 1", (task["id"],)).fetchone()
+    assert last == ({"prompt": "just dog", "batch_size": 4, "variables": {"animal": "dog"}},)
+
+
+def test_a_prompt_without_placeholders_is_one_subtask(client: Client, db: Conn) -> None:
+    put_account(client, "alice")
+    task = create(client("alice"), kind="lumina", prompts=["a {city} at night", "the sea"],
+                  variables={"city": ["Rome", "Oslo", "Lima"]}).json()
+    assert task["progress"]["total"] == 3 + 1
+    prompts = [r[0] for r in db.execute(
+        "SELECT payload->>'prompt' FROM taskd.subtasks WHERE task_id = %s ORDER BY id",
+        (task["id"],))]
+    assert prompts == ["a Rome at night", "a Oslo at night", "a Lima at night", "the sea"]
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -74,6 +89,7 @@ def test_prompts_expand_over_every_combination_of_variables(client: Client, db: 
      "variables"),
     ({"prompts": []}, "prompts"),
     ({"prompts": [""]}, "prompts[0]"),
+    ({"prompts": ["x {v}"], "variables": {"v": ["a"], "w": ["b"]}}, "variables.w"),
     ({"prompts": ["x"], "variables": {"v": [True]}}, "variables.v[0]"),
     ({"prompts": ["x"], "variables": {"v": [{"nested": 1}]}}, "variables.v[0]"),
     ({"prompts": ["x"], "variables": {"v": []}}, "variables.v"),
