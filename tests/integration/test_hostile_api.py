@@ -72,7 +72,7 @@ def _unsigned(header: str, payload: str, signature: str = "c2ln") -> str:
 _RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 _RSA_PEM = _RSA_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
-ALICE = {"sub": "alice", "exp": NOW + 600}
+ALICE = {"sub": "alice", "exp": NOW + 3600}
 DEEP = 10_000
 
 # Tokens that must all be "invalid token" (401, 4011), sent with a valid create body.
@@ -92,12 +92,12 @@ BAD_TOKENS: dict[str, str] = {
     "no-exp": _token({"sub": "alice"}),
     "rs256-signed-for-hs256": _token(ALICE, _RSA_PEM, "RS256"),
     "hs512": _token(ALICE, SECRET, "HS512"),
-    "sub-with-nul": _token({"sub": "al\x00ice", "exp": NOW + 600}),
-    "sub-with-newline": _token({"sub": "alice\nadmin", "exp": NOW + 600}),
-    "sub-too-long": _token({"sub": "a" * 201, "exp": NOW + 600}),
-    "sub-is-a-list": _token({"sub": ["alice"], "exp": NOW + 600}),
+    "sub-with-nul": _token({"sub": "al\x00ice", "exp": NOW + 3600}),
+    "sub-with-newline": _token({"sub": "alice\nadmin", "exp": NOW + 3600}),
+    "sub-too-long": _token({"sub": "a" * 201, "exp": NOW + 3600}),
+    "sub-is-a-list": _token({"sub": ["alice"], "exp": NOW + 3600}),
     "sub-lone-surrogate": _unsigned('{"alg":"HS256"}', '{"sub":"\\ud800","exp":'
-                                    + str(NOW + 600) + "}"),
+                                    + str(NOW + 3600) + "}"),
     "truncated": _token(ALICE).rsplit(".", 1)[0],
     "signature-stripped": _token(ALICE).rsplit(".", 1)[0] + ".",
     "header-not-json": f"{_b64(b'{not json')}.{_b64(json.dumps(ALICE).encode())}.c2ln",
