@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench import http_clients, peers, targets, taskd_workloads
+from bench import http_clients, peers, targets, task_end, taskd_workloads
 from bench.common import print_table, temp_database, write_json
 
 
@@ -124,6 +124,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="rows a claim takes (the daemon claims 1,000 at concurrency 2,000)")
     p.add_argument("--repeat", type=int, default=2)
 
+    p = sub.add_parser("task-end", help="the drain with and without task-end notifications")
+    p.add_argument("-n", type=int, default=50_000)
+    p.add_argument("--per-task", type=int, nargs="+", default=[1, 100])
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=2000)
+    p.add_argument("--repeat", type=int, default=3)
+
     args = parser.parse_args(argv)
     w = args.workload
     if w == "throughput":
@@ -145,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         data = taskd_workloads.footprint(args.n, args.concurrency, args.sleep_ms)
     elif w == "ceiling":
         data = ceiling(args)
+    elif w == "task-end":
+        data = task_end.task_end(args.n, args.per_task, args.processes, args.concurrency,
+                                 args.repeat)
     else:
         data = compare(args)
     write_json(w, {"args": vars(args), **data})

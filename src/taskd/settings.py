@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -32,6 +32,10 @@ from pydantic_settings import (
 from taskd.errors import ConfigError
 
 QUEUE_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+# Runs of a subtask, the first included: attempts = 1 + retries. The design's 3 retries.
+DEFAULT_MAX_ATTEMPTS = 4
+# The largest a PostgreSQL jsonb value can be (taskd.limits refuses more).
+MAX_PAYLOAD_BYTES_CEILING = 268_435_455
 DEFAULT_CONFIG_PATH = Path("/etc/taskd/taskd.toml")
 
 # DESIGN.md's per-queue defaults; a queue not named here takes QueueSettings' own defaults.
@@ -64,7 +68,10 @@ class QueueSettings(BaseModel):
         None, ge=1, description="most subtasks of this queue processing across all executors"
     )
     timeout: Seconds = Field(300.0, gt=0, description="a handler running longer is cancelled")
-    max_attempts: int = Field(3, ge=1, le=1000)
+    max_attempts: int = Field(
+        DEFAULT_MAX_ATTEMPTS, ge=1, le=1000,
+        description="runs of a subtask, the first included (attempts = 1 + retries)",
+    )
     pending_timeout: Seconds = Field(
         600.0, ge=0, description="fail subtasks pending longer than this; 0 turns it off"
     )
@@ -83,6 +90,10 @@ class QueueSettings(BaseModel):
     )
     request_timeout: Seconds = Field(
         30.0, gt=0, description="one HTTP request of the http and lumina handlers"
+    )
+    groups: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, min_length=1,
+        description="the executor groups that serve this queue; unset: every group",
     )
 
     @model_validator(mode="after")
@@ -161,7 +172,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     executor_id: str = Field(default_factory=_default_executor_id, min_length=1, max_length=200)
-    executor_group: str = Field("default", min_length=1, max_length=200)
+    executor_group: str = Field(
+        "default", min_length=1, max_length=200,
+        description="which queues this daemon serves: those whose groups name it, or name none",
+    )
     database_pooler: Pooler = Field(
         "none", description="transaction: database_url goes through a pooler in transaction "
         "mode (PgBouncer): no prepared statements, no startup options, no LISTEN on it",
@@ -172,7 +186,10 @@ class Settings(BaseSettings):
         "default database_url",
     )
     pool_size: int = Field(5, ge=2, le=100, description="database connections per daemon")
-    max_payload_bytes: int = Field(1024 * 1024, ge=1, description="largest payload accepted")
+    max_payload_bytes: int = Field(
+        1024 * 1024, ge=1, le=MAX_PAYLOAD_BYTES_CEILING,
+        description="largest payload accepted; `taskd migrate` makes the database enforce it",
+    )
     tracing: bool | None = Field(
         None, description="OpenTelemetry spans (the otel extra); unset: on when "
         "OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set",
@@ -222,8 +239,15 @@ class Settings(BaseSettings):
 
     @property
     def active_queues(self) -> dict[str, QueueSettings]:
-        """The queues this executor claims from (``enabled``)."""
+        """The queues that run (``enabled``), whichever groups serve them."""
         return {name: q for name, q in self.queues.items() if q.enabled}
+
+    @property
+    def served_queues(self) -> dict[str, QueueSettings]:
+        """The queues this executor claims from: enabled, and served by its group (a queue
+        whose ``groups`` is unset is served by every group)."""
+        return {name: q for name, q in self.active_queues.items()
+                if q.groups is None or self.executor_group in q.groups}
 
     @field_validator("metrics_addr")
     @classmethod

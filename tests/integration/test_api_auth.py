@@ -93,18 +93,27 @@ def test_admin_endpoints_refuse_plain_users(
 
 @pytest.mark.parametrize(("method", "suffix"), [
     ("GET", ""), ("GET", "/subtasks"), ("POST", "/cancel"), ("POST", "/retry"),
+    ("PATCH", ""),
 ])
-def test_another_users_task_is_403_without_revealing_it(
+def test_another_users_task_is_404_exactly_as_a_missing_one(
     client: Client, method: str, suffix: str
 ) -> None:
     put_account(client, "alice")
     task = create(client("alice"), name="secret-name", params={"secret": "s3cr3t"}).json()
-    response = client("mallory").request(method, f"/v1/tasks/{task['id']}{suffix}")
-    body = assert_error(response, 403, 4003, "no access to this task")
-    assert "secret" not in response.text and body["details"] is None
+    body = {"priority": 5} if method == "PATCH" else None
+    response = client("mallory").request(method, f"/v1/tasks/{task['id']}{suffix}", json=body)
+    missing = client("mallory").request(method, f"/v1/tasks/{task['id'] + 1000}{suffix}",
+                                        json=body)
+    assert_error(response, 404, 4004, "task not found")
+    assert "secret" not in response.text
+    # Byte for byte the answer for an id that does not exist, but for the id itself.
+    assert response.text.replace(str(task["id"]), "ID") == missing.text.replace(
+        str(task["id"] + 1000), "ID")
+    assert response.headers.get("content-length") == missing.headers.get("content-length")
     # The owner and an admin get through.
-    owner = client("alice").request(method, f"/v1/tasks/{task['id']}{suffix}")
-    admin = client("root", admin=True).request(method, f"/v1/tasks/{task['id']}{suffix}")
+    owner = client("alice").request(method, f"/v1/tasks/{task['id']}{suffix}", json=body)
+    admin = client("root", admin=True).request(method, f"/v1/tasks/{task['id']}{suffix}",
+                                               json=body)
     assert owner.status_code in (200, 409), owner.text  # 409: retry with nothing failed
     assert admin.status_code == owner.status_code or suffix == "/cancel", admin.text
 

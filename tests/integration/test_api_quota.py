@@ -1,4 +1,5 @@
-"""Quota under concurrency: no overselling, idempotent replays, refunds exactly once."""
+"""Quota under concurrency: no overselling, idempotent replays, refunds exactly once per charge;
+retries that charge again and refund again."""
 
 from __future__ import annotations
 
@@ -170,3 +171,88 @@ async def test_a_failed_task_refunds_exactly_once_when_executors_and_rescuer_rac
     assert sorted(r[0] for r in refunds) == sorted(ids) and {r[1] for r in refunds} == {1}
     assert _quota(db, "alice") == tasks
     assert _ledger_sum(db, "alice") == tasks
+
+
+def _fail_all(db: Conn, task_id: int) -> None:
+    db.execute("UPDATE taskd.subtasks SET status = 'failed', error = 'boom',"
+               " completed_at = now() WHERE task_id = %s", (task_id,))
+
+
+def _ledger_matches_accounts(db: Conn) -> None:
+    """Every account's ledger sums to its quota; every refund gives back one charge of its
+    task, and no charge is refunded twice."""
+    mismatched = db.execute(
+        "SELECT a.user_id, a.quota_remaining, coalesce(sum(l.delta), 0)"
+        " FROM taskd.accounts a LEFT JOIN taskd.quota_ledger l ON l.user_id = a.user_id"
+        " GROUP BY a.user_id HAVING a.quota_remaining <> coalesce(sum(l.delta), 0)").fetchall()
+    assert mismatched == []
+    bad_refunds = db.execute(
+        "SELECT r.id FROM taskd.quota_ledger r LEFT JOIN taskd.quota_ledger c"
+        " ON c.id = r.refund_of WHERE r.reason = 'refund' AND (c.id IS NULL"
+        " OR c.task_id IS DISTINCT FROM r.task_id OR c.delta <> -r.delta)").fetchall()
+    assert bad_refunds == []
+    twice = db.execute("SELECT refund_of FROM taskd.quota_ledger WHERE refund_of IS NOT NULL"
+                       " GROUP BY refund_of HAVING count(*) > 1").fetchall()
+    assert twice == []
+
+
+def test_a_retried_task_that_fails_again_is_refunded_again(client: Client, db: Conn) -> None:
+    """create -> fail -> refund -> retry (charged again) -> fail -> refund: every charge is
+    matched by one refund, and the ledger sums to the account's quota throughout."""
+    put_account(client, "alice", quota=1)
+    c = client("alice")
+    task_id = create(c).json()["id"]
+    assert_error(c.post(f"/v1/tasks/{task_id}/retry"), 409, 4009, "no failed subtasks")
+    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 0
+    _fail_all(db, task_id)  # the task ends failed: the trigger refunds its unit
+    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 1
+    _ledger_matches_accounts(db)
+    assert c.post(f"/v1/tasks/{task_id}/retry").json() == {
+        "id": task_id, "retried": 1, "quota_taken": 1}
+    assert c.get(f"/v1/tasks/{task_id}").json()["status"] == "processing"
+    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 0
+    _ledger_matches_accounts(db)
+    _fail_all(db, task_id)  # fails again: the second charge is refunded in turn
+    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 1
+    _ledger_matches_accounts(db)
+    ledger = db.execute("SELECT reason, delta, refund_of IS NOT NULL FROM taskd.quota_ledger"
+                        " WHERE task_id = %s ORDER BY id", (task_id,)).fetchall()
+    assert ledger == [("deduct", -1, False), ("refund", 1, True),
+                      ("deduct", -1, False), ("refund", 1, True)]
+    # A third round charges and refunds once more; quota_cost counts the charges.
+    assert c.post(f"/v1/tasks/{task_id}/retry").json()["quota_taken"] == 1
+    _fail_all(db, task_id)
+    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 1
+    assert db.execute("SELECT quota_cost FROM taskd.tasks WHERE id = %s",
+                      (task_id,)).fetchone() == (3,)
+    _ledger_matches_accounts(db)
+
+
+def test_a_retry_while_the_charge_is_held_takes_nothing(client: Client, db: Conn) -> None:
+    """A subtask failed but the task runs on (not ended, not refunded): retrying its failed
+    subtasks takes nothing more, and its end refunds the one charge once."""
+    put_account(client, "alice", quota=2)
+    c = client("alice")
+    task_id = create(c, subtasks=[{"n": 1}, {"n": 2}]).json()["id"]
+    first = db.execute("SELECT min(id) FROM taskd.subtasks WHERE task_id = %s",
+                       (task_id,)).fetchone()
+    assert first is not None
+    db.execute("UPDATE taskd.subtasks SET status = 'failed', error = 'boom',"
+               " completed_at = now() WHERE id = %s", first)
+    assert c.post(f"/v1/tasks/{task_id}/retry").json()["quota_taken"] == 0
+    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 1
+    _fail_all(db, task_id)
+    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 2
+    _ledger_matches_accounts(db)
+
+
+def test_an_admins_free_retry_is_not_refunded(client: Client, db: Conn) -> None:
+    put_account(client, "alice", quota=1)
+    c = client("alice")
+    task_id = create(c).json()["id"]
+    _fail_all(db, task_id)
+    assert client("root", admin=True).post(f"/v1/tasks/{task_id}/retry").json()[
+        "quota_taken"] == 0
+    _fail_all(db, task_id)  # nothing was charged for this run: nothing comes back
+    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 1
+    _ledger_matches_accounts(db)

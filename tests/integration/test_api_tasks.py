@@ -55,17 +55,32 @@ def test_prompts_expand_over_every_combination_of_variables(client: Client, db: 
     assert response.status_code == 201, response.text
     task = response.json()
     assert task["queue"] == "lumina"
-    assert task["progress"]["total"] == 2 * 2 * 2
-    assert task["batch_size"] == 4 and task["total_images"] == 8 * 4
+    assert task["progress"]["total"] == 2 * 2 + 2
+    assert task["batch_size"] == 4 and task["total_images"] == 6 * 4
     prompts = [r[0] for r in db.execute(
         "SELECT payload->>'prompt' FROM taskd.subtasks WHERE task_id = %s ORDER BY id",
         (task["id"],))]
+    # "just {animal}" uses no {place}: it is not multiplied by the places.
     assert prompts == ["a cat in Rome", "a cat in 7", "a dog in Rome", "a dog in 7",
-                       "just cat", "just cat", "just dog", "just dog"]
+                       "just cat", "just dog"]
     payload = db.execute("SELECT payload FROM taskd.subtasks WHERE task_id = %s ORDER BY id"
                          " LIMIT 1", (task["id"],)).fetchone()
     assert payload == ({"prompt": "a cat in Rome", "batch_size": 4,
                         "variables": {"animal": "cat", "place": "Rome"}},)
+    last = db.execute("SELECT payload FROM taskd.subtasks WHERE task_id = %s ORDER BY id DESC"
+                      " LIMIT 1", (task["id"],)).fetchone()
+    assert last == ({"prompt": "just dog", "batch_size": 4, "variables": {"animal": "dog"}},)
+
+
+def test_a_prompt_without_placeholders_is_one_subtask(client: Client, db: Conn) -> None:
+    put_account(client, "alice")
+    task = create(client("alice"), kind="lumina", prompts=["a {city} at night", "the sea"],
+                  variables={"city": ["Rome", "Oslo", "Lima"]}).json()
+    assert task["progress"]["total"] == 3 + 1
+    prompts = [r[0] for r in db.execute(
+        "SELECT payload->>'prompt' FROM taskd.subtasks WHERE task_id = %s ORDER BY id",
+        (task["id"],))]
+    assert prompts == ["a Rome at night", "a Oslo at night", "a Lima at night", "the sea"]
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -74,6 +89,7 @@ def test_prompts_expand_over_every_combination_of_variables(client: Client, db: 
      "variables"),
     ({"prompts": []}, "prompts"),
     ({"prompts": [""]}, "prompts[0]"),
+    ({"prompts": ["x {v}"], "variables": {"v": ["a"], "w": ["b"]}}, "variables.w"),
     ({"prompts": ["x"], "variables": {"v": [True]}}, "variables.v[0]"),
     ({"prompts": ["x"], "variables": {"v": [{"nested": 1}]}}, "variables.v[0]"),
     ({"prompts": ["x"], "variables": {"v": []}}, "variables.v"),
@@ -247,26 +263,6 @@ def _fail_all(db: Conn, task_id: int) -> None:
                " completed_at = now() WHERE task_id = %s", (task_id,))
 
 
-def test_retry_by_the_owner_takes_quota_again_after_a_refund(client: Client, db: Conn) -> None:
-    put_account(client, "alice", quota=1)
-    c = client("alice")
-    task_id = create(c).json()["id"]
-    assert_error(c.post(f"/v1/tasks/{task_id}/retry"), 409, 4009, "no failed subtasks")
-    _fail_all(db, task_id)  # the task ends failed: the trigger refunds its unit
-    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 1
-    assert c.post(f"/v1/tasks/{task_id}/retry").json() == {
-        "id": task_id, "retried": 1, "quota_taken": 1}
-    assert c.get(f"/v1/tasks/{task_id}").json()["status"] == "processing"
-    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 0
-    _fail_all(db, task_id)  # fails again: refunded at most once per task...
-    assert c.get("/v1/accounts/alice").json()["quota_remaining"] == 0
-    # ...and the unit paid again covers further retries of the same task.
-    assert c.post(f"/v1/tasks/{task_id}/retry").json()["quota_taken"] == 0
-    ledger = db.execute("SELECT reason, delta FROM taskd.quota_ledger WHERE task_id = %s"
-                        " ORDER BY id", (task_id,)).fetchall()
-    assert ledger == [("deduct", -1), ("refund", 1), ("adjust", -1)]
-
-
 def test_retry_after_a_refund_needs_quota_unless_an_admin_asks(client: Client, db: Conn) -> None:
     put_account(client, "alice", quota=1)
     c = client("alice")
@@ -313,7 +309,10 @@ def test_status_reports_queues_executors_tasks_rate_and_database(
     assert status["queues"]["standard"]["concurrency"] == 10
     assert status["queues"]["standard"]["running"] == 3
     assert status["queues"]["standard"]["pending"] == 2
-    assert status["tasks"] == {"pending": 1}
+    assert status["tasks"] == {"pending": 1, "processing": 0, "completed": 0, "failed": 0,
+                               "cancelled": 0}
+    assert status["subtasks"] == {"pending": 2, "processing": 0, "completed": 0, "failed": 0,
+                                  "cancelled": 0}
     assert status["executors"] == {"running": 1}
     assert status["uptime_seconds"] >= 0 and status["version"]
     assert status["processing_rate"]["window_seconds"] == 60

@@ -72,7 +72,7 @@ def _unsigned(header: str, payload: str, signature: str = "c2ln") -> str:
 _RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 _RSA_PEM = _RSA_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
-ALICE = {"sub": "alice", "exp": NOW + 600}
+ALICE = {"sub": "alice", "exp": NOW + 3600}
 DEEP = 10_000
 
 # Tokens that must all be "invalid token" (401, 4011), sent with a valid create body.
@@ -92,12 +92,12 @@ BAD_TOKENS: dict[str, str] = {
     "no-exp": _token({"sub": "alice"}),
     "rs256-signed-for-hs256": _token(ALICE, _RSA_PEM, "RS256"),
     "hs512": _token(ALICE, SECRET, "HS512"),
-    "sub-with-nul": _token({"sub": "al\x00ice", "exp": NOW + 600}),
-    "sub-with-newline": _token({"sub": "alice\nadmin", "exp": NOW + 600}),
-    "sub-too-long": _token({"sub": "a" * 201, "exp": NOW + 600}),
-    "sub-is-a-list": _token({"sub": ["alice"], "exp": NOW + 600}),
+    "sub-with-nul": _token({"sub": "al\x00ice", "exp": NOW + 3600}),
+    "sub-with-newline": _token({"sub": "alice\nadmin", "exp": NOW + 3600}),
+    "sub-too-long": _token({"sub": "a" * 201, "exp": NOW + 3600}),
+    "sub-is-a-list": _token({"sub": ["alice"], "exp": NOW + 3600}),
     "sub-lone-surrogate": _unsigned('{"alg":"HS256"}', '{"sub":"\\ud800","exp":'
-                                    + str(NOW + 600) + "}"),
+                                    + str(NOW + 3600) + "}"),
     "truncated": _token(ALICE).rsplit(".", 1)[0],
     "signature-stripped": _token(ALICE).rsplit(".", 1)[0] + ".",
     "header-not-json": f"{_b64(b'{not json')}.{_b64(json.dumps(ALICE).encode())}.c2ln",
@@ -272,11 +272,13 @@ CASES: list[Case] = [
          params={"status": "pending' OR 1=1 --"}),
     Case("list-cursor-sql", "GET", "/v1/tasks", 422, 4001, params={"cursor": "1 OR 1=1"}),
     Case("account-path-sql", "GET", "/v1/accounts/x'%20OR%20'1'='1", 403, 4003),
-    # -- another user's things ----------------------------------------------------------------
-    Case("read-bobs-task", "GET", "/v1/tasks/{bob_task}", 403, 4003),
-    Case("bobs-subtasks", "GET", "/v1/tasks/{bob_task}/subtasks", 403, 4003),
-    Case("cancel-bobs-task", "POST", "/v1/tasks/{bob_task}/cancel", 403, 4003),
-    Case("retry-bobs-task", "POST", "/v1/tasks/{bob_task}/retry", 403, 4003),
+    # -- another user's things: a task answers exactly as a missing one ----------------------
+    Case("read-bobs-task", "GET", "/v1/tasks/{bob_task}", 404, 4004),
+    Case("bobs-subtasks", "GET", "/v1/tasks/{bob_task}/subtasks", 404, 4004),
+    Case("cancel-bobs-task", "POST", "/v1/tasks/{bob_task}/cancel", 404, 4004),
+    Case("retry-bobs-task", "POST", "/v1/tasks/{bob_task}/retry", 404, 4004),
+    Case("reprioritise-bobs-task", "PATCH", "/v1/tasks/{bob_task}", 404, 4004,
+         json_body={"priority": 1000}),
     Case("list-bobs-tasks", "GET", "/v1/tasks", 403, 4003, params={"user_id": "bob"}),
     Case("read-bobs-account", "GET", "/v1/accounts/bob", 403, 4003),
     Case("give-myself-quota", "PUT", "/v1/accounts/alice", 403, 4003,

@@ -35,7 +35,7 @@ def apply_roles(url: str, names: dict[str, str]) -> None:
 def roles(database_url: str) -> Iterator[dict[str, str]]:
     """Group roles from roles.sql and a login role in each, with names of this test's own."""
     suffix = uuid.uuid4().hex[:8]
-    groups = {kind: f"t{suffix}_{kind}" for kind in ("executor", "api", "readonly")}
+    groups = {kind: f"t{suffix}_{kind}" for kind in ("executor", "api", "readonly", "client")}
     logins = {kind: f"{name}_login" for kind, name in groups.items()}
     try:
         apply_roles(database_url, groups)
@@ -118,14 +118,71 @@ def test_the_executor_role_can_refund_a_failed_api_task(
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute("INSERT INTO taskd.accounts (user_id, is_member, quota_remaining) "
                       "VALUES ('alice', true, 0)")
-        task_id = admin.execute("SELECT taskd.submit_task('standard', 'fail', %s::jsonb, "
-                                "user_id => 'alice', max_attempts => 1)",
+        task_id = admin.execute("SELECT taskd.submit_task_for_user('alice', 'standard', 'fail',"
+                                " %s::jsonb, max_attempts => 1)",
                                 ('[{"permanent": true}]',)).fetchone()[0]  # type: ignore[index]
+        # As the API charges it: the task's cost and its deduction in the ledger.
         admin.execute("UPDATE taskd.tasks SET quota_cost = 1 WHERE id = %s", (task_id,))
+        admin.execute("INSERT INTO taskd.quota_ledger (user_id, task_id, delta, reason)"
+                      " VALUES ('alice', %s, -1, 'deduct')", (task_id,))
     with daemons(roles["executor"], 1, TASKD_POLL_INTERVAL="0.5"):
         wait_for(lambda: scalar(database_url, "SELECT status FROM taskd.tasks") == "failed",
                  timeout=30, message="the task failed")
     assert scalar(database_url, "SELECT quota_remaining FROM taskd.accounts") == 1
+    assert scalar(database_url, "SELECT count(*) FROM taskd.quota_ledger"
+                  " WHERE reason = 'refund' AND refund_of IS NOT NULL") == 1
+
+
+def test_the_client_role_submits_within_the_servers_rules_and_nothing_more(
+    roles: dict[str, str], database_url: str
+) -> None:
+    """The least-privileged SQL client: it cannot lift the payload limit, cannot submit as a
+    user, cannot write a table; it can submit, read its task, reprioritise it and wait for
+    its end, all as docs/sql.md says."""
+    client = roles["client"]
+    three_mib = '[{"blob": "' + "x" * (3 * 1024 * 1024) + '"}]'
+    before = _counts(database_url)
+    with psycopg.connect(client, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.UndefinedFunction):  # no such argument
+            conn.execute("SELECT taskd.submit_task('standard', 'noop', %s::jsonb,"
+                         " max_payload_bytes => 2147483647)", (three_mib,))
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="larger than 1048576"):
+            conn.execute("SELECT taskd.submit_task('standard', 'noop', %s::jsonb)",
+                         (three_mib,))
+        with pytest.raises(psycopg.errors.UndefinedFunction):
+            conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]',"
+                         " user_id => 'mallory')")
+        for statement in (
+            "SELECT taskd.submit_task_for_user('mallory', 'standard', 'noop', '[{}]')",
+            "UPDATE taskd.limits SET max_payload_bytes = 2147483647",
+            "INSERT INTO taskd.tasks (queue, kind, total) VALUES ('standard', 'noop', 1)",
+            "UPDATE taskd.subtasks SET priority = 1000",
+            "SELECT * FROM taskd.accounts",
+            "SELECT * FROM taskd.quota_ledger",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)  # type: ignore[arg-type]
+    assert _counts(database_url) == before
+    with psycopg.connect(client, autocommit=True) as conn:
+        conn.execute("LISTEN taskd_task_end")
+        task_id = conn.execute("SELECT taskd.submit_task('standard', 'noop',"
+                               " '[{\"n\": 1}, {\"n\": 2}]')").fetchone()[0]  # type: ignore[index]
+        assert conn.execute("SELECT user_id FROM taskd.tasks WHERE id = %s",
+                            (task_id,)).fetchone() == (None,)
+        assert conn.execute("SELECT taskd.set_task_priority(%s, 50)",
+                            (task_id,)).fetchone() == (2,)
+        assert conn.execute("SELECT count(*), min(priority) FROM taskd.task_subtasks(%s)",
+                            (task_id,)).fetchone() == (2, 50)
+        with daemons(roles["executor"], 1, TASKD_POLL_INTERVAL="0.5"):
+            heard = next(conn.notifies(timeout=30, stop_after=1))
+        assert int(heard.payload) == task_id
+        assert conn.execute("SELECT status FROM taskd.tasks WHERE id = %s",
+                            (task_id,)).fetchone() == ("completed",)
+
+
+def _counts(url: str) -> tuple[int, int]:
+    return (scalar(url, "SELECT count(*) FROM taskd.tasks"),
+            scalar(url, "SELECT count(*) FROM taskd.subtasks"))
 
 
 def test_the_readonly_role_runs_taskd_status_and_can_write_nothing(

@@ -164,12 +164,13 @@ async def test_upgrading_from_version_5_records_each_tasks_subtask_range(
         assert ranges[1] == (None, None, None, None)
 
 
-NEW_SUBMIT = ("taskd.submit_task(text, text, jsonb, text, integer, jsonb, text, integer, "
-              "timestamptz, integer, text)")
+# submit_task as it is after every migration (versions 9 and 10 replaced it).
+NEW_SUBMIT = ("taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, "
+              "timestamptz, text)")
 
 
-def test_version_9_keeps_who_may_execute_submit_task(empty_database_url: str) -> None:
-    """Version 9 replaces submit_task (a new last argument): roles that could execute the old
+def test_versions_9_and_10_keep_who_may_execute_submit_task(empty_database_url: str) -> None:
+    """Versions 9 and 10 replace submit_task (new arguments): roles that could execute the old
     one can execute the new one, and PUBLIC still cannot when it could not before."""
     role = f"taskd_submitter_{uuid.uuid4().hex[:8]}"
     migrated_to(empty_database_url, 7)
@@ -182,7 +183,7 @@ def test_version_9_keeps_who_may_execute_submit_task(empty_database_url: str) ->
                 "GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, "
                 "jsonb, text, integer, timestamptz, integer) TO {}").format(sql.Identifier(role)))
             applied = anyio.run(_migrate, empty_database_url)
-            assert [m.version for m in applied] == [8, 9]
+            assert [m.version for m in applied] == [8, 9, 10]
             may = conn.execute(
                 "SELECT has_function_privilege(%s, %s::regprocedure, 'EXECUTE'),"
                 " has_function_privilege('public', %s::regprocedure, 'EXECUTE')",
@@ -196,3 +197,45 @@ def test_version_9_keeps_who_may_execute_submit_task(empty_database_url: str) ->
 async def _migrate(url: str) -> list[migrations.Migration]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
         return await migrations.migrate(c)
+
+
+def test_upgrading_to_rules_as_meant_keeps_grants_and_matches_refunds_to_charges(
+    empty_database_url: str,
+) -> None:
+    """rules_as_meant (version 10) replaces submit_task: who could execute it still can (and
+    PUBLIC still cannot, when roles.sql had taken it away); each old refund names its task's
+    deduction."""
+    role = f"t{uuid.uuid4().hex[:8]}_old_submitter"
+    upgrade = next(m for m in migrations.migrations() if m.name == "rules_as_meant")
+    migrated_to(empty_database_url, upgrade.version - 1)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        try:
+            old = ("taskd.submit_task(text, text, jsonb, text, integer, jsonb, text, integer,"
+                   " timestamptz, integer, text)")
+            conn.execute(f"REVOKE ALL ON FUNCTION {old} FROM PUBLIC")  # type: ignore[arg-type]
+            conn.execute(sql.SQL(f"GRANT EXECUTE ON FUNCTION {old} TO {{}}").format(  # type: ignore[arg-type]
+                sql.Identifier(role)))
+            conn.execute("INSERT INTO taskd.accounts (user_id, quota_remaining)"
+                         " VALUES ('alice', 0)")
+            task = conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]',"
+                                " user_id => 'alice')").fetchone()
+            conn.execute("INSERT INTO taskd.quota_ledger (user_id, task_id, delta, reason)"
+                         " VALUES ('alice', %(t)s, -1, 'deduct'), ('alice', %(t)s, 1, 'refund'),"
+                         " ('alice', NULL, 5, 'adjust')", {"t": task[0] if task else None})
+            conn.execute(upgrade.sql.encode())
+            new = NEW_SUBMIT
+            can = conn.execute("SELECT has_function_privilege(%s, %s, 'EXECUTE'),"
+                               " has_function_privilege('public', %s, 'EXECUTE')",
+                               (role, new, new)).fetchone()
+            assert can == (True, False)
+            refunds = conn.execute(
+                "SELECT r.refund_of = c.id FROM taskd.quota_ledger r JOIN taskd.quota_ledger c"
+                " ON c.task_id = r.task_id AND c.reason = 'deduct' WHERE r.reason = 'refund'"
+            ).fetchall()
+            assert refunds == [(True,)]
+            assert conn.execute("SELECT max_payload_bytes FROM taskd.limits").fetchone() == (
+                1048576,)
+        finally:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -143,13 +143,53 @@ async def test_running_executor_with_a_stale_heartbeat_is_not_live(store: Store)
     await store.register_executor(ExecutorInfo("lonely", "default", "h", 1, "0.1.0"))
     await factories.submit(store, 2)
     now = await store.database_now()
-    await store.heartbeat_executor("lonely", {}, {}, now=now - timedelta(seconds=120))
+    await store.heartbeat_executor("lonely", {"standard": 10}, {},
+                                   now=now - timedelta(seconds=120))
     report = await read_status(store, dead_after=DEAD_AFTER)
     assert [(e.status, e.alive) for e in report.executors] == [("running", False)]
     assert [p.code for p in report.problems] == ["no_live_executor"]
-    # The same executor heartbeating now serves every queue (it names none).
-    await store.heartbeat_executor("lonely", {}, {})
+    # The same executor heartbeating now serves the queue its concurrency names.
+    await store.heartbeat_executor("lonely", {"standard": 10}, {})
     assert (await read_status(store, dead_after=DEAD_AFTER)).healthy
+
+
+async def test_a_queue_is_served_only_by_executors_that_name_it(store: Store) -> None:
+    """Executor groups route work: a live executor whose group does not serve a queue (its
+    concurrency does not name it) leaves that queue's backlog unserved, and status says so."""
+    await store.register_executor(ExecutorInfo("gpu-1", "gpu", "h1", 1, "0.1.0",
+                                               concurrency={"render": 4}))
+    await store.register_executor(ExecutorInfo("gpu-2", "gpu", "h2", 1, "0.1.0",
+                                               concurrency={"render": 4}))
+    await store.register_executor(ExecutorInfo("cpu-1", "default", "h3", 1, "0.1.0",
+                                               concurrency={"render": 2, "standard": 10}))
+    await store.register_executor(ExecutorInfo("idle", "spare", "h4", 1, "0.1.0"))
+    await factories.submit(store, 2, queue="render")
+    report = await read_status(store, dead_after=DEAD_AFTER)
+    render = {q.queue: q for q in report.queues}["render"]
+    assert render.groups == ["default", "gpu"]
+    assert sorted(render.executors) == ["cpu-1", "gpu-1", "gpu-2"]
+    assert report.healthy
+    await factories.submit(store, 3, queue="batch")
+    report = await read_status(store, dead_after=DEAD_AFTER)
+    batch = {q.queue: q for q in report.queues}["batch"]
+    assert (batch.groups, batch.executors) == ([], [])
+    assert [(p.code, p.queue) for p in report.problems] == [("no_live_executor", "batch")]
+    assert "no live executor serves it" in report.problems[0].message
+    data = report.to_json()
+    assert {q["queue"]: q["groups"] for q in data["queues"]} == {
+        "batch": [], "render": ["default", "gpu"]}
+
+
+async def test_status_counts_tasks_and_subtasks_by_status(store: Store) -> None:
+    await arrange_cluster(store)
+    report = await read_status(store, dead_after=DEAD_AFTER)
+    assert report.tasks == {"pending": 1, "processing": 1, "completed": 0, "failed": 0,
+                            "cancelled": 0}
+    # standard: 4 ready + 1 scheduled, 2 processing, 2 completed, 1 failed; lumina: 3 pending.
+    assert report.subtasks == {"pending": 8, "processing": 2, "completed": 2, "failed": 1,
+                               "cancelled": 0}
+    data = report.to_json()
+    assert data["tasks"] == report.tasks and data["subtasks"] == report.subtasks
 
 
 async def test_empty_database_is_healthy(store: Store) -> None:
@@ -158,8 +198,10 @@ async def test_empty_database_is_healthy(store: Store) -> None:
     data = report.to_json()
     assert sorted(data) == [
         "database", "errors", "executors", "format", "generated_at", "healthy", "problems",
-        "queues",
+        "queues", "subtasks", "tasks",
     ]
+    zero = {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0}
+    assert data["tasks"] == zero and data["subtasks"] == zero
 
 
 async def test_status_json_shape_is_stable(store: Store) -> None:
@@ -173,8 +215,9 @@ async def test_status_json_shape_is_stable(store: Store) -> None:
     ]
     assert executor["queues"]["standard"] == {"limit": 10, "running": 1}
     assert sorted(data["queues"][0]) == [
-        "completed_last_hour", "failed_last_hour", "oldest_pending_seconds", "processing",
-        "queue", "rate_per_minute", "ready", "scheduled",
+        "completed_last_hour", "executors", "failed_last_hour", "groups",
+        "oldest_pending_seconds", "processing", "queue", "rate_per_minute", "ready",
+        "scheduled",
     ]
     assert sorted(data["errors"][0]) == [
         "count", "error_type", "first_occurred_at", "kind", "last_occurred_at", "message",

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from taskd.errors import InvalidInput
-from taskd.queue import Store
+from taskd.queue import Store, migrations
 from tests.factories import fetch_one, table_counts
 
 pytestmark = pytest.mark.anyio
@@ -131,13 +131,13 @@ async def test_payload_checks_are_the_same_for_one_payload_and_for_many(
 ) -> None:
     """A task of one subtask takes submit_task's short way (schema 7): the same rules and
     messages as the query over a longer array."""
-    before = await table_counts(conn)
     payloads = [{}] * position + [payload]
+    await conn.execute("UPDATE taskd.limits SET max_payload_bytes = %s", (max_bytes,))
+    before = await table_counts(conn)
     with pytest.raises(psycopg.errors.InvalidParameterValue,
                        match=rf"^taskd: payloads\[{position}\] {error}"):
         await conn.execute(
-            "SELECT taskd.submit_task('standard', 'noop', %s::jsonb, max_payload_bytes => %s)",
-            (json.dumps(payloads), max_bytes),
+            "SELECT taskd.submit_task('standard', 'noop', %s::jsonb)", (json.dumps(payloads),)
         )
     assert await table_counts(conn) == before
 
@@ -146,8 +146,8 @@ async def test_one_payload_writes_what_the_array_path_writes(conn: Any) -> None:
     """The one-subtask insert and the array insert give the same rows, but for ids."""
     columns = ("queue, kind, priority, status, payload, attempt, max_attempts, run_after,"
                " locked_by, lease_expires_at, cancel_requested, state, result, error")
-    call = ("SELECT taskd.submit_task('standard', 'noop', %s::jsonb, name => 'n', priority => 9,"
-            " params => '{\"p\": 1}', user_id => 'u', max_attempts => 4,"
+    call = ("SELECT taskd.submit_task_for_user('u', 'standard', 'noop', %s::jsonb, name => 'n',"
+            " priority => 9, params => '{\"p\": 1}', max_attempts => 4,"
             " run_after => '2030-01-01T00:00:00Z')")
     one = await fetch_one(conn, call, '[{"k": [1, {"v": null}]}]')
     two = await fetch_one(conn, call, '[{"k": [1, {"v": null}]}, {"k": 2}]')
@@ -182,12 +182,20 @@ async def test_sql_submit_task_rejects_too_many_subtasks(conn: Any) -> None:
     assert await fetch_one(conn, "SELECT count(*) FROM taskd.subtasks") == 0
 
 
-async def test_sql_payload_limit_is_a_parameter(conn: Any) -> None:
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"payloads\[0\] is larger"):
-        await conn.execute(
-            "SELECT taskd.submit_task('standard', 'noop', '[{\"a\": \"0123456789\"}]',"
-            " max_payload_bytes => 10)"
-        )
+async def test_sql_payload_limit_is_the_servers(conn: Any, database_url: str) -> None:
+    """taskd.limits holds it, written by `taskd migrate` from max_payload_bytes."""
+    call = "SELECT taskd.submit_task('standard', 'noop', '[{\"a\": \"0123456789\"}]')"
+    await conn.execute(call)  # 20 bytes, under the default MiB
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as c:
+        assert await migrations.migrate(c, max_payload_bytes=10) == []
+    assert await fetch_one(conn, "SELECT max_payload_bytes FROM taskd.limits") == 10
+    with pytest.raises(psycopg.errors.InvalidParameterValue,
+                       match=r"payloads\[0\] is larger than 10 bytes"):
+        await conn.execute(call)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        await conn.execute("UPDATE taskd.limits SET max_payload_bytes = 0")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await conn.execute("INSERT INTO taskd.limits (max_payload_bytes) VALUES (5)")
 
 
 async def test_longest_names_pass_and_one_more_fails_in_submit_and_table(conn: Any) -> None:

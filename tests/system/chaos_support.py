@@ -257,16 +257,27 @@ VIOLATIONS: dict[str, str] = {
         SELECT a.user_id, a.quota_remaining, sum(l.delta) FROM taskd.accounts a
           JOIN taskd.quota_ledger l ON l.user_id = a.user_id
          GROUP BY a.user_id, a.quota_remaining HAVING a.quota_remaining <> sum(l.delta)""",
-    "refund not exactly once per failed API task": """
-        SELECT t.id, t.status, count(l.id) FROM taskd.tasks t
-          LEFT JOIN taskd.quota_ledger l ON l.task_id = t.id AND l.reason = 'refund'
-         WHERE t.quota_cost > 0
-         GROUP BY t.id, t.status
-        HAVING count(l.id) <> CASE WHEN t.status = 'failed' THEN 1 ELSE 0 END""",
-    "deduction not exactly once per API task": """
-        SELECT t.id, count(l.id) FROM taskd.tasks t
-          LEFT JOIN taskd.quota_ledger l ON l.task_id = t.id AND l.reason = 'deduct'
-         WHERE t.quota_cost > 0 GROUP BY t.id HAVING count(l.id) <> 1""",
+    "refund that does not give back exactly one charge of its task": """
+        SELECT r.id, r.task_id, r.refund_of FROM taskd.quota_ledger r
+          LEFT JOIN taskd.quota_ledger c ON c.id = r.refund_of
+         WHERE r.reason = 'refund'
+           AND (c.id IS NULL OR c.task_id IS DISTINCT FROM r.task_id OR c.delta <> -r.delta)""",
+    "failed API task still holds a charge": """
+        SELECT t.id FROM taskd.tasks t
+          JOIN taskd.quota_ledger c ON c.task_id = t.id AND c.delta < 0
+         WHERE t.status = 'failed'
+           AND NOT EXISTS (SELECT 1 FROM taskd.quota_ledger r WHERE r.refund_of = c.id)""",
+    "API task whose charges do not add up to its quota_cost": """
+        SELECT t.id, t.quota_cost, -coalesce(sum(c.delta), 0) FROM taskd.tasks t
+          LEFT JOIN taskd.quota_ledger c ON c.task_id = t.id AND c.delta < 0
+         WHERE t.quota_cost > 0 GROUP BY t.id HAVING t.quota_cost <> -coalesce(sum(c.delta), 0)
+        """,
+    "API task that did not fail got a refund": """
+        SELECT t.id, t.status FROM taskd.tasks t
+          JOIN taskd.quota_ledger r ON r.task_id = t.id AND r.reason = 'refund'
+         WHERE t.status <> 'failed' AND NOT EXISTS (
+               SELECT 1 FROM taskd.quota_ledger c
+                WHERE c.task_id = t.id AND c.delta < 0 AND c.id > r.refund_of)""",
 }
 
 

@@ -124,7 +124,8 @@ def test_api_serves_until_sigterm_then_exits_0(database_url: str) -> None:
         created = httpx.post(f"{url}/v1/tasks", json={"kind": "noop", "subtasks": [{}]},
                              headers={"Authorization": f"Bearer {_token('alice')}"})
         assert created.status_code == 201, created.text
-        assert httpx.get(f"{url}/v1/status", headers=admin).json()["tasks"] == {"pending": 1}
+        status = httpx.get(f"{url}/v1/status", headers=admin).json()
+        assert status["tasks"]["pending"] == 1 and status["subtasks"]["pending"] == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
 

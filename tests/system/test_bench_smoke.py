@@ -10,7 +10,7 @@ import importlib.util
 import time
 
 import pytest
-from bench import common, http_clients, peers, taskd_workloads
+from bench import common, http_clients, peers, task_end, taskd_workloads
 from bench.__main__ import compare
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -31,6 +31,13 @@ def test_throughput_and_growth() -> None:
     assert [r["completed"] for r in grown["results"]] == [30, 30, 30, 30]
     assert [r["finished_rows"] for r in grown["summary"]] == [0, 500]
     assert grown["summary"][0]["vs_empty"] == 1.0
+
+
+def test_task_end() -> None:
+    rows = task_end.task_end(40, [1, 20], processes=1, concurrency=10, repeat=1)["results"]
+    assert [(r["subtasks_per_task"], r["completed"]) for r in rows] == [
+        (1, 40), (1, 40), (20, 40), (20, 40)]
+    assert {r["trigger"] for r in rows} == {"8 (notify)", "4 (none)"}
 
 
 def test_latency() -> None:

@@ -206,11 +206,11 @@ def test_handler_past_its_timeout_is_cancelled_and_retried(database_url: str) ->
     with daemons(database_url, 1, **env):
         submit(database_url, 1, ms=5_000)
         wait_for(lambda: scalar(database_url, "SELECT status FROM taskd.subtasks") == "failed",
-                 timeout=20, message="three timed-out attempts")
+                 timeout=20, message="four timed-out attempts")
     attempt, error = query(database_url, "SELECT attempt, error FROM taskd.subtasks")[0]
-    assert attempt == 3
+    assert attempt == 4  # the default max_attempts: one run and 3 retries
     assert "timeout" in error.lower() or "timed out" in error.lower()
-    assert scalar(database_url, "SELECT count(*) FROM public.executions") == 3
+    assert scalar(database_url, "SELECT count(*) FROM public.executions") == 4
 
 
 def test_logs_never_show_the_database_password(database_url: str) -> None:

@@ -30,6 +30,34 @@ def test_defaults_follow_the_design() -> None:
     )
     assert (lum.initial, lum.step, lum.scale_up_interval, lum.timeout) == (2, 2, 120, 300)
     assert (lum.polling_interval, lum.max_polls) == (5, 60)
+    # The design's 3 retries: attempts = 1 + retries.
+    assert std.max_attempts == lum.max_attempts == 4
+    assert std.groups is None and s.served_queues.keys() == s.active_queues.keys()
+
+
+def test_a_daemon_serves_the_queues_whose_groups_name_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKD_QUEUES__RENDER__GROUPS", '["gpu", "big-gpu"]')
+    monkeypatch.setenv("TASKD_QUEUES__STANDARD__GROUPS", '["default"]')
+    monkeypatch.setenv("TASKD_QUEUES__LUMINA__ENABLED", "false")
+    assert sorted(load_settings().served_queues) == ["standard"]
+    monkeypatch.setenv("TASKD_EXECUTOR_GROUP", "gpu")
+    s = load_settings()
+    assert sorted(s.served_queues) == ["render"]
+    assert sorted(s.active_queues) == ["render", "standard"]
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("[]", "at least 1 item"), ('[""]', "at least 1 character"), ('"gpu"', "list"),
+])
+def test_bad_groups_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    monkeypatch.setenv("TASKD_QUEUES__RENDER__GROUPS", value)
+    with pytest.raises(ConfigError, match=problem) as raised:
+        load_settings()
+    assert "queues.render.groups" in str(raised.value)
 
 
 def test_environment_nested_override_keeps_queue_defaults(

@@ -29,7 +29,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "invalid task type or malformed body (errorCode 4001)"),
         (401, "not logged in (4010) or invalid token (4011)"),
         (403, "quota exhausted (4002), membership or access (4003)"),
-        (404, "user or task not found (4004)"),
+        (404, "user or task not found, or another user's task (4004)"),
         (409, "conflict (4009)"),
         (413, "request body too large (4013)"),
         (422, "a field breaks a rule (4001); details name each field"),

@@ -8,8 +8,8 @@ code  status  meaning
 4001  400     invalid task type, malformed body
 4001  422     a field breaks a rule (``details`` lists each field and what is wrong)
 4002  403     quota exhausted
-4003  403     please activate membership first / no access to this task / admin role required
-4004  404     user not found / task not found / no such endpoint
+4003  403     please activate membership first / admin role required
+4004  404     user not found / task not found (or another user's) / no such endpoint
 4005  405     method not allowed
 4009  409     Idempotency-Key reused for another request, task already ended, nothing to retry
 4010  401     not logged in (no ``Authorization: Bearer`` header)

@@ -97,23 +97,32 @@ class CreateTaskRequest(BaseModel):
 def expand_prompts(
     prompts: list[str], variables: dict[str, list[Any]], batch_size: int
 ) -> list[dict[str, Any]]:
-    """One payload per prompt x combination of values, ``{name}`` placeholders filled.
+    """One payload per prompt x combination of the values of the variables it uses,
+    ``{name}`` placeholders filled: a prompt is multiplied only by the variables it names.
 
-    Placeholders without a variable stay as written. Raises :class:`InvalidInput` when the
-    expansion exceeds 100,000 subtasks or 64 Mi characters.
+    Placeholders without a variable stay as written. Each payload's ``variables`` holds the
+    values filled into it (present, maybe empty, whenever the request has variables).
+    Raises :class:`InvalidInput` for a variable that no prompt uses, and when the expansion
+    exceeds 100,000 subtasks or 64 Mi characters.
     """
-    combinations = math.prod(len(values) for values in variables.values())
-    count = len(prompts) * combinations
+    named = [set(_PLACEHOLDER.findall(prompt)) for prompt in prompts]
+    used = [[name for name in variables if name in names] for names in named]
+    unused = [name for name in variables if not any(name in names for names in used)]
+    if unused:
+        raise InvalidInput(
+            f"variable {unused[0]!r} is used by no prompt (no {{{unused[0]}}} placeholder)",
+            field=f"variables.{unused[0]}",
+        )
+    count = sum(math.prod(len(variables[name]) for name in names) for names in used)
     if count > MAX_SUBTASKS:
         raise InvalidInput(
             f"prompts x variables expand to {count} subtasks; at most {MAX_SUBTASKS}",
             field="variables" if variables else "prompts",
         )
-    names = list(variables)
     payloads: list[dict[str, Any]] = []
     size = 0
-    for prompt in prompts:
-        for combo in itertools.product(*variables.values()):
+    for prompt, names in zip(prompts, used, strict=True):
+        for combo in itertools.product(*(variables[name] for name in names)):
             values = dict(zip(names, combo, strict=True))
             text = _PLACEHOLDER.sub(
                 lambda m, v=values: str(v[m[1]]) if m[1] in v else m[0],  # type: ignore[misc]
@@ -126,10 +135,20 @@ def expand_prompts(
                     field="prompts",
                 )
             payload: dict[str, Any] = {"prompt": text, "batch_size": batch_size}
-            if names:
+            if variables:
                 payload["variables"] = values
             payloads.append(payload)
     return payloads
+
+
+class TaskPatch(BaseModel):
+    """``PATCH /v1/tasks/{id}``: what may change after submit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Strict, as at create: true, "5" or 5.0 is a wrong type, not a priority.
+    priority: StrictInt = Field(ge=-1000, le=1000, description="higher runs first; the "
+                                "task's pending subtasks move in the claim order at once")
 
 
 class Progress(BaseModel):
@@ -255,7 +274,10 @@ class StatusOut(BaseModel):
     database: DatabaseStatus
     executors: dict[str, int] = Field(description="executors by the status their row records")
     queues: dict[str, QueueStatus]
-    tasks: dict[str, int] = Field(description="tasks by status")
+    tasks: dict[str, int] = Field(description="tasks by status (every status is a key)")
+    subtasks: dict[str, int] = Field(
+        description="subtasks by status (every status is a key): pending and processing "
+                    "counted from the rows, the finished from their tasks' counters")
     processing_rate: ProcessingRate
 
 

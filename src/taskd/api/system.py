@@ -28,8 +28,8 @@ async def healthz(api: Api) -> HealthOut:
 async def system_status(
     caller: Caller, api: Api, settings: Config, request: Request
 ) -> StatusOut:
-    """Health, uptime, version, per-queue concurrency / running / pending, task counts,
-    processing rate and the database (admin)."""
+    """Health, uptime, version, per-queue concurrency / running / pending, task and subtask
+    counts by status, processing rate and the database (admin)."""
     require_admin(caller)
     t0 = time.perf_counter()
     await api.database_info()
@@ -38,7 +38,6 @@ async def system_status(
     # API shows no errors, so none are read.
     report = await read_status(api.store, dead_after=settings.executor_dead_after,
                                error_limit=0)
-    stats = await api.task_statistics()
     completed, failed = await api.finished_in_window(RATE_WINDOW)
     started: float = request.app.state.started
     return StatusOut(
@@ -50,7 +49,8 @@ async def system_status(
                                 server_version=report.database.server_version),
         executors=dict(Counter(e.status for e in report.executors)),
         queues=_queue_statuses(report),
-        tasks=stats,
+        tasks=report.tasks,
+        subtasks=report.subtasks,
         processing_rate=ProcessingRate(
             window_seconds=RATE_WINDOW, completed=completed, failed=failed,
             completed_per_second=round(completed / RATE_WINDOW, 3),

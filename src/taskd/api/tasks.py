@@ -1,4 +1,5 @@
-"""``/v1/tasks``: create, list, read, page through subtasks, cancel and retry.
+"""``/v1/tasks``: create, list, read, change the priority of, page through subtasks, cancel and
+retry.
 
 The routes raise taskd's exceptions as they come (TaskNotFound, QuotaExhausted, ...);
 :func:`taskd.api.errors.taskd_error_response` answers them.
@@ -25,11 +26,14 @@ from taskd.api.models import (
     TaskCreated,
     TaskList,
     TaskOut,
+    TaskPatch,
     TaskSummaryOut,
 )
+from taskd.errors import TaskNotFound
 from taskd.queue.accounts import ApiStore, NewTask, TaskDetail
 from taskd.queue.submission import valid_traceparent
-from taskd.settings import Settings
+from taskd.queue.tasks import set_task_priority
+from taskd.settings import DEFAULT_MAX_ATTEMPTS, Settings
 from taskd.types import Task
 
 MAX_ID = 2**63 - 1
@@ -69,10 +73,11 @@ def _detail(t: TaskDetail) -> dict[str, Any]:
 
 
 async def _visible_task(api: ApiStore, caller: Principal, task_id: int) -> None:
-    """Raises TaskNotFound, or ApiError 403 unless the caller owns the task or is an admin."""
+    """Raises TaskNotFound unless the task exists and the caller owns it or is an admin:
+    another user's task is answered exactly as a missing one, so nothing of it is revealed."""
     owner = await api.task_owner(task_id)
     if not caller.is_admin and owner != caller.user_id:
-        raise ApiError(403, codes.FORBIDDEN, "no access to this task")
+        raise TaskNotFound(f"task {task_id} not found")
 
 
 def _queue_of(body: CreateTaskRequest, settings: Settings) -> str:
@@ -116,7 +121,8 @@ async def create_task(
     created = await api.create_task(NewTask(
         user_id=caller.user_id, name=body.name, kind=body.kind, queue=queue,
         priority=body.priority, params=body.params, payloads=payloads,
-        max_attempts=queue_settings.max_attempts if queue_settings else 3,
+        max_attempts=(queue_settings.max_attempts if queue_settings
+                      else DEFAULT_MAX_ATTEMPTS),
         idempotency_key=idempotency_key,
         max_payload_bytes=settings.max_payload_bytes,
         traceparent=traceparent if traceparent and valid_traceparent(traceparent) else None,
@@ -156,6 +162,17 @@ async def list_tasks(
 async def get_task(caller: Caller, api: Api, task_id: TaskId) -> dict[str, Any]:
     """One task: progress, the first results and the latest error (owner or admin)."""
     await _visible_task(api, caller, task_id)
+    return _detail(await api.task_detail(task_id))
+
+
+@router.patch("/v1/tasks/{task_id}", response_model=TaskOut)
+async def patch_task(
+    caller: Caller, api: Api, task_id: TaskId, body: TaskPatch
+) -> dict[str, Any]:
+    """Change the task's priority (owner or admin); its pending subtasks move in the claim
+    order at once. 409 when the task has already ended."""
+    await _visible_task(api, caller, task_id)
+    await set_task_priority(api.store, task_id, body.priority)
     return _detail(await api.task_detail(task_id))
 
 

@@ -9,6 +9,7 @@ from taskd.cli.app import (
     CONNECT_TIMEOUT,
     app,
     configure_logging,
+    err_console,
     run_async,
     settings_of,
 )
@@ -26,10 +27,12 @@ def migrate(
         "connection slot, starting up), try again with backoff instead of exiting 2; bad "
         "credentials or a missing database still exit 2 (the unit's ExecStartPre uses it)"),
 ) -> None:
-    """Apply the schema migrations that are missing.
+    """Apply the schema migrations that are missing, and the limits the database enforces.
 
     Idempotent, and safe to run from several hosts at once: migrators take turns under an
-    advisory lock and a later one finds nothing left to do.
+    advisory lock and a later one finds nothing left to do. It also writes max_payload_bytes
+    (TASKD_MAX_PAYLOAD_BYTES) to taskd.limits: taskd.submit_task enforces it on every caller.
+    Run it again after changing that setting.
     """
     settings = settings_of(ctx)
     if wait:
@@ -42,7 +45,8 @@ def migrate(
         async with translated_errors():
             conn = await psycopg.AsyncConnection.connect(url, **kwargs)
             async with conn:
-                return await migrations.migrate(conn)
+                return await migrations.migrate(
+                    conn, max_payload_bytes=settings.max_payload_bytes)
 
     async def go() -> list[migrations.Migration]:
         if not wait:
@@ -55,3 +59,4 @@ def migrate(
     for m in applied:
         typer.echo(f"applied {m.version:04d}_{m.name}")
     typer.echo(f"schema is up to date (version {migrations.latest_version()})")
+    err_console.print(f"limits: max_payload_bytes = {settings.max_payload_bytes}")

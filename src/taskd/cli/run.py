@@ -20,6 +20,7 @@ from taskd.cli.app import (
 from taskd.errors import InvalidInput
 from taskd.queue.status import first_failure
 from taskd.queue.store import Store
+from taskd.settings import DEFAULT_MAX_ATTEMPTS
 
 
 @app.command()
@@ -50,7 +51,9 @@ def submit(
     count: int = typer.Option(1, "--count", "-n", help="how many subtasks (1..100000)"),
     name: str = typer.Option("", "--name", help="a label for the task"),
     max_attempts: int | None = typer.Option(
-        None, "--max-attempts", help="default: the queue's max_attempts setting"
+        None, "--max-attempts",
+        help="runs per subtask, the first included (1 + retries); default: the queue's "
+        f"max_attempts setting ({DEFAULT_MAX_ATTEMPTS} unless set)"
     ),
     wait: bool = typer.Option(False, "--wait", help="show progress until the task finishes"),
 ) -> None:
@@ -71,7 +74,7 @@ def submit(
     if max_attempts is not None:
         attempts = max_attempts  # 0 too is checked (and refused), not replaced by the default
     else:
-        attempts = queue_settings.max_attempts if queue_settings else 3
+        attempts = queue_settings.max_attempts if queue_settings else DEFAULT_MAX_ATTEMPTS
 
     async def go() -> str:
         async with open_store(settings) as store:

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from taskd.cli.app import app, err_console, open_store, out_console, run_async, settings_of
 from taskd.errors import DatabaseError
-from taskd.queue.status import ErrorRow, StatusReport, list_errors, read_status
+from taskd.queue.status import ErrorRow, QueueRow, StatusReport, list_errors, read_status
 from taskd.settings import Settings
 
 EXIT_HEALTHY = 0
@@ -70,15 +70,17 @@ def render_status(report: StatusReport) -> RenderableType:
     for column in ("ready", "scheduled", "processing", "done 1h", "failed 1h",
                    "per min 1/5/15m", "oldest pending"):
         queues.add_column(column, justify="right")
+    queues.add_column("served by (group: live executors)")
     for q in report.queues:
         r = q.rate_per_minute
         queues.add_row(
             q.queue, str(q.ready), str(q.scheduled), str(q.processing),
             str(q.completed_last_hour), str(q.failed_last_hour),
             f"{r['1m']:.1f} / {r['5m']:.1f} / {r['15m']:.1f}",
-            format_age(q.oldest_pending_seconds),
+            format_age(q.oldest_pending_seconds), _served_by(report, q) or "nobody",
         )
     parts: list[RenderableType] = [executors, queues, render_errors(report.errors, "errors (24h)")]
+    parts.append(Text(f"tasks: {_counts(report.tasks)}; subtasks: {_counts(report.subtasks)}"))
     db = report.database
     parts.append(Text(
         f"database: PostgreSQL {db.server_version}, {format_bytes(db.size_bytes)}, "
@@ -92,6 +94,17 @@ def render_status(report: StatusReport) -> RenderableType:
     else:
         parts.append(Text("healthy", style="green"))
     return Group(*parts)
+
+
+def _served_by(report: StatusReport, queue: QueueRow) -> str:
+    """``default: 1, gpu: 2``: per group, how many live executors serve ``queue``."""
+    group_of = {e.id: e.group for e in report.executors}
+    return ", ".join(f"{g}: {sum(1 for e in queue.executors if group_of.get(e) == g)}"
+                     for g in queue.groups)
+
+
+def _counts(by_status: dict[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in by_status.items())
 
 
 def render_errors(errors: list[ErrorRow], title: str) -> Table:
@@ -123,8 +136,12 @@ def status(
 ) -> None:
     """Show executors, queues, recent errors and the database, across every host.
 
+    Per queue it shows which executor groups, and how many live executors of each, serve it
+    (a daemon serves the queues whose queues.<name>.groups name its executor_group, or all
+    of them when a queue names none). Tasks and subtasks are counted by status.
+
     Exit code: 0 healthy; 1 when something needs attention (unfinished work and no live
-    executor for its queue, or a dead executor still holding leases); 2 when the database
+    executor serving its queue, or a dead executor still holding leases); 2 when the database
     cannot be reached.
     """
     settings = settings_of(ctx)

@@ -1,4 +1,4 @@
-"""``taskd tasks list|show|retry|cancel``: look at and steer tasks from a shell."""
+"""``taskd tasks list|show|priority|retry|cancel``: look at and steer tasks from a shell."""
 
 from __future__ import annotations
 
@@ -10,18 +10,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taskd.cli.app import app, open_store, out_console, run_async, settings_of
+from taskd.cli.app import app, err_console, open_store, out_console, run_async, settings_of
+from taskd.errors import InvalidInput, TaskFinished, TaskNotFound
 from taskd.queue.accounts import ApiStore
 from taskd.queue.status import list_tasks, subtask_counts
+from taskd.queue.tasks import MAX_PRIORITY, MIN_PRIORITY, set_task_priority
 from taskd.types import Subtask, Task
 
 tasks_app = typer.Typer(
-    name="tasks", help="List, show, retry and cancel tasks.", no_args_is_help=True,
-    rich_markup_mode=None,
+    name="tasks", help="List, show, reprioritise, retry and cancel tasks.",
+    no_args_is_help=True, rich_markup_mode=None,
 )
 app.add_typer(tasks_app)
 
 EXIT_NOT_FOUND = 1
+EXIT_ENDED = 1
 
 
 class TaskStatusChoice(StrEnum):
@@ -135,6 +138,38 @@ def show_command(
                       s.locked_by or "-", s.error or "")
     if subtasks:
         console.print(table)
+
+
+# ignore_unknown_options: a negative priority ("-5") is the argument, not an option.
+@tasks_app.command("priority", context_settings={"ignore_unknown_options": True})
+def priority_command(
+    ctx: typer.Context,
+    task_id: int = typer.Argument(..., help="the task's id"),
+    priority: int = typer.Argument(
+        ..., help=f"the new priority, {MIN_PRIORITY}..{MAX_PRIORITY}; higher runs first"),
+) -> None:
+    """Change a task's priority; its pending subtasks move in the claim order at once.
+
+    Example: taskd tasks priority 42 500 (or -5: negative numbers need no "--").
+    Exit 1 when there is no such task or it has already ended, 2 for a priority outside
+    -1000..1000.
+    """
+    settings = settings_of(ctx)
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:  # before connecting to anything
+        raise InvalidInput(f"priority {priority} is outside {MIN_PRIORITY}..{MAX_PRIORITY}")
+
+    async def go() -> int:
+        async with open_store(settings) as store:
+            return await set_task_priority(store, task_id, priority)
+
+    try:
+        moved = run_async(go)
+    except TaskNotFound:
+        raise _not_found(task_id) from None
+    except TaskFinished as exc:
+        err_console.print(f"taskd: error: {exc}", markup=False)
+        raise typer.Exit(EXIT_ENDED) from None
+    typer.echo(f"task {task_id}: priority {priority}, {moved} unfinished subtasks moved")
 
 
 @tasks_app.command("retry")

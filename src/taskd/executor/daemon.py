@@ -1,7 +1,10 @@
 """``taskd run``: wires the components together in one anyio task group.
 
 Start: open the pool and check the schema, load handlers, register the executor, tell systemd
-READY. Run: heartbeat, notifier, completer, rescuer, scaler, metrics, and one producer per queue.
+READY. Run: heartbeat, notifier, completer, rescuer, scaler, metrics, and one producer per queue
+that this executor's group serves (``Settings.served_queues``; the executor row's
+``concurrency`` names them, which is how ``taskd status`` knows who serves what). The group is
+read at start: changing it takes a restart.
 Any component that crashes stops the daemon with a non-zero exit (systemd restarts it).
 
 Start: a database that is unavailable (refused, out of connection slots, starting up) is tried
@@ -109,7 +112,8 @@ class Daemon:
         self.health = Health(ready_window=3 * settings.heartbeat_interval + 5)
         self.running = RunningSet()
         self.gate = ClaimGate()
-        self.queues = settings.active_queues
+        # Producers, limits and scaler entries only for what this group serves.
+        self.queues = settings.served_queues
         self.capacities = {q: Capacity(s.initial) for q, s in self.queues.items()}
         self.wakeups = {q: Wakeup() for q in self.queues}
         self.stopping = anyio.Event()
@@ -126,7 +130,11 @@ class Daemon:
         s = self.settings
         url = database_url(s)
         log.info("starting", extra={"executor_id": s.executor_id, "version": __version__,
-                                     "database": redact(url), "queues": sorted(self.queues)})
+                                     "database": redact(url), "group": s.executor_group,
+                                     "queues": sorted(self.queues)})
+        if not self.queues:
+            log.warning("executor group %r serves no queue: this daemon claims nothing (see "
+                        "queues.<name>.groups)", s.executor_group)
         registry = HandlerRegistry.load(s)
         if s.database_pooler == "transaction" and s.listen and s.listen_database_url is None:
             raise ConfigError(
@@ -256,16 +264,18 @@ class Daemon:
         if notifier is not None:
             tg.start_soon(notifier.run)
         tg.start_soon(completer.run)
-        # Every configured queue's pending timeout, served here or not: a task of a queue no
-        # daemon serves is one that nobody started.
-        tg.start_soon(Rescuer(RescuerConfig.from_settings(s), store, s.queues, self.metrics).run)
+        # Maintenance, pending timeouts included, for every queue that runs, whichever group
+        # serves it: a queue whose executors are all down (or that no daemon serves) still
+        # times out.
+        tg.start_soon(Rescuer(RescuerConfig.from_settings(s), store, s.active_queues,
+                              self.metrics).run)
         tg.start_soon(Scaler(
             store, self.capacities, dict(self.queues), s.scale_check_interval, self.metrics,
             s.executor_id,
         ).run)
         tg.start_soon(StatsCollector(
             store, self.metrics, s.stats_interval, s.pool_size,
-            pending_timeouts={q: qs.pending_timeout for q, qs in self.queues.items()},
+            pending_timeouts={q: qs.pending_timeout for q, qs in s.active_queues.items()},
         ).run)
         return notifier
 

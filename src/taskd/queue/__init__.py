@@ -3,6 +3,7 @@
 :class:`Store` offers one typed method per named query (``queries/*.sql``); beside it,
 :mod:`~taskd.queue.accounts` (the API's accounts and quota), :mod:`~taskd.queue.status`
 (operators' views), :mod:`~taskd.queue.scaling` (the scaler's queries),
+:mod:`~taskd.queue.tasks` (a task's priority after submit),
 :mod:`~taskd.queue.listener` (LISTEN for wake-ups), :mod:`~taskd.queue.migrations` (the schema),
 :mod:`~taskd.queue.connection` (session settings, error translation) and
 :mod:`~taskd.queue.submission` (the rules a submission keeps), :mod:`~taskd.queue.inspection`

@@ -29,6 +29,7 @@ from taskd.errors import (
 from taskd.queue.connection import Conn, run_query
 from taskd.queue.store import Store
 from taskd.queue.submission import DEFAULT_MAX_PAYLOAD_BYTES, validate_submission
+from taskd.settings import DEFAULT_MAX_ATTEMPTS
 from taskd.types import JSON, SubtaskStatus, Task
 
 # One unit of quota per task, whatever its size: the product's unit is "a task request".
@@ -50,7 +51,7 @@ class NewTask:
     priority: int
     params: dict[str, JSON]
     payloads: Sequence[dict[str, JSON]]
-    max_attempts: int = 3
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     idempotency_key: str | None = None
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     traceparent: str | None = None
@@ -186,11 +187,10 @@ class ApiStore:
                 if earlier is not None:
                     return CreatedTask(earlier, replayed=True, quota_remaining=None)
             remaining = await self._take_quota(conn, new.user_id, TASK_QUOTA_COST)
-            rows = await run_query(conn, "submit_task", {
+            rows = await run_query(conn, "submit_task_for_user", {
                 "queue": new.queue, "kind": new.kind, "payloads": payloads_json,
                 "name": new.name, "priority": new.priority, "params": params_json,
-                "user_id": new.user_id, "max_attempts": new.max_attempts,
-                "delay": 0.0, "max_payload_bytes": new.max_payload_bytes,
+                "user_id": new.user_id, "max_attempts": new.max_attempts, "delay": 0.0,
                 "traceparent": new.traceparent,
             })
             task_id = int(rows[0]["task_id"])
@@ -285,8 +285,9 @@ class ApiStore:
     async def retry_task(self, task_id: int, *, charge_user: bool) -> RetryReport:
         """Put the task's failed subtasks back to pending.
 
-        With ``charge_user``, a task whose quota was refunded (it had ended failed) takes one
-        unit again, so a retried task never runs free; the refund happens once per task.
+        With ``charge_user``, a task none of whose charges is still held (each was refunded
+        when it failed) takes one unit again, so a retried task never runs free; that charge
+        is refunded in turn if the task fails again: at most one refund per charge.
         Raises :class:`TaskNotFound`, :class:`NothingToRetry` and :class:`AccountError`.
         """
 
@@ -298,14 +299,13 @@ class ApiStore:
             if task["failed"] == 0:
                 raise NothingToRetry(f"task {task_id} has no failed subtasks")
             owed = 0
-            paid = task["quota_cost"] - task["refunded"]
-            if charge_user and task["quota_cost"] > 0 and paid < TASK_QUOTA_COST:
-                owed = TASK_QUOTA_COST - paid
+            if charge_user and task["quota_cost"] > 0 and task["held_charges"] == 0:
+                owed = TASK_QUOTA_COST
                 await self._take_quota(conn, task["user_id"], owed)
                 await run_query(conn, "api_add_task_quota_cost", {"id": task_id, "cost": owed})
                 await run_query(conn, "api_record_ledger", {
                     "user_id": task["user_id"], "task_id": task_id,
-                    "delta": -owed, "reason": "adjust",
+                    "delta": -owed, "reason": "deduct",
                 })
             retried = await run_query(conn, "retry_failed_subtasks", {"task_id": task_id})
             await run_query(conn, "api_notify_queue", {"queue": task["queue"]})
@@ -314,10 +314,6 @@ class ApiStore:
         return await self.store.in_transaction(work)
 
     # -- system status --------------------------------------------------------------------
-
-    async def task_statistics(self) -> dict[str, int]:
-        rows = await self.store.fetch_rows("api_task_statistics", {})
-        return {row["status"]: int(row["count"]) for row in rows}
 
     async def finished_in_window(self, window: float) -> tuple[int, int]:
         """Subtasks (completed, failed) in the last ``window`` seconds, by the database clock."""

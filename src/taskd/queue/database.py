@@ -19,7 +19,7 @@ def database_url(settings: Settings) -> str:
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
     url = start_embedded(settings.embedded_dir)
-    for migration in migrate_blocking(url):
+    for migration in migrate_blocking(url, max_payload_bytes=settings.max_payload_bytes):
         log.info("embedded database: applied migration %04d_%s", migration.version,
                  migration.name)
     return url

@@ -62,8 +62,13 @@ def canonical_schema() -> str:
     return resources.files("taskd.sql").joinpath("schema.sql").read_text("utf-8")
 
 
-async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[Migration]:
+async def migrate(
+    conn: psycopg.AsyncConnection[Any], *, max_payload_bytes: int | None = None
+) -> list[Migration]:
     """Apply the migrations that are missing; return them. Safe to run concurrently.
+
+    With ``max_payload_bytes``, also make it the limit that ``taskd.submit_task`` enforces
+    (``taskd.limits``): the server's configuration, never a caller's argument.
 
     Everything happens in one transaction under a transaction-level advisory lock, so a second
     migrator waits, then finds nothing left to do.
@@ -91,6 +96,11 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[Migration]:
                 (migration.version, migration.name),
             )
             applied_now.append(migration)
+        if max_payload_bytes is not None:
+            await conn.execute(
+                "UPDATE taskd.limits SET max_payload_bytes = %(n)s, updated_at = now()"
+                " WHERE max_payload_bytes IS DISTINCT FROM %(n)s", {"n": max_payload_bytes},
+            )
     return applied_now
 
 
@@ -124,7 +134,7 @@ async def check_schema(conn: psycopg.AsyncConnection[Any]) -> int:
     return version
 
 
-def migrate_blocking(conninfo: str) -> list[Migration]:
+def migrate_blocking(conninfo: str, *, max_payload_bytes: int | None = None) -> list[Migration]:
     """:func:`migrate` for code without an event loop, or inside one (it runs in a thread).
 
     Used by the embedded database, which is migrated as it starts.
@@ -138,7 +148,7 @@ def migrate_blocking(conninfo: str) -> list[Migration]:
             conninfo, autocommit=True, application_name="taskd-migrate"
         )
         async with conn:
-            return await migrate(conn)
+            return await migrate(conn, max_payload_bytes=max_payload_bytes)
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(anyio.run, go).result()

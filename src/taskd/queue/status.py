@@ -8,7 +8,7 @@ only ever added.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -53,7 +53,8 @@ class ExecutorRow:
 
 @dataclass(frozen=True, slots=True)
 class QueueRow:
-    """One queue's backlog and recent throughput (rates are finished subtasks per minute)."""
+    """One queue's backlog and recent throughput (rates are finished subtasks per minute),
+    and the groups and ids of the live executors that serve it."""
 
     queue: str
     ready: int
@@ -63,6 +64,8 @@ class QueueRow:
     failed_last_hour: int
     rate_per_minute: dict[str, float]
     oldest_pending_seconds: float | None
+    groups: list[str] = field(default_factory=list)
+    executors: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +105,16 @@ class Problem:
     executor: str | None = None
 
 
+TASK_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+
+
 @dataclass(frozen=True, slots=True)
 class StatusReport:
-    """Everything ``taskd status`` shows, taken at the database time ``generated_at``."""
+    """Everything ``taskd status`` shows, taken at the database time ``generated_at``.
+
+    ``tasks``: tasks by status; ``subtasks``: subtasks by status (pending and processing counted
+    from the rows, the finished ones from their tasks' counters). Every status is a key.
+    """
 
     generated_at: datetime
     executors: list[ExecutorRow]
@@ -112,6 +122,8 @@ class StatusReport:
     errors: list[ErrorRow]
     database: DatabaseRow
     problems: list[Problem] = field(default_factory=list)
+    tasks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TASK_STATUSES, 0))
+    subtasks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TASK_STATUSES, 0))
 
     @property
     def healthy(self) -> bool:
@@ -147,21 +159,33 @@ def _slots(concurrency: dict[str, Any], running: dict[str, Any]) -> dict[str, Qu
     }
 
 
+def serving(executors: list[ExecutorRow], queues: list[QueueRow]) -> list[QueueRow]:
+    """``queues`` with the groups and ids of the live executors that serve each: those whose
+    ``concurrency`` names the queue (a daemon records there the queues its group serves)."""
+    live = [e for e in executors if e.alive]
+    return [
+        replace(q, groups=sorted({e.group for e in live if q.queue in e.queues}),
+                executors=[e.id for e in live if q.queue in e.queues])
+        for q in queues
+    ]
+
+
 def find_problems(
     executors: list[ExecutorRow], queues: list[QueueRow]
 ) -> list[Problem]:
-    """What needs attention: unfinished work no live executor serves, and dead executors that
-    still hold leases. An executor that names no queue in its concurrency serves every queue.
+    """What needs attention: unfinished work no live executor serves (a live executor serves
+    the queues its ``concurrency`` names), and dead executors that still hold leases.
     """
     problems: list[Problem] = []
     live = [e for e in executors if e.alive]
     for q in queues:
         unfinished = q.ready + q.scheduled + q.processing
-        served = any(not e.queues or q.queue in e.queues for e in live)
+        served = any(q.queue in e.queues for e in live)
         if unfinished and not served:
             problems.append(Problem(
                 "no_live_executor",
-                f"queue {q.queue} has {unfinished} unfinished subtasks and no live executor",
+                f"queue {q.queue} has {unfinished} unfinished subtasks and no live executor "
+                "serves it",
                 queue=q.queue,
             ))
     for e in executors:
@@ -242,15 +266,33 @@ async def read_database(store: Store) -> tuple[DatabaseRow, datetime]:
     return row, r["now"]
 
 
+async def read_counts(
+    store: Store, queues: list[QueueRow]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Tasks by status, and subtasks by status: pending and processing from ``queues`` (counted
+    from the rows), the finished from the tasks' counters (over the tasks retention keeps)."""
+    tasks = dict.fromkeys(TASK_STATUSES, 0)
+    subtasks = dict.fromkeys(TASK_STATUSES, 0)
+    for r in await store.fetch_rows("task_counts", {}):
+        tasks[r["status"]] = int(r["tasks"])
+        for status in ("completed", "failed", "cancelled"):
+            subtasks[status] += int(r[status])
+    subtasks["pending"] = sum(q.ready + q.scheduled for q in queues)
+    subtasks["processing"] = sum(q.processing for q in queues)
+    return tasks, subtasks
+
+
 async def read_status(store: Store, *, dead_after: float, error_limit: int = 10) -> StatusReport:
     """The whole operators' view. Raises DatabaseUnavailable / DatabaseError from the store."""
     database, now = await read_database(store)
     executors = await read_executors(store, dead_after)
-    queues = await read_queues(store)
+    queues = serving(executors, await read_queues(store))
     errors = await recent_errors(store, limit=error_limit)
+    tasks, subtasks = await read_counts(store, queues)
     return StatusReport(
         generated_at=now, executors=executors, queues=queues, errors=errors,
-        database=database, problems=find_problems(executors, queues),
+        database=database, problems=find_problems(executors, queues), tasks=tasks,
+        subtasks=subtasks,
     )
 
 

@@ -36,7 +36,7 @@ from taskd.queue.encoding import CLAIMED_ROW, outcomes_json
 from taskd.queue.jsonload import configure_connection
 from taskd.queue.queries import query
 from taskd.queue.submission import DEFAULT_MAX_PAYLOAD_BYTES, validate_submission
-from taskd.settings import Pooler
+from taskd.settings import DEFAULT_MAX_ATTEMPTS, Pooler
 from taskd.types import (
     JSON,
     ClaimedSubtask,
@@ -188,13 +188,15 @@ class Store:
         priority: int = 0,
         params: dict[str, JSON] | None = None,
         user_id: str | None = None,
-        max_attempts: int = 3,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         delay: float = 0.0,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         traceparent: str | None = None,
     ) -> int:
         """Insert a task and its subtasks in one round trip and wake the queue's executors.
 
+        ``max_payload_bytes`` is checked here first; the database enforces its own limit
+        (``taskd.limits``). A ``user_id`` needs EXECUTE on ``taskd.submit_task_for_user``.
         ``traceparent``: the W3C traceparent of the submitter's span, which the span of each
         run links to (OpenTelemetry). Returns the task id. Raises :class:`InvalidInput`
         (nothing written) for bad input.
@@ -205,12 +207,13 @@ class Store:
             max_attempts=max_attempts, delay=delay, max_payload_bytes=max_payload_bytes,
             traceparent=traceparent,
         )
-        rows = await self.fetch_rows("submit_task", {
-            "queue": queue, "kind": kind, "payloads": payloads_json, "name": name,
-            "priority": priority, "params": params_json, "user_id": user_id,
-            "max_attempts": max_attempts, "delay": float(delay),
-            "max_payload_bytes": max_payload_bytes, "traceparent": traceparent,
-        })
+        rows = await self.fetch_rows(
+            "submit_task" if user_id is None else "submit_task_for_user", {
+                "queue": queue, "kind": kind, "payloads": payloads_json, "name": name,
+                "priority": priority, "params": params_json, "user_id": user_id,
+                "max_attempts": max_attempts, "delay": float(delay),
+                "traceparent": traceparent,
+            })
         return int(rows[0]["task_id"])
 
     # -- the executor's hot path --------------------------------------------------------------

@@ -4,16 +4,18 @@
 --
 --   psql "$ADMIN_URL" -v ON_ERROR_STOP=1 -f roles.sql
 --
--- It creates three NOLOGIN group roles; give each to a login role of your own:
+-- It creates four NOLOGIN group roles; give each to a login role of your own:
 --
 --   CREATE ROLE taskd_host1 LOGIN PASSWORD '...' IN ROLE taskd_executor;   -- taskd run
 --   CREATE ROLE taskd_web   LOGIN PASSWORD '...' IN ROLE taskd_api;        -- taskd api
 --   CREATE ROLE ops_alice   LOGIN PASSWORD '...' IN ROLE taskd_readonly;   -- taskd status
+--   CREATE ROLE billing     LOGIN PASSWORD '...' IN ROLE taskd_client;     -- SQL clients
 --
 -- Other names: set them in the same session first (roles are cluster-wide; the tests use names
 -- of their own), e.g.
 --   psql "$ADMIN_URL" -v ON_ERROR_STOP=1 -c "SET taskd.executor_role = 'q_exec'" \
---        -c "SET taskd.api_role = 'q_api'" -c "SET taskd.readonly_role = 'q_ro'" -f roles.sql
+--        -c "SET taskd.api_role = 'q_api'" -c "SET taskd.readonly_role = 'q_ro'" \
+--        -c "SET taskd.client_role = 'q_client'" -f roles.sql
 --
 --   taskd_executor  claims, completes, heartbeats, rescues, deletes old finished rows,
 --                   aggregates errors; on a failed API task the refund trigger (which runs with
@@ -22,11 +24,16 @@
 --   taskd_api       creates tasks (with submit_task), reads them, cancels and retries; accounts
 --                   and the quota ledger; reads executors for /v1/status. Deletes nothing and
 --                   never writes executors or error_logs.
+--                   Only it may set a task's user: EXECUTE on taskd.submit_task_for_user.
 --   taskd_readonly  SELECT on every taskd table (taskd status, taskd tasks list/show, Grafana).
+--   taskd_client    a service that uses taskd through SQL (docs/sql.md): submit_task,
+--                   set_task_priority and task_subtasks; SELECT on tasks, subtasks and limits.
+--                   Nothing else: no user ids, no limit of its own, no direct writes.
 --
 -- None may CREATE in schema taskd (only its owner migrates), and EXECUTE on submit_task is taken
--- from PUBLIC: a service that submits through SQL gets taskd_api, or a role granted USAGE on
--- schema taskd and EXECUTE on taskd.submit_task (it runs as the schema's owner).
+-- from PUBLIC. The functions run as the schema's owner (SECURITY DEFINER): EXECUTE is all a
+-- role needs to submit. Re-run this script after `taskd migrate` to version 8, which replaced
+-- submit_task and added functions.
 
 DO $roles$
 DECLARE
@@ -36,9 +43,11 @@ DECLARE
                                    'taskd_api');
     readonly_role text := coalesce(nullif(current_setting('taskd.readonly_role', true), ''),
                                    'taskd_readonly');
+    client_role   text := coalesce(nullif(current_setting('taskd.client_role', true), ''),
+                                   'taskd_client');
     r             text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY[executor_role, api_role, readonly_role] LOOP
+    FOREACH r IN ARRAY ARRAY[executor_role, api_role, readonly_role, client_role] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
             EXECUTE format('CREATE ROLE %I NOLOGIN', r);
         END IF;
@@ -52,8 +61,12 @@ BEGIN
         EXECUTE format('GRANT SELECT ON taskd.schema_migrations TO %I', r);
     END LOOP;
 
-    REVOKE ALL ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, jsonb, text,
-                                             integer, timestamptz, integer, text) FROM PUBLIC;
+    REVOKE ALL ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer,
+                                             timestamptz, text) FROM PUBLIC;
+    -- The migration revokes these already; said again in case someone granted them.
+    REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer,
+                                                      jsonb, integer, timestamptz, text) FROM PUBLIC;
+    REVOKE ALL ON FUNCTION taskd.set_task_priority(bigint, integer) FROM PUBLIC;
 
     -- taskd run
     EXECUTE format('GRANT SELECT, UPDATE, DELETE ON taskd.tasks, taskd.subtasks TO %I',
@@ -73,9 +86,21 @@ BEGIN
     EXECUTE format('GRANT SELECT ON taskd.executors, taskd.error_logs TO %I', api_role);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
-                   'integer, jsonb, text, integer, timestamptz, integer, text) TO %I', api_role);
+                   'integer, jsonb, integer, timestamptz, text) TO %I', api_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task_for_user(text, text, text, '
+                   'jsonb, text, integer, jsonb, integer, timestamptz, text) TO %I', api_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
+                   api_role);
 
     -- taskd status
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA taskd TO %I', readonly_role);
+
+    -- SQL clients: what docs/sql.md documents, and nothing more.
+    EXECUTE format('GRANT SELECT ON taskd.tasks, taskd.subtasks, taskd.limits TO %I',
+                   client_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
+                   'integer, jsonb, integer, timestamptz, text) TO %I', client_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
+                   client_role);
 END
 $roles$;

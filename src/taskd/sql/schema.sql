@@ -65,7 +65,7 @@ CREATE TABLE taskd.subtasks (
     result           jsonb,
     error            text,
     attempt          integer NOT NULL DEFAULT 0 CHECK (attempt >= 0),
-    max_attempts     integer NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+    max_attempts     integer NOT NULL DEFAULT 4 CHECK (max_attempts >= 1),
     run_after        timestamptz NOT NULL DEFAULT now(),
     locked_by        text,
     lease_expires_at timestamptz,
@@ -137,26 +137,47 @@ CREATE TABLE taskd.quota_ledger (
     delta      integer NOT NULL,
     reason     text NOT NULL CONSTRAINT quota_ledger_reason_check
                    CHECK (reason IN ('deduct', 'refund', 'adjust')),
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- A refund names the charge it gives back (a charge: a row of the task with delta < 0).
+    refund_of  bigint REFERENCES taskd.quota_ledger (id),
+    CONSTRAINT quota_ledger_refund_of_check CHECK (refund_of IS NULL OR reason = 'refund')
 );
 
--- At most one deduction and one refund per task, whichever process gets there first.
-CREATE UNIQUE INDEX quota_ledger_refund_idx ON taskd.quota_ledger (task_id) WHERE reason = 'refund';
-CREATE UNIQUE INDEX quota_ledger_deduct_idx ON taskd.quota_ledger (task_id) WHERE reason = 'deduct';
+-- At most one refund per charge, whichever process gets there first.
+CREATE UNIQUE INDEX quota_ledger_refund_idx ON taskd.quota_ledger (refund_of)
+    WHERE refund_of IS NOT NULL;
+CREATE INDEX quota_ledger_task_idx ON taskd.quota_ledger (task_id) WHERE task_id IS NOT NULL;
 CREATE INDEX quota_ledger_user_idx ON taskd.quota_ledger (user_id, id);
 
--- A task that took quota and ends failed gets it back once, in the transaction that failed it.
+CREATE TABLE taskd.limits (
+    -- One row: what taskd.submit_task enforces, whoever calls it.
+    singleton         boolean PRIMARY KEY DEFAULT true CONSTRAINT limits_singleton_check
+                          CHECK (singleton),
+    max_payload_bytes integer NOT NULL DEFAULT 1048576 CONSTRAINT limits_max_payload_bytes_check
+                          CHECK (max_payload_bytes BETWEEN 1 AND 268435455),
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO taskd.limits DEFAULT VALUES;
+
+-- A task that ends failed gets back every charge of it that no refund matches yet (a charge
+-- is a ledger row of the task with a negative delta), in the transaction that failed it.
 CREATE FUNCTION taskd.refund_failed_task() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO taskd.quota_ledger (user_id, task_id, delta, reason)
-    VALUES (NEW.user_id, NEW.id, NEW.quota_cost, 'refund')
-    ON CONFLICT DO NOTHING;
-    IF FOUND THEN
-        UPDATE taskd.accounts
-           SET quota_remaining = quota_remaining + NEW.quota_cost, updated_at = now()
-         WHERE user_id = NEW.user_id;
-    END IF;
+    WITH refunds AS (
+        INSERT INTO taskd.quota_ledger (user_id, task_id, delta, reason, refund_of)
+        SELECT c.user_id, c.task_id, -c.delta, 'refund', c.id
+          FROM taskd.quota_ledger c
+         WHERE c.task_id = NEW.id AND c.delta < 0
+           AND NOT EXISTS (SELECT 1 FROM taskd.quota_ledger r WHERE r.refund_of = c.id)
+         ORDER BY c.id
+        ON CONFLICT DO NOTHING
+        RETURNING user_id, delta
+    )
+    UPDATE taskd.accounts a
+       SET quota_remaining = a.quota_remaining + r.delta, updated_at = now()
+      FROM (SELECT user_id, sum(delta)::integer AS delta FROM refunds GROUP BY user_id) r
+     WHERE a.user_id = r.user_id;
     RETURN NULL;
 END;
 $$;
@@ -169,9 +190,12 @@ CREATE TRIGGER tasks_refund_on_failure
     EXECUTE FUNCTION taskd.refund_failed_task();
 
 -- Task counters and status follow their subtasks in every path (claim, completion, rescue,
--- timeout, cancel, retry, an operator's UPDATE), with at most one UPDATE per task per statement.
+-- timeout, cancel, retry, an operator's UPDATE), with at most one UPDATE per task per statement;
+-- a task that a statement ends is announced on taskd_task_end (its id as the payload).
 CREATE FUNCTION taskd.subtasks_count_outcomes() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    ended_ids bigint[];
 BEGIN
     -- Per task: +1 for each row after the statement, -1 for each row before it, by status.
     -- Rows whose status did not change cancel out. Never a join of old_rows to new_rows:
@@ -198,30 +222,41 @@ BEGIN
             OR (c.started AND t.status = 'pending')
          ORDER BY t.id
            FOR NO KEY UPDATE OF t
+    ), updated AS (
+        -- Counters are computed from the target row itself, never from a CTE: after waiting
+        -- for the row lock, the UPDATE re-reads the newest version, so concurrent batches add up.
+        UPDATE taskd.tasks t
+           SET completed = t.completed + c.d_completed,
+               failed = t.failed + c.d_failed,
+               cancelled = t.cancelled + c.d_cancelled,
+               status = CASE
+                   WHEN t.completed + c.d_completed + t.failed + c.d_failed
+                        + t.cancelled + c.d_cancelled >= t.total THEN
+                       CASE WHEN t.failed + c.d_failed > 0 THEN 'failed'
+                            WHEN t.cancelled + c.d_cancelled > 0 THEN 'cancelled'
+                            ELSE 'completed' END
+                   WHEN t.status = 'pending' AND NOT c.started
+                        AND t.completed + c.d_completed + t.failed + c.d_failed
+                            + t.cancelled + c.d_cancelled = 0 THEN 'pending'
+                   ELSE 'processing' END,
+               completed_at = CASE WHEN t.completed + c.d_completed + t.failed + c.d_failed
+                                        + t.cancelled + c.d_cancelled >= t.total
+                                   THEN now() END,
+               updated_at = now()
+          FROM changes c
+         WHERE t.id = c.task_id
+           AND t.id IN (SELECT id FROM locked)
+        -- RETURNING sees the new counters: finished now, and not before this statement.
+        RETURNING t.id,
+                  t.completed + t.failed + t.cancelled >= t.total
+                  AND t.completed + t.failed + t.cancelled
+                      - c.d_completed - c.d_failed - c.d_cancelled < t.total AS ends_here
     )
-    -- Counters are computed from the target row itself, never from a CTE: after waiting for
-    -- the row lock, the UPDATE re-reads the newest version, so concurrent batches add up.
-    UPDATE taskd.tasks t
-       SET completed = t.completed + c.d_completed,
-           failed = t.failed + c.d_failed,
-           cancelled = t.cancelled + c.d_cancelled,
-           status = CASE
-               WHEN t.completed + c.d_completed + t.failed + c.d_failed
-                    + t.cancelled + c.d_cancelled >= t.total THEN
-                   CASE WHEN t.failed + c.d_failed > 0 THEN 'failed'
-                        WHEN t.cancelled + c.d_cancelled > 0 THEN 'cancelled'
-                        ELSE 'completed' END
-               WHEN t.status = 'pending' AND NOT c.started
-                    AND t.completed + c.d_completed + t.failed + c.d_failed
-                        + t.cancelled + c.d_cancelled = 0 THEN 'pending'
-               ELSE 'processing' END,
-           completed_at = CASE WHEN t.completed + c.d_completed + t.failed + c.d_failed
-                                    + t.cancelled + c.d_cancelled >= t.total
-                               THEN now() END,
-           updated_at = now()
-      FROM changes c
-     WHERE t.id = c.task_id
-       AND t.id IN (SELECT id FROM locked);
+    SELECT array_agg(u.id) INTO ended_ids FROM updated u WHERE u.ends_here;
+    -- Whoever waits for a task's end LISTENs on taskd_task_end (docs/sql.md).
+    IF ended_ids IS NOT NULL THEN
+        PERFORM pg_notify('taskd_task_end', e::text) FROM unnest(ended_ids) AS e;
+    END IF;
     RETURN NULL;
 END;
 $$;
@@ -249,8 +284,6 @@ CREATE TRIGGER tasks_delete_subtasks
     WHEN (OLD.first_subtask_id IS NOT NULL)
     EXECUTE FUNCTION taskd.tasks_delete_subtasks();
 
--- submit_task: a task and its subtasks in one call, validated, then one wake-up for the queue.
--- Errors use SQLSTATE 22023 (invalid_parameter_value) with a message naming the argument.
 -- True when a JSON document (as text) nests arrays and objects deeper than max_depth.
 -- Cheap for ordinary documents: only one with more opening brackets than max_depth is walked.
 CREATE FUNCTION taskd.json_too_deep(doc text, max_depth integer) RETURNS boolean
@@ -280,31 +313,35 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION taskd.submit_task(
-    queue            text,
-    kind             text,
-    payloads         jsonb,
-    name             text DEFAULT '',
-    priority         integer DEFAULT 0,
-    params           jsonb DEFAULT '{}'::jsonb,
-    user_id          text DEFAULT NULL,
-    max_attempts     integer DEFAULT 3,
-    run_after        timestamptz DEFAULT NULL,
-    max_payload_bytes integer DEFAULT 1048576,
-    traceparent      text DEFAULT NULL
+-- insert_task: a task and its subtasks in one call, validated, then one wake-up for the queue;
+-- what submit_task and submit_task_for_user do. Errors use SQLSTATE 22023
+-- (invalid_parameter_value) with a message naming the argument. Called only by those two, as
+-- their owner and with their search_path: no SECURITY DEFINER and no SET of its own (a SET
+-- clause costs each call ~25 us), and PUBLIC may not execute it.
+CREATE FUNCTION taskd.insert_task(
+    user_id      text,
+    queue        text,
+    kind         text,
+    payloads     jsonb,
+    name         text,
+    priority     integer,
+    params       jsonb,
+    max_attempts integer,
+    run_after    timestamptz,
+    traceparent  text
 ) RETURNS bigint
--- As its owner: EXECUTE on this function is what a submitting role needs (roles.sql).
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
-    n          integer;
-    object_index integer;
-    bad_index  integer;
-    deep_index integer;
-    new_id     bigint;
-    first_id   bigint;
-    last_id    bigint;
-    params_doc text;
-    payload_doc text;
+    n             integer;
+    object_index  integer;
+    bad_index     integer;
+    deep_index    integer;
+    new_id        bigint;
+    first_id      bigint;
+    last_id       bigint;
+    params_doc    text;
+    payload_doc   text;
+    payload_limit integer;
 BEGIN
     IF queue IS NULL OR queue !~ '^[a-z][a-z0-9_-]*$' OR length(queue) > 63 THEN
         RAISE EXCEPTION 'taskd: queue % is not a valid queue name (^[a-z][a-z0-9_-]{0,62}$)',
@@ -351,17 +388,19 @@ BEGIN
     IF n > 100000 THEN
         RAISE EXCEPTION 'taskd: payloads holds % subtasks; at most 100000', n USING ERRCODE = '22023';
     END IF;
+    -- The server's limit (taskd.limits, written by `taskd migrate`), never the caller's.
+    payload_limit := coalesce((SELECT l.max_payload_bytes FROM taskd.limits l), 1048576);
     IF n = 1 THEN
         -- One payload, as most submits carry: expressions, no query over the array.
         payload_doc := (payloads->0)::text;
         object_index := CASE WHEN jsonb_typeof(payloads->0) <> 'object' THEN 1 END;
-        bad_index := CASE WHEN octet_length(payload_doc) > max_payload_bytes THEN 1 END;
+        bad_index := CASE WHEN octet_length(payload_doc) > payload_limit THEN 1 END;
         deep_index := CASE WHEN length(payload_doc) - length(translate(payload_doc, '[{', '')) > 500
                                 AND taskd.json_too_deep(payload_doc, 500) THEN 1 END;
     ELSE
         -- One pass over the payloads for all three checks; the errors keep their order.
         SELECT min(ord) FILTER (WHERE NOT is_object),
-               min(ord) FILTER (WHERE octet_length(doc) > max_payload_bytes),
+               min(ord) FILTER (WHERE octet_length(doc) > payload_limit),
                -- The inline bracket count spares ordinary payloads a function call.
                min(ord) FILTER (WHERE length(doc) - length(translate(doc, '[{', '')) > 500
                                   AND taskd.json_too_deep(doc, 500))
@@ -374,7 +413,7 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     IF bad_index IS NOT NULL THEN
-        RAISE EXCEPTION 'taskd: payloads[%] is larger than % bytes', bad_index - 1, max_payload_bytes
+        RAISE EXCEPTION 'taskd: payloads[%] is larger than % bytes', bad_index - 1, payload_limit
             USING ERRCODE = '22023';
     END IF;
     -- Deeper than this, executors could not decode it (Python's JSON decoder recurses).
@@ -388,16 +427,18 @@ BEGIN
     IF n = 1 THEN
         INSERT INTO taskd.subtasks (task_id, queue, kind, priority, payload, max_attempts,
                                     run_after)
-        VALUES (new_id, submit_task.queue, submit_task.kind, submit_task.priority, payloads->0,
-                submit_task.max_attempts, coalesce(submit_task.run_after, now()))
+        VALUES (new_id, insert_task.queue, insert_task.kind,
+                insert_task.priority, payloads->0, insert_task.max_attempts,
+                coalesce(insert_task.run_after, now()))
         RETURNING id INTO first_id;
         last_id := first_id;
     ELSE
         WITH inserted AS (
             INSERT INTO taskd.subtasks (task_id, queue, kind, priority, payload, max_attempts,
                                         run_after)
-            SELECT new_id, submit_task.queue, submit_task.kind, submit_task.priority, p.value,
-                   submit_task.max_attempts, coalesce(submit_task.run_after, now())
+            SELECT new_id, insert_task.queue, insert_task.kind,
+                   insert_task.priority, p.value, insert_task.max_attempts,
+                   coalesce(insert_task.run_after, now())
               FROM jsonb_array_elements(payloads) WITH ORDINALITY AS p(value, ord)
              ORDER BY p.ord
             RETURNING id
@@ -408,16 +449,124 @@ BEGIN
     INSERT INTO taskd.tasks (id, name, queue, kind, priority, user_id, params, total,
                              first_subtask_id, last_subtask_id, traceparent)
     OVERRIDING SYSTEM VALUE
-    VALUES (new_id, coalesce(submit_task.name, ''), submit_task.queue, submit_task.kind,
-            submit_task.priority, submit_task.user_id, submit_task.params, n, first_id, last_id,
-            submit_task.traceparent);
+    VALUES (new_id, coalesce(insert_task.name, ''), insert_task.queue,
+            insert_task.kind, insert_task.priority,
+            insert_task.user_id, insert_task.params, n, first_id, last_id,
+            insert_task.traceparent);
 
-    PERFORM pg_notify('taskd', submit_task.queue);
+    PERFORM pg_notify('taskd', insert_task.queue);
     RETURN new_id;
 END;
+$$;
+REVOKE ALL ON FUNCTION taskd.insert_task(text, text, text, jsonb, text, integer, jsonb, integer,
+                                         timestamptz, text) FROM PUBLIC;
+
+-- submit_task_for_user: a user's task (the API's). Only the API role may call it (roles.sql):
+-- it sets who owns the task. As its owner: EXECUTE is all a submitting role needs.
+CREATE FUNCTION taskd.submit_task_for_user(
+    user_id      text,
+    queue        text,
+    kind         text,
+    payloads     jsonb,
+    name         text DEFAULT '',
+    priority     integer DEFAULT 0,
+    params       jsonb DEFAULT '{}'::jsonb,
+    max_attempts integer DEFAULT 4,
+    run_after    timestamptz DEFAULT NULL,
+    traceparent  text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN taskd.insert_task(submit_task_for_user.user_id, submit_task_for_user.queue,
+                             submit_task_for_user.kind, submit_task_for_user.payloads,
+                             submit_task_for_user.name, submit_task_for_user.priority,
+                             submit_task_for_user.params, submit_task_for_user.max_attempts,
+                             submit_task_for_user.run_after, submit_task_for_user.traceparent);
+END;
+$$;
+REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer, jsonb,
+                                                  integer, timestamptz, text) FROM PUBLIC;
+
+-- submit_task: the door for SQL clients, a task without a user; the same rules and errors.
+CREATE FUNCTION taskd.submit_task(
+    queue        text,
+    kind         text,
+    payloads     jsonb,
+    name         text DEFAULT '',
+    priority     integer DEFAULT 0,
+    params       jsonb DEFAULT '{}'::jsonb,
+    max_attempts integer DEFAULT 4,
+    run_after    timestamptz DEFAULT NULL,
+    traceparent  text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN taskd.insert_task(NULL, submit_task.queue, submit_task.kind, submit_task.payloads,
+                             submit_task.name, submit_task.priority, submit_task.params,
+                             submit_task.max_attempts, submit_task.run_after,
+                             submit_task.traceparent);
+END;
+$$;
+
+-- set_task_priority: a task's priority, and its unfinished subtasks' (the claim orders by
+-- theirs), through its id range in one statement; then a wake-up, so that executors claim from
+-- the head of the claim order at once. No task: SQLSTATE P0002; an ended task: 55000 with the
+-- task's status as the error's DETAIL; a priority outside -1000..1000: 22023. Returns how many
+-- subtasks moved.
+CREATE FUNCTION taskd.set_task_priority(task_id bigint, priority integer) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    task  record;
+    moved integer;
+BEGIN
+    IF priority IS NULL OR priority NOT BETWEEN -1000 AND 1000 THEN
+        RAISE EXCEPTION 'taskd: priority % is outside -1000..1000', coalesce(priority::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    SELECT t.status, t.queue, t.first_subtask_id, t.last_subtask_id INTO task
+      FROM taskd.tasks t
+     WHERE t.id = set_task_priority.task_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'taskd: no task %', coalesce(task_id::text, 'NULL')
+            USING ERRCODE = 'P0002';
+    END IF;
+    IF task.status NOT IN ('pending', 'processing') THEN
+        RAISE EXCEPTION 'taskd: task % has already ended (%); its priority cannot change',
+            task_id, task.status USING ERRCODE = '55000', DETAIL = task.status;
+    END IF;
+    -- Subtasks before their task, in the order the counter trigger locks them: no deadlock.
+    UPDATE taskd.subtasks s
+       SET priority = set_task_priority.priority, updated_at = now()
+     WHERE s.id BETWEEN task.first_subtask_id AND task.last_subtask_id
+       AND s.task_id = set_task_priority.task_id
+       AND s.status IN ('pending', 'processing')
+       AND s.priority <> set_task_priority.priority;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    UPDATE taskd.tasks t
+       SET priority = set_task_priority.priority, updated_at = now()
+     WHERE t.id = set_task_priority.task_id;
+    IF moved > 0 THEN
+        PERFORM pg_notify('taskd', task.queue);
+    END IF;
+    RETURN moved;
+END;
+$$;
+REVOKE ALL ON FUNCTION taskd.set_task_priority(bigint, integer) FROM PUBLIC;
+
+-- task_subtasks: a task's subtasks in id order through its id range of the primary key (there
+-- is no index on task_id: `WHERE task_id = $1` reads the whole table). Plain SQL, as the caller:
+-- the planner inlines it, and the caller needs SELECT on tasks and subtasks.
+CREATE FUNCTION taskd.task_subtasks(task_id bigint) RETURNS SETOF taskd.subtasks
+LANGUAGE sql STABLE AS $$
+    SELECT s.*
+      FROM taskd.tasks t
+      JOIN taskd.subtasks s
+        ON s.id BETWEEN t.first_subtask_id AND t.last_subtask_id AND s.task_id = t.id
+     WHERE t.id = task_subtasks.task_id
+     ORDER BY s.id
 $$;
 
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
     (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts'),
-    (9, 'traceparent');
+    (9, 'traceparent'), (10, 'rules_as_meant');

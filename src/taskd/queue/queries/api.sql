@@ -110,9 +110,12 @@ SELECT count(*) AS total
 -- name: api_lock_task
 -- Locks the task row first: the refund trigger takes the same row before the account row, so
 -- retry (task, then account) and refund wait for each other instead of deadlocking.
+-- held_charges: the task's charges (ledger rows with delta < 0) that no refund matches.
 SELECT t.id, t.user_id, t.status, t.queue, t.failed, t.quota_cost,
-       (SELECT coalesce(sum(l.delta), 0) FROM taskd.quota_ledger l
-         WHERE l.task_id = t.id AND l.reason = 'refund')::integer AS refunded
+       (SELECT count(*) FROM taskd.quota_ledger c
+         WHERE c.task_id = t.id AND c.delta < 0
+           AND NOT EXISTS (SELECT 1 FROM taskd.quota_ledger r
+                            WHERE r.refund_of = c.id))::integer AS held_charges
   FROM taskd.tasks t
  WHERE t.id = %(id)s
    FOR UPDATE OF t;
@@ -137,9 +140,6 @@ UPDATE taskd.accounts
    SET is_member = %(is_member)s, quota_remaining = %(quota_remaining)s, updated_at = now()
  WHERE user_id = %(user_id)s
 RETURNING user_id, is_member, quota_remaining, created_at, updated_at;
-
--- name: api_task_statistics
-SELECT status, count(*) AS count FROM taskd.tasks GROUP BY status;
 
 -- name: api_processing_rate
 -- Uses subtasks_finished_idx: only rows finished inside the window are read.

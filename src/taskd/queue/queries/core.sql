@@ -2,6 +2,7 @@
 -- bound parameters. `now` parameters default to the database clock: tests pass a time to move it.
 
 -- name: submit_task
+-- A task without a user. The payload limit is the database's own (taskd.limits).
 SELECT taskd.submit_task(
     queue => %(queue)s,
     kind => %(kind)s,
@@ -9,10 +10,23 @@ SELECT taskd.submit_task(
     name => %(name)s,
     priority => %(priority)s,
     params => %(params)s::jsonb,
-    user_id => %(user_id)s,
     max_attempts => %(max_attempts)s,
     run_after => now() + make_interval(secs => %(delay)s),
-    max_payload_bytes => %(max_payload_bytes)s,
+    traceparent => %(traceparent)s
+) AS task_id;
+
+-- name: submit_task_for_user
+-- A user's task (the API's); EXECUTE on the function is the API role's alone.
+SELECT taskd.submit_task_for_user(
+    user_id => %(user_id)s,
+    queue => %(queue)s,
+    kind => %(kind)s,
+    payloads => %(payloads)s::jsonb,
+    name => %(name)s,
+    priority => %(priority)s,
+    params => %(params)s::jsonb,
+    max_attempts => %(max_attempts)s,
+    run_after => now() + make_interval(secs => %(delay)s),
     traceparent => %(traceparent)s
 ) AS task_id;
 

@@ -52,6 +52,14 @@ SELECT coalesce(p.queue, r.queue) AS queue,
   FULL JOIN recent r ON r.queue = p.queue
  ORDER BY 1;
 
+-- name: task_counts
+-- Tasks by status, with the sums of their subtask counters: one pass over tasks (which hold
+-- one row per submit), none over subtasks.
+SELECT status, count(*) AS tasks, coalesce(sum(completed), 0) AS completed,
+       coalesce(sum(failed), 0) AS failed, coalesce(sum(cancelled), 0) AS cancelled
+  FROM taskd.tasks
+ GROUP BY status;
+
 -- name: executor_overview
 -- Executors that run, or stopped or died within the hour, or still hold leases; leases counts
 -- the processing subtasks locked by each (a lease is held exactly while processing, so

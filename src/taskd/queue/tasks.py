@@ -1,0 +1,48 @@
+"""Steering a task after its submit: its priority, for ``taskd tasks priority`` and
+``PATCH /v1/tasks/{id}``.
+
+The rules live in the database (``taskd.set_task_priority``, which SQL clients call too); this
+module turns its errors into taskd's own by SQLSTATE, never by message text.
+"""
+
+from __future__ import annotations
+
+from psycopg import errors as pgerrors
+
+from taskd.errors import InvalidInput, TaskFinished, TaskNotFound
+from taskd.queue.connection import Conn, run_query
+from taskd.queue.store import Store
+
+MIN_PRIORITY = -1000
+MAX_PRIORITY = 1000
+
+
+async def set_task_priority(store: Store, task_id: int, priority: int) -> int:
+    """Give the task ``priority``, and its pending and processing subtasks with it, so that
+    they move in the claim order at once; wake the queue's executors. Returns how many
+    subtasks moved.
+
+    Raises :class:`InvalidInput` for a priority outside -1000..1000, :class:`TaskNotFound`,
+    and :class:`TaskFinished` when the task has already ended.
+    """
+    if isinstance(priority, bool) or not isinstance(priority, int) or not (
+        MIN_PRIORITY <= priority <= MAX_PRIORITY
+    ):
+        raise InvalidInput(f"priority {priority!r} is outside {MIN_PRIORITY}..{MAX_PRIORITY}",
+                           field="priority")
+
+    async def work(conn: Conn) -> int:
+        try:
+            rows = await run_query(conn, "set_task_priority",
+                                   {"task_id": task_id, "priority": priority})
+        except pgerrors.NoDataFound as exc:
+            raise TaskNotFound(f"task {task_id} not found") from exc
+        except pgerrors.ObjectNotInPrerequisiteState as exc:
+            status = exc.diag.message_detail or "ended"
+            raise TaskFinished(
+                f"task {task_id} has already ended ({status}); its priority cannot change",
+                status=status,
+            ) from exc
+        return int(rows[0]["moved"])
+
+    return await store.in_transaction(work)
