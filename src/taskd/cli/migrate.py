@@ -9,7 +9,6 @@ from taskd.cli.app import (
     CONNECT_TIMEOUT,
     app,
     configure_logging,
-    err_console,
     run_async,
     settings_of,
 )
@@ -58,5 +57,5 @@ def migrate(
     applied = run_async(go)
     for m in applied:
         typer.echo(f"applied {m.version:04d}_{m.name}")
+    typer.echo(f"limits: max_payload_bytes = {settings.max_payload_bytes}")
     typer.echo(f"schema is up to date (version {migrations.latest_version()})")
-    err_console.print(f"limits: max_payload_bytes = {settings.max_payload_bytes}")

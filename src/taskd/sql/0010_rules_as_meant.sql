@@ -136,7 +136,7 @@ END;
 $$;
 
 -- Its EXECUTE grants carry over to taskd.submit_task below; PUBLIC's too, or its absence.
-CREATE TEMPORARY TABLE submit_task_grants ON COMMIT DROP AS
+CREATE TEMPORARY TABLE rules_submit_task_grants ON COMMIT DROP AS
 SELECT a.grantee
   FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
  WHERE p.oid = 'taskd.submit_task(text, text, jsonb, text, integer, jsonb, text, integer, timestamptz, integer, text)'::regprocedure
@@ -344,11 +344,11 @@ DO $grants$
 DECLARE
     role_oid oid;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM submit_task_grants g WHERE g.grantee = 0) THEN
+    IF NOT EXISTS (SELECT 1 FROM rules_submit_task_grants g WHERE g.grantee = 0) THEN
         REVOKE ALL ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, jsonb,
                                                  integer, timestamptz, text) FROM PUBLIC;
     END IF;
-    FOR role_oid IN SELECT g.grantee FROM submit_task_grants g WHERE g.grantee <> 0 LOOP
+    FOR role_oid IN SELECT g.grantee FROM rules_submit_task_grants g WHERE g.grantee <> 0 LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
                        'integer, jsonb, integer, timestamptz, text) TO %s', role_oid::regrole);
     END LOOP;
