@@ -44,9 +44,9 @@ async def test_sql_and_python_store_the_traceparent_and_refuse_a_malformed_one(
         (TRACEPARENT,))
     by_sql = (await cur.fetchone())[0]
     by_python = await store.submit("standard", "noop", [{}], traceparent=TRACEPARENT)
-    # Callers from before the argument: every positional argument of the old signature.
+    # Callers that do not name it: every other positional argument.
     cur = await conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]', 'n', 0, "
-                             "'{}', NULL, 3, NULL, 1048576)")
+                             "'{}', 3, NULL)")
     old_call = (await cur.fetchone())[0]
     assert await traceparent_of(conn, by_sql) == TRACEPARENT
     assert await traceparent_of(conn, by_python) == TRACEPARENT
