@@ -13,6 +13,7 @@ import pytest
 
 from taskd.executor.stats import StatsCollector
 from taskd.metrics import Metrics
+from taskd.queue import maintenance
 from taskd.queue.store import Store
 from taskd.types import Outcome
 from tests import factories
@@ -68,6 +69,27 @@ async def test_a_drained_queue_goes_to_zero_not_stale(store: Store) -> None:
     assert gauge(metrics, "taskd_queue_depth", queue="drain", status="ready") == 0
     assert gauge(metrics, "taskd_queue_depth", queue="drain", status="processing") == 0
     assert gauge(metrics, "taskd_queue_oldest_pending_seconds", queue="drain") == 0
+
+
+async def test_the_oldest_unstarted_task_is_what_the_pending_timeout_measures(
+    store: Store, conn: AnyConn
+) -> None:
+    waiting = await factories.submit(store, 2, queue="waiting")
+    await factories.submit(store, 2, queue="moving")
+    # Both runnable for 100 s; one of "moving"'s subtasks has started, so its task never times
+    # out and does not count, however old its other subtask is.
+    await conn.execute("UPDATE taskd.subtasks SET run_after = now() - interval '100 seconds'")
+    await conn.execute("UPDATE taskd.tasks SET created_at = now() - interval '100 seconds'")
+    await store.claim_subtasks("moving", "x", 1, 60)
+    metrics = Metrics()
+    collector = StatsCollector(store, metrics, 15, pool_max=4)
+    await collector.collect()
+    age = gauge(metrics, "taskd_queue_oldest_unstarted_seconds", queue="waiting")
+    assert age is not None and 100 <= age < 160, age
+    assert gauge(metrics, "taskd_queue_oldest_unstarted_seconds", queue="moving") == 0
+    # The rule agrees: the waiting task times out at a 90 s timeout, the moving one never.
+    assert await maintenance.fail_unstarted_tasks(store, "waiting", 90.0) == [waiting]
+    assert await maintenance.fail_unstarted_tasks(store, "moving", 90.0) == []
 
 
 async def test_run_logs_database_errors_and_carries_on(

@@ -48,6 +48,7 @@ def test_the_panels_operators_need_are_there() -> None:
         "taskd_subtasks_finished_total",  # throughput by outcome
         "taskd_queue_depth",  # backlog per queue
         "taskd_queue_oldest_pending_seconds",
+        "taskd_queue_oldest_unstarted_seconds",  # the pending timeout's clock
         "taskd_queue_concurrency_limit", "taskd_queue_running",  # limit vs running
         "taskd_subtask_duration_seconds_bucket", "taskd_subtask_wait_seconds_bucket",
         "taskd_leases_rescued_total", "taskd_leases_lost_total",

@@ -68,7 +68,7 @@ def render_status(report: StatusReport) -> RenderableType:
     queues = Table(title="queues", title_justify="left")
     queues.add_column("queue")
     for column in ("ready", "scheduled", "processing", "done 1h", "failed 1h",
-                   "per min 1/5/15m", "oldest pending"):
+                   "per min 1/5/15m", "oldest unstarted"):
         queues.add_column(column, justify="right")
     queues.add_column("served by (group: live executors)")
     for q in report.queues:
@@ -77,7 +77,7 @@ def render_status(report: StatusReport) -> RenderableType:
             q.queue, str(q.ready), str(q.scheduled), str(q.processing),
             str(q.completed_last_hour), str(q.failed_last_hour),
             f"{r['1m']:.1f} / {r['5m']:.1f} / {r['15m']:.1f}",
-            format_age(q.oldest_pending_seconds), _served_by(report, q) or "nobody",
+            format_age(q.oldest_unstarted_seconds), _served_by(report, q) or "nobody",
         )
     parts: list[RenderableType] = [executors, queues, render_errors(report.errors, "errors (24h)")]
     parts.append(Text(f"tasks: {_counts(report.tasks)}; subtasks: {_counts(report.subtasks)}"))

@@ -2,7 +2,8 @@
 
 One cheap query (``stats_snapshot``: unfinished rows only, through the partial indexes) sets
 ``taskd_queue_depth{queue,status}`` (status ready, scheduled, processing),
-``taskd_queue_oldest_pending_seconds{queue}`` and ``taskd_executors{status}``; the pool's own
+``taskd_queue_oldest_pending_seconds{queue}`` and ``taskd_executors{status}``; a second, bounded
+one ``taskd_queue_oldest_unstarted_seconds{queue}`` (the pending timeout's clock); the pool's own
 statistics set ``taskd_db_pool_connections{state}`` (idle, used, max) and
 ``taskd_db_pool_requests_waiting``.
 """
@@ -17,7 +18,7 @@ import anyio
 
 from taskd.errors import TaskdError
 from taskd.metrics import Metrics
-from taskd.queue.status import stats_snapshot
+from taskd.queue.status import oldest_unstarted, stats_snapshot
 from taskd.queue.store import Store
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class StatsCollector:
         """
         snapshot = await stats_snapshot(self.store)
         self._queues_seen |= set(snapshot.depth) | set(snapshot.oldest_pending)
+        unstarted = await oldest_unstarted(self.store, sorted(self._queues_seen))
         for queue in self._queues_seen:
             for status in DEPTH_STATUSES:
                 self.metrics.queue_depth.labels(queue, status).set(
@@ -76,6 +78,7 @@ class StatsCollector:
             self.metrics.queue_oldest_pending.labels(queue).set(
                 snapshot.oldest_pending.get(queue, 0.0)
             )
+            self.metrics.queue_oldest_unstarted.labels(queue).set(unstarted.get(queue, 0.0))
         for status in sorted(set(EXECUTOR_STATUSES) | set(snapshot.executors)):
             self.metrics.executors.labels(status).set(snapshot.executors.get(status, 0))
         self.collect_pool()

@@ -95,6 +95,12 @@ class Metrics:
             "Age of the oldest ready subtask (cluster-wide, from the database).", ["queue"],
             registry=r,
         )
+        self.queue_oldest_unstarted = Gauge(
+            "taskd_queue_oldest_unstarted_seconds",
+            "Age of the oldest task nobody has started, since it became runnable: what "
+            "pending_timeout measures (cluster-wide, from the database).", ["queue"],
+            registry=r,
+        )
         self.queue_concurrency_limit = Gauge(
             "taskd_queue_concurrency_limit", "This executor's concurrency limit.", ["queue"],
             registry=r,

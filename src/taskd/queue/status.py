@@ -64,6 +64,8 @@ class QueueRow:
     failed_last_hour: int
     rate_per_minute: dict[str, float]
     oldest_pending_seconds: float | None
+    # The oldest task nobody started, since it became runnable: what pending_timeout measures.
+    oldest_unstarted_seconds: float | None = None
     groups: list[str] = field(default_factory=list)
     executors: list[str] = field(default_factory=list)
 
@@ -216,9 +218,17 @@ async def read_executors(store: Store, dead_after: float) -> list[ExecutorRow]:
     ]
 
 
+async def oldest_unstarted(store: Store, queues: list[str]) -> dict[str, float]:
+    """Queue -> age in seconds of its oldest task that nobody started, since it became
+    runnable (the pending timeout's clock); queues without one are absent."""
+    rows = await store.fetch_rows("oldest_unstarted_tasks", {"queues": queues})
+    return {r["queue"]: max(0.0, float(r["oldest_seconds"])) for r in rows}
+
+
 async def read_queues(store: Store) -> list[QueueRow]:
     """Each queue with unfinished work or subtasks finished within the hour."""
     rows = await store.fetch_rows("queue_overview", {})
+    unstarted = await oldest_unstarted(store, [r["queue"] for r in rows])
     return [
         QueueRow(
             queue=r["queue"], ready=int(r["ready"]), scheduled=int(r["scheduled"]),
@@ -227,6 +237,7 @@ async def read_queues(store: Store) -> list[QueueRow]:
             failed_last_hour=int(r["failed_last_hour"]),
             rate_per_minute={"1m": r["rate_1m"], "5m": r["rate_5m"], "15m": r["rate_15m"]},
             oldest_pending_seconds=r["oldest_pending_seconds"],
+            oldest_unstarted_seconds=unstarted.get(r["queue"]),
         )
         for r in rows
     ]

@@ -166,3 +166,28 @@ SELECT s.id, s.error
  WHERE t.id = %(task_id)s AND s.status = 'failed'
  ORDER BY s.id
  LIMIT 1;
+
+-- name: oldest_unstarted_tasks
+-- Per queue, the age of the oldest task that nobody has started, counted from when it became
+-- runnable (its creation or its earliest pending run_after, whichever is later): what the
+-- pending timeout measures
+-- (fail_unstarted_tasks). Among each queue's 100 oldest unfinished tasks
+-- (tasks_unfinished_idx), so that a long backlog costs a bounded read.
+SELECT q.queue, extract(epoch FROM now() - min(u.runnable_at))::float8 AS oldest_seconds
+  FROM unnest(%(queues)s::text[]) AS q(queue)
+ CROSS JOIN LATERAL (
+    SELECT greatest(t.created_at,
+                    (SELECT min(s.run_after) FROM taskd.subtasks s
+                      WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
+                        AND s.task_id = t.id AND s.status = 'pending')) AS runnable_at
+      FROM taskd.tasks t
+     WHERE t.queue = q.queue
+       AND t.completed_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM taskd.subtasks s
+                        WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
+                          AND s.task_id = t.id AND s.started_at IS NOT NULL)
+     ORDER BY t.created_at
+     LIMIT 100
+ ) u
+ WHERE u.runnable_at <= now()
+ GROUP BY q.queue;
