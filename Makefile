@@ -31,11 +31,12 @@ $(VENV)/.dev-installed: pyproject.toml tests/fixtures/example-handlers/pyproject
 		tests/fixtures/example-handlers
 	touch $@
 
-## run: the daemon on the embedded PostgreSQL (or TASKD_DATABASE_URL when set), with a fake
-## Lumina API on 127.0.0.1:8099 behind the lumina queue, polled every 0.5 s (the lumina
-## queue's default is 5 s, for a real API). Ctrl-C stops both gracefully.
+## run: the daemon on the embedded PostgreSQL (or TASKD_DATABASE_URL when set), with the fake
+## external APIs (taskd.testing.fake_apis: a Lumina-style job API and a content audit) on
+## 127.0.0.1:8099 behind the lumina queue, polled every 0.5 s (the lumina queue's default is
+## 5 s, for a real API). Ctrl-C stops both gracefully.
 run: $(VENV)/.run-installed
-	@$(BIN)/python -m taskd.testing.fake_lumina --port 8099 --job-seconds 2 & \
+	@$(BIN)/python -m taskd.testing.fake_apis --port 8099 --job-seconds 2 & \
 	trap 'kill $$! 2>/dev/null' EXIT; \
 	TASKD_QUEUES__LUMINA__BASE_URL=$${TASKD_QUEUES__LUMINA__BASE_URL:-http://127.0.0.1:8099} \
 	TASKD_QUEUES__LUMINA__POLLING_INTERVAL=$${TASKD_QUEUES__LUMINA__POLLING_INTERVAL:-0.5} \

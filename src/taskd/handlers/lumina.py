@@ -1,6 +1,6 @@
 """The ``lumina`` built-in handler: submit a job to an external API, then poll it until it ends.
 
-The API (see :mod:`taskd.testing.fake_lumina` for a complete, runnable one):
+The API (see :mod:`taskd.testing.fake_apis` for a complete, runnable one):
 
 - ``POST {base_url}{submit_path}`` with ``{"input": <payload>, "client_reference":
   "taskd-subtask-<id>"}`` and ``Authorization: Bearer <api_key>`` when a key is set, answers
