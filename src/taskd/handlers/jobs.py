@@ -40,6 +40,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+from pydantic import SecretStr
 
 from taskd.errors import HandlerError, HandlerTimeout, PermanentError
 from taskd.handlers.base import SubtaskContext
@@ -231,7 +232,8 @@ async def _submit(ctx: SubtaskContext, api: JobApi, job_input: JSON) -> str:
     settings = ctx.queue_settings
     url = f"{settings.base_url}{settings.submit_path}"
     body = {"input": job_input, "client_reference": client_reference(ctx)}
-    answer = await send(ctx, "POST", url, document=body, errors=api.errors)
+    answer = await send(ctx, "POST", url, document=body, errors=api.errors,
+                        api_key=settings.api_key)
     if answer.status >= 400:
         raise api.errors.input_rejected(
             f"{api.name} rejected the submission ({answer.status}): {answer.api_message()}"
@@ -245,7 +247,7 @@ async def _submit(ctx: SubtaskContext, api: JobApi, job_input: JSON) -> str:
 async def _status(ctx: SubtaskContext, api: JobApi, job_id: str) -> dict[str, Any]:
     settings = ctx.queue_settings
     url = f"{settings.base_url}{settings.status_path.format(job_id=job_id)}"
-    answer = await send(ctx, "GET", url, errors=api.errors)
+    answer = await send(ctx, "GET", url, errors=api.errors, api_key=settings.api_key)
     if answer.status == 404:
         await _forget_job(ctx, ctx.state if isinstance(ctx.state, dict) else {}, job_id)
         raise api.errors.job_lost(
@@ -273,18 +275,17 @@ _NO_ANSWER = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, Timeout
 
 async def send(
     ctx: SubtaskContext, method: str, url: str, *, document: Any = None,
-    errors: ApiErrors = GENERIC_ERRORS, api_key: str | None = None,
+    errors: ApiErrors = GENERIC_ERRORS, api_key: SecretStr | None = None,
 ) -> Answer:
     """One request through ``ctx.session``, retried on transient trouble; returns any other
     answer (a 4xx included) for the caller to judge.
 
-    ``api_key`` (default: the queue's ``api_key``) is sent as ``Authorization: Bearer``.
-    Raises ``errors.unreachable`` or ``errors.unavailable`` when every try failed.
+    ``api_key``, when given, is sent as ``Authorization: Bearer``. Raises
+    ``errors.unreachable`` or ``errors.unavailable`` when every try failed.
     """
     settings = ctx.queue_settings
-    if api_key is None and settings.api_key is not None:
-        api_key = settings.api_key.get_secret_value()
-    headers = {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
+    headers = ({} if api_key is None
+               else {"Authorization": f"Bearer {api_key.get_secret_value()}"})
     timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
 
     async def once() -> Answer:
