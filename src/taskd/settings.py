@@ -137,6 +137,21 @@ class ApiSettings(BaseModel):
         default_factory=lambda: {"lumina": "lumina", "noop": "standard"},
         description="task kinds the API accepts, each with its default queue",
     )
+    templates: dict[str, list[Annotated[str, Field(min_length=1, max_length=20_000)]]] = Field(
+        default_factory=dict,
+        description="a kind's template: the prompts a task of that kind is made of, one "
+        "subtask each; its requests give only the variables for their {placeholders}",
+    )
+
+    @model_validator(mode="after")
+    def _templates_of_accepted_kinds(self) -> ApiSettings:
+        for kind, prompts in self.templates.items():
+            if kind not in self.kinds:
+                raise ValueError(f"templates.{kind}: {kind!r} is not one of the kinds the API "
+                                 f"accepts (api.kinds: {', '.join(sorted(self.kinds))})")
+            if not prompts:
+                raise ValueError(f"templates.{kind} has no prompts")
+        return self
 
 
 def _default_executor_id() -> str:
