@@ -91,6 +91,9 @@ async def test_an_image_the_audit_rejects_fails_the_subtask_for_good() -> None:
         "the prompt contains the marker '[unsafe]'"
     )
     assert (stats.jobs, stats.audits, stats.audit_rejections) == (1, 1, 1)
+    # A retry of the task makes a new image rather than ask about this one again.
+    assert outcome.checkpoints == [{"job_id": "job-1"},
+                                   {"job_id": None, "ended_job_ids": ["job-1"]}]
 
 
 async def test_an_unreachable_audit_is_retried_and_the_retry_resumes_the_same_job() -> None:

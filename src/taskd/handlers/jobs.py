@@ -258,6 +258,12 @@ async def _status(ctx: SubtaskContext, api: JobApi, job_id: str) -> dict[str, An
     return answer.json_object(api.errors)
 
 
+async def forget_job(ctx: SubtaskContext, job_id: str) -> None:
+    """Checkpoint that the next attempt (a retry, or a retried task) submits a new job
+    instead of resuming ``job_id``; the last 20 ended job ids stay in ``ended_job_ids``."""
+    await _forget_job(ctx, ctx.state if isinstance(ctx.state, dict) else {}, job_id)
+
+
 async def _forget_job(ctx: SubtaskContext, state: dict[str, Any], job_id: str) -> None:
     # The next attempt must submit again, not poll a job that has ended or vanished.
     ended = [*state.get("ended_job_ids", []), job_id][-20:]

@@ -11,7 +11,8 @@ prompts; docs/photo-platform.md tells the whole flow.
   pose prompt) to the external image API and polls it to its end with
   :func:`taskd.handlers.jobs.run_job` (the job id is checkpointed, a retry resumes the job),
   then asks the queue's ``audit_url`` about the image. An image the audit rejects fails the
-  subtask for good (:class:`ContentRejected`); an approved one is the result
+  subtask for good (:class:`ContentRejected`) and its job is forgotten, so that a retry of
+  the task makes a new image; an approved one is the result
   ``{"image_url", "job_id", "prompt"}``, and its URL joins the task's ``result_urls``.
 """
 
@@ -26,6 +27,7 @@ from taskd.handlers.jobs import (
     ExternalApiError,
     JobApi,
     client_reference,
+    forget_job,
     run_job,
     send,
 )
@@ -106,6 +108,7 @@ async def model_pose12(ctx: SubtaskContext) -> JSON:
     job_id = state.get("job_id")
     image_url = output.get("image_url") if isinstance(output, dict) else None
     if not isinstance(image_url, str) or not image_url:
+        await forget_job(ctx, str(job_id))
         raise PermanentError(f"image job {job_id} ended without an image_url in its output")
     prompt = ctx.payload.get("prompt")
     answer = await send(
@@ -121,6 +124,8 @@ async def model_pose12(ctx: SubtaskContext) -> JSON:
     if not isinstance(approved, bool):
         raise AuditError(f"POST {settings.audit_url} answered without a boolean 'approved'")
     if not approved:
+        # A retry of the task makes a new image; this one is not asked about again.
+        await forget_job(ctx, str(job_id))
         reason = verdict.get("reason")
         raise ContentRejected(f"content audit rejected image {image_url}: "
                               f"{reason if isinstance(reason, str) else 'no reason given'}")
