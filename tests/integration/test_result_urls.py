@@ -3,6 +3,8 @@ prompts (api.templates) makes its tasks' subtasks."""
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -13,6 +15,7 @@ from taskd.errors import ConfigError
 from taskd.queue.store import Store
 from taskd.settings import Settings, load_settings
 from taskd.testing import drain
+from taskd.types import Outcome
 from tests.integration.api_support import Client, assert_error, make_settings, put_account
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -47,6 +50,29 @@ async def test_result_urls_are_each_subtasks_image_url_in_subtask_order(
                                       "https://img.invalid/4.png"],)
         assert urls(db, task_id, 2) == (["https://img.invalid/1.png", None],)
         assert urls(db, 424242) == (None,)
+
+
+@pytest.mark.anyio
+async def test_result_urls_follow_the_subtasks_not_the_order_they_ended_in(
+    store: Store, database_url: str
+) -> None:
+    images = [f"https://img.invalid/{n}.png" for n in range(1, 5)]
+    task_id = await store.submit("images", "model_pose12", [{"pose": n} for n in range(4)])
+    claimed = await store.claim_subtasks("images", "exec-1", 4, lease_timeout=60)
+    assert len(claimed) == 4
+    now = await store.database_now()
+    # The last pose ends first and the first last; the third fails (no URL).
+    for late, subtask in enumerate(reversed(claimed)):
+        index = claimed.index(subtask)
+        outcome = (Outcome(subtask.id, subtask.attempt, "failed", error="ContentRejected: no")
+                   if index == 2 else
+                   Outcome(subtask.id, subtask.attempt, "completed",
+                           result_json=json.dumps({"image_url": images[index]})))
+        applied = await store.record_outcomes("exec-1", [outcome],
+                                              now=now + timedelta(seconds=late))
+        assert applied == {subtask.id}
+    with psycopg.connect(database_url, autocommit=True) as db:
+        assert urls(db, task_id) == ([images[0], images[1], None, images[3]],)
 
 
 def test_the_api_shows_result_urls_as_sql_does(
