@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # environment that `make run` uses never lists them.
 TEST_SITE := $(VENV)/test-site
 
-.PHONY: run test lint check clean
+.PHONY: run run-photo test lint check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,14 +31,27 @@ $(VENV)/.dev-installed: pyproject.toml tests/fixtures/example-handlers/pyproject
 		tests/fixtures/example-handlers
 	touch $@
 
-## run: the daemon on the embedded PostgreSQL (or TASKD_DATABASE_URL when set), with a fake
-## Lumina API on 127.0.0.1:8099 behind the lumina queue, polled every 0.5 s (the lumina
-## queue's default is 5 s, for a real API). Ctrl-C stops both gracefully.
+## run: the daemon on the embedded PostgreSQL (or TASKD_DATABASE_URL when set), with the fake
+## external APIs (taskd.testing.fake_apis: a Lumina-style job API and a content audit) on
+## 127.0.0.1:8099 behind the lumina queue, polled every 0.5 s (the lumina queue's default is
+## 5 s, for a real API). Ctrl-C stops both gracefully.
 run: $(VENV)/.run-installed
-	@$(BIN)/python -m taskd.testing.fake_lumina --port 8099 --job-seconds 2 & \
+	@$(BIN)/python -m taskd.testing.fake_apis --port 8099 --job-seconds 2 & \
 	trap 'kill $$! 2>/dev/null' EXIT; \
 	TASKD_QUEUES__LUMINA__BASE_URL=$${TASKD_QUEUES__LUMINA__BASE_URL:-http://127.0.0.1:8099} \
 	TASKD_QUEUES__LUMINA__POLLING_INTERVAL=$${TASKD_QUEUES__LUMINA__POLLING_INTERVAL:-0.5} \
+	TASKD_METRICS_ADDR=$${TASKD_METRICS_ADDR:-127.0.0.1:9464} \
+	$(BIN)/taskd run
+
+## run-photo: the photo-platform profile (deploy/examples/photo-platform.toml: basic_clean and
+## model_pose12) on the embedded PostgreSQL (or TASKD_DATABASE_URL), with the fake image and
+## audit APIs on 127.0.0.1:8099 (2 s jobs; the audit rejects images whose prompt holds
+## "[unsafe]"). Ctrl-C stops both. Then: docs/photo-platform.md.
+run-photo: $(VENV)/.run-installed
+	@$(BIN)/python -m taskd.testing.fake_apis --port 8099 --job-seconds 2 \
+		--reject-marker '[unsafe]' & \
+	trap 'kill $$! 2>/dev/null' EXIT; \
+	TASKD_CONFIG=$${TASKD_CONFIG:-deploy/examples/photo-platform.toml} \
 	TASKD_METRICS_ADDR=$${TASKD_METRICS_ADDR:-127.0.0.1:9464} \
 	$(BIN)/taskd run
 

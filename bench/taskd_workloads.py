@@ -181,7 +181,7 @@ def fake_lumina_process(job_seconds: float) -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     api = subprocess.Popen(
-        [sys.executable, "-m", "taskd.testing.fake_lumina", "--port", str(port),
+        [sys.executable, "-m", "taskd.testing.fake_apis", "--port", str(port),
          "--job-seconds", str(job_seconds)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

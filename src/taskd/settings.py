@@ -77,7 +77,7 @@ class QueueSettings(BaseModel):
     )
     retry_base: Seconds = Field(1.0, gt=0, description="backoff is retry_base * 2^(attempt-1)")
     retry_max: Seconds = Field(300.0, gt=0, description="backoff cap")
-    # Handler options (the lumina and http handlers read them).
+    # Handler options (the lumina, http and photo handlers read them).
     base_url: str | None = None
     api_key: SecretStr | None = None
     submit_path: str = "/v1/jobs"
@@ -89,7 +89,15 @@ class QueueSettings(BaseModel):
         "POST", description="the http handler's method when the payload has none"
     )
     request_timeout: Seconds = Field(
-        30.0, gt=0, description="one HTTP request of the http and lumina handlers"
+        30.0, gt=0, description="one HTTP request of the http, lumina and model_pose12 handlers"
+    )
+    audit_url: str | None = Field(
+        None, description="the content-audit endpoint the model_pose12 handler asks about "
+        "each image (taskd.handlers.photo)",
+    )
+    audit_api_key: SecretStr | None = Field(
+        None, description="sent to audit_url as Authorization: Bearer (not the api_key of "
+        "base_url)",
     )
     groups: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
         None, min_length=1,
@@ -129,6 +137,21 @@ class ApiSettings(BaseModel):
         default_factory=lambda: {"lumina": "lumina", "noop": "standard"},
         description="task kinds the API accepts, each with its default queue",
     )
+    templates: dict[str, list[Annotated[str, Field(min_length=1, max_length=20_000)]]] = Field(
+        default_factory=dict,
+        description="a kind's template: the prompts a task of that kind is made of, one "
+        "subtask each; its requests give only the variables for their {placeholders}",
+    )
+
+    @model_validator(mode="after")
+    def _templates_of_accepted_kinds(self) -> ApiSettings:
+        for kind, prompts in self.templates.items():
+            if kind not in self.kinds:
+                raise ValueError(f"templates.{kind}: {kind!r} is not one of the kinds the API "
+                                 f"accepts (api.kinds: {', '.join(sorted(self.kinds))})")
+            if not prompts:
+                raise ValueError(f"templates.{kind} has no prompts")
+        return self
 
 
 def _default_executor_id() -> str:

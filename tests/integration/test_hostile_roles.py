@@ -137,8 +137,8 @@ def test_the_client_role_submits_within_the_servers_rules_and_nothing_more(
     roles: dict[str, str], database_url: str
 ) -> None:
     """The least-privileged SQL client: it cannot lift the payload limit, cannot submit as a
-    user, cannot write a table; it can submit, read its task, reprioritise it and wait for
-    its end, all as docs/sql.md says."""
+    user, cannot write a table; it can submit, read its task, reprioritise it, wait for its
+    end and read its result URLs, all as docs/sql.md says."""
     client = roles["client"]
     three_mib = '[{"blob": "' + "x" * (3 * 1024 * 1024) + '"}]'
     before = _counts(database_url)
@@ -165,8 +165,9 @@ def test_the_client_role_submits_within_the_servers_rules_and_nothing_more(
     assert _counts(database_url) == before
     with psycopg.connect(client, autocommit=True) as conn:
         conn.execute("LISTEN taskd_task_end")
-        task_id = conn.execute("SELECT taskd.submit_task('standard', 'noop',"
-                               " '[{\"n\": 1}, {\"n\": 2}]')").fetchone()[0]  # type: ignore[index]
+        task_id = conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{\"n\": 1,"
+                               " \"image_url\": \"https://img.invalid/1.png\"}, {\"n\": 2}]')"
+                               ).fetchone()[0]  # type: ignore[index]
         assert conn.execute("SELECT user_id FROM taskd.tasks WHERE id = %s",
                             (task_id,)).fetchone() == (None,)
         assert conn.execute("SELECT taskd.set_task_priority(%s, 50)",
@@ -178,6 +179,8 @@ def test_the_client_role_submits_within_the_servers_rules_and_nothing_more(
         assert int(heard.payload) == task_id
         assert conn.execute("SELECT status FROM taskd.tasks WHERE id = %s",
                             (task_id,)).fetchone() == ("completed",)
+        assert conn.execute("SELECT taskd.task_result_urls(%s)", (task_id,)).fetchone() == (
+            ["https://img.invalid/1.png", None],)
 
 
 def _counts(url: str) -> tuple[int, int]:

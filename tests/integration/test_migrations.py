@@ -184,7 +184,7 @@ def test_versions_9_and_10_keep_who_may_execute_submit_task(empty_database_url: 
                 "GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, "
                 "jsonb, text, integer, timestamptz, integer) TO {}").format(sql.Identifier(role)))
             applied = anyio.run(_migrate, empty_database_url)
-            assert [m.version for m in applied] == [8, 9, 10]
+            assert [m.version for m in applied] == list(range(8, migrations.latest_version() + 1))
             may = conn.execute(
                 "SELECT has_function_privilege(%s, %s::regprocedure, 'EXECUTE'),"
                 " has_function_privilege('public', %s::regprocedure, 'EXECUTE')",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 
 def taskd(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -57,18 +58,25 @@ def test_a_handler_path_that_does_not_import_stops_with_exit_2_and_one_line() ->
     )
 
 
-def test_the_fake_lumina_api_runs_standalone_and_stops_on_sigterm() -> None:
+@pytest.mark.parametrize(("module", "label"), [("taskd.testing.fake_apis", "fake APIs"),
+                                               ("taskd.testing.fake_lumina", "fake lumina")])
+def test_the_fake_apis_run_standalone_and_stop_on_sigterm(module: str, label: str) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "taskd.testing.fake_lumina", "--port", "0", "--job-seconds", "0"],
+        [sys.executable, "-m", module, "--port", "0", "--job-seconds", "0",
+         "--reject-marker", "[unsafe]"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
-        assert line.startswith("fake lumina listening on http://127.0.0.1:"), line
+        assert line.startswith(f"{label} listening on http://127.0.0.1:"), line
         url = line.rsplit(" ", 1)[1].strip()
         job = httpx.post(url + "/v1/jobs", json={"input": {}, "client_reference": "x"}).json()
-        assert httpx.get(f"{url}/v1/jobs/{job['id']}").json()["status"] == "done"
+        done = httpx.get(f"{url}/v1/jobs/{job['id']}").json()
+        assert done["status"] == "done"
+        audit = httpx.post(url + "/v1/audit", json={"image_url": done["output"]["image_url"],
+                                                    "prompt": "an [unsafe] cat"}).json()
+        assert audit["approved"] is False
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
     finally:

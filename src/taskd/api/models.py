@@ -37,7 +37,8 @@ def _clean_text(value: str, what: str) -> str:
 
 
 class CreateTaskRequest(BaseModel):
-    """``POST /v1/tasks``: either ``subtasks`` or ``prompts`` (+ ``variables``, ``batch_size``)."""
+    """``POST /v1/tasks``: either ``subtasks`` or ``prompts`` (+ ``variables``, ``batch_size``);
+    for a kind with a template (``api.templates``), only ``variables`` (+ ``batch_size``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -78,8 +79,12 @@ class CreateTaskRequest(BaseModel):
             _clean_text(prompt, "prompts")
         return value
 
-    def plan(self) -> tuple[list[dict[str, Any]], int]:
-        """The subtask payloads and the batch size. Raises :class:`InvalidInput`."""
+    def plan(self, template: list[str] | None = None) -> tuple[list[dict[str, Any]], int]:
+        """The subtask payloads and the batch size. ``template``: the kind's prompts
+        (``api.templates``), which the request fills with its variables. Raises
+        :class:`InvalidInput`."""
+        if template is not None:
+            return self._plan_template(template)
         if (self.subtasks is None) == (self.prompts is None):
             raise InvalidInput("give either subtasks or prompts, not both and not neither",
                                field="subtasks")
@@ -92,6 +97,23 @@ class CreateTaskRequest(BaseModel):
         assert self.prompts is not None
         batch_size = self.batch_size or 1
         return expand_prompts(self.prompts, self.variables or {}, batch_size), batch_size
+
+    def _plan_template(self, template: list[str]) -> tuple[list[dict[str, Any]], int]:
+        for given in ("subtasks", "prompts"):
+            if getattr(self, given) is not None:
+                raise InvalidInput(
+                    f"kind {self.kind!r} makes its subtasks from its template "
+                    f"(api.templates.{self.kind}): give variables, not {given}", field=given)
+        variables = self.variables or {}
+        needed = dict.fromkeys(name for prompt in template
+                               for name in _PLACEHOLDER.findall(prompt))
+        missing = [name for name in needed if name not in variables]
+        if missing:
+            raise InvalidInput(
+                f"the template of kind {self.kind!r} needs the variable {missing[0]!r} "
+                f"(its placeholders: {', '.join(needed)})", field=f"variables.{missing[0]}")
+        batch_size = self.batch_size or 1
+        return expand_prompts(template, variables, batch_size), batch_size
 
 
 def expand_prompts(
@@ -181,6 +203,10 @@ class TaskOut(TaskSummaryOut):
     results: list[Any] = Field(description="results of the first 100 completed subtasks, in "
                                            "subtask order; the rest via /subtasks")
     error: str | None = Field(description="the latest failed subtask's error")
+    result_urls: list[str | None] = Field(
+        description="the image URL of each of the first 1,000 subtasks, in subtask order: a "
+                    "completed subtask's result.image_url, null where there is none (not "
+                    "finished, failed, no URL); all of them: taskd.task_result_urls(id) in SQL")
 
 
 class TaskCreated(TaskOut):

@@ -69,6 +69,7 @@ def _detail(t: TaskDetail) -> dict[str, Any]:
         "progress": _progress(t), "created_at": t.created_at, "updated_at": t.updated_at,
         "completed_at": t.completed_at, "running": t.processing, "batch_size": t.batch_size,
         "total_images": t.total * t.batch_size, "results": t.results, "error": t.error,
+        "result_urls": t.result_urls,
     }
 
 
@@ -113,10 +114,12 @@ async def create_task(
     """Create a task: take one unit of quota, insert its subtasks and wake executors.
 
     One transaction: the account must exist (4004), be a member (4003) and have quota
-    (4002); nothing is written otherwise.
+    (4002); nothing is written otherwise. A kind with a template (``api.templates``, e.g.
+    the photo profile's ``model_pose12``) makes one subtask per template prompt, filled
+    with the request's ``variables``.
     """
     queue = _queue_of(body, settings)
-    payloads, _batch = body.plan()
+    payloads, _batch = body.plan(settings.api.templates.get(body.kind))
     queue_settings = settings.queues.get(queue)
     created = await api.create_task(NewTask(
         user_id=caller.user_id, name=body.name, kind=body.kind, queue=queue,

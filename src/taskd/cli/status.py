@@ -113,7 +113,8 @@ def render_errors(errors: list[ErrorRow], title: str) -> Table:
     for column in ("type", "message", "queue", "last seen (UTC)"):
         table.add_column(column)
     for e in errors:
-        table.add_row(str(e.count), e.error_type, e.message, e.queue or "-",
+        # Text, not markup: a message's own "[...]" must show as written.
+        table.add_row(str(e.count), e.error_type, Text(e.message), e.queue or "-",
                       f"{e.last_occurred_at:%Y-%m-%d %H:%M:%S}")
     return table
 
@@ -228,5 +229,5 @@ def errors(
     if traces:
         for e in rows:
             if e.stack_trace:
-                console.rule(f"{e.error_type}: {e.message}")
+                console.rule(Text(f"{e.error_type}: {e.message}"))
                 console.print(e.stack_trace, markup=False, highlight=False)

@@ -8,7 +8,9 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from taskd.cli.app import app, err_console, open_store, out_console, run_async, settings_of
 from taskd.errors import InvalidInput, TaskFinished, TaskNotFound
@@ -89,7 +91,7 @@ def list_command(
         table.add_column(column, justify="right" if column == "id" else "left")
     for t in tasks:
         table.add_row(str(t.id), t.queue, t.kind, t.status,
-                      f"{t.completed}/{t.failed}/{t.cancelled}/{t.total}", t.name or "-",
+                      f"{t.completed}/{t.failed}/{t.cancelled}/{t.total}", Text(t.name or "-"),
                       f"{t.created_at:%Y-%m-%d %H:%M:%S}")
     out_console().print(table)
 
@@ -123,7 +125,7 @@ def show_command(
     console = out_console()
     console.print(
         f"task {task.id} [bold]{task.status}[/bold]  queue={task.queue} kind={task.kind} "
-        f"priority={task.priority} name={task.name or '-'} user={task.user_id or '-'}",
+        f"priority={task.priority} name={escape(task.name or '-')} user={task.user_id or '-'}",
         highlight=False,
     )
     console.print(
@@ -135,7 +137,7 @@ def show_command(
         table.add_column(column)
     for s in subtasks:
         table.add_row(str(s.id), s.status, f"{s.attempt}/{s.max_attempts}",
-                      s.locked_by or "-", s.error or "")
+                      s.locked_by or "-", Text(s.error or ""))
     if subtasks:
         console.print(table)
 

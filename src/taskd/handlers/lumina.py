@@ -1,84 +1,79 @@
 """The ``lumina`` built-in handler: submit a job to an external API, then poll it until it ends.
 
-The API (see :mod:`taskd.testing.fake_lumina` for a complete, runnable one):
-
-- ``POST {base_url}{submit_path}`` with ``{"input": <payload>, "client_reference":
-  "taskd-subtask-<id>"}`` and ``Authorization: Bearer <api_key>`` when a key is set, answers
-  ``{"id": "<job id>", "status": ...}``; a 4xx answer rejects the input for good.
-- ``GET {base_url}{status_path}`` (``{job_id}`` replaced) answers ``{"id", "status":
-  "queued" | "running" | "done" | "failed", "output": ..., "error": {"code", "message"}}``.
-
-The handler submits, checkpoints ``{"job_id": ...}`` on the subtask, then polls every
-``polling_interval`` seconds, counted from the submission (polls start that far apart, however
-long each takes): ``done`` → the job's ``output`` is the result; ``failed`` → a
-retry (which submits again), or a permanent failure when the error's code is
-``invalid_input``; ``max_polls`` polls without an end → :class:`LuminaPollsExhausted`, retried.
-A retried attempt whose state holds a job id polls that job instead of submitting again, so a
-crashed executor never causes a second submission once the checkpoint is written.
-
-Requests go through the daemon's shared aiohttp session (``ctx.session``): less CPU per
-request than httpx, which matters at hundreds of polls a second. Transient HTTP trouble (no
-answer: a failed connection or a timeout, :class:`LuminaUnreachable`; or 408, 429, 5xx,
-:class:`LuminaUnavailable`) is retried inside the attempt with tenacity,
-:data:`TRANSIENT_TRIES` tries with jittered exponential backoff. At the submission, trouble
-that outlasts them ends the attempt and the subtask is retried with the queue's backoff. While
-polling, it is a missed poll that counts towards ``max_polls``: the job goes on running at the
-API, and ending the attempt would free its slot for another job beside it. While it waits,
-the handler holds no database connection.
+The payload is the job's input. The protocol, the checkpoint of the job id, the polling and
+what is retried are :mod:`taskd.handlers.jobs`' (:func:`~taskd.handlers.jobs.run_job`); see
+:mod:`taskd.testing.fake_apis` for a complete, runnable API. This module names the API
+"lumina" in messages and gives its errors their ``Lumina*`` types, subclasses of the generic
+ones, so that error_logs and alerts keep their names.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Any
-
-import aiohttp
-import anyio
-
-from taskd.errors import HandlerError, HandlerTimeout, PermanentError
 from taskd.handlers.base import SubtaskContext
-from taskd.retries import retry_after_failure
+from taskd.handlers.jobs import (
+    TRANSIENT_TRIES,
+    ApiErrors,
+    ApiUnavailable,
+    ApiUnreachable,
+    ExternalApiError,
+    InputRejected,
+    JobApi,
+    JobFailed,
+    JobLost,
+    PollsExhausted,
+    client_reference,
+    run_job,
+)
 from taskd.types import JSON
 
-TRANSIENT_TRIES = 4
-TRANSIENT_WAIT_MAX = 2.0
-TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-MAX_ERROR_BODY = 500
-INVALID_INPUT = "invalid_input"
+__all__ = [
+    "LUMINA",
+    "TRANSIENT_TRIES",
+    "LuminaError",
+    "LuminaInputRejected",
+    "LuminaJobFailed",
+    "LuminaJobLost",
+    "LuminaPollsExhausted",
+    "LuminaUnavailable",
+    "LuminaUnreachable",
+    "client_reference",
+    "handle",
+]
 
 
-class LuminaError(HandlerError):
+class LuminaError(ExternalApiError):
     """The Lumina API did not do what was asked; the subtask is retried."""
 
 
-class LuminaUnavailable(LuminaError):
+class LuminaUnavailable(LuminaError, ApiUnavailable):
     """The API answered with a transient status (408, 429, 5xx) on every try."""
 
 
-class LuminaUnreachable(LuminaError):
+class LuminaUnreachable(LuminaError, ApiUnreachable):
     """No answer on every try: the connection failed or broke, or the request timed out."""
 
 
-class LuminaJobFailed(LuminaError):
+class LuminaJobFailed(LuminaError, JobFailed):
     """The job ended ``failed`` for a reason other than its input; it is submitted again."""
 
 
-class LuminaJobLost(LuminaError):
+class LuminaJobLost(LuminaError, JobLost):
     """The API does not know the checkpointed job (404); the next attempt submits again."""
 
 
-class LuminaInputRejected(PermanentError):
+class LuminaInputRejected(InputRejected):
     """The API rejected the payload (a 4xx at submit, or a job failed with invalid_input)."""
 
 
-class LuminaPollsExhausted(HandlerTimeout):
+class LuminaPollsExhausted(PollsExhausted):
     """``max_polls`` polls saw no end; the next attempt resumes polling the same job."""
 
 
-def client_reference(ctx: SubtaskContext) -> str:
-    """The reference sent with each submission: one per subtask, the same on every attempt."""
-    return f"taskd-subtask-{ctx.id}"
+LUMINA = JobApi("lumina", ApiErrors(
+    error=LuminaError, unavailable=LuminaUnavailable, unreachable=LuminaUnreachable,
+    job_failed=LuminaJobFailed, job_lost=LuminaJobLost, input_rejected=LuminaInputRejected,
+    polls_exhausted=LuminaPollsExhausted,
+))
 
 
 async def handle(ctx: SubtaskContext) -> JSON:
@@ -89,176 +84,4 @@ async def handle(ctx: SubtaskContext) -> JSON:
     :class:`LuminaPollsExhausted` (retried), :class:`taskd.PermanentError` when the queue has no
     ``base_url``, and :class:`taskd.errors.LeaseLost` from the checkpoint.
     """
-    settings = ctx.queue_settings
-    if not settings.base_url:
-        raise PermanentError(f"queue {ctx.queue!r} sets no base_url for the lumina handler")
-    state = ctx.state if isinstance(ctx.state, dict) else {}
-    job_id = state.get("job_id")
-    resumed = isinstance(job_id, str) and bool(job_id)
-    if resumed:
-        ctx.logger.info("resuming lumina job %s", job_id)
-    else:
-        job_id = await _submit(ctx)
-        submitted_at = anyio.current_time()
-        # From here on, a crash resumes this job instead of submitting a second one.
-        await ctx.checkpoint({**state, "job_id": job_id})
-        ctx.logger.info("submitted lumina job %s", job_id)
-    assert isinstance(job_id, str)
-
-    # Polls start polling_interval apart, on a clock set at the submission: the time a request
-    # takes does not push every later poll back (as a fixed delay after each answer did).
-    interval = settings.polling_interval
-    poll_at = anyio.current_time() if resumed else submitted_at + interval
-    missed: Exception | None = None
-    for poll in range(settings.max_polls):
-        await anyio.sleep_until(poll_at)
-        # After a late start (a stalled loop, or a poll slower than the interval), the next
-        # poll is due at once, not as many as were missed.
-        poll_at = max(poll_at + interval, anyio.current_time())
-        try:
-            job = await _status(ctx, job_id)
-        except (LuminaUnreachable, LuminaUnavailable) as exc:
-            # The job runs on at the API whatever its status endpoint says: ending the attempt
-            # here would free the slot and let another job start beside this one.
-            missed = exc
-            ctx.logger.warning("poll %d of lumina job %s missed: %s", poll + 1, job_id,
-                               _describe(exc))
-            continue
-        missed = None
-        status = job.get("status")
-        if status == "done":
-            ctx.logger.info("lumina job %s done after %d polls", job_id, poll + 1)
-            return job.get("output")
-        if status == "failed":
-            await _forget_job(ctx, state, job_id)
-            error = job.get("error")
-            if not isinstance(error, dict):
-                error = {}
-            code = error.get("code", "unknown")
-            message = f"lumina job {job_id} failed ({code}): {error.get('message', '')}".strip()
-            if code == INVALID_INPUT:
-                raise LuminaInputRejected(message)
-            raise LuminaJobFailed(message)
-    raise LuminaPollsExhausted(
-        f"lumina job {job_id} did not end within {settings.max_polls} polls "
-        f"{settings.polling_interval:g} s apart"
-        + (f" (the last poll failed: {_describe(missed)})" if missed else "")
-        + "; the next attempt resumes polling it"
-    ) from missed
-
-
-def _describe(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """An API's answer, read whole (the connection goes back to the pool at once)."""
-
-    method: str
-    url: str
-    status: int
-    reason: str
-    body: bytes
-
-    def json_object(self) -> dict[str, Any]:
-        try:
-            body = json.loads(self.body)
-        except ValueError as exc:
-            raise LuminaError(
-                f"{self.method} {self.url} answered {self.status} with a body that is not JSON"
-            ) from exc
-        if not isinstance(body, dict):
-            raise LuminaError(f"{self.url} answered {type(body).__name__}, not an object")
-        return body
-
-    def api_message(self) -> str:
-        """The API's own words about an error: ``error.message``, ``message``, or the text."""
-        text = self.body.decode("utf-8", "replace")
-        try:
-            body = json.loads(text)
-        except ValueError:
-            return text[:MAX_ERROR_BODY].strip() or self.reason
-        if isinstance(body, dict):
-            error = body.get("error")
-            if isinstance(error, dict) and isinstance(error.get("message"), str):
-                return str(error["message"])[:MAX_ERROR_BODY]
-            for key in ("message", "detail", "error"):
-                if isinstance(body.get(key), str):
-                    return str(body[key])[:MAX_ERROR_BODY]
-        return text[:MAX_ERROR_BODY]
-
-
-async def _submit(ctx: SubtaskContext) -> str:
-    settings = ctx.queue_settings
-    url = f"{settings.base_url}{settings.submit_path}"
-    body = {"input": ctx.payload, "client_reference": client_reference(ctx)}
-    answer = await _send(ctx, "POST", url, document=body)
-    if answer.status >= 400:
-        raise LuminaInputRejected(
-            f"lumina rejected the submission ({answer.status}): {answer.api_message()}"
-        )
-    job_id = answer.json_object().get("id")
-    if not isinstance(job_id, (str, int)) or isinstance(job_id, bool) or str(job_id) == "":
-        raise LuminaError(f"POST {url} answered {answer.status} without a job id")
-    return str(job_id)
-
-
-async def _status(ctx: SubtaskContext, job_id: str) -> dict[str, Any]:
-    settings = ctx.queue_settings
-    url = f"{settings.base_url}{settings.status_path.format(job_id=job_id)}"
-    answer = await _send(ctx, "GET", url)
-    if answer.status == 404:
-        await _forget_job(ctx, ctx.state if isinstance(ctx.state, dict) else {}, job_id)
-        raise LuminaJobLost(f"lumina does not know job {job_id} (404); it will be submitted again")
-    if answer.status >= 400:
-        raise LuminaError(f"GET {url} returned {answer.status}: {answer.api_message()}")
-    return answer.json_object()
-
-
-async def _forget_job(ctx: SubtaskContext, state: dict[str, Any], job_id: str) -> None:
-    # The next attempt must submit again, not poll a job that has ended or vanished.
-    ended = [*state.get("ended_job_ids", []), job_id][-20:]
-    await ctx.checkpoint({"job_id": None, "ended_job_ids": ended})
-
-
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, (LuminaUnreachable, LuminaUnavailable))
-
-
-# What "no answer" looks like in aiohttp: a failed or broken connection, a body cut short, or
-# the request's timeout (TimeoutError, which aiohttp's own timeout errors also are).
-_NO_ANSWER = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
-
-
-async def _send(
-    ctx: SubtaskContext, method: str, url: str, *, document: Any = None
-) -> _Answer:
-    """One request, retried on transient trouble; returns any non-transient answer."""
-    settings = ctx.queue_settings
-    headers = {}
-    if settings.api_key is not None:
-        headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-    timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
-
-    async def once() -> _Answer:
-        try:
-            # No redirects, as with httpx: a redirected POST would come back as a GET.
-            async with ctx.session.request(
-                method, url, json=document, headers=headers, timeout=timeout,
-                allow_redirects=False,
-            ) as response:
-                answer = _Answer(method, url, response.status, response.reason or "",
-                                 await response.read())
-        except _NO_ANSWER as exc:
-            what = type(exc).__name__ + (f": {exc}" if str(exc) else "")
-            raise LuminaUnreachable(f"{method} {url} got no answer ({what})") from exc
-        if answer.status in TRANSIENT_STATUSES:
-            raise LuminaUnavailable(
-                f"{method} {url} returned {answer.status}: {answer.api_message()}"
-            )
-        return answer
-
-    return await retry_after_failure(
-        once, _is_transient, tries=TRANSIENT_TRIES, wait_base=0.1, wait_max=TRANSIENT_WAIT_MAX,
-    )
+    return await run_job(ctx, LUMINA, ctx.payload)

@@ -81,6 +81,7 @@ class TaskDetail(Task):
     processing: int
     results: list[JSON]
     error: str | None
+    result_urls: list[str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,13 +233,18 @@ class ApiStore:
         owner: str | None = rows[0]["user_id"]
         return owner
 
-    async def task_detail(self, task_id: int, *, results_limit: int = 100) -> TaskDetail:
-        """The task with progress, its first results and latest error.
+    async def task_detail(
+        self, task_id: int, *, results_limit: int = 100, urls_limit: int = 1000
+    ) -> TaskDetail:
+        """The task with progress, its first results, its first subtasks' image URLs and its
+        latest error.
 
         Raises :class:`TaskNotFound`.
         """
         rows = await self.store.fetch_as(
-            "api_task_detail", {"id": task_id, "results_limit": results_limit}, TaskDetail
+            "api_task_detail",
+            {"id": task_id, "results_limit": results_limit, "urls_limit": urls_limit},
+            TaskDetail,
         )
         if not rows:
             raise TaskNotFound(f"task {task_id} not found")

@@ -27,7 +27,8 @@
 --                   Only it may set a task's user: EXECUTE on taskd.submit_task_for_user.
 --   taskd_readonly  SELECT on every taskd table (taskd status, taskd tasks list/show, Grafana).
 --   taskd_client    a service that uses taskd through SQL (docs/sql.md): submit_task,
---                   set_task_priority and task_subtasks; SELECT on tasks, subtasks and limits.
+--                   set_task_priority, task_subtasks and task_result_urls; SELECT on tasks,
+--                   subtasks and limits.
 --                   Nothing else: no user ids, no limit of its own, no direct writes.
 --
 -- None may CREATE in schema taskd (only its owner migrates), and EXECUTE on submit_task is taken

@@ -566,7 +566,23 @@ LANGUAGE sql STABLE AS $$
      ORDER BY s.id
 $$;
 
+-- task_result_urls: the image URLs of a task's subtasks, one entry per subtask in id order
+-- (NULL where a subtask has not completed or its result has no string image_url); NULL for a
+-- task that does not exist; max_urls: only the first that many subtasks. Plain SQL, as the
+-- caller, through task_subtasks' id range.
+CREATE FUNCTION taskd.task_result_urls(task_id bigint, max_urls integer DEFAULT NULL)
+RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT array_agg(CASE WHEN s.status = 'completed'
+                               AND jsonb_typeof(s.result -> 'image_url') = 'string'
+                          THEN s.result ->> 'image_url' END ORDER BY s.id)
+      FROM (SELECT s.id, s.status, s.result
+              FROM taskd.task_subtasks(task_result_urls.task_id) s
+             ORDER BY s.id
+             LIMIT task_result_urls.max_urls) s
+$$;
+
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
     (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts'),
-    (9, 'traceparent'), (10, 'rules_as_meant');
+    (9, 'traceparent'), (10, 'rules_as_meant'), (11, 'result_urls');

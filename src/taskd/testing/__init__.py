@@ -9,7 +9,8 @@
   payload P".
 - :mod:`taskd.testing.pytest_plugin`: the ``taskd_db`` fixture, a migrated throw-away database
   with ``drain``.
-- :class:`FakeLumina` is a fake of the external Lumina API that the ``lumina`` handler drives.
+- :class:`FakeApis` (also known as :class:`FakeLumina`) fakes the external APIs that the
+  ``lumina`` and photo-platform handlers drive: an image-job API and a content audit.
 
 docs/handlers.md shows them in use.
 """
@@ -23,12 +24,14 @@ if TYPE_CHECKING:
     from taskd.queue.inspection import SubmittedTask
     from taskd.testing.assertions import assert_submitted
     from taskd.testing.draining import DrainReport, drain
-    from taskd.testing.fake_lumina import FakeLumina, FakeLuminaStats
+    from taskd.testing.fake_apis import FakeApis, FakeApiStats, FakeLumina, FakeLuminaStats
     from taskd.testing.handlers import CheckpointRecorder, HandlerOutcome, run_handler
 
 _WHERE = {
-    "FakeLumina": "taskd.testing.fake_lumina",
-    "FakeLuminaStats": "taskd.testing.fake_lumina",
+    "FakeApis": "taskd.testing.fake_apis",
+    "FakeApiStats": "taskd.testing.fake_apis",
+    "FakeLumina": "taskd.testing.fake_apis",
+    "FakeLuminaStats": "taskd.testing.fake_apis",
     "run_handler": "taskd.testing.handlers",
     "HandlerOutcome": "taskd.testing.handlers",
     "CheckpointRecorder": "taskd.testing.handlers",
@@ -41,6 +44,8 @@ _WHERE = {
 __all__ = [
     "CheckpointRecorder",
     "DrainReport",
+    "FakeApiStats",
+    "FakeApis",
     "FakeLumina",
     "FakeLuminaStats",
     "HandlerOutcome",
@@ -52,7 +57,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use, so that `python -m taskd.testing.fake_lumina` does not find the
+    # Imported on first use, so that `python -m taskd.testing.fake_apis` does not find the
     # module already imported by its own package (runpy warns about that), and importing the
     # package for one helper does not load the daemon for another.
     module = _WHERE.get(name)

@@ -42,6 +42,7 @@ SELECT id, user_id FROM taskd.tasks WHERE id = %(id)s;
 -- results: the first results_limit completed subtasks' results in id order (the rest through
 -- the subtasks endpoint); error: the latest failure. batch_size comes from the first payload
 -- and is read only when it is a small whole number, so that no payload can break the cast.
+-- result_urls: the first urls_limit subtasks' image URLs (taskd.task_result_urls).
 SELECT t.id, t.name, t.kind, t.queue, t.status, t.priority, t.user_id, t.params, t.total,
        t.completed, t.failed, t.cancelled, t.quota_cost, t.created_at, t.updated_at,
        t.completed_at,
@@ -64,7 +65,8 @@ SELECT t.id, t.name, t.kind, t.queue, t.status, t.priority, t.user_id, t.params,
              WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
                AND s.task_id = t.id AND s.status = 'failed'
              ORDER BY s.completed_at DESC NULLS LAST, s.id LIMIT 1)
-       END AS error
+       END AS error,
+       coalesce(taskd.task_result_urls(t.id, %(urls_limit)s), '{}') AS result_urls
   FROM taskd.tasks t
  WHERE t.id = %(id)s;
 

@@ -1,4 +1,4 @@
-"""The fake Lumina API itself, over real HTTP on loopback."""
+"""The fake external APIs themselves (image jobs, content audit), over real HTTP on loopback."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from taskd.testing import FakeLumina
+from taskd.testing import FakeApis, FakeLumina
 
 
 def test_jobs_run_by_the_clock_and_are_counted_per_reference() -> None:
@@ -69,3 +69,43 @@ def test_a_body_over_1_mib_is_413_and_an_unknown_route_404() -> None:
         assert big.json() == {"error": {"code": "too_large", "message": "body over 1 MiB"}}
         assert client.put("/v1/jobs", json={}).status_code == 404
         assert api.stats().jobs == 0
+
+
+def test_the_older_name_is_the_same_server() -> None:
+    assert FakeLumina is FakeApis
+
+
+def test_the_audit_approves_and_rejects_by_the_marker_in_url_prompt_or_job_input() -> None:
+    with FakeApis(job_seconds=0, reject_marker="[unsafe]") as api, \
+            httpx.Client(base_url=api.url) as client:
+        assert api.audit_url == api.url + "/v1/audit"
+        clean = client.post("/v1/jobs", json={"input": {"prompt": "a cat"}}).json()
+        dirty = client.post("/v1/jobs", json={"input": {"prompt": "a [unsafe] cat"}}).json()
+        clean_url = client.get(f"/v1/jobs/{clean['id']}").json()["output"]["image_url"]
+        dirty_url = client.get(f"/v1/jobs/{dirty['id']}").json()["output"]["image_url"]
+
+        def audit(**body: str) -> object:
+            response = client.post("/v1/audit", json=body)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        assert audit(image_url=clean_url, prompt="a cat") == {"approved": True}
+        assert audit(image_url=dirty_url) == {
+            "approved": False, "reason": "the job input contains the marker '[unsafe]'"}
+        assert audit(image_url=clean_url, prompt="[unsafe]") == {
+            "approved": False, "reason": "the prompt contains the marker '[unsafe]'"}
+        assert audit(image_url="https://x.invalid/[unsafe].png") == {
+            "approved": False, "reason": "the image URL contains the marker '[unsafe]'"}
+        assert client.post("/v1/audit", json={"prompt": "x"}).status_code == 400
+        assert client.post("/v1/audit", content=b"{").status_code == 400
+        assert client.post("/v1/audit", json={"image_url": "u", "prompt": 3}).status_code == 400
+        stats = client.get("/v1/stats").json()
+    assert (stats["audits"], stats["audit_rejections"]) == (4, 3)
+
+
+def test_without_a_marker_every_image_is_approved() -> None:
+    with FakeApis() as api, httpx.Client(base_url=api.url) as client:
+        answer = client.post("/v1/audit", json={"image_url": "https://x.invalid/[unsafe].png"})
+        assert answer.json() == {"approved": True}
+    with pytest.raises(ValueError, match="reject_marker must not be empty"):
+        FakeApis(reject_marker="")
