@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench import http_clients, peers, targets, task_end, taskd_workloads
+from bench import fleet, http_clients, peers, targets, task_end, taskd_workloads
 from bench.common import print_table, temp_database, write_json
 
 
@@ -131,6 +131,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, default=2000)
     p.add_argument("--repeat", type=int, default=3)
 
+    p = sub.add_parser("fleet", help="1..32 daemons on one PostgreSQL of its own: throughput,"
+                       " PostgreSQL CPU, claims and lock waits per size; idle cost")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    p.add_argument("-n", type=int, default=10_000)
+    p.add_argument("--concurrency", type=int, default=10, help="per daemon")
+    p.add_argument("--idle-seconds", type=float, default=10.0)
+    p.add_argument("--repeat", type=int, default=1)
+
     args = parser.parse_args(argv)
     w = args.workload
     if w == "throughput":
@@ -150,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
                                                     args.per_request, args.users)}
     elif w == "footprint":
         data = taskd_workloads.footprint(args.n, args.concurrency, args.sleep_ms)
+    elif w == "fleet":
+        data = fleet.fleet(args.sizes, args.n, args.concurrency, args.idle_seconds, args.repeat)
     elif w == "ceiling":
         data = ceiling(args)
     elif w == "task-end":

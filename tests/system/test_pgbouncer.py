@@ -18,10 +18,12 @@ import time
 from collections.abc import Iterator
 
 import anyio
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
 
 from taskd.queue import Store
 from tests.system.daemons import DaemonProcess, daemons, query, wait_for
@@ -108,3 +110,81 @@ def test_listen_through_a_transaction_pooler_is_refused_with_one_line(
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "TASKD_LISTEN_DATABASE_URL" in done.stderr.splitlines()[-1]
+
+
+API_TASKS = 10  # x 500 subtasks through `taskd api`
+API_TASK_SIZE = 500
+SQL_TASKS = 10  # x 500 subtasks through `SELECT taskd.submit_task(...)` by a plain client
+SQL_TASK_SIZE = 500
+END_TO_END = API_TASKS * API_TASK_SIZE + SQL_TASKS * SQL_TASK_SIZE
+
+
+def submit_task_by_sql(url: str, pooled: bool) -> None:
+    """What an SQL client does: ``SELECT taskd.submit_task(...)``, ten times on one
+    connection; through a transaction pooler it must not prepare (psycopg prepares a statement
+    on its fifth run)."""
+    with psycopg.connect(url, autocommit=True,
+                         prepare_threshold=None if pooled else 5) as conn:
+        for t in range(SQL_TASKS):
+            payloads = Jsonb([{"n": i, "t": t} for i in range(SQL_TASK_SIZE)])
+            conn.execute("SELECT taskd.submit_task(queue => %s, kind => %s, payloads => %s)",
+                         ("standard", "noop", payloads))
+
+
+@pytest.mark.parametrize("route", ["pgbouncer", "direct"])
+def test_api_sql_clients_and_daemons_end_to_end(
+    database_url: str, bouncer: PgBouncer, route: str,
+) -> None:
+    """10,000 subtasks: half through `taskd api`, half through ``taskd.submit_task`` by a plain
+    SQL client, drained by three daemons with LISTEN on a direct connection; every process
+    behind PgBouncer in transaction mode (``route="pgbouncer"``) or connected directly (the
+    baseline for the drain rate). No warning or error in any log, quota charged once a task."""
+    from tests.system.test_api_process import _token, api_process
+
+    name = str(conninfo_to_dict(database_url)["dbname"])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for setting, value in (("statement_timeout", "30s"), ("timezone", "UTC")):
+            conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                sql.Identifier(name), sql.Identifier(setting), sql.Literal(value)))
+    pooled = route == "pgbouncer"
+    url = bouncer.url(name) if pooled else database_url
+    pooler = {"TASKD_DATABASE_POOLER": "transaction"} if pooled else {}
+    env = {**pooler, "TASKD_LISTEN_DATABASE_URL": database_url, "TASKD_POLL_INTERVAL": "60",
+           "TASKD_QUEUES__STANDARD__INITIAL": "50", "TASKD_QUEUES__STANDARD__MAX": "50"}
+    with api_process(url, **pooler) as (api, api_proc), httpx.Client(
+            base_url=api, timeout=30,
+            headers={"Authorization": f"Bearer {_token('alice')}"}) as client:
+        admin = {"Authorization": f"Bearer {_token('root', admin=True)}"}
+        httpx.put(f"{api}/v1/accounts/alice", headers=admin,
+                  json={"is_member": True, "quota_remaining": API_TASKS + 5}
+                  ).raise_for_status()
+        started = time.monotonic()
+        ids = []
+        for t in range(API_TASKS):
+            body = {"kind": "noop", "subtasks": [{"n": i, "t": t}
+                                                 for i in range(API_TASK_SIZE)]}
+            response = client.post("/v1/tasks", json=body)
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["id"])
+        submit_task_by_sql(url, pooled)
+        submitted_in = time.monotonic() - started
+        # The backlog is in place before the daemons start: the drain is measured alone.
+        with daemons(url, 3, **env) as ds:
+            wait_for(lambda: completed(database_url) == END_TO_END, timeout=60,
+                     message=f"{END_TO_END} subtasks completed")
+            assert all(d.proc.poll() is None for d in ds)
+        for task_id in ids:  # read back through the API, on the same route
+            got = client.get(f"/v1/tasks/{task_id}")
+            assert got.status_code == 200 and got.json()["status"] == "completed", got.text
+        status = httpx.get(f"{api}/v1/status", headers=admin).json()
+        assert status["subtasks"].get("completed") == END_TO_END, status
+        assert api_proc.poll() is None
+    # From the first claim to the last outcome, on the database's clock.
+    drained_in = float(query(database_url, "SELECT extract(epoch FROM max(completed_at)"
+                             " - min(started_at)) FROM taskd.subtasks")[0][0])
+    print(f"end to end {route}: {END_TO_END} subtasks submitted in {submitted_in:.2f} s,"
+          f" drained in {drained_in:.2f} s ({END_TO_END / drained_in:.0f}/s)")
+    assert problems(ds) == []
+    assert query(database_url, "SELECT status, count(*) FROM taskd.tasks GROUP BY status") == [
+        ("completed", API_TASKS + SQL_TASKS)]
+    assert query(database_url, "SELECT quota_remaining FROM taskd.accounts") == [(5,)]

@@ -1,0 +1,287 @@
+"""``python -m bench fleet``: 1 … 32 daemons against one PostgreSQL, busy and idle.
+
+The PostgreSQL is the benchmark's own (PostgreSQL 15 from ``/usr/lib/postgresql/15/bin``,
+``initdb`` in a temporary directory, a free port of 127.0.0.1, ``pg_stat_statements`` loaded,
+``max_connections`` 500), so that 32 daemons' connections fit and the CPU counted is only that
+server's: the shared server on 5432 is never touched. Under root it runs as ``postgres``.
+
+Per fleet size: the daemons start idle and are measured idle (PostgreSQL CPU per second, its
+statements per second, connections), then one commit makes the backlog visible and the drain is
+measured (throughput, PostgreSQL CPU and statements per subtask, claims per subtask, and lock
+waits sampled from ``pg_stat_activity``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    connect,
+    daemons,
+    print_table,
+    process_cpu_seconds,
+    queue_env,
+    rows,
+    scalar,
+)
+from bench.taskd_workloads import drain_stats, submit_noops, wait_completed
+from taskd.queue import migrations
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OwnedServer:
+    """A PostgreSQL 15 of the benchmark's own in a temporary directory."""
+
+    def __init__(self, max_connections: int = 500) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+        self.data = self.dir / "data"
+        self.port = _free_port()
+        self.user: tuple[int, int] | None = None
+        if os.geteuid() == 0:
+            import pwd
+
+            entry = pwd.getpwnam("postgres")
+            self.user = (entry.pw_uid, entry.pw_gid)
+            os.chown(self.dir, *self.user)
+        self._run([str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
+                   "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"])
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{self.dir}'\n"
+                       f"max_connections = {max_connections}\nshared_buffers = '256MB'\n"
+                       "shared_preload_libraries = 'pg_stat_statements'\n"
+                       "pg_stat_statements.max = 1000\n")
+        self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60",
+                   "-l", str(self.dir / "server.log"), "start"])
+        self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        try:
+            # In template1: every database created for a fleet size has it.
+            with connect(f"postgresql://postgres@127.0.0.1:{self.port}/template1") as conn:
+                conn.execute("CREATE EXTENSION pg_stat_statements")
+        except BaseException:
+            self.close()
+            raise
+
+    def _run(self, args: list[str]) -> None:
+        kwargs: dict[str, Any] = {}
+        if self.user is not None:
+            kwargs = {"user": self.user[0], "group": self.user[1], "extra_groups": []}
+        subprocess.run(args, check=True, capture_output=True, cwd=self.dir, timeout=120,
+                       **kwargs)
+
+    def postmaster(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+
+    def cpu_seconds(self) -> float:
+        """CPU so far of the postmaster and every process it started that is alive now."""
+        root = self.postmaster()
+        total = process_cpu_seconds(root)
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == root:
+                    total += process_cpu_seconds(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+        return total
+
+    @contextmanager
+    def database(self) -> Iterator[str]:
+        name = f"fleet_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+        with connect(self.admin_url) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+        try:
+            migrations.migrate_blocking(url)
+            yield url
+        finally:
+            with connect(self.admin_url) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def close(self) -> None:
+        try:
+            pid = self.postmaster()
+        except (OSError, ValueError):
+            pid = None
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGINT)  # fast shutdown
+                deadline = time.monotonic() + 30
+                while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if Path(f"/proc/{pid}").exists():
+                    os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def statements(url: str) -> Counter[str]:
+    """Calls per statement of ``url``'s database since the last reset, keyed by the
+    statement's first words."""
+    found: Counter[str] = Counter()
+    for text, calls in rows(url, """
+            SELECT query, calls FROM pg_stat_statements
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"""):
+        found[kind_of(text)] += int(calls)
+    return found
+
+
+def _named() -> dict[str, str]:
+    """First line -> name of taskd's named queries (names joined by ``|`` where two share
+    it): pg_stat_statements keeps a statement's leading comment, so it names the query."""
+    from taskd.queue.queries import load_queries
+
+    named: dict[str, str] = {}
+    for name, text in load_queries().items():
+        if text.strip():
+            first = text.strip().splitlines()[0].strip()
+            named[first] = f"{named[first]}|{name}" if first in named else name
+    return named
+
+
+NAMED = _named()
+
+
+def kind_of(text: str) -> str:
+    """The taskd query's name, ``claim`` for ``claim_subtasks``; else the statement's start."""
+    first = text.strip().splitlines()[0].strip() if text.strip() else ""
+    name = NAMED.get(first)
+    if name == "claim_subtasks":
+        return "claim"
+    return name or " ".join(text.split())[:40]
+
+
+def reset_statements(url: str) -> None:
+    with connect(url) as conn:
+        conn.execute("SELECT pg_stat_statements_reset()")
+
+
+class WaitSampler(threading.Thread):
+    """Samples ``pg_stat_activity`` of one database every ``interval`` s: how many of its
+    backends wait on a heavyweight lock (``Lock``) or a lightweight one (``LWLock``)."""
+
+    def __init__(self, url: str, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.interval = interval
+        self.stop = threading.Event()
+        self.samples = 0
+        self.waiting: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
+
+    def run(self) -> None:
+        with connect(self.url) as conn:
+            while not self.stop.is_set():
+                for kind, event, n in conn.execute("""
+                        SELECT wait_event_type, wait_event, count(*) FROM pg_stat_activity
+                         WHERE datname = current_database() AND pid <> pg_backend_pid()
+                           AND state = 'active' AND wait_event_type IN ('Lock', 'LWLock')
+                         GROUP BY 1, 2""").fetchall():
+                    self.waiting[kind] += n
+                    self.events[f"{kind}:{event}"] += n
+                self.samples += 1
+                self.stop.wait(self.interval)
+
+    def mean(self, kind: str) -> float:
+        return self.waiting[kind] / self.samples if self.samples else float("nan")
+
+
+def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
+                 idle_seconds: float) -> dict[str, Any]:
+    env = {**queue_env("standard", concurrency)}
+    with server.database() as url, daemons(url, size, env):
+        time.sleep(2.0)  # by design: the start's own work (registration, first polls) passes
+        connections = scalar(url, "SELECT count(*) FROM pg_stat_activity"
+                                  " WHERE datname = current_database()"
+                                  " AND pid <> pg_backend_pid()")
+        reset_statements(url)
+        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        time.sleep(idle_seconds)  # by design: the idle cost is what a quiet period costs
+        idle_cpu, idle_t = server.cpu_seconds() - cpu0, time.monotonic() - t0
+        idle_calls = statements(url)
+        with connect(url) as conn, conn.transaction():
+            submit_noops(conn, n)
+        reset_statements(url)
+        sampler = WaitSampler(url)
+        sampler.start()
+        cpu0 = server.cpu_seconds()
+        try:
+            wait_completed(url, n, timeout=max(300.0, n / 50))
+        finally:
+            sampler.stop.set()
+            sampler.join(timeout=10)
+        busy_cpu = server.cpu_seconds() - cpu0
+        busy_calls = statements(url)
+        stats = drain_stats(url)
+    idle_total = sum(idle_calls.values())
+    return {
+        "daemons": size, "concurrency_each": concurrency, "n": n,
+        "per_s": stats["per_s"], "seconds": stats["seconds"],
+        "pg_cpu_us_per_subtask": busy_cpu / n * 1e6,
+        "statements_per_subtask": sum(busy_calls.values()) / n,
+        "claims_per_subtask": busy_calls["claim"] / n,
+        "lock_waiting_backends": sampler.mean("Lock"),
+        "lwlock_waiting_backends": sampler.mean("LWLock"),
+        "idle_connections": connections,
+        "idle_pg_cpu_ms_per_s": idle_cpu / idle_t * 1e3,
+        "idle_statements_per_s": idle_total / idle_t,
+        "idle_top": ", ".join(f"{k[:40]}={v / idle_t:.1f}/s"
+                              for k, v in idle_calls.most_common(3)),
+        "wait_events": dict(sampler.events.most_common(4)),
+    }
+
+
+def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
+          repeat: int = 1) -> dict[str, Any]:
+    """The fleet table; ``best``: the highest throughput; ``32_vs_best`` and idle cost per
+    daemon in the summary."""
+    if not (PG_BIN / "postgres").exists():
+        raise SystemExit(f"bench fleet needs PostgreSQL 15 in {PG_BIN} (Debian postgresql-15)")
+    server = OwnedServer(max_connections=max(200, 12 * max(sizes) + 50))
+    table = []
+    try:
+        for r in range(repeat):
+            for size in sizes:
+                row = measure_size(server, size, n, concurrency, idle_seconds)
+                table.append({"run": r + 1, **row})
+                print(f"fleet: {size} daemons: {row['per_s']:.0f}/s", flush=True)
+    finally:
+        server.close()
+    shown = [{k: v for k, v in row.items() if k not in ("wait_events",)} for row in table]
+    print_table(f"fleet: {n:,} noop subtasks, concurrency {concurrency} per daemon; idle for"
+                f" {idle_seconds:g} s", shown)
+    best = max(row["per_s"] for row in table)
+    largest = max(sizes)
+    summary = {
+        "best_per_s": best,
+        "largest_vs_best": min(row["per_s"] for row in table if row["daemons"] == largest)
+        / best,
+        "idle_pg_cpu_ms_per_s_per_daemon": {
+            row["daemons"]: row["idle_pg_cpu_ms_per_s"] / row["daemons"] for row in table},
+    }
+    print_table("fleet summary", [{"best_per_s": best,
+                                   f"{largest}_daemons_vs_best": summary["largest_vs_best"]}])
+    return {"n": n, "concurrency": concurrency, "idle_seconds": idle_seconds,
+            "results": table, "summary": summary}
