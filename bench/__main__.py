@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench import fleet, http_clients, peers, targets, task_end, taskd_workloads
+from bench import fleet, http_clients, peers, soak, targets, task_end, taskd_workloads
 from bench.common import print_table, temp_database, write_json
 
 
@@ -139,6 +139,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--idle-seconds", type=float, default=10.0)
     p.add_argument("--repeat", type=int, default=1)
 
+    p = sub.add_parser("soak", help="a steady offered load for minutes on a stock-settings "
+                       "cluster of the bench's own (autovacuum on): latency drift, dead tuples, "
+                       "claim index size, per interval; taskd and PgQueuer")
+    p.add_argument("--rate", type=float, default=8000.0, help="offered subtasks a second")
+    p.add_argument("--minutes", type=float, default=30.0, help="duration of each system's run")
+    p.add_argument("--every", type=float, default=60.0, help="seconds between report rows")
+    p.add_argument("--systems", nargs="+", choices=["taskd", "pgqueuer"],
+                   default=["taskd", "pgqueuer"])
+    p.add_argument("--daemons", type=int, default=2, help="taskd daemons (PgQueuer workers)")
+    p.add_argument("--batch", type=int, default=100, help="items per submit_task / enqueue")
+    p.add_argument("--concurrency", type=int, default=1000, help="per taskd daemon")
+    p.add_argument("--table-settings", nargs="+", choices=["shipped", "stock"],
+                   default=["shipped"],
+                   help="taskd's per-table storage parameters as migration 0016 ships them, "
+                        "or reset to PostgreSQL's defaults; both: one run each")
+    p.add_argument("--reloptions", action="append", default=[], metavar="TABLE:K=V,...",
+                   help="extra storage parameters for a taskd table, e.g. "
+                        "subtasks:fillfactor=70 (repeatable)")
+    p.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="a postgresql.conf line for the bench's cluster (default: stock)")
+
     args = parser.parse_args(argv)
     w = args.workload
     if w == "throughput":
@@ -162,6 +183,12 @@ def main(argv: list[str] | None = None) -> None:
         data = fleet.fleet(args.sizes, args.n, args.concurrency, args.idle_seconds, args.repeat)
     elif w == "ceiling":
         data = ceiling(args)
+    elif w == "soak":
+        settings = dict(item.split("=", 1) for item in args.pg_setting)
+        data = soak.soak(args.rate, args.minutes, args.every, systems=args.systems,
+                         daemons=args.daemons, batch=args.batch, concurrency=args.concurrency,
+                         table_settings=args.table_settings, reloptions=args.reloptions,
+                         pg_settings=settings)
     elif w == "task-end":
         data = task_end.task_end(args.n, args.per_task, args.processes, args.concurrency,
                                  args.repeat)

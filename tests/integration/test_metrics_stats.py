@@ -143,3 +143,54 @@ async def test_stats_query_never_scans_finished_rows(conn: AnyConn) -> None:
     scans = [n for n in _plan_nodes(plan[0]["Plan"]) if n.get("Relation Name") == "subtasks"]
     assert scans, plan
     assert all(n["Node Type"] != "Seq Scan" for n in scans), [n["Node Type"] for n in scans]
+
+
+async def test_storage_gauges_follow_churn_and_vacuum(store: Store, conn: AnyConn) -> None:
+    # Claim and complete 50 subtasks: every claim and completion leaves a dead row version.
+    await factories.submit(store, 50, queue="churn")
+    claimed = await store.claim_subtasks("churn", "x", 50, 60)
+    await store.record_outcomes("x", [Outcome(c.id, c.attempt, "completed") for c in claimed])
+    metrics = Metrics()
+    collector = StatsCollector(store, metrics, 15, pool_max=4)
+
+    async def dead() -> float:
+        await collector.collect()
+        return gauge(metrics, "taskd_table_dead_tuples", table="subtasks") or 0.0
+
+    # The statistics reach the views when each backend flushes them (within about a second).
+    await wait_until(lambda: _at_least(dead(), 50), within=15, message="dead tuples counted")
+    assert (gauge(metrics, "taskd_table_live_tuples", table="subtasks") or 0) >= 50
+    assert (gauge(metrics, "taskd_table_size_bytes", table="subtasks") or 0) >= 8192
+    claim_index = gauge(metrics, "taskd_index_size_bytes", table="subtasks",
+                        index="subtasks_claim_idx")
+    assert claim_index is not None and claim_index >= 8192
+    assert gauge(metrics, "taskd_index_size_bytes", table="tasks", index="tasks_pkey")
+    # This collector's own session runs the query: at least one active connection.
+    assert (gauge(metrics, "taskd_db_connections", state="active") or 0) >= 1
+    before = gauge(metrics, "taskd_table_vacuums", table="subtasks") or 0.0
+    await conn.execute("VACUUM taskd.subtasks")
+
+    async def vacuumed() -> bool:
+        await collector.collect()
+        return (gauge(metrics, "taskd_table_vacuums", table="subtasks") or 0) == before + 1
+
+    await wait_until(vacuumed, within=15, message="the vacuum counted")
+    age = gauge(metrics, "taskd_table_seconds_since_vacuum", table="subtasks")
+    assert age is not None and 0 <= age < 15, age
+
+
+async def _at_least(value: Any, floor: float) -> bool:
+    return bool(await value >= floor)
+
+
+async def test_storage_query_reads_no_table(conn: AnyConn) -> None:
+    # Statistics views and file sizes only: the plan touches no taskd relation.
+    from taskd.queue.queries import query
+
+    cur = await conn.execute(b"EXPLAIN (FORMAT JSON) " + query("table_health").as_bytes(None))
+    row = await cur.fetchone()
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    relations = {n["Relation Name"] for n in _plan_nodes(plan[0]["Plan"])
+                 if "Relation Name" in n}
+    assert relations and not relations & {"subtasks", "tasks", "executors"}, relations

@@ -198,7 +198,7 @@ async def test_empty_database_is_healthy(store: Store) -> None:
     data = report.to_json()
     assert sorted(data) == [
         "database", "errors", "executors", "format", "generated_at", "healthy", "problems",
-        "queues", "subtasks", "tasks",
+        "queues", "storage", "subtasks", "tasks",
     ]
     zero = {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0}
     assert data["tasks"] == zero and data["subtasks"] == zero
@@ -227,6 +227,16 @@ async def test_status_json_shape_is_stable(store: Store) -> None:
         "connections", "max_connections", "oldest_transaction_seconds", "schema_version",
         "server_version", "size_bytes", "subtasks_dead_tuples",
     ]
+    storage = data["storage"]
+    assert sorted(storage) == ["connections", "tables"]
+    assert {"tasks", "subtasks", "executors"} <= set(storage["tables"])
+    subtasks = storage["tables"]["subtasks"]
+    assert sorted(subtasks) == [
+        "dead_tuples", "indexes", "live_tuples", "size_bytes", "table", "vacuum_age_seconds",
+        "vacuums",
+    ]
+    assert "subtasks_claim_idx" in subtasks["indexes"]
+    assert storage["connections"].get("active", 0) >= 1
 
 
 async def test_errors_newest_first_and_by_queue(store: Store, conn: Any) -> None:

@@ -95,6 +95,7 @@ def test_issue_alerts_are_all_there() -> None:
         "TaskdExecutorDown", "TaskdExecutorNotHeartbeating", "TaskdNoLiveExecutor",
         "TaskdBacklogGrowing", "TaskdOldestPendingTooOld", "TaskdHighFailureRatio",
         "TaskdLeasesRescued", "TaskdLeasesLost", "TaskdDatabasePoolExhausted",
+        "TaskdClaimIndexBloated", "TaskdTableNotVacuumed",
     }
 
 
@@ -158,6 +159,13 @@ def populated_metrics() -> Metrics:
     m.executor_last_heartbeat.set(1.7e9)
     m.db_pool_connections.labels("used").set(1)
     m.db_pool_waiting.set(0)
+    m.table_live_tuples.labels("subtasks").set(1000)
+    m.table_dead_tuples.labels("subtasks").set(10)
+    m.table_size.labels("subtasks").set(8192)
+    m.index_size.labels("subtasks", "subtasks_claim_idx").set(8192)
+    m.table_vacuum_age.labels("subtasks").set(30)
+    m.table_vacuums.labels("subtasks").set(2)
+    m.db_connections.labels("idle").set(3)
     m.build_info.labels("0.1.0").set(1)
     return m
 

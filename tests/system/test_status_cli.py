@@ -62,6 +62,8 @@ async def test_status_json_reports_the_cluster_and_exits_0(
         ("ValueError", 3), ("TimeoutError", 1),
     ]
     assert data["database"]["size_bytes"] > 0
+    subtasks = data["storage"]["tables"]["subtasks"]
+    assert subtasks["size_bytes"] > 0 and subtasks["indexes"]["subtasks_claim_idx"] > 0
 
 
 async def test_status_tables_show_every_section(store: Store, database_url: str) -> None:
@@ -69,7 +71,8 @@ async def test_status_tables_show_every_section(store: Store, database_url: str)
     done = await taskd(database_url, "status")
     assert done.returncode == 0, done.stderr
     for text in ("exec-a", "host-3", "dead", "standard", "lumina", "ValueError", "bad n",
-                 "database: PostgreSQL", "healthy"):
+                 "database: PostgreSQL", "healthy", "storage", "claim index", "since vacuum",
+                 "sessions: "):
         assert text in done.stdout, text
 
 

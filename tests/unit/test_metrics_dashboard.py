@@ -53,5 +53,8 @@ def test_the_panels_operators_need_are_there() -> None:
         "taskd_subtask_duration_seconds_bucket", "taskd_subtask_wait_seconds_bucket",
         "taskd_leases_rescued_total", "taskd_leases_lost_total",
         "taskd_errors_total",  # errors by type
+        # storage: bloat and vacuum (issue 32)
+        "taskd_table_dead_tuples", "taskd_table_live_tuples", "taskd_index_size_bytes",
+        "taskd_table_seconds_since_vacuum", "taskd_db_connections",
     ):
         assert needed in exprs, needed

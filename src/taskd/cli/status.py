@@ -17,7 +17,14 @@ from rich.text import Text
 
 from taskd.cli.app import app, err_console, open_store, out_console, run_async, settings_of
 from taskd.errors import DatabaseError
-from taskd.queue.status import ErrorRow, QueueRow, StatusReport, list_errors, read_status
+from taskd.queue.status import (
+    CLAIM_INDEX,
+    ErrorRow,
+    QueueRow,
+    StatusReport,
+    list_errors,
+    read_status,
+)
 from taskd.settings import Settings
 
 EXIT_HEALTHY = 0
@@ -89,11 +96,35 @@ def render_status(report: StatusReport) -> RenderableType:
         f"{db.subtasks_dead_tuples if db.subtasks_dead_tuples is not None else '-'} dead "
         f"tuples in subtasks, schema version {db.schema_version}"
     ))
+    parts.append(render_storage(report))
     if report.problems:
         parts.extend(Text(f"attention: {p.message}", style="bold red") for p in report.problems)
     else:
         parts.append(Text("healthy", style="green"))
     return Group(*parts)
+
+
+def render_storage(report: StatusReport) -> RenderableType:
+    """taskd's tables (row versions, heap and index sizes, vacuums), busiest first, and the
+    database's sessions by state."""
+    table = Table(title="storage", title_justify="left")
+    table.add_column("table")
+    for column in ("live", "dead", "heap", "indexes", "claim index", "since vacuum",
+                   "vacuums"):
+        table.add_column(column, justify="right")
+    tables = sorted(report.storage.tables.values(),
+                    key=lambda t: (-(t.live_tuples + t.dead_tuples), t.table))
+    for t in tables:
+        claim = t.indexes.get(CLAIM_INDEX)
+        table.add_row(
+            t.table, str(t.live_tuples), str(t.dead_tuples), format_bytes(t.size_bytes),
+            format_bytes(sum(t.indexes.values())),
+            "-" if claim is None else format_bytes(claim),
+            format_age(t.vacuum_age_seconds), str(t.vacuums),
+            style="yellow" if t.dead_tuples > max(10_000, t.live_tuples) else "",
+        )
+    sessions = ", ".join(f"{n} {state}" for state, n in sorted(report.storage.connections.items()))
+    return Group(table, Text(f"sessions: {sessions or '-'}"))
 
 
 def _served_by(report: StatusReport, queue: QueueRow) -> str:

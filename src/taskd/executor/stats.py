@@ -5,7 +5,10 @@ One cheap query (``stats_snapshot``: unfinished rows only, through the partial i
 ``taskd_queue_oldest_pending_seconds{queue}`` and ``taskd_executors{status}``; a second, bounded
 one ``taskd_queue_oldest_unstarted_seconds{queue}`` (the pending timeout's clock); the pool's own
 statistics set ``taskd_db_pool_connections{state}`` (idle, used, max) and
-``taskd_db_pool_requests_waiting``.
+``taskd_db_pool_requests_waiting``. A third reads only statistics views and file sizes
+(``table_health``) for the storage gauges: ``taskd_table_{live,dead}_tuples``,
+``taskd_table_size_bytes``, ``taskd_index_size_bytes``, ``taskd_table_seconds_since_vacuum``,
+``taskd_table_vacuums`` and ``taskd_db_connections{state}``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import anyio
 
 from taskd.errors import TaskdError
 from taskd.metrics import Metrics
-from taskd.queue.status import oldest_unstarted, stats_snapshot
+from taskd.queue.status import StorageHealth, oldest_unstarted, stats_snapshot, storage_health
 from taskd.queue.store import Store
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class StatsCollector:
         self.pool_max = pool_max
         self.pending_timeouts = dict(pending_timeouts or {})
         self._queues_seen: set[str] = set(self.pending_timeouts)
+        self._states_seen: set[str] = set()
 
     async def run(self) -> None:
         """Collect until cancelled; database errors are logged and the next round tries again."""
@@ -81,7 +85,23 @@ class StatsCollector:
             self.metrics.queue_oldest_unstarted.labels(queue).set(unstarted.get(queue, 0.0))
         for status in sorted(set(EXECUTOR_STATUSES) | set(snapshot.executors)):
             self.metrics.executors.labels(status).set(snapshot.executors.get(status, 0))
+        self.set_storage(await storage_health(self.store))
         self.collect_pool()
+
+    def set_storage(self, storage: StorageHealth) -> None:
+        """Set the storage gauges; a connection state no longer seen goes to 0."""
+        m = self.metrics
+        for t in storage.tables.values():
+            m.table_live_tuples.labels(t.table).set(t.live_tuples)
+            m.table_dead_tuples.labels(t.table).set(t.dead_tuples)
+            m.table_size.labels(t.table).set(t.size_bytes)
+            m.table_vacuum_age.labels(t.table).set(t.vacuum_age_seconds)
+            m.table_vacuums.labels(t.table).set(t.vacuums)
+            for index, size in t.indexes.items():
+                m.index_size.labels(t.table, index).set(size)
+        self._states_seen |= set(storage.connections)
+        for state in self._states_seen:
+            m.db_connections.labels(state).set(storage.connections.get(state, 0))
 
     def collect_pool(self) -> None:
         """Set the pool gauges from the pool's own counters (no query)."""

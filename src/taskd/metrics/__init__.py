@@ -1,7 +1,8 @@
 """Prometheus metrics (prefix ``taskd_``), on a registry of their own per daemon.
 
 Names and labels follow DESIGN.md. No label takes unbounded values: ``queue``, ``outcome``,
-``direction``, ``status``, ``state`` and ``error_type`` only.
+``direction``, ``status``, ``state``, ``error_type``, and ``table`` / ``index`` (taskd's own
+tables and indexes) only.
 
 Counters and histograms export no ``*_created`` series (they doubled the number of series
 and no dashboard or alert reads them). :meth:`Metrics.start_queues` creates every labelled
@@ -128,6 +129,40 @@ class Metrics:
             "taskd_queue_pending_timeout_seconds",
             "The queue's pending_timeout setting (0 = off), for the oldest-pending alert.",
             ["queue"], registry=r,
+        )
+        # Storage of taskd's tables (cluster-wide, from the statistics views): what decides
+        # whether the claim stays fast under churn.
+        self.table_live_tuples = Gauge(
+            "taskd_table_live_tuples", "Live row versions of a taskd table (estimate).",
+            ["table"], registry=r,
+        )
+        self.table_dead_tuples = Gauge(
+            "taskd_table_dead_tuples",
+            "Dead row versions of a taskd table that vacuum has not removed yet (estimate).",
+            ["table"], registry=r,
+        )
+        self.table_size = Gauge(
+            "taskd_table_size_bytes", "Heap size of a taskd table (main fork).", ["table"],
+            registry=r,
+        )
+        self.index_size = Gauge(
+            "taskd_index_size_bytes", "Size of an index of a taskd table.", ["table", "index"],
+            registry=r,
+        )
+        self.table_vacuum_age = Gauge(
+            "taskd_table_seconds_since_vacuum",
+            "Seconds since the table's last vacuum or autovacuum (since the server started "
+            "when none ran since).", ["table"], registry=r,
+        )
+        self.table_vacuums = Gauge(
+            "taskd_table_vacuums",
+            "Vacuums and autovacuums of the table since the statistics began.", ["table"],
+            registry=r,
+        )
+        self.db_connections = Gauge(
+            "taskd_db_connections",
+            "Client sessions of taskd's database by state (active, idle, idle in transaction, "
+            "...), all clients, from pg_stat_activity.", ["state"], registry=r,
         )
         self.build_info = Gauge(
             "taskd_build_info", "Always 1; labels carry the version.", ["version"], registry=r,

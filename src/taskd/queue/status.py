@@ -107,6 +107,31 @@ class Problem:
     executor: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TableHealth:
+    """One taskd table's storage: live and dead row versions (the statistics' estimates),
+    heap size, its indexes' sizes, seconds since its last vacuum or autovacuum (since the
+    server started when none ran since) and how many vacuums ran since the statistics began."""
+
+    table: str
+    live_tuples: int
+    dead_tuples: int
+    size_bytes: int
+    vacuum_age_seconds: float
+    vacuums: int
+    indexes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageHealth:
+    """``tables`` by name; ``connections``: this database's client sessions by state
+    (``active``, ``idle``, ``idle in transaction``, ...; ``hidden`` for other roles' sessions
+    when the reader lacks pg_read_all_stats)."""
+
+    tables: dict[str, TableHealth]
+    connections: dict[str, int]
+
+
 TASK_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 
 
@@ -116,6 +141,7 @@ class StatusReport:
 
     ``tasks``: tasks by status; ``subtasks``: subtasks by status (pending and processing counted
     from the rows, the finished ones from their tasks' counters). Every status is a key.
+    ``storage``: taskd's tables (row versions, sizes, vacuums) and connections by state.
     """
 
     generated_at: datetime
@@ -126,6 +152,7 @@ class StatusReport:
     problems: list[Problem] = field(default_factory=list)
     tasks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TASK_STATUSES, 0))
     subtasks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TASK_STATUSES, 0))
+    storage: StorageHealth = field(default_factory=lambda: StorageHealth({}, {}))
 
     @property
     def healthy(self) -> bool:
@@ -303,7 +330,7 @@ async def read_status(store: Store, *, dead_after: float, error_limit: int = 10)
     return StatusReport(
         generated_at=now, executors=executors, queues=queues, errors=errors,
         database=database, problems=find_problems(executors, queues), tasks=tasks,
-        subtasks=subtasks,
+        subtasks=subtasks, storage=await storage_health(store),
     )
 
 
@@ -362,3 +389,31 @@ async def stats_snapshot(store: Store) -> StatsSnapshot:
         if r["oldest_seconds"] is not None:
             oldest[r["queue"]] = max(0.0, float(r["oldest_seconds"]))
     return StatsSnapshot(depth, oldest, executors)
+
+
+CLAIM_INDEX = "subtasks_claim_idx"
+
+
+async def storage_health(store: Store) -> StorageHealth:
+    """One query over the statistics views and file sizes (no table scan); DatabaseError on
+    failure."""
+    rows = await store.fetch_rows("table_health", {})
+    tables: dict[str, TableHealth] = {}
+    indexes: dict[str, dict[str, int]] = {}
+    connections: dict[str, int] = {}
+    for r in rows:
+        if r["kind"] == "table":
+            tables[r["name"]] = TableHealth(
+                table=r["name"], live_tuples=int(r["live_tuples"]),
+                dead_tuples=int(r["dead_tuples"]), size_bytes=int(r["size_bytes"]),
+                vacuum_age_seconds=max(0.0, float(r["vacuum_age_seconds"])),
+                vacuums=int(r["vacuums"]),
+            )
+        elif r["kind"] == "index":
+            indexes.setdefault(r["table_name"], {})[r["name"]] = int(r["size_bytes"])
+        else:  # the session count shares the live_tuples column
+            connections[r["name"]] = int(r["live_tuples"])
+    for name, sizes in indexes.items():
+        if name in tables:
+            tables[name] = replace(tables[name], indexes=dict(sorted(sizes.items())))
+    return StorageHealth(dict(sorted(tables.items())), connections)

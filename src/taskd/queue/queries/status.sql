@@ -191,3 +191,30 @@ SELECT q.queue, extract(epoch FROM now() - min(u.runnable_at))::float8 AS oldest
  ) u
  WHERE u.runnable_at <= now()
  GROUP BY q.queue;
+
+-- name: table_health
+-- Storage of taskd's tables for the stats collector and `taskd status`: statistics views and
+-- file sizes only (pg_relation_size stats one file per segment), never a scan of a table.
+-- vacuum_age_seconds: since the last vacuum or autovacuum, or since the server started when
+-- none ran since (the statistics begin then).
+SELECT 'table' AS kind, s.relname AS name, s.relname AS table_name,
+       s.n_live_tup AS live_tuples, s.n_dead_tup AS dead_tuples,
+       pg_relation_size(s.relid) AS size_bytes,
+       extract(epoch FROM now() - coalesce(greatest(s.last_vacuum, s.last_autovacuum),
+                                           pg_postmaster_start_time()))::float8
+           AS vacuum_age_seconds,
+       s.vacuum_count + s.autovacuum_count AS vacuums
+  FROM pg_stat_user_tables s
+ WHERE s.schemaname = 'taskd'
+UNION ALL
+SELECT 'index', i.indexrelname, i.relname, NULL, NULL, pg_relation_size(i.indexrelid),
+       NULL, NULL
+  FROM pg_stat_user_indexes i
+ WHERE i.schemaname = 'taskd'
+UNION ALL
+-- Sessions of this database by state; another role's sessions show state NULL ("hidden")
+-- unless the reader has pg_read_all_stats.
+SELECT 'connections', coalesce(a.state, 'hidden'), NULL, count(*), NULL, NULL, NULL, NULL
+  FROM pg_stat_activity a
+ WHERE a.datname = current_database() AND a.backend_type = 'client backend'
+ GROUP BY a.state;
