@@ -129,6 +129,11 @@ class ApiSettings(BaseModel):
         default_factory=lambda: {"lumina": "lumina", "noop": "standard"},
         description="task kinds the API accepts, each with its default queue",
     )
+    console: bool = Field(True, description="serve the operators' console under /console")
+    console_secret: SecretStr | None = Field(
+        None, description="key of the console's CSRF tokens; default: derived from jwt_secret "
+        "(HS256). Set it when several API processes verify RS256 tokens",
+    )
 
 
 def _default_executor_id() -> str:

@@ -62,4 +62,9 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     app.include_router(system.router)
     app.include_router(tasks.router)
     app.include_router(accounts.router)
+    if settings.api.console:
+        # Imported here: Jinja2 loads only for an API that serves the console.
+        from taskd.api.console import create_console
+
+        app.mount("/console", create_console(settings, store))
     return app
