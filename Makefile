@@ -33,14 +33,23 @@ $(VENV)/.dev-installed: pyproject.toml tests/fixtures/example-handlers/pyproject
 
 ## run: the daemon on the embedded PostgreSQL (or TASKD_DATABASE_URL when set), with the fake
 ## external APIs (taskd.testing.fake_apis: a Lumina-style job API and a content audit) on
-## 127.0.0.1:8099 behind the lumina queue, polled every 0.5 s (the lumina queue's default is
-## 5 s, for a real API). Ctrl-C stops both gracefully.
+## 127.0.0.1:8099 behind the lumina queue, polled every 0.5 s (the lumina
+## queue's default is 5 s, for a real API), and `taskd api` with the operators' console on
+## 127.0.0.1:8080 (TASKD_CONSOLE_PORT), started once the daemon is ready; it prints a sign-in
+## link with a development admin token valid 30 minutes. Without TASKD_API__JWT_SECRET a
+## random one is made for the run. Ctrl-C stops all three gracefully.
 run: $(VENV)/.run-installed
-	@$(BIN)/python -m taskd.testing.fake_apis --port 8099 --job-seconds 2 & \
-	trap 'kill $$! 2>/dev/null' EXIT; \
+	@$(BIN)/python -m taskd.testing.fake_apis --port 8099 --job-seconds 2 & lumina=$$!; \
+	TASKD_API__JWT_SECRET=$${TASKD_API__JWT_SECRET:-$$($(BIN)/python -c \
+		'import secrets; print(secrets.token_hex(32))')}; \
+	export TASKD_API__JWT_SECRET; \
+	metrics=$${TASKD_METRICS_ADDR:-127.0.0.1:9464}; \
+	$(BIN)/python -m taskd.testing.dev_console --port $${TASKD_CONSOLE_PORT:-8080} \
+		--wait-for http://$$metrics/readyz & console=$$!; \
+	trap 'kill $$lumina $$console 2>/dev/null' EXIT; \
 	TASKD_QUEUES__LUMINA__BASE_URL=$${TASKD_QUEUES__LUMINA__BASE_URL:-http://127.0.0.1:8099} \
 	TASKD_QUEUES__LUMINA__POLLING_INTERVAL=$${TASKD_QUEUES__LUMINA__POLLING_INTERVAL:-0.5} \
-	TASKD_METRICS_ADDR=$${TASKD_METRICS_ADDR:-127.0.0.1:9464} \
+	TASKD_METRICS_ADDR=$$metrics \
 	$(BIN)/taskd run
 
 ## run-photo: the photo-platform profile (deploy/examples/photo-platform.toml: basic_clean and

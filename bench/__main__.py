@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench import fleet, http_clients, peers, soak, targets, task_end, taskd_workloads
+from bench import console, fleet, http_clients, peers, soak, targets, task_end, taskd_workloads
 from bench.common import print_table, temp_database, write_json
 
 
@@ -159,10 +159,17 @@ def main(argv: list[str] | None = None) -> None:
                         "subtasks:fillfactor=70 (repeatable)")
     p.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
                    help="a postgresql.conf line for the bench's cluster (default: stock)")
+    p = sub.add_parser("console", help="the console's page latency with many finished "
+                       "subtasks (taskd api as its own process)")
+    p.add_argument("--subtasks", type=int, default=1_000_000)
+    p.add_argument("--pending", type=int, default=2000)
+    p.add_argument("--repeat", type=int, default=20)
 
     args = parser.parse_args(argv)
     w = args.workload
-    if w == "throughput":
+    if w == "console":
+        data = console.console(args.subtasks, args.repeat, args.pending)
+    elif w == "throughput":
         data = taskd_workloads.throughput(args.n, args.processes, args.concurrency, args.repeat)
     elif w == "latency":
         data = taskd_workloads.latency(args.rate, args.seconds)

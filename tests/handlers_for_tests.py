@@ -88,3 +88,12 @@ async def record(ctx: SubtaskContext) -> dict[str, Any]:
 def random_failure(subtask_id: int, attempt: int, fail_rate: float) -> bool:
     """Whether ``record`` fails this attempt on purpose (the same answer every time)."""
     return fail_rate > 0 and random.Random(f"{subtask_id}:{attempt}").random() < fail_rate
+
+
+def broken_while(ctx: SubtaskContext) -> dict[str, Any]:
+    """Fail for good while the file named by the payload's ``path`` exists, else succeed: a
+    bug that an operator fixes, then retries the failed work (the console's browser test)."""
+    path = str(ctx.payload["path"])
+    if os.path.exists(path):
+        raise PermanentError(f"broken: {path} exists <b>not bold</b>")
+    return {"n": ctx.payload.get("n"), "fixed": True}

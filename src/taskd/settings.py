@@ -152,6 +152,11 @@ class ApiSettings(BaseModel):
             if not prompts:
                 raise ValueError(f"templates.{kind} has no prompts")
         return self
+    console: bool = Field(True, description="serve the operators' console under /console")
+    console_secret: SecretStr | None = Field(
+        None, description="key of the console's CSRF tokens; default: derived from jwt_secret "
+        "(HS256). Set it when several API processes verify RS256 tokens",
+    )
 
 
 def _default_executor_id() -> str:

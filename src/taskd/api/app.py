@@ -19,6 +19,7 @@ from taskd.api.auth import AuthMiddleware, TokenVerifier
 from taskd.api.dependencies import reject_unknown_query
 from taskd.api.errors import ErrorBody, install_error_handlers
 from taskd.api.limits import BodyLimitMiddleware
+from taskd.errors import ConfigError
 from taskd.queue.accounts import ApiStore
 from taskd.queue.store import Store
 from taskd.settings import Settings
@@ -36,6 +37,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "the database is unavailable (5003)"),
     ]
 }
+
+
+def _console(settings: Settings, store: Store) -> Any:
+    """The console's ASGI app. Raises :class:`ConfigError` when Jinja2 or python-multipart
+    (the api extra) is missing."""
+    try:
+        # Imported here: Jinja2 loads only for an API that serves the console.
+        from taskd.api.console import create_console
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"the console (api.console) needs the api extra: pip install 'taskd[api]' (no "
+            f"module named {exc.name!r}); or set TASKD_API__CONSOLE=false") from None
+    return create_console(settings, store)
 
 
 def create_app(settings: Settings, store: Store) -> FastAPI:
@@ -62,4 +76,6 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     app.include_router(system.router)
     app.include_router(tasks.router)
     app.include_router(accounts.router)
+    if settings.api.console:
+        app.mount("/console", _console(settings, store))
     return app

@@ -8,7 +8,8 @@ from taskd.cli.app import app, configure_logging, run_async, settings_of
 from taskd.errors import ConfigError
 
 # What the api extra installs (pip install 'taskd[api]'), by the name Python imports.
-API_EXTRA_MODULES = {"fastapi", "starlette", "uvicorn", "jwt", "cryptography"}
+API_EXTRA_MODULES = {"fastapi", "starlette", "uvicorn", "jwt", "cryptography", "jinja2",
+                     "multipart", "python_multipart"}
 
 
 def _api_extra_missing(exc: ModuleNotFoundError) -> ConfigError:
@@ -20,7 +21,8 @@ api_app = typer.Typer(
     "Without a subcommand, serves on api.addr [TASKD_API__ADDR] (default 127.0.0.1:8080) "
     "until SIGTERM. Needs api.jwt_secret [TASKD_API__JWT_SECRET] of at least 32 bytes "
     "(HS256), or api.jwt_algorithm=RS256 with api.jwt_public_key. The OpenAPI document is "
-    "served at /openapi.json, the interactive docs at /docs, a health check at /healthz.",
+    "served at /openapi.json, the interactive docs at /docs, a health check at /healthz, "
+    "the operators' console at /console (sign in with a token from `taskd api token`).",
     invoke_without_command=True,
     no_args_is_help=False,
     rich_markup_mode=None,

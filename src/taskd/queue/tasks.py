@@ -25,24 +25,31 @@ async def set_task_priority(store: Store, task_id: int, priority: int) -> int:
     Raises :class:`InvalidInput` for a priority outside -1000..1000, :class:`TaskNotFound`,
     and :class:`TaskFinished` when the task has already ended.
     """
+    check_priority(priority)
+    return await store.in_transaction(lambda conn: set_priority_on(conn, task_id, priority))
+
+
+def check_priority(priority: object) -> None:
+    """Raises :class:`InvalidInput` unless ``priority`` is an int in -1000..1000."""
     if isinstance(priority, bool) or not isinstance(priority, int) or not (
         MIN_PRIORITY <= priority <= MAX_PRIORITY
     ):
         raise InvalidInput(f"priority {priority!r} is outside {MIN_PRIORITY}..{MAX_PRIORITY}",
                            field="priority")
 
-    async def work(conn: Conn) -> int:
-        try:
-            rows = await run_query(conn, "set_task_priority",
-                                   {"task_id": task_id, "priority": priority})
-        except pgerrors.NoDataFound as exc:
-            raise TaskNotFound(f"task {task_id} not found") from exc
-        except pgerrors.ObjectNotInPrerequisiteState as exc:
-            status = exc.diag.message_detail or "ended"
-            raise TaskFinished(
-                f"task {task_id} has already ended ({status}); its priority cannot change",
-                status=status,
-            ) from exc
-        return int(rows[0]["moved"])
 
-    return await store.in_transaction(work)
+async def set_priority_on(conn: Conn, task_id: int, priority: int) -> int:
+    """:func:`set_task_priority` inside the caller's transaction on ``conn`` (the console
+    writes its audit row in the same one)."""
+    try:
+        rows = await run_query(conn, "set_task_priority",
+                               {"task_id": task_id, "priority": priority})
+    except pgerrors.NoDataFound as exc:
+        raise TaskNotFound(f"task {task_id} not found") from exc
+    except pgerrors.ObjectNotInPrerequisiteState as exc:
+        status = exc.diag.message_detail or "ended"
+        raise TaskFinished(
+            f"task {task_id} has already ended ({status}); its priority cannot change",
+            status=status,
+        ) from exc
+    return int(rows[0]["moved"])

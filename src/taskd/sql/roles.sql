@@ -23,7 +23,8 @@
 --                   UPDATE of two columns of accounts. No INSERT into tasks or accounts.
 --   taskd_api       creates tasks (with submit_task), reads them, cancels and retries; accounts
 --                   and the quota ledger; reads executors for /v1/status. Deletes nothing and
---                   never writes executors or error_logs.
+--                   never writes executors or error_logs. Writes console_audit (the
+--                   console's record of its actions).
 --                   Only it may set a task's user: EXECUTE on taskd.submit_task_for_user.
 --   taskd_readonly  SELECT on every taskd table (taskd status, taskd tasks list/show, Grafana).
 --   taskd_client    a service that uses taskd through SQL (docs/sql.md): submit_task,
@@ -85,6 +86,8 @@ BEGIN
                    'taskd.accounts TO %I', api_role);
     EXECUTE format('GRANT SELECT, INSERT ON taskd.quota_ledger TO %I', api_role);
     EXECUTE format('GRANT SELECT ON taskd.executors, taskd.error_logs TO %I', api_role);
+    -- The console (served by taskd api) records its actions.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.console_audit TO %I', api_role);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
                    'integer, jsonb, integer, timestamptz, text) TO %I', api_role);

@@ -581,8 +581,29 @@ LANGUAGE sql STABLE AS $$
              ORDER BY s.id
              LIMIT task_result_urls.max_urls) s
 $$;
+-- The operators' console (version 15).
+CREATE TABLE taskd.console_audit (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    actor       text NOT NULL,
+    action      text NOT NULL CONSTRAINT console_audit_action_check
+                    CHECK (action IN ('retry_task', 'cancel_task', 'set_priority',
+                                      'retry_failed', 'cancel_pending',
+                                      'pause_queue', 'resume_queue')),
+    target      jsonb NOT NULL DEFAULT '{}'::jsonb,
+    row_count   integer NOT NULL DEFAULT 0 CONSTRAINT console_audit_row_count_check
+                    CHECK (row_count >= 0),
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+
+CREATE INDEX console_audit_started_idx ON taskd.console_audit (started_at DESC, id DESC);
+
+CREATE INDEX subtasks_failed_idx ON taskd.subtasks (completed_at)
+    WHERE status = 'failed';
+
+CREATE INDEX tasks_priority_idx ON taskd.tasks (priority, id);
 
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
     (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts'),
-    (9, 'traceparent'), (10, 'rules_as_meant'), (11, 'result_urls');
+    (9, 'traceparent'), (10, 'rules_as_meant'), (11, 'result_urls'), (15, 'console_audit');
