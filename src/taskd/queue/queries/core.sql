@@ -41,6 +41,11 @@ SELECT id, traceparent
 -- One statement: pick the highest priority, then oldest, ready rows of the queue, skip rows
 -- other claimers hold, and take them under a lease. With cluster_max set, the caller holds
 -- lock_queue_claims in the same transaction; without it, the count below is never run.
+-- A paused queue (queue_controls) claims nothing. With rate_limit set (starts per window of
+-- rate_period seconds, windows aligned on the database clock's epoch), the claim locks the
+-- queue's control row, takes no more than the window has left, and counts what it took, all
+-- in this statement; without it, neither the lock nor the count runs (custom plans fold them
+-- away, a generic plan never executes them).
 --
 -- With after_* set (the last row of the caller's previous claim), the scan resumes after that
 -- row, then goes on to lower priorities, instead of starting from the head of the claim index:
@@ -48,7 +53,19 @@ SELECT id, traceparent
 -- each claim time in proportion (see Producer for when it starts from the head). Plans are
 -- custom, so with after_priority NULL the first branch is the plain scan and the second is
 -- planned away.
-WITH picked AS (
+WITH rate_window AS (
+    SELECT date_bin(make_interval(secs => %(rate_period)s::integer), coalesce(%(now)s, now()),
+                    timestamptz 'epoch') AS start
+), bucket AS (
+    -- Locked: racing claims of a rate-limited queue take turns, each seeing what the one
+    -- before it took (READ COMMITTED re-reads a row it waited for).
+    SELECT CASE WHEN c.rate_window_start = w.start
+                THEN greatest(0, %(rate_limit)s::integer - c.rate_window_count)
+                ELSE %(rate_limit)s::integer END AS free
+      FROM taskd.queue_controls c, rate_window w
+     WHERE c.queue = %(queue)s
+       FOR UPDATE OF c
+), picked AS (
     SELECT id FROM (
         SELECT id
           FROM taskd.subtasks
@@ -76,13 +93,20 @@ WITH picked AS (
          LIMIT %(limit)s
            FOR UPDATE SKIP LOCKED
     ) lower
-    -- Rows are locked as this limit takes them: none beyond it.
-     LIMIT CASE WHEN %(cluster_max)s::integer IS NULL THEN %(limit)s
-                ELSE greatest(0, least(%(limit)s, %(cluster_max)s::integer - (
-                         SELECT count(*) FROM taskd.subtasks
-                          -- a lease is held exactly while processing: subtasks_lease_idx
-                          WHERE lease_expires_at IS NOT NULL AND status = 'processing'
-                            AND queue = %(queue)s)))
+    -- Rows are locked as this limit takes them: none beyond it. least() skips NULLs.
+     LIMIT CASE WHEN EXISTS (SELECT 1 FROM taskd.queue_controls c
+                              WHERE c.queue = %(queue)s AND c.paused) THEN 0
+                ELSE least(
+                    %(limit)s,
+                    CASE WHEN %(cluster_max)s::integer IS NOT NULL
+                         THEN greatest(0, %(cluster_max)s::integer - (
+                             SELECT count(*) FROM taskd.subtasks
+                              -- a lease is held exactly while processing: subtasks_lease_idx
+                              WHERE lease_expires_at IS NOT NULL AND status = 'processing'
+                                AND queue = %(queue)s)) END,
+                    -- No control row yet: nothing to count in, so nothing is claimed.
+                    CASE WHEN %(rate_limit)s::integer IS NOT NULL
+                         THEN coalesce((SELECT free FROM bucket), 0) END)
            END
 ), claimed AS (
     UPDATE taskd.subtasks s
@@ -99,6 +123,20 @@ WITH picked AS (
               s.max_attempts, s.run_after,
               -- seconds from ready to started: one float to read, not two timestamps
               date_part('epoch', s.started_at - s.run_after) AS wait
+), counted AS (
+    -- The rate limit's count: in the row bucket locked (its newest version), so no start of a
+    -- concurrent claim is lost.
+    UPDATE taskd.queue_controls c
+       SET rate_window_count = CASE WHEN c.rate_window_start = w.start
+                                    THEN c.rate_window_count ELSE 0 END
+                               + (SELECT count(*) FROM claimed)::integer,
+           rate_window_start = w.start,
+           rate_limit = %(rate_limit)s::integer,
+           rate_period = %(rate_period)s::integer
+      FROM rate_window w
+     WHERE %(rate_limit)s::integer IS NOT NULL
+       AND c.queue = %(queue)s
+       AND EXISTS (SELECT 1 FROM claimed)
 )
 -- Claim order, sorted here: cheaper than in the executor.
 SELECT * FROM claimed ORDER BY priority DESC, run_after, id;
