@@ -27,7 +27,7 @@ from taskd.queue.controls import (
 from taskd.queue.maintenance import fail_unstarted_tasks
 from taskd.queue.status import oldest_unstarted, read_status
 from taskd.settings import RateLimit
-from tests.factories import submit
+from tests.factories import insert_subtasks, submit
 
 pytestmark = pytest.mark.anyio
 
@@ -242,3 +242,20 @@ async def test_a_queue_without_a_rate_limit_never_locks_or_counts(store: Store, 
     cur = await conn.execute("SELECT rate_window_start, rate_window_count "
                              "FROM taskd.queue_controls")
     assert await cur.fetchone() == (None, 0)
+
+
+async def test_suspects_of_a_paused_or_rate_limited_queue_wait(store: Store, conn: Any) -> None:
+    """A suspected poison pill runs alone (claim_suspect), and still keeps the queue's
+    controls: not while paused, not while the window is used up, and it counts in it."""
+    rate = RateLimit(1, 3600)
+    await register_queues(store, {"standard": rate})
+    await insert_subtasks(conn, 2, status="pending", crashes=2)
+    await pause_queue(store, "standard")
+    assert await store.claim_suspect("e1", ["standard"], LEASE) is None
+    await resume_queue(store, "standard")
+    window = (await store.database_now()).replace(minute=30, second=0, microsecond=0)
+    later = window + timedelta(hours=1)  # ready, and inside one window
+    assert await store.claim_suspect("e1", ["standard"], LEASE, now=later) is not None
+    assert await store.claim_suspect("e1", ["standard"], LEASE, now=later) is None
+    assert await store.claim_suspect(
+        "e1", ["standard"], LEASE, now=later + timedelta(hours=1)) is not None

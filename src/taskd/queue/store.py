@@ -265,14 +265,15 @@ class Store:
                   "after_run_after": None if after is None else after.run_after,
                   "after_id": None if after is None else after.id,
                   "suspect_after": poison_after - 1}
+        name = "claim_subtasks" if rate_limit is None else "claim_subtasks_rate_limited"
         if cluster_max is None:
-            claimed = await self.fetch_as("claim_subtasks", params, ClaimedSubtask,
+            claimed = await self.fetch_as(name, params, ClaimedSubtask,
                                           CLAIMED_ROW, binary=True, conn=conn)
         else:
             async with translated_errors(), self._connection(conn) as c, c.transaction():
                 await c.execute(query("lock_queue_claims"), params)
                 cur = c.cursor(row_factory=CLAIMED_ROW, binary=True)
-                await cur.execute(query("claim_subtasks"), params)
+                await cur.execute(query(name), params)
                 claimed = await cur.fetchall()
         return claimed
 
