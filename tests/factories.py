@@ -17,7 +17,8 @@ AnyConn = psycopg.AsyncConnection[Any]
 # claim_subtasks's parameters for a claim from the head of the claim index (not resuming
 # after an earlier claim), for tests that run the statement themselves.
 CLAIM_FROM_HEAD = {"after_priority": None, "after_run_after": None, "after_id": None,
-                   "suspect_after": 2}
+                   "suspect_after": 2,
+                   "rate_limit": None, "rate_period": None}
 
 
 async def submit(

@@ -22,6 +22,7 @@ TaskdError
 │   └── QuotaExhausted        quota_remaining is too low
 ├── IdempotencyConflict       the Idempotency-Key was used for a different request
 ├── TaskNotFound              no task with that id
+├── QueueNotFound             no queue of that name is configured or known to the database
 ├── TaskFinished              the task has already ended (nothing to cancel)
 └── NothingToRetry            the task has no failed subtasks
 ```
@@ -149,6 +150,10 @@ class IdempotencyConflict(TaskdError):
 
 class TaskNotFound(TaskdError):
     """No task has this id."""
+
+
+class QueueNotFound(TaskdError):
+    """No queue of that name: not in the settings, and no daemon has served it."""
 
 
 class TaskFinished(TaskdError):

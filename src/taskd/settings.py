@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -53,6 +53,37 @@ Seconds = float
 Pooler = Literal["none", "transaction"]
 
 
+class RateLimit(NamedTuple):
+    """At most ``starts`` subtasks of a queue start per window of ``period`` seconds."""
+
+    starts: int
+    period: int
+
+    def __str__(self) -> str:
+        unit = _PERIOD_UNITS.get(self.period)
+        return f"{self.starts}/{unit}" if unit else f"{self.starts} per {self.period} s"
+
+
+_PERIODS = {"s": 1, "m": 60, "h": 3600}
+_PERIOD_UNITS = {seconds: unit for unit, seconds in _PERIODS.items()}
+_RATE = re.compile(r"^\s*([+-]?\d+)\s*/\s*([smh])\s*$")
+MAX_RATE_COUNT = 1_000_000
+
+
+def parse_rate_limit(text: str) -> RateLimit:
+    """``"10/s"``, ``"600/m"``, ``"5000/h"`` as a :class:`RateLimit`. Raises ``ValueError``
+    naming what is wrong."""
+    match = _RATE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a rate like 10/s, 600/m or 5000/h "
+                         "(starts per second, minute or hour)")
+    count = int(match[1])
+    if not 1 <= count <= MAX_RATE_COUNT:
+        raise ValueError(f"{text!r}: the count must be 1..{MAX_RATE_COUNT} starts per window "
+                         "(to stop a queue, pause it: taskd queues pause)")
+    return RateLimit(count, _PERIODS[match[2]])
+
+
 class QueueSettings(BaseModel):
     """One queue's concurrency, retry and handler options (``queues.<name>``)."""
 
@@ -66,6 +97,10 @@ class QueueSettings(BaseModel):
     scale_down_interval: Seconds = Field(180.0, gt=0)
     cluster_max: int | None = Field(
         None, ge=1, description="most subtasks of this queue processing across all executors"
+    )
+    rate_limit: str | None = Field(
+        None, description='most subtasks of this queue started per window across all '
+        'executors: "10/s", "600/m" or "5000/h" (windows of the database clock); unset: none',
     )
     timeout: Seconds = Field(300.0, gt=0, description="a handler running longer is cancelled")
     max_attempts: int = Field(
@@ -103,6 +138,16 @@ class QueueSettings(BaseModel):
         None, min_length=1,
         description="the executor groups that serve this queue; unset: every group",
     )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str | None) -> str | None:
+        return None if value is None else str(parse_rate_limit(value))
+
+    @property
+    def rate(self) -> RateLimit | None:
+        """``rate_limit`` parsed; None without one."""
+        return None if self.rate_limit is None else parse_rate_limit(self.rate_limit)
 
     @model_validator(mode="after")
     def _check_bounds(self) -> QueueSettings:

@@ -29,14 +29,16 @@ LEASE = 30.0
 CLAIM_PARAMS = {"queue": "text", "executor_id": "text", "limit": "integer",
                 "lease_timeout": "float8", "cluster_max": "integer", "now": "timestamptz",
                 "after_priority": "integer", "after_run_after": "timestamptz", "after_id": "bigint",
-                "suspect_after": "integer"}
+                "suspect_after": "integer", "rate_limit": "integer", "rate_period": "integer"}
 
 
 def count_subplans(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """The subplans that count processing rows: InitPlans that aggregate."""
+    """The subplans that count processing rows: InitPlans that aggregate rows of subtasks (not
+    the rate limit's count of the claimed rows)."""
     return [n for n in plan_nodes(plan)
             if n.get("Parent Relationship") == "InitPlan"
-            and n["Node Type"] == "Aggregate"]
+            and n["Node Type"] == "Aggregate"
+            and any(m.get("Relation Name") == "subtasks" for m in plan_nodes(n))]
 
 
 async def explain_claim(conn: Any, cluster_max: int | None, plan_cache_mode: str) -> Any:

@@ -62,7 +62,8 @@ async def test_a_claim_after_a_subtask_skips_the_claimed_head_of_the_index(
     for _ in range(10):
         claimed += await store.claim_subtasks("standard", "e1", 500, LEASE)
     params = {"queue": "standard", "executor_id": "e2", "limit": 100, "lease_timeout": LEASE,
-              "cluster_max": None, "now": None, "suspect_after": 2}
+              "cluster_max": None, "now": None, "suspect_after": 2, "rate_limit": None,
+              "rate_period": None}
     last = claimed[-1]
     head = await _claim_index_buffers(conn, dict(params, **CLAIM_FROM_HEAD))
     after = await _claim_index_buffers(conn, dict(

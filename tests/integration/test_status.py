@@ -216,8 +216,9 @@ async def test_status_json_shape_is_stable(store: Store) -> None:
     assert executor["queues"]["standard"] == {"limit": 10, "running": 1}
     assert sorted(data["queues"][0]) == [
         "completed_last_hour", "executors", "failed_last_hour", "groups",
-        "oldest_pending_seconds", "oldest_unstarted_seconds", "processing", "queue",
-        "rate_per_minute", "ready", "scheduled",
+        "oldest_pending_seconds", "oldest_unstarted_seconds", "paused", "paused_at",
+        "paused_by", "processing", "queue", "rate_limit", "rate_per_minute",
+        "rate_window_used", "ready", "scheduled",
     ]
     assert sorted(data["errors"][0]) == [
         "count", "error_type", "first_occurred_at", "kind", "last_occurred_at", "message",

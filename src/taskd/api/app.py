@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 import taskd
-from taskd.api import accounts, system, tasks
+from taskd.api import accounts, queues, system, tasks
 from taskd.api.auth import AuthMiddleware, TokenVerifier
 from taskd.api.dependencies import reject_unknown_query
 from taskd.api.errors import ErrorBody, install_error_handlers
@@ -30,7 +30,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "invalid task type or malformed body (errorCode 4001)"),
         (401, "not logged in (4010) or invalid token (4011)"),
         (403, "quota exhausted (4002), membership or access (4003)"),
-        (404, "user or task not found, or another user's task (4004)"),
+        (404, "user, task or queue not found, or another user's task (4004)"),
         (409, "conflict (4009)"),
         (413, "request body too large (4013)"),
         (422, "a field breaks a rule (4001); details name each field"),
@@ -78,4 +78,5 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     app.include_router(accounts.router)
     if settings.api.console:
         app.mount("/console", _console(settings, store))
+    app.include_router(queues.router)
     return app

@@ -9,7 +9,8 @@ code  status  meaning
 4001  422     a field breaks a rule (``details`` lists each field and what is wrong)
 4002  403     quota exhausted
 4003  403     please activate membership first / admin role required
-4004  404     user not found / task not found (or another user's) / no such endpoint
+4004  404     user not found / task not found (or another user's) / unknown queue /
+              no such endpoint
 4005  405     method not allowed
 4009  409     Idempotency-Key reused for another request, task already ended, nothing to retry
 4010  401     not logged in (no ``Authorization: Bearer`` header)
@@ -39,6 +40,7 @@ from taskd.errors import (
     InvalidInput,
     NotAMember,
     NothingToRetry,
+    QueueNotFound,
     QuotaExhausted,
     TaskdError,
     TaskFinished,
@@ -142,6 +144,8 @@ def taskd_error_response(exc: TaskdError) -> JSONResponse:
             return error_response(403, QUOTA_EXHAUSTED, "quota exhausted")
         case TaskNotFound():
             return error_response(404, NOT_FOUND, "task not found")
+        case QueueNotFound():
+            return error_response(404, NOT_FOUND, str(exc))
         case IdempotencyConflict():
             return error_response(409, CONFLICT, str(exc), {"task_id": exc.task_id})
         case TaskFinished():

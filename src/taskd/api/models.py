@@ -275,6 +275,20 @@ class QueueStatus(BaseModel):
     scheduled: int = Field(description="pending with a later run_after (retries)")
     processing: int = Field(description="claimed subtasks, from the database")
     oldest_pending_seconds: float | None
+    paused: bool = Field(False, description="paused: claims nothing (POST /v1/queues/{q}/resume)")
+    rate_limit: str | None = Field(None, description='starts per window, e.g. "20/s"; null: none')
+
+
+class QueueControlOut(BaseModel):
+    queue: str
+    paused: bool = Field(description="claims nothing on any executor while true")
+    paused_at: datetime | None
+    paused_by: str | None = Field(description="who paused it: an admin's user id, a role")
+    resumed_at: datetime | None
+    rate_limit: str | None = Field(description='starts per window, e.g. "20/s"; null: none')
+    rate_window_used: int = Field(description="starts counted in the current window")
+    changed: bool | None = Field(
+        None, description="pause / resume: false when it already was paused / running")
 
 
 class DatabaseStatus(BaseModel):

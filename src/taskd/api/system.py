@@ -79,4 +79,5 @@ def _queue_statuses(report: StatusReport) -> dict[str, QueueStatus]:
         entry = queue(q.queue)
         entry.pending, entry.scheduled, entry.processing = q.ready, q.scheduled, q.processing
         entry.oldest_pending_seconds = q.oldest_pending_seconds
+        entry.paused, entry.rate_limit = q.paused, q.rate_limit
     return dict(sorted(queues.items()))

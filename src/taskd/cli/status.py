@@ -78,6 +78,7 @@ def render_status(report: StatusReport) -> RenderableType:
                    "per min 1/5/15m", "oldest unstarted"):
         queues.add_column(column, justify="right")
     queues.add_column("served by (group: live executors)")
+    queues.add_column("control")
     for q in report.queues:
         r = q.rate_per_minute
         queues.add_row(
@@ -85,6 +86,7 @@ def render_status(report: StatusReport) -> RenderableType:
             str(q.completed_last_hour), str(q.failed_last_hour),
             f"{r['1m']:.1f} / {r['5m']:.1f} / {r['15m']:.1f}",
             format_age(q.oldest_unstarted_seconds), _served_by(report, q) or "nobody",
+            queue_control(q), style="yellow" if q.paused else "",
         )
     parts: list[RenderableType] = [executors, queues, render_errors(report.errors, "errors (24h)")]
     parts.append(Text(f"tasks: {_counts(report.tasks)}; subtasks: {_counts(report.subtasks)}"))
@@ -125,6 +127,17 @@ def render_storage(report: StatusReport) -> RenderableType:
         )
     sessions = ", ".join(f"{n} {state}" for state, n in sorted(report.storage.connections.items()))
     return Group(table, Text(f"sessions: {sessions or '-'}"))
+
+
+def queue_control(q: QueueRow) -> str:
+    """``PAUSED by ops (since 12:03:04)``, ``rate 20/s (17 this window)``, both, or ``-``."""
+    parts = []
+    if q.paused:
+        since = f" since {q.paused_at:%Y-%m-%d %H:%M:%S}" if q.paused_at else ""
+        parts.append(f"PAUSED by {q.paused_by or '?'}{since}")
+    if q.rate_limit:
+        parts.append(f"rate {q.rate_limit} ({q.rate_window_used} this window)")
+    return "; ".join(parts) or "-"
 
 
 def _served_by(report: StatusReport, queue: QueueRow) -> str:

@@ -54,6 +54,7 @@ from taskd.handlers.clients import http_clients
 from taskd.handlers.registry import HandlerRegistry
 from taskd.metrics import Health, Metrics
 from taskd.metrics.server import MetricsServer
+from taskd.queue.controls import register_queues
 from taskd.queue.database import database_url, redact
 from taskd.queue.store import Store, when_available
 from taskd.retries import retry_after_failure
@@ -236,6 +237,8 @@ class Daemon:
             metrics_url=f"http://{shown}:{metrics_server.port}/metrics",
         )
         await store.register_executor(info)
+        # Known to `taskd queues pause`, and the rows rate-limited claims count in.
+        await register_queues(store, {q: qs.rate for q, qs in self.queues.items()})
         self.health.registered = True
         self.health.db_ok()
         self.metrics.build_info.labels(__version__).set(1)

@@ -33,6 +33,7 @@ from taskd.executor.tracing import Tracing
 from taskd.executor.wakeup import Wakeup
 from taskd.executor.workers import WorkerPool
 from taskd.metrics import Metrics
+from taskd.queue.controls import rate_limit_wait, register_queues
 from taskd.queue.store import DEFAULT_POISON_AFTER, Store
 from taskd.settings import QueueSettings, Settings
 from taskd.testsignals import TestSignal
@@ -130,6 +131,8 @@ class Producer:
         self._expiring: dict[float, set[RunningSubtask]] = {}
         self._expiring_added = Condition()  # wakes the timer when it waits for a claim
         self._claimed = metrics.subtasks_claimed.labels(self.queue)
+        self._rate = config.settings.rate
+        self._rate_limited = metrics.claims_rate_limited.labels(self.queue)
 
     def stop_claiming(self) -> None:
         """Claim nothing more; running handlers go on. Idempotent."""
@@ -188,7 +191,28 @@ class Producer:
                 continue
             backoff = 0.1
             if len(claimed) < want:
+                if self._rate is not None and await self._rate_limited_wait():
+                    continue
                 await self.wakeup.wait(self.config.poll_interval)
+
+    async def _rate_limited_wait(self) -> bool:
+        """After a short claim of a rate-limited queue: when the window is used up, count it
+        and sleep until the next window (wake-ups cannot make room in it); return whether it
+        was. A failed look is left to the poll."""
+        assert self._rate is not None
+        try:
+            wait = await rate_limit_wait(self.store, self.queue, self._rate)
+            if wait is None:  # no control row (a queue added after the start): make one
+                await register_queues(self.store, {self.queue: self._rate})
+                return True
+        except DatabaseError as exc:
+            self.log.warning("rate limit check failed: %s", exc)
+            return False
+        if wait <= 0:
+            return False  # room left: the backlog ran out
+        self._rate_limited.inc()
+        await anyio.sleep(min(wait, self._rate.period))
+        return True
 
     def _hand_on(self, claimed: list[ClaimedSubtask], runs: anyio.abc.TaskGroup) -> None:
         """Count the claimed subtasks as running, time them, and give them to the workers."""
@@ -263,7 +287,8 @@ class Producer:
             def claim() -> Awaitable[list[ClaimedSubtask]]:
                 return self.store.claim_subtasks(
                     self.queue, self.executor_id, want, self.config.lease_timeout,
-                    cluster_max=self.config.settings.cluster_max, after=after, conn=conn,
+                    cluster_max=self.config.settings.cluster_max, rate_limit=self._rate,
+                    after=after, conn=conn,
                     poison_after=self.config.poison_after,
                 )
 

@@ -2,7 +2,8 @@
 
 One cheap query (``stats_snapshot``: unfinished rows only, through the partial indexes) sets
 ``taskd_queue_depth{queue,status}`` (status ready, scheduled, processing),
-``taskd_queue_oldest_pending_seconds{queue}`` and ``taskd_executors{status}``; a second, bounded
+``taskd_queue_oldest_pending_seconds{queue}``, ``taskd_executors{status}`` and
+``taskd_queue_paused{queue}`` (which the backlog alerts leave out); a second, bounded
 one ``taskd_queue_oldest_unstarted_seconds{queue}`` (the pending timeout's clock); the pool's own
 statistics set ``taskd_db_pool_connections{state}`` (idle, used, max) and
 ``taskd_db_pool_requests_waiting``. A third reads only statistics views and file sizes
@@ -72,7 +73,8 @@ class StatsCollector:
         Raises DatabaseError / DatabaseUnavailable from the store.
         """
         snapshot = await stats_snapshot(self.store)
-        self._queues_seen |= set(snapshot.depth) | set(snapshot.oldest_pending)
+        self._queues_seen |= (set(snapshot.depth) | set(snapshot.oldest_pending)
+                              | set(snapshot.paused))
         unstarted = await oldest_unstarted(self.store, sorted(self._queues_seen))
         for queue in self._queues_seen:
             for status in DEPTH_STATUSES:
@@ -83,6 +85,7 @@ class StatsCollector:
                 snapshot.oldest_pending.get(queue, 0.0)
             )
             self.metrics.queue_oldest_unstarted.labels(queue).set(unstarted.get(queue, 0.0))
+            self.metrics.queue_paused.labels(queue).set(int(snapshot.paused.get(queue, False)))
         for status in sorted(set(EXECUTOR_STATUSES) | set(snapshot.executors)):
             self.metrics.executors.labels(status).set(snapshot.executors.get(status, 0))
         self.set_storage(await storage_health(self.store))

@@ -54,6 +54,11 @@ class Metrics:
             "taskd_subtasks_claimed_total", "Subtasks claimed by this executor.", ["queue"],
             registry=r,
         )
+        self.claims_rate_limited = Counter(
+            "taskd_claims_rate_limited_total",
+            "Claims of this executor that found the queue's rate limit window used up "
+            "(cluster-wide rate_limit).", ["queue"], registry=r,
+        )
         self.subtasks_finished = Counter(
             "taskd_subtasks_finished_total",
             "Attempts finished by this executor, by outcome "
@@ -125,6 +130,11 @@ class Metrics:
             "taskd_db_pool_requests_waiting",
             "Requests waiting for a database pool connection.", registry=r,
         )
+        self.queue_paused = Gauge(
+            "taskd_queue_paused",
+            "1 while the queue is paused (taskd queues pause), else 0 (cluster-wide, from the "
+            "database).", ["queue"], registry=r,
+        )
         self.queue_pending_timeout = Gauge(
             "taskd_queue_pending_timeout_seconds",
             "The queue's pending_timeout setting (0 = off), for the oldest-pending alert.",
@@ -173,6 +183,7 @@ class Metrics:
         every outcome and direction."""
         for queue in queues:
             self.subtasks_claimed.labels(queue)
+            self.claims_rate_limited.labels(queue)
             self.leases_lost.labels(queue)
             self.leases_rescued.labels(queue)
             for outcome in OUTCOMES:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from taskd.queue.controls import QueueControl, list_queue_controls
 from taskd.queue.store import Store
 from taskd.types import Task
 
@@ -68,6 +69,13 @@ class QueueRow:
     oldest_unstarted_seconds: float | None = None
     groups: list[str] = field(default_factory=list)
     executors: list[str] = field(default_factory=list)
+    # Queue controls (taskd queues pause|resume, queues.<name>.rate_limit): a paused queue
+    # claims nothing and raises no backlog problem or alert.
+    paused: bool = False
+    paused_at: datetime | None = None
+    paused_by: str | None = None
+    rate_limit: str | None = None
+    rate_window_used: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +218,7 @@ def find_problems(
     for q in queues:
         unfinished = q.ready + q.scheduled + q.processing
         served = any(q.queue in e.queues for e in live)
-        if unfinished and not served:
+        if unfinished and not served and not q.paused:
             problems.append(Problem(
                 "no_live_executor",
                 f"queue {q.queue} has {unfinished} unfinished subtasks and no live executor "
@@ -252,11 +260,30 @@ async def oldest_unstarted(store: Store, queues: list[str]) -> dict[str, float]:
     return {r["queue"]: max(0.0, float(r["oldest_seconds"])) for r in rows}
 
 
+def with_controls(queues: list[QueueRow], controls: list[QueueControl]) -> list[QueueRow]:
+    """``queues`` with their controls; a paused or rate-limited queue without work is added."""
+    by_name = {c.queue: c for c in controls}
+    rows = {q.queue: q for q in queues}
+    for c in controls:
+        if c.queue not in rows and (c.paused or c.rate_limit is not None):
+            rows[c.queue] = QueueRow(c.queue, 0, 0, 0, 0, 0,
+                                     {"1m": 0.0, "5m": 0.0, "15m": 0.0}, None)
+    out = []
+    for name in sorted(rows):
+        control = by_name.get(name)
+        out.append(rows[name] if control is None else replace(
+            rows[name], paused=control.paused, paused_at=control.paused_at,
+            paused_by=control.paused_by, rate_limit=control.rate_limit,
+            rate_window_used=control.rate_window_used))
+    return out
+
+
 async def read_queues(store: Store) -> list[QueueRow]:
-    """Each queue with unfinished work or subtasks finished within the hour."""
+    """Each queue with unfinished work or subtasks finished within the hour, and each paused
+    or rate-limited one, with its controls."""
     rows = await store.fetch_rows("queue_overview", {})
     unstarted = await oldest_unstarted(store, [r["queue"] for r in rows])
-    return [
+    return with_controls([
         QueueRow(
             queue=r["queue"], ready=int(r["ready"]), scheduled=int(r["scheduled"]),
             processing=int(r["processing"]),
@@ -267,7 +294,7 @@ async def read_queues(store: Store) -> list[QueueRow]:
             oldest_unstarted_seconds=unstarted.get(r["queue"]),
         )
         for r in rows
-    ]
+    ], await list_queue_controls(store))
 
 
 def _error_row(r: dict[str, Any]) -> ErrorRow:
@@ -367,12 +394,13 @@ class StatsSnapshot:
 
     ``depth``: queue -> status (ready, scheduled, processing) -> count, only where non-zero;
     ``oldest_pending``: queue -> age in seconds of its oldest ready subtask;
-    ``executors``: status -> count.
+    ``executors``: status -> count; ``paused``: every known queue -> whether it is paused.
     """
 
     depth: dict[str, dict[str, int]]
     oldest_pending: dict[str, float]
     executors: dict[str, int]
+    paused: dict[str, bool] = field(default_factory=dict)
 
 
 async def stats_snapshot(store: Store) -> StatsSnapshot:
@@ -381,14 +409,18 @@ async def stats_snapshot(store: Store) -> StatsSnapshot:
     depth: dict[str, dict[str, int]] = {}
     oldest: dict[str, float] = {}
     executors: dict[str, int] = {}
+    paused: dict[str, bool] = {}
     for r in rows:
         if r["kind"] == "executor":
             executors[r["status"]] = int(r["value"])
             continue
+        if r["kind"] == "paused":
+            paused[r["queue"]] = bool(r["value"])
+            continue
         depth.setdefault(r["queue"], {})[r["status"]] = int(r["value"])
         if r["oldest_seconds"] is not None:
             oldest[r["queue"]] = max(0.0, float(r["oldest_seconds"]))
-    return StatsSnapshot(depth, oldest, executors)
+    return StatsSnapshot(depth, oldest, executors, paused)
 
 
 CLAIM_INDEX = "subtasks_claim_idx"

@@ -36,7 +36,7 @@ from taskd.queue.encoding import CLAIMED_ROW, outcomes_json
 from taskd.queue.jsonload import configure_connection
 from taskd.queue.queries import query
 from taskd.queue.submission import DEFAULT_MAX_PAYLOAD_BYTES, validate_submission
-from taskd.settings import DEFAULT_MAX_ATTEMPTS, Pooler
+from taskd.settings import DEFAULT_MAX_ATTEMPTS, Pooler, RateLimit
 from taskd.types import (
     JSON,
     ClaimedSubtask,
@@ -226,6 +226,7 @@ class Store:
         lease_timeout: float,
         *,
         cluster_max: int | None = None,
+        rate_limit: RateLimit | None = None,
         now: datetime | None = None,
         after: ClaimedSubtask | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
@@ -235,11 +236,17 @@ class Store:
         returned in that order.
 
         With ``cluster_max``, never more than that many of the queue's subtasks are processing
-        across all executors once this returns. With ``after`` (the last subtask of an earlier
-        claim), only subtasks that come after it in that order are looked at: its priority
-        from its place on, then lower priorities. That skips the claim index's head, where
-        every row claimed since the last VACUUM still has an entry; the caller decides when
-        rows before ``after`` may have become ready and the claim must start from the head.
+        across all executors once this returns. With ``rate_limit``, never more than its
+        ``starts`` of the queue's subtasks start in one of its windows of the database clock,
+        across all executors (counted in the queue's control row, in the same statement; a
+        queue without one, see :func:`taskd.queue.controls.register_queues`, claims nothing).
+        A paused queue (:func:`taskd.queue.controls.pause_queue`) claims nothing.
+
+        With ``after`` (the last subtask of an earlier claim), only subtasks that come after
+        it in that order are looked at: its priority from its place on, then lower priorities.
+        That skips the claim index's head, where every row claimed since the last VACUUM
+        still has an entry; the caller decides when rows before ``after`` may have become
+        ready and the claim must start from the head.
 
         The rows come in binary: cheaper on both sides than text (PostgreSQL formats a
         float8 or a timestamptz as text at some cost; docs/benchmarks.md).
@@ -252,18 +259,21 @@ class Store:
             return []
         params = {"queue": queue, "executor_id": executor_id, "limit": limit,
                   "lease_timeout": lease_timeout, "cluster_max": cluster_max, "now": now,
+                  "rate_limit": None if rate_limit is None else rate_limit.starts,
+                  "rate_period": None if rate_limit is None else rate_limit.period,
                   "after_priority": None if after is None else after.priority,
                   "after_run_after": None if after is None else after.run_after,
                   "after_id": None if after is None else after.id,
                   "suspect_after": poison_after - 1}
+        name = "claim_subtasks" if rate_limit is None else "claim_subtasks_rate_limited"
         if cluster_max is None:
-            claimed = await self.fetch_as("claim_subtasks", params, ClaimedSubtask,
+            claimed = await self.fetch_as(name, params, ClaimedSubtask,
                                           CLAIMED_ROW, binary=True, conn=conn)
         else:
             async with translated_errors(), self._connection(conn) as c, c.transaction():
                 await c.execute(query("lock_queue_claims"), params)
                 cur = c.cursor(row_factory=CLAIMED_ROW, binary=True)
-                await cur.execute(query("claim_subtasks"), params)
+                await cur.execute(query(name), params)
                 claimed = await cur.fetchall()
         return claimed
 

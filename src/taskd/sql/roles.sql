@@ -26,10 +26,11 @@
 --                   never writes executors or error_logs. Writes console_audit (the
 --                   console's record of its actions).
 --                   Only it may set a task's user: EXECUTE on taskd.submit_task_for_user.
+--                   Pauses and resumes queues (the admin endpoints /v1/queues).
 --   taskd_readonly  SELECT on every taskd table (taskd status, taskd tasks list/show, Grafana).
 --   taskd_client    a service that uses taskd through SQL (docs/sql.md): submit_task,
---                   set_task_priority, task_subtasks and task_result_urls; SELECT on tasks,
---                   subtasks and limits.
+--                   set_task_priority, task_subtasks, task_result_urls, pause_queue and
+--                   resume_queue; SELECT on tasks, subtasks, limits and queue_controls.
 --                   Nothing else: no user ids, no limit of its own, no direct writes.
 --
 -- None may CREATE in schema taskd (only its owner migrates), and EXECUTE on submit_task is taken
@@ -69,6 +70,8 @@ BEGIN
     REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer,
                                                       jsonb, integer, timestamptz, text) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.set_task_priority(bigint, integer) FROM PUBLIC;
+    REVOKE ALL ON FUNCTION taskd.pause_queue(text, text) FROM PUBLIC;
+    REVOKE ALL ON FUNCTION taskd.resume_queue(text) FROM PUBLIC;
 
     -- taskd run
     EXECUTE format('GRANT SELECT, UPDATE, DELETE ON taskd.tasks, taskd.subtasks TO %I',
@@ -80,6 +83,9 @@ BEGIN
                    'UPDATE (quota_remaining, updated_at) ON taskd.accounts TO %I',
                    executor_role);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', executor_role);
+    -- The claim reads the paused flag and counts its starts in the rate limit's window; a
+    -- daemon records the queues it serves.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.queue_controls TO %I', executor_role);
 
     -- taskd api
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.tasks, taskd.subtasks, '
@@ -95,6 +101,11 @@ BEGIN
                    'jsonb, text, integer, jsonb, integer, timestamptz, text) TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    api_role);
+    -- The admin endpoints /v1/queues: pause and resume; a configured queue no daemon has
+    -- served yet gets its row first.
+    EXECUTE format('GRANT SELECT, INSERT (queue) ON taskd.queue_controls TO %I', api_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.pause_queue(text, text), '
+                   'taskd.resume_queue(text) TO %I', api_role);
 
     -- taskd status
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA taskd TO %I', readonly_role);
@@ -106,5 +117,8 @@ BEGIN
                    'integer, jsonb, integer, timestamptz, text) TO %I', client_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    client_role);
+    EXECUTE format('GRANT SELECT ON taskd.queue_controls TO %I', client_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.pause_queue(text, text), '
+                   'taskd.resume_queue(text) TO %I', client_role);
 END
 $roles$;

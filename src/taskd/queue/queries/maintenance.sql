@@ -65,11 +65,16 @@ SELECT id, task_id, queue, status FROM rescued;
 -- Candidates are the queue's unfinished tasks created before the cutoff (tasks_unfinished_idx);
 -- each one's subtasks are read through its id range. A claim holding one of its subtasks makes
 -- this statement fail (NOWAIT) rather than time out a task that is starting; the next pass
--- looks again.
+-- looks again. A paused queue times nothing out, and one resumed within pending_timeout
+-- neither: the time paused does not count.
 WITH stale AS (
     SELECT t.id, t.first_subtask_id, t.last_subtask_id
       FROM taskd.tasks t
      WHERE t.queue = %(queue)s
+       AND NOT EXISTS (SELECT 1 FROM taskd.queue_controls c
+                        WHERE c.queue = %(queue)s
+                          AND (c.paused OR c.resumed_at >= coalesce(%(now)s, now())
+                                                           - make_interval(secs => %(pending_timeout)s)))
        AND t.completed_at IS NULL
        AND t.created_at < coalesce(%(now)s, now()) - make_interval(secs => %(pending_timeout)s)
        AND NOT EXISTS (SELECT 1 FROM taskd.subtasks s

@@ -112,7 +112,8 @@ SELECT current_setting('server_version') AS server_version,
 
 -- name: stats_snapshot
 -- One cheap query for the metrics' stats collector: the backlog per queue and status
--- (ready, scheduled, processing), the oldest ready subtask's age, and executors by status.
+-- (ready, scheduled, processing), the oldest ready subtask's age, executors by status, and
+-- whether each known queue is paused.
 SELECT 'queue' AS kind, queue, 'ready' AS status, count(*)::float8 AS value,
        extract(epoch FROM now() - min(run_after))::float8 AS oldest_seconds
   FROM taskd.subtasks
@@ -131,7 +132,10 @@ SELECT 'queue', queue, 'processing', count(*)::float8, NULL
 UNION ALL
 SELECT 'executor', NULL, status, count(*)::float8, NULL
   FROM taskd.executors
- GROUP BY status;
+ GROUP BY status
+UNION ALL
+SELECT 'paused', queue, NULL, paused::integer::float8, NULL
+  FROM taskd.queue_controls;
 
 -- name: list_tasks
 -- Tasks newest first, optionally filtered by status and queue; `before_id` pages backwards.
@@ -169,8 +173,8 @@ SELECT s.id, s.error
 
 -- name: oldest_unstarted_tasks
 -- Per queue, the age of the oldest task that nobody has started, counted from when it became
--- runnable (its creation or its earliest pending run_after, whichever is later): what the
--- pending timeout measures
+-- runnable (its creation, its earliest pending run_after or its queue's resume, whichever is
+-- later): what the pending timeout measures
 -- (fail_unstarted_tasks). Among each queue's 100 oldest unfinished tasks
 -- (tasks_unfinished_idx), so that a long backlog costs a bounded read.
 SELECT q.queue, extract(epoch FROM now() - min(u.runnable_at))::float8 AS oldest_seconds
@@ -179,7 +183,10 @@ SELECT q.queue, extract(epoch FROM now() - min(u.runnable_at))::float8 AS oldest
     SELECT greatest(t.created_at,
                     (SELECT min(s.run_after) FROM taskd.subtasks s
                       WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
-                        AND s.task_id = t.id AND s.status = 'pending')) AS runnable_at
+                        AND s.task_id = t.id AND s.status = 'pending'),
+                    -- the time a queue was paused does not count
+                    (SELECT c.resumed_at FROM taskd.queue_controls c
+                      WHERE c.queue = q.queue)) AS runnable_at
       FROM taskd.tasks t
      WHERE t.queue = q.queue
        AND t.completed_at IS NULL

@@ -1,0 +1,37 @@
+"""claim_subtasks_rate_limited is claim_subtasks plus the rate limit's window, word for word:
+two texts (the rate limit's CTEs cost every claim their planning), one statement to keep."""
+
+from __future__ import annotations
+
+import difflib
+
+from taskd.queue.queries import load_queries
+
+
+def statement(name: str) -> list[str]:
+    """The query's lines without its leading comment."""
+    lines = load_queries()[name].splitlines()
+    while lines[0].startswith("--"):
+        lines.pop(0)
+    return lines
+
+
+def test_the_rate_limited_claim_only_adds_to_the_claim() -> None:
+    base, limited = statement("claim_subtasks"), statement("claim_subtasks_rate_limited")
+    changed = []
+    for op, b1, b2, l1, l2 in difflib.SequenceMatcher(a=base, b=limited,
+                                                      autojunk=False).get_opcodes():
+        if op in ("equal", "insert"):
+            continue
+        changed.append((base[b1:b2], limited[l1:l2]))
+    # Two lines differ: the window's CTEs come first, and least() takes the window's room as
+    # one more argument.
+    assert [[line.strip() for line in was] for was, _ in changed] == [
+        ["WITH picked AS ("], ["AND queue = %(queue)s)) END)"]]
+    assert changed[0][1][0] == "WITH rate_window AS ("
+    assert "), picked AS (" in changed[0][1]
+    assert changed[1][1][0].strip() == "AND queue = %(queue)s)) END,"
+    added = "\n".join(line for line in limited if line not in base)
+    for part in ("rate_window AS", "bucket AS", "FOR UPDATE OF c", "counted AS",
+                 "coalesce((SELECT free FROM bucket), 0)"):
+        assert part in added
