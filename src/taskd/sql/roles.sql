@@ -21,13 +21,16 @@
 --                   aggregates errors; on a failed API task the refund trigger (which runs with
 --                   the executor's rights) returns the quota: INSERT into quota_ledger and
 --                   UPDATE of two columns of accounts. No INSERT into tasks or accounts.
+--                   The task-end outbox (notifications): written when a task ends, then
+--                   delivered by the dispatcher.
 --   taskd_api       creates tasks (with submit_task), reads them, cancels and retries; accounts
 --                   and the quota ledger; reads executors for /v1/status. Deletes nothing and
 --                   never writes executors or error_logs.
 --                   Only it may set a task's user: EXECUTE on taskd.submit_task_for_user.
 --   taskd_readonly  SELECT on every taskd table (taskd status, taskd tasks list/show, Grafana).
 --   taskd_client    a service that uses taskd through SQL (docs/sql.md): submit_task,
---                   set_task_priority and task_subtasks; SELECT on tasks, subtasks and limits.
+--                   set_task_priority and task_subtasks; SELECT on tasks, subtasks, limits
+--                   and notifications (the delivery state of task-end webhooks).
 --                   Nothing else: no user ids, no limit of its own, no direct writes.
 --
 -- None may CREATE in schema taskd (only its owner migrates), and EXECUTE on submit_task is taken
@@ -62,10 +65,11 @@ BEGIN
     END LOOP;
 
     REVOKE ALL ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer,
-                                             timestamptz, text) FROM PUBLIC;
+                                             timestamptz, text, text, text[]) FROM PUBLIC;
     -- The migration revokes these already; said again in case someone granted them.
     REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer,
-                                                      jsonb, integer, timestamptz, text) FROM PUBLIC;
+                                                      jsonb, integer, timestamptz, text, text, text[])
+        FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.set_task_priority(bigint, integer) FROM PUBLIC;
 
     -- taskd run
@@ -78,17 +82,25 @@ BEGIN
                    'UPDATE (quota_remaining, updated_at) ON taskd.accounts TO %I',
                    executor_role);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', executor_role);
+    -- The outbox: the counter trigger inserts a task end's notifications (it runs with the
+    -- rights of whoever ends the task); the dispatcher claims and records deliveries.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.notifications TO %I', executor_role);
+    EXECUTE format('GRANT SELECT ON taskd.notify_routes TO %I', executor_role);
 
     -- taskd api
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.tasks, taskd.subtasks, '
                    'taskd.accounts TO %I', api_role);
     EXECUTE format('GRANT SELECT, INSERT ON taskd.quota_ledger TO %I', api_role);
     EXECUTE format('GRANT SELECT ON taskd.executors, taskd.error_logs TO %I', api_role);
+    -- A cancel may end a task (outbox rows); admins list and redeliver notifications.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.notifications TO %I', api_role);
+    EXECUTE format('GRANT SELECT ON taskd.notify_routes TO %I', api_role);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
-                   'integer, jsonb, integer, timestamptz, text) TO %I', api_role);
+                   'integer, jsonb, integer, timestamptz, text, text, text[]) TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task_for_user(text, text, text, '
-                   'jsonb, text, integer, jsonb, integer, timestamptz, text) TO %I', api_role);
+                   'jsonb, text, integer, jsonb, integer, timestamptz, text, text, text[]) TO %I',
+                   api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    api_role);
 
@@ -96,10 +108,10 @@ BEGIN
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA taskd TO %I', readonly_role);
 
     -- SQL clients: what docs/sql.md documents, and nothing more.
-    EXECUTE format('GRANT SELECT ON taskd.tasks, taskd.subtasks, taskd.limits TO %I',
-                   client_role);
+    EXECUTE format('GRANT SELECT ON taskd.tasks, taskd.subtasks, taskd.limits, '
+                   'taskd.notifications TO %I', client_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
-                   'integer, jsonb, integer, timestamptz, text) TO %I', client_role);
+                   'integer, jsonb, integer, timestamptz, text, text, text[]) TO %I', client_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    client_role);
 END
