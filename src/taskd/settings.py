@@ -198,10 +198,13 @@ class NotificationSettings(BaseModel):
             raise ValueError(
                 f"retry_base ({self.retry_base}) must be <= retry_max ({self.retry_max})"
             )
-        if self.lease_timeout <= self.timeout:
+        # A claimed batch is delivered max_connections at a time, each within timeout: the
+        # claim's lease must outlast that.
+        rounds = -(-self.batch_size // self.max_connections)
+        if rounds * self.timeout >= self.lease_timeout:
             raise ValueError(
-                f"lease_timeout ({self.lease_timeout}) must be longer than timeout "
-                f"({self.timeout})"
+                f"lease_timeout ({self.lease_timeout:g}) must be longer than "
+                f"ceil(batch_size / max_connections) * timeout ({rounds * self.timeout:g})"
             )
         return self
 
