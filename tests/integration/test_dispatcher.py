@@ -243,3 +243,23 @@ async def test_the_body_is_json_with_a_null_error_for_a_completed_task(
     body = json.loads(got.body)
     assert body["type"] == "task.completed" and body["data"]["task"]["id"] == task
     assert body["data"]["task"]["error"] is None
+
+
+async def test_metrics_count_deliveries_by_outcome_and_show_the_outbox(
+    store: Store, conn: Any, receiver: Receiver
+) -> None:
+    await failed_tasks(store, conn, receiver.url("/ok"), 2)
+    await failed_tasks(store, conn, receiver.url("/status/404"), 1)
+    await failed_tasks(store, conn, receiver.url("/status/500"), 1)
+    d = dispatcher(store, retry_base=60.0, retry_max=60.0)
+    await pass_once(d)
+    await d._refresh_gauges()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for metric in d.metrics.registry.collect() for s in metric.samples}
+    outcome = "taskd_notification_deliveries_total"
+    assert samples[(outcome, (("outcome", "delivered"),))] == 2
+    assert samples[(outcome, (("outcome", "dead"),))] == 1
+    assert samples[(outcome, (("outcome", "retried"),))] == 1
+    assert samples[("taskd_notifications", (("status", "undelivered"),))] == 1
+    assert samples[("taskd_notifications", (("status", "dead"),))] == 1
+    assert samples[("taskd_notification_oldest_undelivered_seconds", ())] >= 0.0

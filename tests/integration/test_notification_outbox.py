@@ -29,6 +29,17 @@ async def outbox(conn: Any) -> list[tuple[Any, ...]]:
     return list(await cur.fetchall())
 
 
+async def dead_and_pending(store: Store, conn: Any) -> list[int]:
+    """Three failed tasks with a target: notifications 1 and 2 dead, 3 pending."""
+    tasks = [await submit(store, 1, notify_url=HOOK) for _ in range(3)]
+    claimed = await store.claim_subtasks("standard", "e1", 3, 30.0)
+    await store.record_outcomes("e1", [Outcome(c.id, 1, "failed", error="KeyError: k")
+                                       for c in claimed])
+    await conn.execute("UPDATE taskd.notifications SET status = 'dead', last_status_code = 404,"
+                       " last_error = 'HTTP 404 Not Found', attempts = 1 WHERE id <= 2")
+    return tasks
+
+
 async def configure(conn: Any, *, allow_http_private: bool | None = None,
                     routes: list[NotifyRoute] | None = None) -> None:
     await migrations.migrate(conn, allow_http_private=allow_http_private, notify_routes=routes)
@@ -222,3 +233,22 @@ def test_the_api_takes_a_target_and_refuses_a_bad_one_with_422(client: Client, d
         error = assert_error(create(client("alice"), subtasks=[{"n": 1}], **body), 422, 4001)
         assert any(d["field"].startswith("notify_") for d in error["details"]), error
     assert db.execute("SELECT count(*) FROM taskd.tasks").fetchone() == before
+
+
+async def test_admins_list_and_redeliver_through_the_api(
+    store: Store, conn: Any, client: Client
+) -> None:
+    tasks = await dead_and_pending(store, conn)
+    admin = client("root", admin=True)
+    listed = admin.get("/v1/admin/notifications", params={"status": "dead"})
+    assert listed.status_code == 200, listed.text
+    assert [(n["id"], n["task_id"], n["last_status_code"]) for n in listed.json()] == [
+        (2, tasks[1], 404), (1, tasks[0], 404)]
+    assert_error(client("alice").get("/v1/admin/notifications"), 403, 4003)
+    assert_error(client("alice").post("/v1/admin/notifications/redeliver",
+                                      json={"all_dead": True}), 403, 4003)
+    assert_error(admin.post("/v1/admin/notifications/redeliver", json={}), 422, 4001)
+    again = admin.post("/v1/admin/notifications/redeliver", json={"task_id": tasks[0]})
+    assert again.json() == {"redelivered": [1]}
+    again = admin.post("/v1/admin/notifications/redeliver", json={"all_dead": True})
+    assert again.json() == {"redelivered": [2]}

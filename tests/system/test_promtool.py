@@ -160,6 +160,11 @@ def populated_metrics() -> Metrics:
     m.db_pool_connections.labels("used").set(1)
     m.db_pool_waiting.set(0)
     m.build_info.labels("0.1.0").set(1)
+    for outcome in ("delivered", "retried", "dead"):
+        m.notification_deliveries.labels(outcome).inc()
+    m.notifications.labels("undelivered").set(3)
+    m.notifications.labels("dead").set(1)
+    m.notification_oldest_undelivered.set(42.0)
     return m
 
 
