@@ -51,6 +51,12 @@ Seconds = float
 # What sits between taskd and PostgreSQL: nothing (or a pooler in session mode), or a pooler in
 # transaction mode, where a session's state does not outlive its transaction.
 Pooler = Literal["none", "transaction"]
+# The ends of a task that a notification target may ask to hear of.
+NotifyEvent = Literal["failed", "completed", "cancelled"]
+
+
+def _failed_only() -> list[NotifyEvent]:
+    return ["failed"]
 
 
 class RateLimit(NamedTuple):
@@ -138,6 +144,15 @@ class QueueSettings(BaseModel):
         None, min_length=1,
         description="the executor groups that serve this queue; unset: every group",
     )
+    notify_url: str | None = Field(
+        None, max_length=2000,
+        description="default webhook for this queue's tasks that name none of their own "
+        "(`taskd migrate` writes it to taskd.notify_routes)",
+    )
+    notify_on: list[NotifyEvent] = Field(
+        default_factory=_failed_only, min_length=1,
+        description="which ends of a task notify_url hears of",
+    )
 
     @field_validator("rate_limit")
     @classmethod
@@ -202,6 +217,69 @@ class ApiSettings(BaseModel):
         None, description="key of the console's CSRF tokens; default: derived from jwt_secret "
         "(HS256). Set it when several API processes verify RS256 tokens",
     )
+
+
+class NotificationSettings(BaseModel):
+    """Task-end webhooks (``notifications.*``, ``TASKD_NOTIFICATIONS__*``): what the database
+    accepts (written by ``taskd migrate``) and how the dispatcher delivers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="false: this daemon runs no dispatcher")
+    allow_http_private: bool = Field(
+        False, description="accept plain http targets on loopback and private addresses "
+        "(`taskd migrate` makes the database enforce it)",
+    )
+    operator_url: str | None = Field(
+        None, max_length=2000,
+        description="the operator's webhook: hears of every task's end in operator_on, in "
+        "addition to the task's own target",
+    )
+    operator_on: list[NotifyEvent] = Field(default_factory=_failed_only, min_length=1)
+    signing_key: SecretStr | None = Field(
+        None, description="master key: each target's Standard Webhooks secret is derived from "
+        "it and the target's URL (`taskd notifications secret URL` prints it)",
+    )
+    secrets: dict[str, SecretStr] = Field(
+        default_factory=dict, description="explicit secrets (whsec_...) by target URL; they "
+        "take precedence over the derived ones",
+    )
+    timeout: Seconds = Field(10.0, gt=0, description="one delivery's whole HTTP request")
+    retry_for: Seconds = Field(
+        86400.0, gt=0, description="a notification undelivered this long after its first "
+        "attempt is dead",
+    )
+    retry_base: Seconds = Field(5.0, gt=0, description="backoff is retry_base * 2^(attempt-1)")
+    retry_max: Seconds = Field(3600.0, gt=0, description="backoff cap")
+    lease_timeout: Seconds = Field(
+        60.0, gt=0, description="a claimed notification is due again after this, should its "
+        "dispatcher die mid-delivery",
+    )
+    batch_size: int = Field(100, ge=1, le=10000, description="notifications claimed at once")
+    max_connections: int = Field(
+        20, ge=1, le=1000, description="deliveries in flight at once, per daemon",
+    )
+    poll_interval: Seconds = Field(1.0, gt=0, description="how often to look for due ones")
+    task_link: str | None = Field(
+        None, description="the task's link in the payload, with {id}: e.g. "
+        "https://taskd.example/v1/tasks/{id}; unset: the path /v1/tasks/{id}",
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> NotificationSettings:
+        if self.retry_base > self.retry_max:
+            raise ValueError(
+                f"retry_base ({self.retry_base}) must be <= retry_max ({self.retry_max})"
+            )
+        # A claimed batch is delivered max_connections at a time, each within timeout: the
+        # claim's lease must outlast that.
+        rounds = -(-self.batch_size // self.max_connections)
+        if rounds * self.timeout >= self.lease_timeout:
+            raise ValueError(
+                f"lease_timeout ({self.lease_timeout:g}) must be longer than "
+                f"ceil(batch_size / max_connections) * timeout ({rounds * self.timeout:g})"
+            )
+        return self
 
 
 def _default_executor_id() -> str:
@@ -274,6 +352,7 @@ class Settings(BaseSettings):
         default_factory=dict, description='extra handlers: {"kind": "module:function"}'
     )
     api: ApiSettings = Field(default_factory=ApiSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 
     @field_validator("queues", mode="before")
     @classmethod

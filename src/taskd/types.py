@@ -155,3 +155,14 @@ class UnreadableJSON:
     """
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyRoute:
+    """A task-end webhook target that taskd adds by itself: a queue's default (``scope`` = the
+    queue, for its tasks without a target of their own) or the operator's for every task
+    (``scope`` = ``*``). ``taskd migrate`` writes them to ``taskd.notify_routes``."""
+
+    scope: str
+    url: str
+    notify_on: tuple[str, ...]

@@ -166,13 +166,16 @@ async def test_upgrading_from_version_5_records_each_tasks_subtask_range(
         assert ranges[1] == (None, None, None, None)
 
 
-# submit_task as it is after every migration (versions 9 and 10 replaced it).
+# submit_task as it is after every migration (versions 9, 10 and 14 replaced it), and as
+# version 10 left it.
 NEW_SUBMIT = ("taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, "
+              "timestamptz, text, text, text[])")
+V10_SUBMIT = ("taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, "
               "timestamptz, text)")
 
 
 def test_versions_9_and_10_keep_who_may_execute_submit_task(empty_database_url: str) -> None:
-    """Versions 9 and 10 replace submit_task (new arguments): roles that could execute the old
+    """Versions 9, 10 and 14 replace submit_task (new arguments): roles that could execute the old
     one can execute the new one, and PUBLIC still cannot when it could not before."""
     role = f"taskd_submitter_{uuid.uuid4().hex[:8]}"
     migrated_to(empty_database_url, 7)
@@ -227,7 +230,7 @@ def test_upgrading_to_rules_as_meant_keeps_grants_and_matches_refunds_to_charges
                          " VALUES ('alice', %(t)s, -1, 'deduct'), ('alice', %(t)s, 1, 'refund'),"
                          " ('alice', NULL, 5, 'adjust')", {"t": task[0] if task else None})
             conn.execute(upgrade.sql.encode())
-            new = NEW_SUBMIT
+            new = V10_SUBMIT
             can = conn.execute("SELECT has_function_privilege(%s, %s, 'EXECUTE'),"
                                " has_function_privilege('public', %s, 'EXECUTE')",
                                (role, new, new)).fetchone()

@@ -197,9 +197,11 @@ async def test_empty_database_is_healthy(store: Store) -> None:
     assert (report.executors, report.queues, report.errors, report.problems) == ([], [], [], [])
     data = report.to_json()
     assert sorted(data) == [
-        "database", "errors", "executors", "format", "generated_at", "healthy", "problems",
-        "queues", "storage", "subtasks", "tasks",
+        "database", "errors", "executors", "format", "generated_at", "healthy",
+        "notifications", "problems", "queues", "storage", "subtasks", "tasks",
     ]
+    assert data["notifications"] == {"undelivered": 0, "dead": 0,
+                                     "oldest_undelivered_seconds": None}
     zero = {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0}
     assert data["tasks"] == zero and data["subtasks"] == zero
 

@@ -1,5 +1,6 @@
-"""deploy/prometheus and deploy/grafana checked by promtool, and /metrics by `promtool check
-metrics`. Without promtool these skip locally and fail in CI (CI=true): .ci/run installs it."""
+"""deploy/prometheus and deploy/grafana checked by promtool, /metrics by `promtool check
+metrics`, deploy/alertmanager by amtool. Without promtool or amtool these skip locally and fail
+in CI (CI=true): .ci/run installs both."""
 
 from __future__ import annotations
 
@@ -167,6 +168,11 @@ def populated_metrics() -> Metrics:
     m.table_vacuums.labels("subtasks").set(2)
     m.db_connections.labels("idle").set(3)
     m.build_info.labels("0.1.0").set(1)
+    for outcome in ("delivered", "retried", "dead"):
+        m.notification_deliveries.labels(outcome).inc()
+    m.notifications.labels("undelivered").set(3)
+    m.notifications.labels("dead").set(1)
+    m.notification_oldest_undelivered.set(42.0)
     return m
 
 
@@ -184,3 +190,63 @@ async def test_served_metrics_pass_promtool_check_metrics() -> None:
         lambda: run_promtool("check", "metrics", stdin=text)
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+
+
+def amtool() -> str:
+    found = shutil.which("amtool")
+    if found:
+        return found
+    message = "amtool is missing: install Debian's prometheus-alertmanager package (.ci/run does)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def run_amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [amtool(), *args], capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_alertmanager_config_passes_amtool_check_config() -> None:
+    done = run_amtool("check-config", str(ALERTMANAGER))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
+def test_a_broken_alertmanager_config_fails_amtool(tmp_path: Path) -> None:
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    config["route"]["routes"][0]["receiver"] = "nobody"
+    (tmp_path / "am.yml").write_text(yaml.safe_dump(config))
+    done = run_amtool("check-config", str(tmp_path / "am.yml"))
+    assert done.returncode != 0
+
+
+@pytest.mark.parametrize(("severity", "receiver"), [
+    ("critical", "taskd-pager"), ("warning", "taskd-tickets"),
+])
+def test_alerts_are_routed_by_severity(severity: str, receiver: str) -> None:
+    done = run_amtool(
+        "config", "routes", "test", f"--config.file={ALERTMANAGER}",
+        f"severity={severity}", "alertname=TaskdExecutorDown", "queue=standard",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == receiver
+
+
+def test_every_alert_severity_has_a_route() -> None:
+    routed = {
+        matcher.split("=")[1].strip().strip('"')
+        for route in yaml.safe_load(ALERTMANAGER.read_text())["route"]["routes"]
+        for matcher in route["matchers"]
+    }
+    assert {rule["labels"]["severity"] for rule in alert_rules()} <= routed
+
+
+def test_prometheus_sends_alerts_to_alertmanager() -> None:
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    targets = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert targets and all(t.endswith(":9093") for t in targets)

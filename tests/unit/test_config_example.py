@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from taskd.settings import ApiSettings, QueueSettings, Settings, load_settings
+from taskd.settings import (
+    ApiSettings,
+    NotificationSettings,
+    QueueSettings,
+    Settings,
+    load_settings,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "taskd.toml.example"
 
@@ -23,8 +29,10 @@ def test_example_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.log_format == "json"
 
 
-@pytest.mark.parametrize("model", [Settings, QueueSettings, ApiSettings])
-def test_example_names_every_setting(model: type[Settings | QueueSettings | ApiSettings]) -> None:
+@pytest.mark.parametrize("model", [Settings, QueueSettings, ApiSettings, NotificationSettings])
+def test_example_names_every_setting(
+    model: type[Settings | QueueSettings | ApiSettings | NotificationSettings],
+) -> None:
     text = EXAMPLE.read_text()
     named = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.MULTILINE))
     tables = set(re.findall(r"^\[(?:queues\.)?([a-z_]+)", text, flags=re.MULTILINE))

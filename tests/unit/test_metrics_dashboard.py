@@ -46,6 +46,7 @@ def test_the_panels_operators_need_are_there() -> None:
     )
     for needed in (
         "taskd_subtasks_finished_total",  # throughput by outcome
+        "taskd_notification_deliveries_total",  # task-end webhooks
         "taskd_queue_depth",  # backlog per queue
         "taskd_queue_oldest_pending_seconds",
         "taskd_queue_oldest_unstarted_seconds",  # the pending timeout's clock

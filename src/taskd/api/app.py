@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 import taskd
-from taskd.api import accounts, queues, system, tasks
+from taskd.api import accounts, notifications, queues, system, tasks
 from taskd.api.auth import AuthMiddleware, TokenVerifier
 from taskd.api.dependencies import reject_unknown_query
 from taskd.api.errors import ErrorBody, install_error_handlers
@@ -79,4 +79,5 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     if settings.api.console:
         app.mount("/console", _console(settings, store))
     app.include_router(queues.router)
+    app.include_router(notifications.router)
     return app

@@ -66,6 +66,16 @@ class CreateTaskRequest(BaseModel):
     )
     batch_size: StrictInt | None = Field(None, ge=1, le=1000,
                                          description="images per prompt subtask (default 1)")
+    notify_url: str | None = Field(
+        None, max_length=2000,
+        description="a webhook told of the task's end (Standard Webhooks, signed): https, or "
+                    "http to a private address when the server allows it; unset: the queue's "
+                    "default target, if any (docs/notifications.md)",
+    )
+    notify_on: list[Literal["failed", "completed", "cancelled"]] | None = Field(
+        None, min_length=1, max_length=3,
+        description="which ends notify_url hears of; default [\"failed\"]",
+    )
 
     @field_validator("name")
     @classmethod

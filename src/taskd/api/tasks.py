@@ -129,6 +129,7 @@ async def create_task(
         idempotency_key=idempotency_key,
         max_payload_bytes=settings.max_payload_bytes,
         traceparent=traceparent if traceparent and valid_traceparent(traceparent) else None,
+        notify_url=body.notify_url, notify_on=body.notify_on,
     ))
     if created.replayed:
         response.status_code = 200

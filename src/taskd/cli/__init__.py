@@ -5,6 +5,7 @@ from taskd.cli import (  # noqa: F401  (registers the commands)
     api,
     handlers,
     migrate,
+    notifications,
     queues,
     run,
     status,

@@ -30,10 +30,13 @@ def migrate(
 
     Idempotent, and safe to run from several hosts at once: migrators take turns under an
     advisory lock and a later one finds nothing left to do. It also writes max_payload_bytes
-    (TASKD_MAX_PAYLOAD_BYTES) to taskd.limits: taskd.submit_task enforces it on every caller.
-    Run it again after changing that setting.
+    (TASKD_MAX_PAYLOAD_BYTES) to taskd.limits: taskd.submit_task enforces it on every caller;
+    and the notification settings: notifications.allow_http_private, each queue's notify_url
+    (a default target) and notifications.operator_url (the operator's, for every task).
+    Run it again after changing those settings.
     """
     settings = settings_of(ctx)
+    options = migrations.migrate_options(settings)
     if wait:
         configure_logging(settings)
 
@@ -44,8 +47,7 @@ def migrate(
         async with translated_errors():
             conn = await psycopg.AsyncConnection.connect(url, **kwargs)
             async with conn:
-                return await migrations.migrate(
-                    conn, max_payload_bytes=settings.max_payload_bytes)
+                return await migrations.migrate(conn, **options)
 
     async def go() -> list[migrations.Migration]:
         if not wait:
@@ -58,4 +60,7 @@ def migrate(
     for m in applied:
         typer.echo(f"applied {m.version:04d}_{m.name}")
     typer.echo(f"limits: max_payload_bytes = {settings.max_payload_bytes}")
+    typer.echo("notifications: allow_http_private = "
+               f"{str(settings.notifications.allow_http_private).lower()}, routes = "
+               + (", ".join(f"{r.scope} -> {r.url}" for r in options["notify_routes"]) or "none"))
     typer.echo(f"schema is up to date (version {migrations.latest_version()})")

@@ -56,10 +56,19 @@ def submit(
         f"max_attempts setting ({DEFAULT_MAX_ATTEMPTS} unless set)"
     ),
     wait: bool = typer.Option(False, "--wait", help="show progress until the task finishes"),
+    notify_url: str | None = typer.Option(
+        None, "--notify-url", help="a webhook told of the task's end, signed per Standard "
+        "Webhooks: https, or http to a private address when notifications.allow_http_private "
+        "is on; unset: the queue's default target, if any"),
+    notify_on: list[str] | None = typer.Option(
+        None, "--notify-on", help="an end --notify-url hears of: failed (the default), "
+        "completed, cancelled; repeat for several"),
 ) -> None:
     """Submit one task of COUNT subtasks, each with PAYLOAD; print the task id.
 
     Example: taskd submit --queue standard --kind sleep --payload '{"ms": 200}' --count 50 --wait
+
+    Told when it fails: taskd submit --kind sleep --notify-url https://hooks.example/taskd
     """
     settings = settings_of(ctx)
     try:
@@ -81,6 +90,7 @@ def submit(
             task_id = await store.submit(
                 queue, kind, [body] * count, name=name, priority=priority,
                 max_attempts=attempts, max_payload_bytes=settings.max_payload_bytes,
+                notify_url=notify_url, notify_on=notify_on or None,
             )
             typer.echo(task_id)
             if not wait:

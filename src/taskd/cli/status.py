@@ -90,6 +90,12 @@ def render_status(report: StatusReport) -> RenderableType:
         )
     parts: list[RenderableType] = [executors, queues, render_errors(report.errors, "errors (24h)")]
     parts.append(Text(f"tasks: {_counts(report.tasks)}; subtasks: {_counts(report.subtasks)}"))
+    n = report.notifications
+    oldest = n["oldest_undelivered_seconds"]
+    parts.append(Text(
+        f"notifications: {n['undelivered']} undelivered"
+        + (f" (oldest {format_age(float(oldest))})" if oldest is not None else "")
+        + f", {n['dead']} dead", style="red" if n["dead"] else ""))
     db = report.database
     parts.append(Text(
         f"database: PostgreSQL {db.server_version}, {format_bytes(db.size_bytes)}, "

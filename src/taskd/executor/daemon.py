@@ -39,6 +39,7 @@ from taskd import __version__, systemd
 from taskd.errors import ConfigError, DatabaseError
 from taskd.executor.capacity import Capacity
 from taskd.executor.completer import Completer
+from taskd.executor.dispatcher import Dispatcher, DispatcherConfig
 from taskd.executor.gate import ClaimGate
 from taskd.executor.heartbeat import Heartbeat, HeartbeatConfig
 from taskd.executor.notifier import Notifier
@@ -276,6 +277,8 @@ class Daemon:
             store, self.capacities, dict(self.queues), s.scale_check_interval, self.metrics,
             s.executor_id,
         ).run)
+        if s.notifications.enabled:
+            tg.start_soon(Dispatcher(DispatcherConfig.from_settings(s), store, self.metrics).run)
         tg.start_soon(StatsCollector(
             store, self.metrics, s.stats_interval, s.pool_size,
             pending_timeouts={q: qs.pending_timeout for q, qs in s.active_queues.items()},

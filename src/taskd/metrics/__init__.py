@@ -174,6 +174,20 @@ class Metrics:
             "Client sessions of taskd's database by state (active, idle, idle in transaction, "
             "...), all clients, from pg_stat_activity.", ["state"], registry=r,
         )
+        self.notification_deliveries = Counter(
+            "taskd_notification_deliveries_total", "Task-end webhook deliveries by this daemon, by "
+            "outcome: delivered, retried (to be tried again), dead (given up).", ["outcome"],
+            registry=r,
+        )
+        self.notifications = Gauge(
+            "taskd_notifications", "Task-end notifications by status: undelivered, dead "
+            "(cluster-wide, from the database).", ["status"], registry=r,
+        )
+        self.notification_oldest_undelivered = Gauge(
+            "taskd_notification_oldest_undelivered_seconds",
+            "Age of the oldest undelivered task-end notification (0: none; cluster-wide).",
+            registry=r,
+        )
         self.build_info = Gauge(
             "taskd_build_info", "Always 1; labels carry the version.", ["version"], registry=r,
         )

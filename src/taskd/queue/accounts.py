@@ -28,7 +28,11 @@ from taskd.errors import (
 )
 from taskd.queue.connection import Conn, run_query
 from taskd.queue.store import Store
-from taskd.queue.submission import DEFAULT_MAX_PAYLOAD_BYTES, validate_submission
+from taskd.queue.submission import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    check_notify_target,
+    validate_submission,
+)
 from taskd.settings import DEFAULT_MAX_ATTEMPTS
 from taskd.types import JSON, SubtaskStatus, Task
 
@@ -55,6 +59,8 @@ class NewTask:
     idempotency_key: str | None = None
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     traceparent: str | None = None
+    notify_url: str | None = None
+    notify_on: Sequence[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +187,7 @@ class ApiStore:
             params=new.params, user_id=new.user_id, max_attempts=new.max_attempts, delay=0.0,
             max_payload_bytes=new.max_payload_bytes, traceparent=new.traceparent,
         )
+        check_notify_target(new.notify_url, new.notify_on)
 
         async def work(conn: Conn) -> CreatedTask:
             if new.idempotency_key is not None:
@@ -192,7 +199,8 @@ class ApiStore:
                 "queue": new.queue, "kind": new.kind, "payloads": payloads_json,
                 "name": new.name, "priority": new.priority, "params": params_json,
                 "user_id": new.user_id, "max_attempts": new.max_attempts, "delay": 0.0,
-                "traceparent": new.traceparent,
+                "traceparent": new.traceparent, "notify_url": new.notify_url,
+                "notify_on": list(new.notify_on) if new.notify_on is not None else None,
             })
             task_id = int(rows[0]["task_id"])
             await run_query(conn, "api_mark_api_task", {

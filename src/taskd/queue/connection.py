@@ -71,7 +71,8 @@ def translate_error(exc: psycopg.Error) -> TaskdError:
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseUnavailable(f"database unavailable: {message}")
     if isinstance(exc, (psycopg.DataError, pgerrors.CheckViolation)):
-        return InvalidInput(message.removeprefix("taskd: "))
+        # A function that names the argument at fault says so in the error's COLUMN field.
+        return InvalidInput(message.removeprefix("taskd: "), field=exc.diag.column_name)
     if isinstance(exc, (pgerrors.UndefinedTable, pgerrors.UndefinedFunction,
                         pgerrors.InvalidSchemaName)):
         return SchemaMissing(f"{message}: run `taskd migrate`")

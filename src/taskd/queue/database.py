@@ -7,7 +7,7 @@ import logging
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from taskd.embedded import start_embedded
-from taskd.queue.migrations import migrate_blocking
+from taskd.queue.migrations import migrate_blocking, migrate_options
 from taskd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ def database_url(settings: Settings) -> str:
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
     url = start_embedded(settings.embedded_dir)
-    for migration in migrate_blocking(url, max_payload_bytes=settings.max_payload_bytes):
+    for migration in migrate_blocking(url, **migrate_options(settings)):
         log.info("embedded database: applied migration %04d_%s", migration.version,
                  migration.name)
     return url

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -15,6 +16,10 @@ import psycopg
 from psycopg import sql
 
 from taskd.errors import SchemaMissing, SchemaOutdated, SchemaTooNew
+from taskd.queue.connection import run_query
+from taskd.queue.submission import routes_from_settings
+from taskd.settings import Settings
+from taskd.types import NotifyRoute
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -65,12 +70,17 @@ def canonical_schema() -> str:
 
 
 async def migrate(
-    conn: psycopg.AsyncConnection[Any], *, max_payload_bytes: int | None = None
+    conn: psycopg.AsyncConnection[Any], *, max_payload_bytes: int | None = None,
+    allow_http_private: bool | None = None, notify_routes: Sequence[NotifyRoute] | None = None,
 ) -> list[Migration]:
     """Apply the migrations that are missing; return them. Safe to run concurrently.
 
     With ``max_payload_bytes``, also make it the limit that ``taskd.submit_task`` enforces
-    (``taskd.limits``): the server's configuration, never a caller's argument.
+    (``taskd.limits``): the server's configuration, never a caller's argument. Likewise
+    ``allow_http_private`` (plain http notification targets on private addresses) and
+    ``notify_routes`` (queue defaults and the operator's target: ``taskd.notify_routes`` then
+    holds exactly these; raises :class:`psycopg.errors.InvalidParameterValue` for one the
+    database refuses, and nothing of this call is written).
 
     Everything happens in one transaction under a transaction-level advisory lock, so a second
     migrator waits, then finds nothing left to do.
@@ -103,6 +113,20 @@ async def migrate(
                 "UPDATE taskd.limits SET max_payload_bytes = %(n)s, updated_at = now()"
                 " WHERE max_payload_bytes IS DISTINCT FROM %(n)s", {"n": max_payload_bytes},
             )
+        if allow_http_private is not None:
+            await conn.execute(
+                "UPDATE taskd.limits SET notify_allow_http_private = %(a)s, updated_at = now()"
+                " WHERE notify_allow_http_private IS DISTINCT FROM %(a)s",
+                {"a": allow_http_private},
+            )
+        if notify_routes is not None:
+            await run_query(conn, "notify_routes_delete_others",
+                            {"scopes": [r.scope for r in notify_routes]})
+            for route in notify_routes:
+                values = {"scope": route.scope, "url": route.url,
+                          "notify_on": list(route.notify_on)}
+                await run_query(conn, "check_notify_target", values)
+                await run_query(conn, "notify_routes_upsert", values)
     return applied_now
 
 
@@ -136,10 +160,21 @@ async def check_schema(conn: psycopg.AsyncConnection[Any]) -> int:
     return version
 
 
-def migrate_blocking(conninfo: str, *, max_payload_bytes: int | None = None) -> list[Migration]:
+def migrate_options(settings: Settings) -> dict[str, Any]:
+    """What ``taskd migrate`` writes from the settings besides the schema: the keyword
+    arguments of :func:`migrate`. Raises :class:`taskd.errors.InvalidInput` for a bad route."""
+    return {
+        "max_payload_bytes": settings.max_payload_bytes,
+        "allow_http_private": settings.notifications.allow_http_private,
+        "notify_routes": routes_from_settings(settings),
+    }
+
+
+def migrate_blocking(conninfo: str, **settings: Any) -> list[Migration]:
     """:func:`migrate` for code without an event loop, or inside one (it runs in a thread).
 
-    Used by the embedded database, which is migrated as it starts.
+    Used by the embedded database, which is migrated as it starts. ``settings``: the keyword
+    arguments of :func:`migrate`.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -150,7 +185,7 @@ def migrate_blocking(conninfo: str, *, max_payload_bytes: int | None = None) -> 
             conninfo, autocommit=True, application_name="taskd-migrate"
         )
         async with conn:
-            return await migrate(conn, max_payload_bytes=max_payload_bytes)
+            return await migrate(conn, **settings)
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(anyio.run, go).result()

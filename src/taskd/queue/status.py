@@ -13,13 +13,14 @@ from datetime import datetime
 from typing import Any, Literal
 
 from taskd.queue.controls import QueueControl, list_queue_controls
+from taskd.queue.notifications import notification_overview
 from taskd.queue.store import Store
 from taskd.types import Task
 
 # Bump only for an incompatible change of the JSON shape; adding fields keeps it.
 STATUS_FORMAT = 1
 
-ProblemCode = Literal["no_live_executor", "dead_executor_holds_leases"]
+ProblemCode = Literal["no_live_executor", "dead_executor_holds_leases", "dead_notifications"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,10 @@ class StatusReport:
     tasks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TASK_STATUSES, 0))
     subtasks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TASK_STATUSES, 0))
     storage: StorageHealth = field(default_factory=lambda: StorageHealth({}, {}))
+    # Task-end webhooks: undelivered (still being tried), dead (given up), and the oldest
+    # undelivered one's age in seconds (None: none).
+    notifications: dict[str, float | int | None] = field(default_factory=lambda: {
+        "undelivered": 0, "dead": 0, "oldest_undelivered_seconds": None})
 
     @property
     def healthy(self) -> bool:
@@ -354,10 +359,20 @@ async def read_status(store: Store, *, dead_after: float, error_limit: int = 10)
     queues = serving(executors, await read_queues(store))
     errors = await recent_errors(store, limit=error_limit)
     tasks, subtasks = await read_counts(store, queues)
+    outbox = await notification_overview(store)
+    problems = find_problems(executors, queues)
+    if outbox.dead:
+        problems.append(Problem(
+            "dead_notifications",
+            f"{outbox.dead} task-end notifications are dead (given up): fix the receiver, then "
+            "`taskd notifications retry --all-dead`",
+        ))
     return StatusReport(
         generated_at=now, executors=executors, queues=queues, errors=errors,
-        database=database, problems=find_problems(executors, queues), tasks=tasks,
-        subtasks=subtasks, storage=await storage_health(store),
+        database=database, problems=problems, tasks=tasks, subtasks=subtasks,
+        storage=await storage_health(store),
+        notifications={"undelivered": outbox.undelivered, "dead": outbox.dead,
+                       "oldest_undelivered_seconds": outbox.oldest_undelivered_seconds},
     )
 
 

@@ -35,7 +35,11 @@ from taskd.queue.connection import (
 from taskd.queue.encoding import CLAIMED_ROW, outcomes_json
 from taskd.queue.jsonload import configure_connection
 from taskd.queue.queries import query
-from taskd.queue.submission import DEFAULT_MAX_PAYLOAD_BYTES, validate_submission
+from taskd.queue.submission import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    check_notify_target,
+    validate_submission,
+)
 from taskd.settings import DEFAULT_MAX_ATTEMPTS, Pooler, RateLimit
 from taskd.types import (
     JSON,
@@ -192,15 +196,20 @@ class Store:
         delay: float = 0.0,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         traceparent: str | None = None,
+        notify_url: str | None = None,
+        notify_on: Sequence[str] | None = None,
     ) -> int:
         """Insert a task and its subtasks in one round trip and wake the queue's executors.
 
         ``max_payload_bytes`` is checked here first; the database enforces its own limit
         (``taskd.limits``). A ``user_id`` needs EXECUTE on ``taskd.submit_task_for_user``.
         ``traceparent``: the W3C traceparent of the submitter's span, which the span of each
-        run links to (OpenTelemetry). Returns the task id. Raises :class:`InvalidInput`
-        (nothing written) for bad input.
+        run links to (OpenTelemetry). ``notify_url``: a webhook told of the task's end (https,
+        or http to a private address when the database allows it), for the ends in
+        ``notify_on`` (default ``["failed"]``; also ``completed``, ``cancelled``). Returns the
+        task id. Raises :class:`InvalidInput` (nothing written) for bad input.
         """
+        check_notify_target(notify_url, notify_on)
         payloads_json, params_json = validate_submission(
             queue, kind, payloads, name=name, priority=priority,
             params={} if params is None else params, user_id=user_id,
@@ -212,7 +221,8 @@ class Store:
                 "queue": queue, "kind": kind, "payloads": payloads_json, "name": name,
                 "priority": priority, "params": params_json, "user_id": user_id,
                 "max_attempts": max_attempts, "delay": float(delay),
-                "traceparent": traceparent,
+                "traceparent": traceparent, "notify_url": notify_url,
+                "notify_on": list(notify_on) if notify_on is not None else None,
             })
         return int(rows[0]["task_id"])
 

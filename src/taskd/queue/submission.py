@@ -10,8 +10,11 @@ import json
 import re
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from taskd.errors import InvalidInput
+from taskd.settings import Settings
+from taskd.types import NotifyRoute
 
 QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 KIND_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
@@ -20,6 +23,9 @@ MAX_SUBTASKS = 100_000
 # these four; the API and the Python client store only the four).
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+# The ends of a task a notification target may hear of, and the longest target URL.
+NOTIFY_EVENTS = ("failed", "completed", "cancelled")
+MAX_NOTIFY_URL_LENGTH = 2000
 
 
 def valid_traceparent(value: str) -> bool:
@@ -153,3 +159,52 @@ def _check_shapes(payloads: Any, params: Any) -> None:
         if not isinstance(payload, dict):
             raise InvalidInput(f"payloads[{index}] is not a JSON object",
                                field=f"payloads[{index}]")
+
+
+def check_notify_target(notify_url: str | None, notify_on: Sequence[str] | None) -> None:
+    """The checks that need no database: a URL with scheme http or https and a host, no
+    credentials, and known ends. The database adds its own (which http hosts are allowed)
+    and raises the same way. Raises :class:`InvalidInput` naming the field."""
+    if notify_url is None:
+        if notify_on is not None:
+            raise InvalidInput("notify_on needs a notify_url", field="notify_on")
+        return
+    if not isinstance(notify_url, str) or len(notify_url) > MAX_NOTIFY_URL_LENGTH:
+        raise InvalidInput(
+            f"notify_url must be a URL of at most {MAX_NOTIFY_URL_LENGTH} characters",
+            field="notify_url")
+    try:
+        parts = urlsplit(notify_url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise InvalidInput(f"notify_url {notify_url!r:.100} is not a URL: {exc}",
+                           field="notify_url") from exc
+    if parts.scheme.lower() not in ("http", "https"):
+        raise InvalidInput(
+            f"notify_url {notify_url!r:.100} has scheme {parts.scheme or 'none'!r}; only https "
+            "(or http to a private address when allowed)", field="notify_url")
+    if not host or any(c.isspace() for c in notify_url):
+        raise InvalidInput(f"notify_url {notify_url!r:.100} has no valid host",
+                           field="notify_url")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidInput(f"notify_url {notify_url!r:.100} carries credentials; the "
+                           "signature authenticates taskd to the receiver", field="notify_url")
+    if notify_on is not None and (
+        isinstance(notify_on, str) or not notify_on
+        or any(event not in NOTIFY_EVENTS for event in notify_on)
+    ):
+        raise InvalidInput(f"notify_on {notify_on!r:.100} must list one or more of "
+                           f"{', '.join(NOTIFY_EVENTS)}", field="notify_on")
+
+
+def routes_from_settings(settings: Settings) -> list[NotifyRoute]:
+    """The routes the settings ask for, checked as a task's own target is."""
+    routes = [NotifyRoute(name, q.notify_url, tuple(q.notify_on))
+              for name, q in settings.queues.items() if q.notify_url is not None]
+    n = settings.notifications
+    if n.operator_url is not None:
+        routes.append(NotifyRoute("*", n.operator_url, tuple(n.operator_on)))
+    for route in routes:
+        check_notify_target(route.url, route.notify_on)
+    return routes

@@ -21,6 +21,8 @@
 --                   aggregates errors; on a failed API task the refund trigger (which runs with
 --                   the executor's rights) returns the quota: INSERT into quota_ledger and
 --                   UPDATE of two columns of accounts. No INSERT into tasks or accounts.
+--                   The task-end outbox (notifications): written when a task ends, then
+--                   delivered by the dispatcher.
 --   taskd_api       creates tasks (with submit_task), reads them, cancels and retries; accounts
 --                   and the quota ledger; reads executors for /v1/status. Deletes nothing and
 --                   never writes executors or error_logs. Writes console_audit (the
@@ -30,7 +32,8 @@
 --   taskd_readonly  SELECT on every taskd table (taskd status, taskd tasks list/show, Grafana).
 --   taskd_client    a service that uses taskd through SQL (docs/sql.md): submit_task,
 --                   set_task_priority, task_subtasks, task_result_urls, pause_queue and
---                   resume_queue; SELECT on tasks, subtasks, limits and queue_controls.
+--                   resume_queue; SELECT on tasks, subtasks, limits, queue_controls and
+--                   notifications (the delivery state of task-end webhooks).
 --                   Nothing else: no user ids, no limit of its own, no direct writes.
 --
 -- None may CREATE in schema taskd (only its owner migrates), and EXECUTE on submit_task is taken
@@ -65,10 +68,11 @@ BEGIN
     END LOOP;
 
     REVOKE ALL ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer,
-                                             timestamptz, text) FROM PUBLIC;
+                                             timestamptz, text, text, text[]) FROM PUBLIC;
     -- The migration revokes these already; said again in case someone granted them.
     REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer,
-                                                      jsonb, integer, timestamptz, text) FROM PUBLIC;
+                                                      jsonb, integer, timestamptz, text, text, text[])
+        FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.set_task_priority(bigint, integer) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.pause_queue(text, text) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.resume_queue(text) FROM PUBLIC;
@@ -83,22 +87,24 @@ BEGIN
                    'UPDATE (quota_remaining, updated_at) ON taskd.accounts TO %I',
                    executor_role);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', executor_role);
-    -- The claim reads the paused flag and counts its starts in the rate limit's window; a
-    -- daemon records the queues it serves.
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.queue_controls TO %I', executor_role);
+--                   set_task_priority, task_subtasks, task_result_urls, pause_queue and
+--                   resume_queue; SELECT on tasks, subtasks, limits, queue_controls and
+--                   notifications (the delivery state of task-end webhooks).
 
     -- taskd api
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.tasks, taskd.subtasks, '
                    'taskd.accounts TO %I', api_role);
     EXECUTE format('GRANT SELECT, INSERT ON taskd.quota_ledger TO %I', api_role);
     EXECUTE format('GRANT SELECT ON taskd.executors, taskd.error_logs TO %I', api_role);
-    -- The console (served by taskd api) records its actions.
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.console_audit TO %I', api_role);
+--                   set_task_priority, task_subtasks, task_result_urls, pause_queue and
+--                   resume_queue; SELECT on tasks, subtasks, limits, queue_controls and
+--                   notifications (the delivery state of task-end webhooks).
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
-                   'integer, jsonb, integer, timestamptz, text) TO %I', api_role);
+                   'integer, jsonb, integer, timestamptz, text, text, text[]) TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task_for_user(text, text, text, '
-                   'jsonb, text, integer, jsonb, integer, timestamptz, text) TO %I', api_role);
+                   'jsonb, text, integer, jsonb, integer, timestamptz, text, text, text[]) TO %I',
+                   api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    api_role);
     -- The admin endpoints /v1/queues: pause and resume; a configured queue no daemon has
@@ -111,10 +117,10 @@ BEGIN
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA taskd TO %I', readonly_role);
 
     -- SQL clients: what docs/sql.md documents, and nothing more.
-    EXECUTE format('GRANT SELECT ON taskd.tasks, taskd.subtasks, taskd.limits TO %I',
-                   client_role);
+    EXECUTE format('GRANT SELECT ON taskd.tasks, taskd.subtasks, taskd.limits, '
+                   'taskd.notifications TO %I', client_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
-                   'integer, jsonb, integer, timestamptz, text) TO %I', client_role);
+                   'integer, jsonb, integer, timestamptz, text, text, text[]) TO %I', client_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    client_role);
     EXECUTE format('GRANT SELECT ON taskd.queue_controls TO %I', client_role);

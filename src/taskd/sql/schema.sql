@@ -39,6 +39,10 @@ CREATE TABLE taskd.tasks (
     last_subtask_id bigint,
     -- The W3C traceparent of the span that submitted the task (OpenTelemetry), or NULL.
     traceparent     text,
+    -- Where to report the task's end (check_notify_target) and which ends; NULL: no target of
+    -- its own (its queue's default applies, taskd.notify_routes).
+    notify_url      text,
+    notify_on       text[],
     CONSTRAINT tasks_counters_check CHECK (completed + failed + cancelled <= total),
     CONSTRAINT tasks_subtask_ids_check CHECK (first_subtask_id <= last_subtask_id)
 );
@@ -155,9 +159,51 @@ CREATE TABLE taskd.limits (
                           CHECK (singleton),
     max_payload_bytes integer NOT NULL DEFAULT 1048576 CONSTRAINT limits_max_payload_bytes_check
                           CHECK (max_payload_bytes BETWEEN 1 AND 268435455),
-    updated_at        timestamptz NOT NULL DEFAULT now()
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    -- Plain http notification targets on loopback and private addresses (check_notify_target).
+    notify_allow_http_private boolean NOT NULL DEFAULT false
 );
 INSERT INTO taskd.limits DEFAULT VALUES;
+
+CREATE TABLE taskd.notify_routes (
+    -- A queue's name (its default target, for tasks without one of their own) or '*' (the
+    -- operator's target, for every task in addition to its own).
+    scope     text PRIMARY KEY,
+    url       text NOT NULL,
+    notify_on text[] NOT NULL CONSTRAINT notify_routes_notify_on_check
+                  CHECK (cardinality(notify_on) > 0
+                         AND notify_on <@ ARRAY['failed', 'completed', 'cancelled'])
+);
+
+CREATE TABLE taskd.notifications (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_id          bigint NOT NULL,  -- no foreign key: tasks_delete_notifications cascades
+    url              text NOT NULL,
+    event            text NOT NULL CONSTRAINT notifications_event_check
+                         CHECK (event IN ('failed', 'completed', 'cancelled')),
+    status           text NOT NULL DEFAULT 'pending' CONSTRAINT notifications_status_check
+                         CHECK (status IN ('pending', 'delivered', 'dead')),
+    -- Deliveries tried; with locked_by, what fences the dispatcher's write of a result.
+    attempts         integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    -- When it is due. A claim moves it to the end of the claim's lease: a dispatcher that dies
+    -- mid-delivery leaves it due again then, for any other.
+    run_after        timestamptz NOT NULL DEFAULT now(),
+    locked_by        text,
+    -- Retries stop (dead) once this is older than the dispatcher's retry_for; a redelivery
+    -- asked by an operator starts it again.
+    retry_since      timestamptz NOT NULL DEFAULT now(),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    delivered_at     timestamptz,
+    last_status_code integer,
+    last_error       text
+);
+
+-- Due rows, for the dispatcher's claim; only undelivered ones, so it stays small.
+CREATE INDEX notifications_due_idx ON taskd.notifications (run_after, id)
+    WHERE status = 'pending';
+CREATE INDEX notifications_task_idx ON taskd.notifications (task_id);
+CREATE INDEX notifications_dead_idx ON taskd.notifications (id) WHERE status = 'dead';
 
 -- A task that ends failed gets back every charge of it that no refund matches yet (a charge
 -- is a ledger row of the task with a negative delta), in the transaction that failed it.
@@ -191,7 +237,8 @@ CREATE TRIGGER tasks_refund_on_failure
 
 -- Task counters and status follow their subtasks in every path (claim, completion, rescue,
 -- timeout, cancel, retry, an operator's UPDATE), with at most one UPDATE per task per statement;
--- a task that a statement ends is announced on taskd_task_end (its id as the payload).
+-- a task that a statement ends is announced on taskd_task_end (its id as the payload), and gets
+-- one outbox row in taskd.notifications per target that wants to hear of that end.
 CREATE FUNCTION taskd.subtasks_count_outcomes() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -247,12 +294,30 @@ BEGIN
          WHERE t.id = c.task_id
            AND t.id IN (SELECT id FROM locked)
         -- RETURNING sees the new counters: finished now, and not before this statement.
-        RETURNING t.id,
+        RETURNING t.id, t.status, t.queue, t.notify_url, t.notify_on,
                   t.completed + t.failed + t.cancelled >= t.total
                   AND t.completed + t.failed + t.cancelled
                       - c.d_completed - c.d_failed - c.d_cancelled < t.total AS ends_here
+    ), ended AS (
+        SELECT u.id, u.status, u.queue, u.notify_url, u.notify_on FROM updated u WHERE u.ends_here
+    ), outbox AS (
+        -- The transactional outbox: in the statement that ends the task, so the end and its
+        -- notifications commit together. Targets: the task's own (else its queue's default),
+        -- and the operator's ('*'); one row per distinct URL.
+        INSERT INTO taskd.notifications (task_id, url, event)
+        SELECT e.id, target.url, e.status
+          FROM ended e
+          JOIN LATERAL (
+                SELECT e.notify_url AS url
+                 WHERE e.notify_url IS NOT NULL AND e.status = ANY (e.notify_on)
+                UNION
+                SELECT r.url
+                  FROM taskd.notify_routes r
+                 WHERE (r.scope = '*' OR (r.scope = e.queue AND e.notify_url IS NULL))
+                   AND e.status = ANY (r.notify_on)
+          ) target ON true
     )
-    SELECT array_agg(u.id) INTO ended_ids FROM updated u WHERE u.ends_here;
+    SELECT array_agg(e.id) INTO ended_ids FROM ended e;
     -- Whoever waits for a task's end LISTENs on taskd_task_end (docs/sql.md).
     IF ended_ids IS NOT NULL THEN
         PERFORM pg_notify('taskd_task_end', e::text) FROM unnest(ended_ids) AS e;
@@ -283,6 +348,117 @@ CREATE TRIGGER tasks_delete_subtasks
     FOR EACH ROW
     WHEN (OLD.first_subtask_id IS NOT NULL)
     EXECUTE FUNCTION taskd.tasks_delete_subtasks();
+
+-- check_notify_target: raises 22023 naming the problem unless url is a target taskd may call
+-- and notify_on names ends of a task. https anywhere; http only to loopback and private
+-- addresses (localhost, 127/8, 10/8, 172.16/12, 192.168/16, ::1, fc00::/7), and only when
+-- taskd.limits.notify_allow_http_private is on. No user:password@ in the URL.
+CREATE FUNCTION taskd.check_notify_target(url text, notify_on text[]) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    parts text[];
+    host  text;
+    addr  inet;
+BEGIN
+    IF url IS NULL OR length(url) > 2000 THEN
+        RAISE EXCEPTION 'taskd: notify_url must be a URL of at most 2000 characters'
+            USING ERRCODE = '22023', COLUMN = 'notify_url';
+    END IF;
+    parts := regexp_match(url, '^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([/?#].*)?$');
+    IF parts IS NULL OR url ~ '\s' THEN
+        RAISE EXCEPTION 'taskd: notify_url % is not a URL', quote_literal(left(url, 100))
+            USING ERRCODE = '22023', COLUMN = 'notify_url';
+    END IF;
+    IF lower(parts[1]) NOT IN ('http', 'https') THEN
+        RAISE EXCEPTION 'taskd: notify_url % has scheme %; only https (or http to a private '
+                        'address when allowed)', quote_literal(left(url, 100)), parts[1]
+            USING ERRCODE = '22023', COLUMN = 'notify_url';
+    END IF;
+    IF position('@' IN parts[2]) > 0 THEN
+        RAISE EXCEPTION 'taskd: notify_url % carries credentials; the signature authenticates '
+                        'taskd to the receiver', quote_literal(left(url, 100))
+            USING ERRCODE = '22023', COLUMN = 'notify_url';
+    END IF;
+    host := lower(substring(parts[2] FROM '^(\[[0-9A-Fa-f:.]+\]|[^:]+)(:[0-9]{1,5})?$'));
+    IF host IS NULL OR host = '' THEN
+        RAISE EXCEPTION 'taskd: notify_url % has no valid host', quote_literal(left(url, 100))
+            USING ERRCODE = '22023', COLUMN = 'notify_url';
+    END IF;
+    IF lower(parts[1]) = 'http' THEN
+        IF NOT coalesce((SELECT l.notify_allow_http_private FROM taskd.limits l), false) THEN
+            RAISE EXCEPTION 'taskd: notify_url % is plain http; use https (http to private '
+                            'addresses needs notifications.allow_http_private)',
+                quote_literal(left(url, 100))
+                USING ERRCODE = '22023', COLUMN = 'notify_url';
+        END IF;
+        host := trim(BOTH '[]' FROM host);
+        IF host <> 'localhost' THEN
+            IF host !~ '^[0-9.]+$' AND host !~ ':' THEN
+                addr := NULL;
+            ELSE
+                BEGIN
+                    addr := host::inet;
+                EXCEPTION WHEN invalid_text_representation THEN
+                    addr := NULL;
+                END;
+            END IF;
+            IF addr IS NULL OR NOT (addr <<= '127.0.0.0/8' OR addr <<= '10.0.0.0/8'
+                                    OR addr <<= '172.16.0.0/12' OR addr <<= '192.168.0.0/16'
+                                    OR addr <<= '::1/128' OR addr <<= 'fc00::/7') THEN
+                RAISE EXCEPTION 'taskd: notify_url % is plain http to %, not a loopback or '
+                                'private address; use https', quote_literal(left(url, 100)), host
+                    USING ERRCODE = '22023', COLUMN = 'notify_url';
+            END IF;
+        END IF;
+    END IF;
+    IF notify_on IS NULL OR cardinality(notify_on) = 0
+       OR NOT notify_on <@ ARRAY['failed', 'completed', 'cancelled']
+       OR array_position(notify_on, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'taskd: notify_on % must list one or more of failed, completed, cancelled',
+            coalesce(quote_literal(notify_on::text), 'NULL')
+            USING ERRCODE = '22023', COLUMN = 'notify_on';
+    END IF;
+END;
+$$;
+
+-- set_task_notify: a new task's notification target, checked (check_notify_target); nothing
+-- to do without one. notify_on defaults to {failed}. Called by submit_task and
+-- submit_task_for_user, as their owner.
+CREATE FUNCTION taskd.set_task_notify(task_id bigint, notify_url text, notify_on text[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF notify_url IS NULL THEN
+        IF notify_on IS NOT NULL THEN
+            RAISE EXCEPTION 'taskd: notify_on needs a notify_url'
+                USING ERRCODE = '22023', COLUMN = 'notify_on';
+        END IF;
+        RETURN;
+    END IF;
+    PERFORM taskd.check_notify_target(notify_url, coalesce(notify_on, ARRAY['failed']));
+    UPDATE taskd.tasks t
+       SET notify_url = set_task_notify.notify_url,
+           notify_on = coalesce(set_task_notify.notify_on, ARRAY['failed'])
+     WHERE t.id = set_task_notify.task_id;
+END;
+$$;
+REVOKE ALL ON FUNCTION taskd.check_notify_target(text, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION taskd.set_task_notify(bigint, text, text[]) FROM PUBLIC;
+
+-- A deleted task takes its notifications with it (retention, an operator's DELETE).
+CREATE FUNCTION taskd.tasks_delete_notifications() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM taskd.notifications n USING old_tasks o WHERE n.task_id = o.id;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER tasks_delete_notifications
+    AFTER DELETE ON taskd.tasks
+    REFERENCING OLD TABLE AS old_tasks
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION taskd.tasks_delete_notifications();
 
 -- True when a JSON document (as text) nests arrays and objects deeper than max_depth.
 -- Cheap for ordinary documents: only one with more opening brackets than max_depth is walked.
@@ -473,19 +649,27 @@ CREATE FUNCTION taskd.submit_task_for_user(
     params       jsonb DEFAULT '{}'::jsonb,
     max_attempts integer DEFAULT 4,
     run_after    timestamptz DEFAULT NULL,
-    traceparent  text DEFAULT NULL
+    traceparent  text DEFAULT NULL,
+    notify_url   text DEFAULT NULL,
+    notify_on    text[] DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    new_id bigint;
 BEGIN
-    RETURN taskd.insert_task(submit_task_for_user.user_id, submit_task_for_user.queue,
-                             submit_task_for_user.kind, submit_task_for_user.payloads,
-                             submit_task_for_user.name, submit_task_for_user.priority,
-                             submit_task_for_user.params, submit_task_for_user.max_attempts,
-                             submit_task_for_user.run_after, submit_task_for_user.traceparent);
+    new_id := taskd.insert_task(submit_task_for_user.user_id, submit_task_for_user.queue,
+                                submit_task_for_user.kind, submit_task_for_user.payloads,
+                                submit_task_for_user.name, submit_task_for_user.priority,
+                                submit_task_for_user.params, submit_task_for_user.max_attempts,
+                                submit_task_for_user.run_after, submit_task_for_user.traceparent);
+    PERFORM taskd.set_task_notify(new_id, submit_task_for_user.notify_url,
+                                  submit_task_for_user.notify_on);
+    RETURN new_id;
 END;
 $$;
 REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer, jsonb,
-                                                  integer, timestamptz, text) FROM PUBLIC;
+                                                  integer, timestamptz, text, text, text[])
+    FROM PUBLIC;
 
 -- submit_task: the door for SQL clients, a task without a user; the same rules and errors.
 CREATE FUNCTION taskd.submit_task(
@@ -497,14 +681,20 @@ CREATE FUNCTION taskd.submit_task(
     params       jsonb DEFAULT '{}'::jsonb,
     max_attempts integer DEFAULT 4,
     run_after    timestamptz DEFAULT NULL,
-    traceparent  text DEFAULT NULL
+    traceparent  text DEFAULT NULL,
+    notify_url   text DEFAULT NULL,
+    notify_on    text[] DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    new_id bigint;
 BEGIN
-    RETURN taskd.insert_task(NULL, submit_task.queue, submit_task.kind, submit_task.payloads,
-                             submit_task.name, submit_task.priority, submit_task.params,
-                             submit_task.max_attempts, submit_task.run_after,
-                             submit_task.traceparent);
+    new_id := taskd.insert_task(NULL, submit_task.queue, submit_task.kind, submit_task.payloads,
+                                submit_task.name, submit_task.priority, submit_task.params,
+                                submit_task.max_attempts, submit_task.run_after,
+                                submit_task.traceparent);
+    PERFORM taskd.set_task_notify(new_id, submit_task.notify_url, submit_task.notify_on);
+    RETURN new_id;
 END;
 $$;
 
@@ -682,4 +872,4 @@ INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, '
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
     (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts'),
     (9, 'traceparent'), (10, 'rules_as_meant'), (11, 'result_urls'), (12, 'queue_controls'),
-    (15, 'console_audit');
+    (14, 'task_notifications'), (15, 'console_audit');

@@ -12,7 +12,9 @@ SELECT taskd.submit_task(
     params => %(params)s::jsonb,
     max_attempts => %(max_attempts)s,
     run_after => now() + make_interval(secs => %(delay)s),
-    traceparent => %(traceparent)s
+    traceparent => %(traceparent)s,
+    notify_url => %(notify_url)s,
+    notify_on => %(notify_on)s::text[]
 ) AS task_id;
 
 -- name: submit_task_for_user
@@ -27,7 +29,9 @@ SELECT taskd.submit_task_for_user(
     params => %(params)s::jsonb,
     max_attempts => %(max_attempts)s,
     run_after => now() + make_interval(secs => %(delay)s),
-    traceparent => %(traceparent)s
+    traceparent => %(traceparent)s,
+    notify_url => %(notify_url)s,
+    notify_on => %(notify_on)s::text[]
 ) AS task_id;
 
 -- name: task_traceparents

@@ -136,11 +136,14 @@ UPDATE taskd.executors e
 RETURNING e.id;
 
 -- name: delete_finished_subtasks
+-- Not while a notification of their task is undelivered: its payload names the first failure.
 WITH old AS (
     SELECT id
-      FROM taskd.subtasks
+      FROM taskd.subtasks s
      WHERE completed_at < coalesce(%(now)s, now()) - make_interval(secs => %(retention)s)
        AND status IN ('completed', 'failed', 'cancelled')
+       AND NOT EXISTS (SELECT 1 FROM taskd.notifications n
+                        WHERE n.task_id = s.task_id AND n.status = 'pending')
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
 )
@@ -148,6 +151,8 @@ DELETE FROM taskd.subtasks s USING old WHERE s.id = old.id
 RETURNING s.id;
 
 -- name: delete_finished_tasks
+-- A task goes with its notifications (tasks_delete_notifications), but not while one of them
+-- is undelivered: the outbox loses nothing to retention.
 WITH old AS (
     SELECT t.id
       FROM taskd.tasks t
@@ -156,6 +161,8 @@ WITH old AS (
        AND NOT EXISTS (SELECT 1 FROM taskd.subtasks s
                         WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
                           AND s.task_id = t.id AND s.status IN ('pending', 'processing'))
+       AND NOT EXISTS (SELECT 1 FROM taskd.notifications n
+                        WHERE n.task_id = t.id AND n.status = 'pending')
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
 )
