@@ -23,7 +23,9 @@ TaskdError
 ├── IdempotencyConflict       the Idempotency-Key was used for a different request
 ├── TaskNotFound              no task with that id
 ├── TaskFinished              the task has already ended (nothing to cancel)
-└── NothingToRetry            the task has no failed subtasks
+├── NothingToRetry            the task has no failed subtasks
+├── ScheduleNotFound          no schedule with that name
+└── ScheduleExists            a schedule with that name exists already
 ```
 
 Callers match on types, never on message text. Database errors are translated in one place,
@@ -161,3 +163,11 @@ class TaskFinished(TaskdError):
 
 class NothingToRetry(TaskdError):
     """The task has no failed subtasks."""
+
+
+class ScheduleNotFound(TaskdError):
+    """No schedule has this name."""
+
+
+class ScheduleExists(TaskdError):
+    """A schedule with this name exists already (replace it to change it)."""

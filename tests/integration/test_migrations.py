@@ -123,7 +123,7 @@ async def test_upgrading_from_the_previous_version_keeps_its_rows(
 ) -> None:
     """A database one version behind, with work in it, migrates to the latest in place."""
     latest = migrations.migrations()[-1]
-    migrated_to(empty_database_url, latest.version - 1)
+    migrated_to(empty_database_url, migrations.migrations()[-2].version)
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         conn.execute("SELECT taskd.submit_task('standard', 'noop', '[{\"i\": 1}, {\"i\": 2}]')")
         conn.execute("SELECT taskd.submit_task('other', 'noop', '[{\"i\": 3}]')")
@@ -156,7 +156,8 @@ async def test_upgrading_from_version_5_records_each_tasks_subtask_range(
         conn.execute("DELETE FROM taskd.subtasks WHERE task_id = %s", gone)
     async with await psycopg.AsyncConnection.connect(empty_database_url, autocommit=True) as c:
         applied = await migrations.migrate(c)
-        assert [m.version for m in applied] == list(range(6, migrations.latest_version() + 1))
+        assert [m.version for m in applied] == [m.version for m in migrations.migrations()
+                                                 if m.version >= 6]
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         ranges = conn.execute("SELECT t.first_subtask_id, t.last_subtask_id, min(s.id), max(s.id)"
                               " FROM taskd.tasks t LEFT JOIN taskd.subtasks s ON s.task_id = t.id"
@@ -184,7 +185,8 @@ def test_versions_9_and_10_keep_who_may_execute_submit_task(empty_database_url: 
                 "GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, "
                 "jsonb, text, integer, timestamptz, integer) TO {}").format(sql.Identifier(role)))
             applied = anyio.run(_migrate, empty_database_url)
-            assert [m.version for m in applied] == [8, 9, 10]
+            assert [m.version for m in applied] == [m.version for m in migrations.migrations()
+                                                     if m.version >= 8]
             may = conn.execute(
                 "SELECT has_function_privilege(%s, %s::regprocedure, 'EXECUTE'),"
                 " has_function_privilege('public', %s::regprocedure, 'EXECUTE')",

@@ -198,7 +198,7 @@ async def test_empty_database_is_healthy(store: Store) -> None:
     data = report.to_json()
     assert sorted(data) == [
         "database", "errors", "executors", "format", "generated_at", "healthy", "problems",
-        "queues", "subtasks", "tasks",
+        "queues", "schedules", "subtasks", "tasks",
     ]
     zero = {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0}
     assert data["tasks"] == zero and data["subtasks"] == zero

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 import taskd
-from taskd.api import accounts, system, tasks
+from taskd.api import accounts, schedules, system, tasks
 from taskd.api.auth import AuthMiddleware, TokenVerifier
 from taskd.api.dependencies import reject_unknown_query
 from taskd.api.errors import ErrorBody, install_error_handlers
@@ -62,4 +62,5 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     app.include_router(system.router)
     app.include_router(tasks.router)
     app.include_router(accounts.router)
+    app.include_router(schedules.router)
     return app

@@ -6,6 +6,7 @@ from taskd.cli import (  # noqa: F401  (registers the commands)
     handlers,
     migrate,
     run,
+    schedules,
     status,
     tasks,
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from datetime import UTC
 from typing import Any
 
 import anyio
@@ -80,6 +81,8 @@ def render_status(report: StatusReport) -> RenderableType:
             format_age(q.oldest_unstarted_seconds), _served_by(report, q) or "nobody",
         )
     parts: list[RenderableType] = [executors, queues, render_errors(report.errors, "errors (24h)")]
+    if report.schedules:
+        parts.append(render_schedules(report))
     parts.append(Text(f"tasks: {_counts(report.tasks)}; subtasks: {_counts(report.subtasks)}"))
     db = report.database
     parts.append(Text(
@@ -94,6 +97,22 @@ def render_status(report: StatusReport) -> RenderableType:
     else:
         parts.append(Text("healthy", style="green"))
     return Group(*parts)
+
+
+def render_schedules(report: StatusReport) -> Table:
+    """Each schedule: state, last and next tick (UTC), and its last task's outcome."""
+    table = Table(title="schedules", title_justify="left")
+    for column in ("name", "cron", "state", "last tick (UTC)", "next tick (UTC)", "last task"):
+        table.add_column(column)
+    for s in report.schedules:
+        last_task = ("-" if s.last_task_id is None
+                     else f"{s.last_task_id} {s.last_task_status or 'deleted'}")
+        table.add_row(
+            s.name, f"{s.cron} ({s.timezone})", "enabled" if s.enabled else "paused",
+            "-" if s.last_tick is None else f"{s.last_tick:%Y-%m-%d %H:%M:%S}",
+            "-" if s.next_tick is None else f"{s.next_tick.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+            last_task)
+    return table
 
 
 def _served_by(report: StatusReport, queue: QueueRow) -> str:

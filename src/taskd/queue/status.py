@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from taskd.queue.schedules import list_schedules
 from taskd.queue.store import Store
 from taskd.types import Task
 
@@ -111,6 +112,21 @@ TASK_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleStatus:
+    """A schedule as ``taskd status`` shows it: its state, last and next tick (by the
+    database clock; none while paused) and its last task's outcome."""
+
+    name: str
+    cron: str
+    timezone: str
+    enabled: bool
+    last_tick: datetime | None
+    next_tick: datetime | None
+    last_task_id: int | None
+    last_task_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class StatusReport:
     """Everything ``taskd status`` shows, taken at the database time ``generated_at``.
 
@@ -126,6 +142,7 @@ class StatusReport:
     problems: list[Problem] = field(default_factory=list)
     tasks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TASK_STATUSES, 0))
     subtasks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TASK_STATUSES, 0))
+    schedules: list[ScheduleStatus] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -300,10 +317,13 @@ async def read_status(store: Store, *, dead_after: float, error_limit: int = 10)
     queues = serving(executors, await read_queues(store))
     errors = await recent_errors(store, limit=error_limit)
     tasks, subtasks = await read_counts(store, queues)
+    schedules = [ScheduleStatus(r.name, r.cron, r.timezone, r.enabled, r.last_tick, r.next_tick,
+                                r.last_task_id, r.last_task_status)
+                 for r in await list_schedules(store)]
     return StatusReport(
         generated_at=now, executors=executors, queues=queues, errors=errors,
         database=database, problems=find_problems(executors, queues), tasks=tasks,
-        subtasks=subtasks,
+        subtasks=subtasks, schedules=schedules,
     )
 
 

@@ -18,10 +18,12 @@
 --        -c "SET taskd.client_role = 'q_client'" -f roles.sql
 --
 --   taskd_executor  claims, completes, heartbeats, rescues, deletes old finished rows,
+--                   writes its settings' schedules and creates their ticks (schedule_tick),
 --                   aggregates errors; on a failed API task the refund trigger (which runs with
 --                   the executor's rights) returns the quota: INSERT into quota_ledger and
 --                   UPDATE of two columns of accounts. No INSERT into tasks or accounts.
---   taskd_api       creates tasks (with submit_task), reads them, cancels and retries; accounts
+--   taskd_api       creates tasks (with submit_task), reads them, cancels and retries; schedules
+--                   (the admin routes); accounts
 --                   and the quota ledger; reads executors for /v1/status. Deletes nothing and
 --                   never writes executors or error_logs.
 --                   Only it may set a task's user: EXECUTE on taskd.submit_task_for_user.
@@ -67,6 +69,7 @@ BEGIN
     REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer,
                                                       jsonb, integer, timestamptz, text) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.set_task_priority(bigint, integer) FROM PUBLIC;
+    REVOKE ALL ON FUNCTION taskd.schedule_tick(text, timestamptz) FROM PUBLIC;
 
     -- taskd run
     EXECUTE format('GRANT SELECT, UPDATE, DELETE ON taskd.tasks, taskd.subtasks TO %I',
@@ -78,6 +81,12 @@ BEGIN
                    'UPDATE (quota_remaining, updated_at) ON taskd.accounts TO %I',
                    executor_role);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', executor_role);
+    -- Schedules: the settings' [schedules.<name>] are written at start; ticks are created
+    -- through schedule_tick and pruned after the retention.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.schedules TO %I', executor_role);
+    EXECUTE format('GRANT SELECT, DELETE ON taskd.schedule_ticks TO %I', executor_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.schedule_tick(text, timestamptz) TO %I',
+                   executor_role);
 
     -- taskd api
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.tasks, taskd.subtasks, '
@@ -91,6 +100,9 @@ BEGIN
                    'jsonb, text, integer, jsonb, integer, timestamptz, text) TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    api_role);
+    -- The admin routes manage schedules (run-now submits through submit_task).
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON taskd.schedules TO %I', api_role);
+    EXECUTE format('GRANT SELECT ON taskd.schedule_ticks TO %I', api_role);
 
     -- taskd status
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA taskd TO %I', readonly_role);
