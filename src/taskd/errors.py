@@ -24,7 +24,9 @@ TaskdError
 ├── TaskNotFound              no task with that id
 ├── QueueNotFound             no queue of that name is configured or known to the database
 ├── TaskFinished              the task has already ended (nothing to cancel)
-└── NothingToRetry            the task has no failed subtasks
+├── NothingToRetry            the task has no failed subtasks
+├── ScheduleNotFound          no schedule with that name
+└── ScheduleExists            a schedule with that name exists already
 ```
 
 Callers match on types, never on message text. Database errors are translated in one place,
@@ -166,3 +168,11 @@ class TaskFinished(TaskdError):
 
 class NothingToRetry(TaskdError):
     """The task has no failed subtasks."""
+
+
+class ScheduleNotFound(TaskdError):
+    """No schedule has this name."""
+
+
+class ScheduleExists(TaskdError):
+    """A schedule with this name exists already (replace it to change it)."""

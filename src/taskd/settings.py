@@ -175,6 +175,75 @@ class QueueSettings(BaseModel):
         return self
 
 
+SCHEDULE_NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,62}$"
+# croniter's words for every 1, 7, 30, 365 days, every hour (@midnight is @daily).
+CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+def cron_problem(expr: object, timezone: object = "UTC") -> str | None:
+    """What is wrong with a schedule's cron expression or time zone, or None.
+
+    Accepted: 5 fields (minute hour day-of-month month day-of-week), 6 fields (the sixth is
+    seconds: ``* * * * * *`` ticks every second) or an alias (``@hourly``, ``@daily``, ...).
+    The time zone is an IANA name (``Europe/Paris``, ``UTC``).
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from croniter import croniter
+
+    if not isinstance(expr, str) or not expr.strip() or len(expr) > 200:
+        return f"cron expression {expr!r:.100} must be text of 1 to 200 characters"
+    fields = expr.split()
+    if fields[0].startswith("@"):
+        if len(fields) != 1 or fields[0].lower() not in CRON_ALIASES:
+            return (f"cron expression {expr!r} is not a known alias "
+                    f"({', '.join(CRON_ALIASES)})")
+    elif len(fields) not in (5, 6):
+        return (f"cron expression {expr!r} has {len(fields)} fields; it needs 5 (minute hour "
+                "day-of-month month day-of-week) or 6 (a sixth for seconds)")
+    elif not croniter.is_valid(expr):
+        return f"cron expression {expr!r} is not valid"
+    if not isinstance(timezone, str) or not timezone or len(timezone) > 100:
+        return f"time zone {timezone!r:.100} is not a time zone name"
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"time zone {timezone!r} is unknown (an IANA name such as Europe/Paris or UTC)"
+    return None
+
+
+class ScheduleSettings(BaseModel):
+    """One schedule (``schedules.<name>``): what to submit and when. Applied to the database
+    when a daemon starts; ``taskd schedules`` changes it at run time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cron: str = Field(description="5 fields, 6 with seconds last, or an alias such as @hourly")
+    timezone: str = Field("UTC", description="IANA time zone the expression is read in")
+    queue: str = Field("standard", pattern=QUEUE_NAME_PATTERN)
+    kind: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")
+    payloads: list[dict[str, Any]] = Field(
+        default_factory=lambda: [dict[str, Any]()], min_length=1, max_length=1000,
+        description="one subtask per payload, as submit's",
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(0, ge=-1000, le=1000)
+    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=1000)
+    enabled: bool = Field(True, description="applied when the schedule is created; after "
+                          "that, `taskd schedules pause|resume` decides")
+    missed: Literal["skip", "catch_up"] = Field(
+        "skip", description="ticks missed while no daemon ran: skip them, or catch up")
+    catch_up: int = Field(1, ge=1, le=1000, description="with missed = catch_up: at most this "
+                          "many of the latest missed ticks are created")
+
+    @model_validator(mode="after")
+    def _check_cron(self) -> ScheduleSettings:
+        problem = cron_problem(self.cron, self.timezone)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
 class ApiSettings(BaseModel):
     """The HTTP API's settings (``api.*``, ``TASKD_API__*``)."""
 
@@ -351,6 +420,17 @@ class Settings(BaseSettings):
     handlers: dict[str, str] = Field(
         default_factory=dict, description='extra handlers: {"kind": "module:function"}'
     )
+    schedules: dict[str, ScheduleSettings] = Field(
+        default_factory=dict, description="cron schedules, applied to the database at start"
+    )
+    schedule_check_interval: Seconds = Field(
+        1.0, gt=0, le=60, description="the ticker looks at the schedules at least this often "
+        "(and wakes for each schedule's next tick)",
+    )
+    schedule_grace: Seconds = Field(
+        60.0, gt=0, description="a tick later than this is missed: skipped, or caught up per "
+        "its schedule's missed policy",
+    )
     api: ApiSettings = Field(default_factory=ApiSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 
@@ -370,6 +450,14 @@ class Settings(BaseSettings):
             else:
                 merged[name] = options
         return merged
+
+    @field_validator("schedules")
+    @classmethod
+    def _schedule_names(cls, value: dict[str, ScheduleSettings]) -> dict[str, ScheduleSettings]:
+        for name in value:
+            if not re.match(SCHEDULE_NAME_PATTERN, name):
+                raise ValueError(f"schedule name {name!r} must match {SCHEDULE_NAME_PATTERN}")
+        return value
 
     @model_validator(mode="after")
     def _check_timings(self) -> Settings:

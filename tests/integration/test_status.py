@@ -198,7 +198,7 @@ async def test_empty_database_is_healthy(store: Store) -> None:
     data = report.to_json()
     assert sorted(data) == [
         "database", "errors", "executors", "format", "generated_at", "healthy",
-        "notifications", "problems", "queues", "storage", "subtasks", "tasks",
+        "notifications", "problems", "queues", "schedules", "storage", "subtasks", "tasks",
     ]
     assert data["notifications"] == {"undelivered": 0, "dead": 0,
                                      "oldest_undelivered_seconds": None}

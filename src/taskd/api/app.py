@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 import taskd
-from taskd.api import accounts, notifications, queues, system, tasks
+from taskd.api import accounts, notifications, queues, schedules, system, tasks
 from taskd.api.auth import AuthMiddleware, TokenVerifier
 from taskd.api.dependencies import reject_unknown_query
 from taskd.api.errors import ErrorBody, install_error_handlers
@@ -80,4 +80,5 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
         app.mount("/console", _console(settings, store))
     app.include_router(queues.router)
     app.include_router(notifications.router)
+    app.include_router(schedules.router)
     return app

@@ -9,8 +9,8 @@ code  status  meaning
 4001  422     a field breaks a rule (``details`` lists each field and what is wrong)
 4002  403     quota exhausted
 4003  403     please activate membership first / admin role required
-4004  404     user not found / task not found (or another user's) / unknown queue /
-              no such endpoint
+4004  404     user, task (or another user's), schedule or queue not found / no such
+              endpoint
 4005  405     method not allowed
 4009  409     Idempotency-Key reused for another request, task already ended, nothing to retry
 4010  401     not logged in (no ``Authorization: Bearer`` header)
@@ -42,6 +42,8 @@ from taskd.errors import (
     NothingToRetry,
     QueueNotFound,
     QuotaExhausted,
+    ScheduleExists,
+    ScheduleNotFound,
     TaskdError,
     TaskFinished,
     TaskNotFound,
@@ -150,8 +152,10 @@ def taskd_error_response(exc: TaskdError) -> JSONResponse:
             return error_response(409, CONFLICT, str(exc), {"task_id": exc.task_id})
         case TaskFinished():
             return error_response(409, CONFLICT, str(exc), {"status": exc.status})
-        case NothingToRetry():
+        case NothingToRetry() | ScheduleExists():
             return error_response(409, CONFLICT, str(exc))
+        case ScheduleNotFound():
+            return error_response(404, NOT_FOUND, str(exc))
         case DatabaseUnavailable():
             log.warning("database unavailable: %s", exc)
             return error_response(503, UNAVAILABLE, "the database is unavailable; retry later",

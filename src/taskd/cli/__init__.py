@@ -8,6 +8,7 @@ from taskd.cli import (  # noqa: F401  (registers the commands)
     notifications,
     queues,
     run,
+    schedules,
     status,
     tasks,
 )

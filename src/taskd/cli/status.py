@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from datetime import UTC
 from typing import Any
 
 import anyio
@@ -89,6 +90,8 @@ def render_status(report: StatusReport) -> RenderableType:
             queue_control(q), style="yellow" if q.paused else "",
         )
     parts: list[RenderableType] = [executors, queues, render_errors(report.errors, "errors (24h)")]
+    if report.schedules:
+        parts.append(render_schedules(report))
     parts.append(Text(f"tasks: {_counts(report.tasks)}; subtasks: {_counts(report.subtasks)}"))
     n = report.notifications
     oldest = n["oldest_undelivered_seconds"]
@@ -144,6 +147,22 @@ def queue_control(q: QueueRow) -> str:
     if q.rate_limit:
         parts.append(f"rate {q.rate_limit} ({q.rate_window_used} this window)")
     return "; ".join(parts) or "-"
+
+
+def render_schedules(report: StatusReport) -> Table:
+    """Each schedule: state, last and next tick (UTC), and its last task's outcome."""
+    table = Table(title="schedules", title_justify="left")
+    for column in ("name", "cron", "state", "last tick (UTC)", "next tick (UTC)", "last task"):
+        table.add_column(column)
+    for s in report.schedules:
+        last_task = ("-" if s.last_task_id is None
+                     else f"{s.last_task_id} {s.last_task_status or 'deleted'}")
+        table.add_row(
+            s.name, f"{s.cron} ({s.timezone})", "enabled" if s.enabled else "paused",
+            "-" if s.last_tick is None else f"{s.last_tick:%Y-%m-%d %H:%M:%S}",
+            "-" if s.next_tick is None else f"{s.next_tick.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+            last_task)
+    return table
 
 
 def _served_by(report: StatusReport, queue: QueueRow) -> str:

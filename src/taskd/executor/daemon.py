@@ -49,6 +49,7 @@ from taskd.executor.rescuer import Rescuer, RescuerConfig
 from taskd.executor.runner import Runner
 from taskd.executor.running import RunningSet
 from taskd.executor.stats import StatsCollector
+from taskd.executor.ticker import Ticker, TickerConfig
 from taskd.executor.tracing import Tracing
 from taskd.executor.wakeup import Wakeup
 from taskd.handlers.clients import http_clients
@@ -279,6 +280,8 @@ class Daemon:
         ).run)
         if s.notifications.enabled:
             tg.start_soon(Dispatcher(DispatcherConfig.from_settings(s), store, self.metrics).run)
+        # Schedules: every daemon ticks, each tick's task is created once (no leader).
+        tg.start_soon(Ticker(TickerConfig.from_settings(s), store, self.metrics).run)
         tg.start_soon(StatsCollector(
             store, self.metrics, s.stats_interval, s.pool_size,
             pending_timeouts={q: qs.pending_timeout for q, qs in s.active_queues.items()},

@@ -70,6 +70,11 @@ class Metrics:
             "Outcomes dropped because this executor no longer held the lease.", ["queue"],
             registry=r,
         )
+        self.schedule_ticks = Counter(
+            "taskd_schedule_ticks_total",
+            "Schedule ticks whose task this daemon created (each tick is created once across "
+            "the fleet).", ["schedule"], registry=r,
+        )
         self.leases_rescued = Counter(
             "taskd_leases_rescued_total",
             "Expired leases this executor's rescuer returned to pending or failed.", ["queue"],

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from taskd.queue.controls import QueueControl, list_queue_controls
 from taskd.queue.notifications import notification_overview
+from taskd.queue.schedules import list_schedules
 from taskd.queue.store import Store
 from taskd.types import Task
 
@@ -145,6 +146,21 @@ TASK_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleStatus:
+    """A schedule as ``taskd status`` shows it: its state, last and next tick (by the
+    database clock; none while paused) and its last task's outcome."""
+
+    name: str
+    cron: str
+    timezone: str
+    enabled: bool
+    last_tick: datetime | None
+    next_tick: datetime | None
+    last_task_id: int | None
+    last_task_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class StatusReport:
     """Everything ``taskd status`` shows, taken at the database time ``generated_at``.
 
@@ -166,6 +182,7 @@ class StatusReport:
     # undelivered one's age in seconds (None: none).
     notifications: dict[str, float | int | None] = field(default_factory=lambda: {
         "undelivered": 0, "dead": 0, "oldest_undelivered_seconds": None})
+    schedules: list[ScheduleStatus] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -359,6 +376,9 @@ async def read_status(store: Store, *, dead_after: float, error_limit: int = 10)
     queues = serving(executors, await read_queues(store))
     errors = await recent_errors(store, limit=error_limit)
     tasks, subtasks = await read_counts(store, queues)
+    schedules = [ScheduleStatus(r.name, r.cron, r.timezone, r.enabled, r.last_tick, r.next_tick,
+                                r.last_task_id, r.last_task_status)
+                 for r in await list_schedules(store)]
     outbox = await notification_overview(store)
     problems = find_problems(executors, queues)
     if outbox.dead:
@@ -369,7 +389,7 @@ async def read_status(store: Store, *, dead_after: float, error_limit: int = 10)
         ))
     return StatusReport(
         generated_at=now, executors=executors, queues=queues, errors=errors,
-        database=database, problems=problems, tasks=tasks, subtasks=subtasks,
+        database=database, problems=problems, tasks=tasks, subtasks=subtasks, schedules=schedules,
         storage=await storage_health(store),
         notifications={"undelivered": outbox.undelivered, "dead": outbox.dead,
                        "oldest_undelivered_seconds": outbox.oldest_undelivered_seconds},

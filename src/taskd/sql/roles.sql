@@ -18,12 +18,14 @@
 --        -c "SET taskd.client_role = 'q_client'" -f roles.sql
 --
 --   taskd_executor  claims, completes, heartbeats, rescues, deletes old finished rows,
+--                   writes its settings' schedules and creates their ticks (schedule_tick),
 --                   aggregates errors; on a failed API task the refund trigger (which runs with
 --                   the executor's rights) returns the quota: INSERT into quota_ledger and
 --                   UPDATE of two columns of accounts. No INSERT into tasks or accounts.
 --                   The task-end outbox (notifications): written when a task ends, then
 --                   delivered by the dispatcher.
---   taskd_api       creates tasks (with submit_task), reads them, cancels and retries; accounts
+--   taskd_api       creates tasks (with submit_task), reads them, cancels and retries; schedules
+--                   (the admin routes); accounts
 --                   and the quota ledger; reads executors for /v1/status. Deletes nothing and
 --                   never writes executors or error_logs. Writes console_audit (the
 --                   console's record of its actions).
@@ -76,6 +78,7 @@ BEGIN
     REVOKE ALL ON FUNCTION taskd.set_task_priority(bigint, integer) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.pause_queue(text, text) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.resume_queue(text) FROM PUBLIC;
+    REVOKE ALL ON FUNCTION taskd.schedule_tick(text, timestamptz) FROM PUBLIC;
 
     -- taskd run
     EXECUTE format('GRANT SELECT, UPDATE, DELETE ON taskd.tasks, taskd.subtasks TO %I',
@@ -87,18 +90,30 @@ BEGIN
                    'UPDATE (quota_remaining, updated_at) ON taskd.accounts TO %I',
                    executor_role);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', executor_role);
---                   set_task_priority, task_subtasks, task_result_urls, pause_queue and
---                   resume_queue; SELECT on tasks, subtasks, limits, queue_controls and
---                   notifications (the delivery state of task-end webhooks).
+    -- The claim reads the paused flag and counts its starts in the rate limit's window; a
+    -- daemon records the queues it serves.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.queue_controls TO %I', executor_role);
+    -- The outbox: the counter trigger inserts a task end's notifications (it runs with the
+    -- rights of whoever ends the task); the dispatcher claims and records deliveries.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.notifications TO %I', executor_role);
+    EXECUTE format('GRANT SELECT ON taskd.notify_routes TO %I', executor_role);
+    -- Schedules: the settings' [schedules.<name>] are written at start; ticks are created
+    -- through schedule_tick and pruned after the retention.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.schedules TO %I', executor_role);
+    EXECUTE format('GRANT SELECT, DELETE ON taskd.schedule_ticks TO %I', executor_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.schedule_tick(text, timestamptz) TO %I',
+                   executor_role);
 
     -- taskd api
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.tasks, taskd.subtasks, '
                    'taskd.accounts TO %I', api_role);
     EXECUTE format('GRANT SELECT, INSERT ON taskd.quota_ledger TO %I', api_role);
     EXECUTE format('GRANT SELECT ON taskd.executors, taskd.error_logs TO %I', api_role);
---                   set_task_priority, task_subtasks, task_result_urls, pause_queue and
---                   resume_queue; SELECT on tasks, subtasks, limits, queue_controls and
---                   notifications (the delivery state of task-end webhooks).
+    -- The console (served by taskd api) records its actions.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.console_audit TO %I', api_role);
+    -- A cancel may end a task (outbox rows); admins list and redeliver notifications.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.notifications TO %I', api_role);
+    EXECUTE format('GRANT SELECT ON taskd.notify_routes TO %I', api_role);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
                    'integer, jsonb, integer, timestamptz, text, text, text[]) TO %I', api_role);
@@ -112,6 +127,9 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT (queue) ON taskd.queue_controls TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.pause_queue(text, text), '
                    'taskd.resume_queue(text) TO %I', api_role);
+    -- The admin routes manage schedules (run-now submits through submit_task).
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON taskd.schedules TO %I', api_role);
+    EXECUTE format('GRANT SELECT ON taskd.schedule_ticks TO %I', api_role);
 
     -- taskd status
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA taskd TO %I', readonly_role);
