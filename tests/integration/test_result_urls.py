@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import psycopg
 import pytest
+from psycopg import sql
 
 from taskd.errors import ConfigError
 from taskd.queue.store import Store
@@ -141,3 +142,32 @@ def test_a_template_for_a_kind_the_api_does_not_accept_is_refused() -> None:
         load_settings(api={"kinds": {"noop": "standard"}, "templates": {"resize": ["x"]}})
     with pytest.raises(ConfigError, match=r"templates\.noop has no prompts"):
         load_settings(api={"kinds": {"noop": "standard"}, "templates": {"noop": []}})
+
+
+def test_result_urls_read_only_max_urls_subtasks_of_the_id_range(db: Conn) -> None:
+    """The function's own body, planned as it runs: the primary key's order serves ORDER BY,
+    so a LIMIT of 10 reads 10 subtasks of a task of 5,000, with no sort of them all."""
+    task = db.execute("SELECT taskd.submit_task('standard', 'noop', (SELECT jsonb_agg("
+                      "jsonb_build_object('n', g)) FROM generate_series(1, 5000) g))").fetchone()
+    assert task is not None
+    db.execute("ANALYZE taskd.subtasks")
+    body = db.execute("SELECT prosrc FROM pg_proc WHERE oid ="
+                      " 'taskd.task_result_urls(bigint, integer)'::regprocedure").fetchone()
+    assert body is not None
+    query = (str(body[0]).replace("task_result_urls.task_id", "$1::bigint")
+             .replace("task_result_urls.max_urls", "$2::integer"))
+    db.execute(f"PREPARE urls_body(bigint, integer) AS {query}")  # type: ignore[arg-type]
+    db.execute("SET plan_cache_mode = force_generic_plan")  # as a SQL function plans it
+    plan = db.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE urls_body({}, 10)")
+                      .format(sql.Literal(task[0]))).fetchone()
+    assert plan is not None
+
+    def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+        return [node, *(n for child in node.get("Plans", []) for n in nodes(child))]
+
+    found = nodes(plan[0][0]["Plan"])
+    scans = [n for n in found if n.get("Relation Name") == "subtasks"]
+    assert [n["Index Name"] for n in scans] == ["subtasks_pkey"], found
+    assert scans[0]["Actual Rows"] == 10, found
+    assert not any(n["Node Type"] == "Sort" for n in found), found
+    assert urls(db, task[0], 10) == ([None] * 10,)

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from taskd.errors import PermanentError
 from taskd.handlers.base import SubtaskContext
 from taskd.handlers.jobs import (
+    MAX_ERROR_BODY,
     ApiErrors,
     ExternalApiError,
     JobApi,
@@ -127,7 +128,7 @@ async def model_pose12(ctx: SubtaskContext) -> JSON:
         # A retry of the task makes a new image; this one is not asked about again.
         await forget_job(ctx, str(job_id))
         reason = verdict.get("reason")
-        raise ContentRejected(f"content audit rejected image {image_url}: "
-                              f"{reason if isinstance(reason, str) else 'no reason given'}")
+        said = reason[:MAX_ERROR_BODY] if isinstance(reason, str) else "no reason given"
+        raise ContentRejected(f"content audit rejected image {image_url}: {said}")
     ctx.logger.info("image %s of job %s approved", image_url, job_id)
     return {"image_url": image_url, "job_id": job_id, "prompt": prompt}

@@ -759,17 +759,21 @@ $$;
 -- task_result_urls: the image URLs of a task's subtasks, one entry per subtask in id order
 -- (NULL where a subtask has not completed or its result has no string image_url); NULL for a
 -- task that does not exist; max_urls: only the first that many subtasks. Plain SQL, as the
--- caller, through task_subtasks' id range.
+-- caller; the id range in a LATERAL subquery, so that LIMIT stops the primary key's scan.
 CREATE FUNCTION taskd.task_result_urls(task_id bigint, max_urls integer DEFAULT NULL)
 RETURNS text[]
 LANGUAGE sql STABLE AS $$
     SELECT array_agg(CASE WHEN s.status = 'completed'
                                AND jsonb_typeof(s.result -> 'image_url') = 'string'
                           THEN s.result ->> 'image_url' END ORDER BY s.id)
-      FROM (SELECT s.id, s.status, s.result
-              FROM taskd.task_subtasks(task_result_urls.task_id) s
+      FROM taskd.tasks t
+     CROSS JOIN LATERAL (
+            SELECT s.id, s.status, s.result
+              FROM taskd.subtasks s
+             WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id AND s.task_id = t.id
              ORDER BY s.id
              LIMIT task_result_urls.max_urls) s
+     WHERE t.id = task_result_urls.task_id
 $$;
 
 -- The operators' console (version 15).
