@@ -93,7 +93,7 @@ TASK_SCOPED = {
     "list_subtasks": {"task_id": 1, "after_id": 0, "limit": 100},
     "api_list_subtasks": {"task_id": 1, "after_id": 0, "limit": 100, "status": None},
     "api_count_subtasks": {"task_id": 1, "status": None},
-    "api_task_detail": {"id": 1, "results_limit": 100},
+    "api_task_detail": {"id": 1, "results_limit": 100, "urls_limit": 1000},
     "task_subtask_counts": {"task_id": 1},
     "delete_finished_tasks": {"retention": 0.0, "limit": 100, "now": None},
 }
@@ -110,8 +110,10 @@ async def test_task_scoped_statements_read_the_primary_key_not_the_table(
         SELECT 'standard', 'noop', 1000, 'pending', 0, (g - 1) * 1000 + 1, g * 1000
           FROM generate_series(1, 200) AS g;
         INSERT INTO taskd.subtasks (task_id, queue, kind, status, attempt, completed_at)
-        SELECT 1 + (g - 1) / 1000, 'standard', 'noop', 'completed', 1, now()
+        SELECT 1 + (g - 1) / 1000, 'standard', 'noop',
+               CASE WHEN g % 2 = 0 THEN 'failed' ELSE 'completed' END, 1, now()
           FROM generate_series(1, 100000) AS g;
+        -- half of them failed: the console's subtasks_failed_idx is no shortcut either
         -- and a backlog as long: the claim index is no shortcut to one task's rows
         INSERT INTO taskd.subtasks (task_id, queue, kind)
         SELECT 1 + (g - 1) / 1000, 'standard', 'noop' FROM generate_series(100001, 200000) AS g;
