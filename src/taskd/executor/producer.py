@@ -133,6 +133,7 @@ class Producer:
         self._claimed = metrics.subtasks_claimed.labels(self.queue)
         self._rate = config.settings.rate
         self._rate_limited = metrics.claims_rate_limited.labels(self.queue)
+        self._rate_claim_again = False  # see _rate_limited_wait
 
     def stop_claiming(self) -> None:
         """Claim nothing more; running handlers go on. Idempotent."""
@@ -190,6 +191,8 @@ class Producer:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
+            if claimed:
+                self._rate_claim_again = False
             if len(claimed) < want:
                 if self._rate is not None and await self._rate_limited_wait():
                     continue
@@ -209,7 +212,11 @@ class Producer:
             self.log.warning("rate limit check failed: %s", exc)
             return False
         if wait <= 0:
-            return False  # room left: the backlog ran out
+            # Room now: the backlog ran out, or a new window began between the claim and
+            # this look. One more claim at once tells them apart; after that, the poll.
+            self._rate_claim_again = not self._rate_claim_again
+            return self._rate_claim_again
+        self._rate_claim_again = False
         self._rate_limited.inc()
         await anyio.sleep(min(wait, self._rate.period))
         return True
