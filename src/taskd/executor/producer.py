@@ -200,8 +200,9 @@ class Producer:
 
     async def _rate_limited_wait(self) -> bool:
         """After a short claim of a rate-limited queue: when the window is used up, count it
-        and sleep until the next window (wake-ups cannot make room in it); return whether it
-        was. A failed look is left to the poll."""
+        and sleep until the next window (wake-ups cannot make room in it). Returns True when
+        the producer should claim again now (it slept, or looks once more), False to wait
+        for a wake-up or the poll. A failed look is left to the poll."""
         assert self._rate is not None
         try:
             wait = await rate_limit_wait(self.store, self.queue, self._rate)
