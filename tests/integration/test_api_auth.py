@@ -27,7 +27,8 @@ ENDPOINTS = [
     ("GET", "/v1/tasks"), ("POST", "/v1/tasks"), ("GET", "/v1/tasks/1"),
     ("GET", "/v1/tasks/1/subtasks"), ("POST", "/v1/tasks/1/cancel"),
     ("POST", "/v1/tasks/1/retry"), ("PUT", "/v1/accounts/u"), ("GET", "/v1/accounts/u"),
-    ("GET", "/v1/status"),
+    ("GET", "/v1/status"), ("GET", "/v1/queues"), ("POST", "/v1/queues/standard/pause"),
+    ("POST", "/v1/queues/standard/resume"),
 ]
 
 

@@ -79,7 +79,13 @@ def test_the_api_role_serves_the_api_and_can_do_nothing_else(
             assert alice.get(f"/v1/tasks/{task_id}/subtasks").status_code == 200
             assert alice.post(f"/v1/tasks/{task_id}/cancel").status_code == 200
             assert root.get("/v1/status").status_code == 200
+            # A configured queue no daemon has served yet: its row first, then the pause.
+            paused = root.post("/v1/queues/standard/pause")
+            assert paused.status_code == 200 and paused.json()["paused"], paused.text
+            assert root.post("/v1/queues/standard/resume").status_code == 200
+            assert root.get("/v1/queues").status_code == 200
     api = roles["api"]
+    _refused(api, "UPDATE taskd.queue_controls SET paused = true")
     _refused(api, "DELETE FROM taskd.tasks")
     _refused(api, "DELETE FROM taskd.quota_ledger")
     _refused(api, "UPDATE taskd.quota_ledger SET delta = 100")
@@ -159,6 +165,8 @@ def test_the_client_role_submits_within_the_servers_rules_and_nothing_more(
             "UPDATE taskd.subtasks SET priority = 1000",
             "SELECT * FROM taskd.accounts",
             "SELECT * FROM taskd.quota_ledger",
+            "INSERT INTO taskd.queue_controls (queue) VALUES ('mine')",
+            "UPDATE taskd.queue_controls SET paused = true",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)  # type: ignore[arg-type]
@@ -181,6 +189,11 @@ def test_the_client_role_submits_within_the_servers_rules_and_nothing_more(
                             (task_id,)).fetchone() == ("completed",)
         assert conn.execute("SELECT taskd.task_result_urls(%s)", (task_id,)).fetchone() == (
             ["https://img.invalid/1.png", None],)
+        # The daemon made the queue known; the client may pause and resume it (docs/sql.md).
+        assert conn.execute("SELECT taskd.pause_queue('standard')").fetchone() == (True,)
+        assert conn.execute("SELECT paused FROM taskd.queue_controls "
+                            "WHERE queue = 'standard'").fetchone() == (True,)
+        assert conn.execute("SELECT taskd.resume_queue('standard')").fetchone() == (True,)
 
 
 def _counts(url: str) -> tuple[int, int]:
@@ -200,6 +213,7 @@ def test_the_readonly_role_runs_taskd_status_and_can_write_nothing(
     for statement in ("SELECT taskd.submit_task('standard', 'noop', '[{}]'::jsonb)",
                       "UPDATE taskd.subtasks SET status = 'failed'",
                       "DELETE FROM taskd.executors",
+                      "SELECT taskd.pause_queue('standard')",
                       "INSERT INTO taskd.accounts (user_id) VALUES ('mallory')",
                       "CREATE TABLE taskd.intruder (id int)"):
         _refused(ro, statement)

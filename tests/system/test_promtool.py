@@ -143,6 +143,8 @@ def test_every_metric_the_alerts_and_dashboard_use_exists() -> None:
 def populated_metrics() -> Metrics:
     m = Metrics()
     m.subtasks_claimed.labels("standard").inc(3)
+    m.claims_rate_limited.labels("standard").inc()
+    m.queue_paused.labels("standard").set(1)
     for outcome in ("completed", "failed", "retried"):
         m.subtasks_finished.labels("standard", outcome).inc()
     m.leases_lost.labels("standard").inc()

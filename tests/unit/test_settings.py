@@ -191,3 +191,35 @@ def test_a_queue_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKD_QUEUES__IMAGES__MAX", "40")
     s = load_settings()
     assert sorted(s.active_queues) == ["images", "standard"]
+
+
+@pytest.mark.parametrize(("given", "shown", "period"), [
+    ("10/s", "10/s", 1), (" 600 / m ", "600/m", 60), ("5000/h", "5000/h", 3600),
+    ("1000000/s", "1000000/s", 1),
+])
+def test_a_rate_limit_is_starts_per_second_minute_or_hour(
+    monkeypatch: pytest.MonkeyPatch, given: str, shown: str, period: int
+) -> None:
+    monkeypatch.setenv("TASKD_QUEUES__LUMINA__RATE_LIMIT", given)
+    queue = load_settings().queues["lumina"]
+    assert queue.rate_limit == shown
+    assert queue.rate is not None and queue.rate.period == period
+    assert str(queue.rate) == shown
+    assert load_settings().queues["standard"].rate is None  # none unless set
+
+
+@pytest.mark.parametrize(("given", "problem"), [
+    ("0/s", "the count must be 1..1000000"), ("-5/s", "the count must be 1..1000000"),
+    ("1000001/s", "the count must be 1..1000000"), ("abc", "is not a rate like 10/s"),
+    ("10", "is not a rate like 10/s"), ("10/d", "is not a rate like 10/s"),
+    ("1.5/s", "is not a rate like 10/s"), ("", "is not a rate like 10/s"),
+])
+def test_a_bad_rate_limit_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch, given: str, problem: str
+) -> None:
+    monkeypatch.setenv("TASKD_QUEUES__LUMINA__RATE_LIMIT", given)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "invalid setting queues.lumina.rate_limit [TASKD_QUEUES__LUMINA__RATE_LIMIT]" in message
+    assert problem in message

@@ -133,6 +133,7 @@ class Producer:
         self._claimed = metrics.subtasks_claimed.labels(self.queue)
         self._rate = config.settings.rate
         self._rate_limited = metrics.claims_rate_limited.labels(self.queue)
+        self._rate_claim_again = False  # see _rate_limited_wait
 
     def stop_claiming(self) -> None:
         """Claim nothing more; running handlers go on. Idempotent."""
@@ -190,6 +191,8 @@ class Producer:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
+            if claimed:
+                self._rate_claim_again = False
             if len(claimed) < want:
                 if self._rate is not None and await self._rate_limited_wait():
                     continue
@@ -197,8 +200,9 @@ class Producer:
 
     async def _rate_limited_wait(self) -> bool:
         """After a short claim of a rate-limited queue: when the window is used up, count it
-        and sleep until the next window (wake-ups cannot make room in it); return whether it
-        was. A failed look is left to the poll."""
+        and sleep until the next window (wake-ups cannot make room in it). Returns True when
+        the producer should claim again now (it slept, or looks once more), False to wait
+        for a wake-up or the poll. A failed look is left to the poll."""
         assert self._rate is not None
         try:
             wait = await rate_limit_wait(self.store, self.queue, self._rate)
@@ -209,7 +213,11 @@ class Producer:
             self.log.warning("rate limit check failed: %s", exc)
             return False
         if wait <= 0:
-            return False  # room left: the backlog ran out
+            # Room now: the backlog ran out, or a new window began between the claim and
+            # this look. One more claim at once tells them apart; after that, the poll.
+            self._rate_claim_again = not self._rate_claim_again
+            return self._rate_claim_again
+        self._rate_claim_again = False
         self._rate_limited.inc()
         await anyio.sleep(min(wait, self._rate.period))
         return True
