@@ -213,28 +213,34 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
                  idle_seconds: float, per_task: int) -> dict[str, Any]:
     env = {**queue_env("standard", concurrency)}
     # Python daemons starting on a loaded 2-core machine: a few seconds of CPU each.
-    with server.database() as url, daemons(url, size, env, ready_within=60 + 10 * size):
+    with server.database() as url, daemons(url, size, env,
+                                           ready_within=60 + 10 * size) as started:
+        def daemons_cpu() -> float:
+            return sum(process_cpu_seconds(d.pid) for d in started)
+
         time.sleep(2.0)  # by design: the start's own work (registration, first polls) passes
         connections = scalar(url, "SELECT count(*) FROM pg_stat_activity"
                                   " WHERE datname = current_database()"
                                   " AND pid <> pg_backend_pid()")
         reset_statements(url)
-        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        cpu0, t0, own0 = server.cpu_seconds(), time.monotonic(), daemons_cpu()
         time.sleep(idle_seconds)  # by design: the idle cost is what a quiet period costs
         idle_cpu, idle_t = server.cpu_seconds() - cpu0, time.monotonic() - t0
+        idle_own = daemons_cpu() - own0
         idle_calls = statements(url)
         with connect(url) as conn, conn.transaction():
             submit_noops(conn, n, per_task=per_task)
         reset_statements(url)
         sampler = WaitSampler(url)
         sampler.start()
-        cpu0 = server.cpu_seconds()
+        cpu0, own0 = server.cpu_seconds(), daemons_cpu()
         try:
             wait_completed(url, n, timeout=max(300.0, n / 50))
         finally:
             sampler.stop.set()
             sampler.join(timeout=10)
         busy_cpu = server.cpu_seconds() - cpu0
+        busy_own = daemons_cpu() - own0
         busy_calls = statements(url)
         stats = drain_stats(url)
     idle_total = sum(idle_calls.values())
@@ -242,12 +248,14 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
         "daemons": size, "concurrency_each": concurrency, "n": n, "per_task": per_task,
         "per_s": stats["per_s"], "seconds": stats["seconds"],
         "pg_cpu_us_per_subtask": busy_cpu / n * 1e6,
+        "daemons_cpu_us_per_subtask": busy_own / n * 1e6,
         "statements_per_subtask": sum(busy_calls.values()) / n,
         "claims_per_subtask": busy_calls["claim"] / n,
         "lock_waiting_backends": sampler.mean("Lock"),
         "lwlock_waiting_backends": sampler.mean("LWLock"),
         "idle_connections": connections,
         "idle_pg_cpu_ms_per_s": idle_cpu / idle_t * 1e3,
+        "idle_daemons_cpu_ms_per_s": idle_own / idle_t * 1e3,
         "idle_statements_per_s": idle_total / idle_t,
         "idle_top": ", ".join(f"{k[:40]}={v / idle_t:.1f}/s"
                               for k, v in idle_calls.most_common(3)),
