@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-n", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=10, help="per daemon")
     p.add_argument("--idle-seconds", type=float, default=10.0)
+    p.add_argument("--per-task", type=int, default=10_000,
+                   help="subtasks per task of the backlog (10,000: one task's counters for all)")
     p.add_argument("--repeat", type=int, default=1)
 
     p = sub.add_parser("soak", help="a steady offered load for minutes on a stock-settings "
@@ -187,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     elif w == "footprint":
         data = taskd_workloads.footprint(args.n, args.concurrency, args.sleep_ms)
     elif w == "fleet":
-        data = fleet.fleet(args.sizes, args.n, args.concurrency, args.idle_seconds, args.repeat)
+        data = fleet.fleet(args.sizes, args.n, args.concurrency, args.idle_seconds, args.repeat,
+                           args.per_task)
     elif w == "ceiling":
         data = ceiling(args)
     elif w == "soak":

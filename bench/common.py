@@ -126,12 +126,16 @@ class Daemon:
 
 
 @contextmanager
-def daemons(url: str, count: int, env: dict[str, str]) -> Iterator[list[Daemon]]:
-    """Start ``count`` daemons and wait until each says it is ready; stop them after."""
+def daemons(url: str, count: int, env: dict[str, str],
+            ready_within: float = 60.0) -> Iterator[list[Daemon]]:
+    """Start ``count`` daemons and wait until each says it is ready (all within
+    ``ready_within`` seconds); stop them after."""
     started = [Daemon(url, f"bench-{i}-{uuid.uuid4().hex[:6]}", env) for i in range(count)]
     try:
+        deadline = time.monotonic() + ready_within
         for d in started:
-            wait_for(d.ready, timeout=60, what=f"daemon {d.name} ready")
+            wait_for(d.ready, timeout=max(1.0, deadline - time.monotonic()),
+                     what=f"daemon {d.name} ready")
         yield started
     finally:
         for d in started:

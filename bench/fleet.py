@@ -13,6 +13,7 @@ waits sampled from ``pg_stat_activity``).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -209,43 +210,52 @@ class WaitSampler(threading.Thread):
 
 
 def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
-                 idle_seconds: float) -> dict[str, Any]:
+                 idle_seconds: float, per_task: int) -> dict[str, Any]:
     env = {**queue_env("standard", concurrency)}
-    with server.database() as url, daemons(url, size, env):
+    # Python daemons starting on a loaded 2-core machine: a few seconds of CPU each.
+    with server.database() as url, daemons(url, size, env,
+                                           ready_within=60 + 10 * size) as started:
+        def daemons_cpu() -> float:
+            return sum(process_cpu_seconds(d.pid) for d in started)
+
         time.sleep(2.0)  # by design: the start's own work (registration, first polls) passes
         connections = scalar(url, "SELECT count(*) FROM pg_stat_activity"
                                   " WHERE datname = current_database()"
                                   " AND pid <> pg_backend_pid()")
         reset_statements(url)
-        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        cpu0, t0, own0 = server.cpu_seconds(), time.monotonic(), daemons_cpu()
         time.sleep(idle_seconds)  # by design: the idle cost is what a quiet period costs
         idle_cpu, idle_t = server.cpu_seconds() - cpu0, time.monotonic() - t0
+        idle_own = daemons_cpu() - own0
         idle_calls = statements(url)
         with connect(url) as conn, conn.transaction():
-            submit_noops(conn, n)
+            submit_noops(conn, n, per_task=per_task)
         reset_statements(url)
         sampler = WaitSampler(url)
         sampler.start()
-        cpu0 = server.cpu_seconds()
+        cpu0, own0 = server.cpu_seconds(), daemons_cpu()
         try:
             wait_completed(url, n, timeout=max(300.0, n / 50))
         finally:
             sampler.stop.set()
             sampler.join(timeout=10)
         busy_cpu = server.cpu_seconds() - cpu0
+        busy_own = daemons_cpu() - own0
         busy_calls = statements(url)
         stats = drain_stats(url)
     idle_total = sum(idle_calls.values())
     return {
-        "daemons": size, "concurrency_each": concurrency, "n": n,
+        "daemons": size, "concurrency_each": concurrency, "n": n, "per_task": per_task,
         "per_s": stats["per_s"], "seconds": stats["seconds"],
         "pg_cpu_us_per_subtask": busy_cpu / n * 1e6,
+        "daemons_cpu_us_per_subtask": busy_own / n * 1e6,
         "statements_per_subtask": sum(busy_calls.values()) / n,
         "claims_per_subtask": busy_calls["claim"] / n,
         "lock_waiting_backends": sampler.mean("Lock"),
         "lwlock_waiting_backends": sampler.mean("LWLock"),
         "idle_connections": connections,
         "idle_pg_cpu_ms_per_s": idle_cpu / idle_t * 1e3,
+        "idle_daemons_cpu_ms_per_s": idle_own / idle_t * 1e3,
         "idle_statements_per_s": idle_total / idle_t,
         "idle_top": ", ".join(f"{k[:40]}={v / idle_t:.1f}/s"
                               for k, v in idle_calls.most_common(3)),
@@ -254,9 +264,11 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
 
 
 def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
-          repeat: int = 1) -> dict[str, Any]:
-    """The fleet table; ``best``: the highest throughput; ``32_vs_best`` and idle cost per
-    daemon in the summary."""
+          repeat: int = 1, per_task: int = 10_000) -> dict[str, Any]:
+    """The fleet table; ``best``: the highest throughput; the largest size against it and
+    the idle cost per daemon in the summary. The backlog is tasks of ``per_task`` subtasks:
+    every outcome of one task updates that task's counters, so few large tasks make the
+    completers of every daemon take turns on a few rows."""
     if not (PG_BIN / "postgres").exists():
         raise SystemExit(f"bench fleet needs PostgreSQL 15 in {PG_BIN} (Debian postgresql-15)")
     server = OwnedServer(max_connections=max(200, 12 * max(sizes) + 50))
@@ -264,14 +276,14 @@ def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
     try:
         for r in range(repeat):
             for size in sizes:
-                row = measure_size(server, size, n, concurrency, idle_seconds)
+                row = measure_size(server, size, n, concurrency, idle_seconds, per_task)
                 table.append({"run": r + 1, **row})
-                print(f"fleet: {size} daemons: {row['per_s']:.0f}/s", flush=True)
+                print(f"fleet: {json.dumps(row, default=str)}", flush=True)
     finally:
         server.close()
     shown = [{k: v for k, v in row.items() if k not in ("wait_events",)} for row in table]
-    print_table(f"fleet: {n:,} noop subtasks, concurrency {concurrency} per daemon; idle for"
-                f" {idle_seconds:g} s", shown)
+    print_table(f"fleet: {n:,} noop subtasks in tasks of {per_task:,}, concurrency"
+                f" {concurrency} per daemon; idle for {idle_seconds:g} s", shown)
     best = max(row["per_s"] for row in table)
     largest = max(sizes)
     summary = {
@@ -283,5 +295,6 @@ def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
     }
     print_table("fleet summary", [{"best_per_s": best,
                                    f"{largest}_daemons_vs_best": summary["largest_vs_best"]}])
-    return {"n": n, "concurrency": concurrency, "idle_seconds": idle_seconds,
+    return {"n": n, "per_task": per_task, "concurrency": concurrency,
+            "idle_seconds": idle_seconds,
             "results": table, "summary": summary}

@@ -35,12 +35,14 @@ CHUNK = 10_000
 
 
 def submit_noops(conn: psycopg.Connection[Any], n: int, *, queue: str = "standard",
-                 kind: str = "noop", payload: dict[str, Any] | None = None) -> None:
-    """Insert ``n`` subtasks as tasks of up to 10,000, in the caller's transaction."""
+                 kind: str = "noop", payload: dict[str, Any] | None = None,
+                 per_task: int = CHUNK) -> None:
+    """Insert ``n`` subtasks as tasks of up to ``per_task`` (10,000), in the caller's
+    transaction."""
     text = json.dumps(payload or {})
     left = n
     while left > 0:
-        k = min(CHUNK, left)
+        k = min(per_task, left)
         conn.execute(SUBMIT, (queue, kind, "[" + ",".join([text] * k) + "]"))
         left -= k
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import time
 
 import pytest
-from bench import common, http_clients, peers, task_end, taskd_workloads
+from bench import common, fleet, http_clients, peers, task_end, taskd_workloads
 from bench.__main__ import compare
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -109,3 +110,17 @@ def test_cpu_per_item_counts_this_process_and_the_servers_open_backends(admin_ur
         conn.execute("SELECT count(*) FROM generate_series(1, 3000000)").fetchone()
     assert cpu["client_cpu_us"] >= 0.05 / 10 * 1e6
     assert cpu["server_cpu_us"] >= 0.05 / 10 * 1e6
+
+
+def test_fleet() -> None:
+    if not (fleet.PG_BIN / "postgres").exists():
+        message = "bench fleet needs PostgreSQL 15 (Debian postgresql-15; .ci/run installs it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    result = fleet.fleet([1, 2], 40, concurrency=5, idle_seconds=0.5)
+    rows = result["results"]
+    assert [(r["daemons"], r["idle_connections"]) for r in rows] == [(1, 5), (2, 10)]
+    # A claim takes at most a daemon's free slots (5): at least 8 claims for 40 subtasks.
+    assert all(r["claims_per_subtask"] >= 40 / 5 / 40 for r in rows), rows
+    assert all(r["pg_cpu_us_per_subtask"] > 0 for r in rows), rows

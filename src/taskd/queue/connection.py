@@ -28,6 +28,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import BaseRowFactory, dict_row
 from psycopg_pool import AsyncConnectionPool
+from psycopg_pool.pool_async import AddConnection, MaintenanceTask
 
 from taskd.errors import (
     DatabaseError,
@@ -50,9 +51,25 @@ _CONFLICTS = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors
 CONFLICT_TRIES = 5
 # Seconds: every statement of the daemon's sessions (the pool's and the LISTEN connection's).
 STATEMENT_TIMEOUT = 30.0
+# Seconds at most between two attempts of the pool to replace a lost connection: psycopg_pool
+# doubles its wait after each failure (1, 2, 4 s ...), which after a failover of a few seconds
+# left taskd up to that long behind a new primary that was taking writes already.
+RECONNECT_DELAY_MAX = 1.0
 # Seconds a taskd session may sit idle inside a transaction: a process that freezes with one
 # open (SIGSTOP, a paused VM, a partition) loses it, and the locks it held, after this.
 IDLE_IN_TRANSACTION_TIMEOUT = 10.0
+
+
+class ReconnectingPool(AsyncConnectionPool[Any]):
+    """psycopg_pool's pool, trying to replace a lost connection at least every
+    :data:`RECONNECT_DELAY_MAX` seconds (its own wait doubles without bound until
+    ``reconnect_timeout``): after a failover, taskd follows the new primary within a second
+    of it taking writes."""
+
+    async def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
+        if isinstance(task, AddConnection):
+            delay = min(delay, RECONNECT_DELAY_MAX)
+        await super().schedule_task(task, delay)
 
 
 async def retrying_conflicts(once: Callable[[], Awaitable[T]]) -> T:

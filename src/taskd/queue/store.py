@@ -25,6 +25,7 @@ from taskd.queue import migrations
 from taskd.queue.connection import (
     STATEMENT_TIMEOUT,
     Conn,
+    ReconnectingPool,
     check_connect,
     check_when_idle,
     connection_kwargs,
@@ -93,7 +94,7 @@ class Store:
         # One connection of our own first: a refusal is known at once and classified, where
         # the pool would try again until its timeout and then say only that it timed out.
         await check_connect(conninfo, kwargs, connect_timeout)
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        pool: AsyncConnectionPool[Any] = ReconnectingPool(
             conninfo,
             min_size=min_size,
             max_size=max_size,
