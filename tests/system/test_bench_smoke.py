@@ -118,9 +118,14 @@ def test_fleet() -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
-    result = fleet.fleet([1, 2], 40, concurrency=5, idle_seconds=0.5)
+    # Idle for 1.5 s: longer than poll_interval (1 s), so each daemon polls in it.
+    result = fleet.fleet([1, 2], 40, concurrency=5, idle_seconds=1.5)
     rows = result["results"]
-    assert [(r["daemons"], r["idle_connections"]) for r in rows] == [(1, 5), (2, 10)]
+    assert [r["daemons"] for r in rows] == [1, 2]
+    # Each daemon holds up to pool_size (5) connections: the pool grows on demand.
+    assert all(0 < r["idle_connections"] <= 5 * r["daemons"] for r in rows), rows
     # A claim takes at most a daemon's free slots (5): at least 8 claims for 40 subtasks.
     assert all(r["claims_per_subtask"] >= 40 / 5 / 40 for r in rows), rows
-    assert all(r["pg_cpu_us_per_subtask"] > 0 for r in rows), rows
+    # In clock ticks (10 ms): 40 noops may read 0, never less.
+    assert all(r["pg_cpu_us_per_subtask"] >= 0 for r in rows), rows
+    assert all(r["idle_statements_per_s"] > 0 for r in rows), rows
