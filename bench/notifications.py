@@ -13,6 +13,7 @@ server on loopback that answers 200), one daemon, from its start to the last del
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -79,6 +80,59 @@ def drain_cost(n: int, processes: int, concurrency: int, repeat: int) -> list[di
     return table
 
 
+def statement_cost(rows: int, repeat: int) -> list[dict[str, Any]]:
+    """The completion statement alone, the trigger's whole cost: ``rows`` processing subtasks
+    of as many tasks (each with a target, none failing) completed by one UPDATE, under schema
+    14's trigger and schema 10's, alternating, ``repeat`` times each. No daemon: on a loaded
+    machine this isolates the trigger better than a drain does."""
+    table = []
+    with temp_database() as url, connect(url) as conn:
+        conn.execute("INSERT INTO taskd.notify_routes VALUES"
+                     " ('standard', 'https://hooks.example/queue', '{failed}'),"
+                     " ('*', 'https://ops.example/taskd', '{failed}')")
+        for r in range(repeat):
+            for version in ((14, 10) if r % 2 == 0 else (10, 14)):
+                conn.execute(_trigger_of_version(version).encode())
+                conn.execute("TRUNCATE taskd.tasks, taskd.subtasks, taskd.notifications")
+                conn.execute(SUBMIT_WITH_TARGET, (TARGET, rows))
+                conn.execute("UPDATE taskd.subtasks SET status = 'processing', locked_by = 'b',"
+                             " attempt = 1, started_at = now()")
+                conn.execute("VACUUM ANALYZE taskd.subtasks, taskd.tasks")
+                cpu_before = _backend_cpu_ms(conn.info.backend_pid)
+                started = time.perf_counter()
+                conn.execute("UPDATE taskd.subtasks SET status = 'completed', locked_by = NULL,"
+                             " completed_at = now() WHERE status = 'processing'")
+                ms = (time.perf_counter() - started) * 1000
+                cpu = _backend_cpu_ms(conn.info.backend_pid) - cpu_before
+                table.append({"trigger": f"{version}", "run": r + 1, "rows": rows, "ms": ms,
+                              "backend_cpu_ms": cpu})
+    print_table(f"one UPDATE completing {rows:,} subtasks of {rows:,} tasks with targets "
+                f"({repeat} alternating runs each)", table)
+    summary = []
+    for v in (10, 14):
+        mine = [row for row in table if row["trigger"] == str(v)]
+        walls = sorted(row["ms"] for row in mine)
+        summary.append({"trigger": str(v), "median_ms": walls[len(walls) // 2],
+                        "backend_cpu_ms_total": sum(row["backend_cpu_ms"] for row in mine)})
+    for row in summary:
+        row["median_vs_10"] = row["median_ms"] / summary[0]["median_ms"]
+        row["cpu_vs_10"] = row["backend_cpu_ms_total"] / (summary[0]["backend_cpu_ms_total"]
+                                                         or float("nan"))
+    print_table("per trigger: median wall time; the backend's CPU summed over the runs "
+                "(clock ticks of 10 ms: sum many runs)", summary)
+    return [*table, *summary]
+
+
+def _backend_cpu_ms(pid: int) -> float:
+    """utime + stime of a local PostgreSQL backend, in ms (0 when /proc cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 class _Ok(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     count = 0
@@ -141,6 +195,7 @@ def deliveries(n: int, max_connections: int, batch_size: int, repeat: int
 def notifications(n: int, deliveries_n: int, processes: int, concurrency: int, repeat: int,
                   max_connections: int, batch_size: int) -> dict[str, Any]:
     return {
+        "statement": statement_cost(2000, 10 * repeat),
         "drain": drain_cost(n, processes, concurrency, repeat),
         "deliveries": deliveries(deliveries_n, max_connections, batch_size, repeat),
     }

@@ -39,6 +39,7 @@ def test_notifications() -> None:
     assert [(r["trigger"], r["completed"], r["outbox_rows"]) for r in result["drain"]] == [
         ("14 (outbox)", 40, 0), ("10 (none)", 40, 0)]
     assert [r["n"] for r in result["deliveries"]] == [30]
+    assert {r["trigger"] for r in result["statement"]} == {"10", "14"}
     assert result["deliveries"][0]["deliveries_per_s"] > 0
 
 
