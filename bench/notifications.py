@@ -195,7 +195,7 @@ def deliveries(n: int, max_connections: int, batch_size: int, repeat: int
 def notifications(n: int, deliveries_n: int, processes: int, concurrency: int, repeat: int,
                   max_connections: int, batch_size: int) -> dict[str, Any]:
     return {
-        "statement": statement_cost(2000, 10 * repeat),
+        "statement": statement_cost(min(n, 2000), 10 * repeat),
         "drain": drain_cost(n, processes, concurrency, repeat),
         "deliveries": deliveries(deliveries_n, max_connections, batch_size, repeat),
     }
