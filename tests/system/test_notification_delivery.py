@@ -1,7 +1,8 @@
 """Task-end webhooks from real daemons to a real receiver on loopback: nothing is lost to a
-`kill -9` mid-delivery or to a database outage (every failed task's notification arrives at
-least once, each id a bounded number of times, so the receiver can deduplicate by id), and
-1,000 failed tasks deliver in bounded time over a bounded number of connections."""
+`kill -9` mid-delivery, a database outage or a database crash and restart (every failed
+task's notification arrives at least once, each id a bounded number of times, so the
+receiver can deduplicate by id), and 1,000 failed tasks deliver in bounded time over a
+bounded number of connections."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from standardwebhooks.webhooks import Webhook
 
 from taskd.executor.dispatcher import target_secret
 from taskd.queue.migrations import migrate_blocking
+from tests.system.clusters import OwnedCluster
 from tests.system.daemons import DaemonProcess, daemons, scalar, wait_for
 from tests.system.proxy import CuttableProxy
 from tests.webhook_receiver import Receiver, webhook_receiver
@@ -132,3 +134,26 @@ def test_a_thousand_failed_tasks_deliver_in_bounded_time_over_bounded_connection
     assert receiver.connections() < 100  # connections are reused, not one per delivery
     assert took < 60
     assert urlsplit(receiver.base).hostname == "127.0.0.1"
+
+
+def test_a_database_crash_and_restart_mid_delivery_loses_no_notification(
+    receiver: Receiver,
+) -> None:
+    """PostgreSQL of the test's own, stopped `immediate` (a crash: no checkpoint, recovery at
+    start) while deliveries are in flight, then started again."""
+    cluster = OwnedCluster(synchronous_commit="on")
+    try:
+        url = cluster.create_app_database()
+        ids = failed_tasks(url, receiver.url("/slow/0.2"), 80)
+        with daemons(url, 1, **ENV):
+            wait_for(lambda: len(receiver.received()) >= 10, timeout=30,
+                     message="deliveries in flight")
+            cluster.stop("immediate")
+            time.sleep(2)  # the outage itself, not a synchronisation
+            cluster.start()
+            wait_for(lambda: delivered(url) == len(ids), timeout=90,
+                     message="every notification delivered after the restart")
+        assert arrived_ids(receiver) == ids
+        assert max(receiver.ids().values()) <= 3
+    finally:
+        cluster.close()
