@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench import console, fleet, http_clients, peers, soak, targets, task_end, taskd_workloads
+from bench import (
+    console,
+    fleet,
+    http_clients,
+    notifications,
+    peers,
+    soak,
+    targets,
+    task_end,
+    taskd_workloads,
+)
 from bench.common import print_table, temp_database, write_json
 
 
@@ -167,6 +177,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pending", type=int, default=2000)
     p.add_argument("--repeat", type=int, default=20)
 
+    p = sub.add_parser("notifications", help="task-end webhooks: the outbox's cost to the "
+                       "drain when nothing fails, and deliveries/s to a local receiver")
+    p.add_argument("-n", type=int, default=50_000)
+    p.add_argument("--deliveries", type=int, default=5000)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=2000)
+    p.add_argument("--repeat", type=int, default=4)
+    p.add_argument("--max-connections", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=100)
+
     args = parser.parse_args(argv)
     w = args.workload
     if w == "console":
@@ -202,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     elif w == "task-end":
         data = task_end.task_end(args.n, args.per_task, args.processes, args.concurrency,
                                  args.repeat)
+    elif w == "notifications":
+        data = notifications.notifications(args.n, args.deliveries, args.processes,
+                                           args.concurrency, args.repeat, args.max_connections,
+                                           args.batch_size)
     else:
         data = compare(args)
     write_json(w, {"args": vars(args), **data})

@@ -23,7 +23,7 @@ SUBMIT_MANY = ("SELECT taskd.submit_task('standard', 'noop', %s::jsonb)"
 
 def _trigger_of_version(version: int) -> str:
     """The counter trigger's CREATE OR REPLACE as migration ``version`` wrote it."""
-    text = migrations.migrations()[version - 1].sql
+    text = next(m for m in migrations.migrations() if m.version == version).sql
     match = re.search(r"CREATE OR REPLACE FUNCTION taskd\.subtasks_count_outcomes\(\).*?\$\$;",
                       text, re.DOTALL)
     if match is None:

@@ -34,6 +34,8 @@ class Receiver:
         self.requests: list[Received] = []
         self.per_id: Counter[str] = Counter()
         self.down = False  # True: every request's connection is closed unanswered
+        self.open_connections = 0
+        self.most_open_connections = 0  # the most connections open at once
 
     @property
     def base(self) -> str:
@@ -51,6 +53,7 @@ class Receiver:
         return Counter(r.headers["webhook-id"] for r in self.received(path_prefix))
 
     def connections(self) -> int:
+        """Connections that carried requests, over the receiver's life (not at once)."""
         return len({r.client_port for r in self.received()})
 
 
@@ -60,6 +63,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.receiver.lock:
+            self.receiver.open_connections += 1
+            self.receiver.most_open_connections = max(self.receiver.most_open_connections,
+                                                      self.receiver.open_connections)
+
+    def finish(self) -> None:
+        with self.receiver.lock:
+            self.receiver.open_connections -= 1
+        super().finish()
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length", "0"))

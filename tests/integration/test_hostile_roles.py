@@ -218,3 +218,37 @@ def test_the_readonly_role_runs_taskd_status_and_can_write_nothing(
                       "CREATE TABLE taskd.intruder (id int)"):
         _refused(ro, statement)
     assert conninfo_to_dict(ro)["user"].endswith("_readonly_login")
+
+
+def test_task_end_webhooks_work_under_the_least_privileged_roles(
+    roles: dict[str, str], database_url: str
+) -> None:
+    """The executor role's daemon writes the outbox row as the task fails and delivers it;
+    the API role's admin redelivers a dead one; a SQL client may read the outbox only."""
+    from taskd.queue.migrations import migrate_blocking
+    from tests.webhook_receiver import webhook_receiver
+
+    migrate_blocking(database_url, allow_http_private=True)
+    with webhook_receiver() as receiver, psycopg.connect(roles["client"],
+                                                         autocommit=True) as client:
+        client.execute("SELECT taskd.submit_task('standard', 'fail', '[{\"permanent\": true}]',"
+                       " notify_url => %s)", (receiver.url("/ok"),))
+        with daemons(roles["executor"], 1, TASKD_POLL_INTERVAL="0.5",
+                     TASKD_NOTIFICATIONS__SIGNING_KEY="k",
+                     TASKD_NOTIFICATIONS__POLL_INTERVAL="0.2"):
+            wait_for(lambda: scalar(database_url, "SELECT count(*) FROM taskd.notifications"
+                                    " WHERE status = 'delivered'") == 1, timeout=30,
+                     message="the executor role writes and delivers the notification")
+        assert len(receiver.received()) == 1
+        assert client.execute("SELECT event FROM taskd.notifications").fetchall() == [
+            ("failed",)]
+    _refused(roles["client"], "UPDATE taskd.notifications SET status = 'pending'")
+    _refused(roles["readonly"], "UPDATE taskd.notifications SET status = 'pending'")
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("UPDATE taskd.notifications SET status = 'dead'")
+    from taskd.queue.queries import query
+
+    with psycopg.connect(roles["api"], autocommit=True) as api:  # what the admin route runs
+        redelivered = api.execute(query("redeliver_notifications"),
+                                  {"ids": None, "task_id": None}).fetchall()
+        assert len(redelivered) == 1

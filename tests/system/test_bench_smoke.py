@@ -11,7 +11,7 @@ import os
 import time
 
 import pytest
-from bench import common, fleet, http_clients, peers, task_end, taskd_workloads
+from bench import common, fleet, http_clients, notifications, peers, task_end, taskd_workloads
 from bench.__main__ import compare
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -32,6 +32,16 @@ def test_throughput_and_growth() -> None:
     assert [r["completed"] for r in grown["results"]] == [30, 30, 30, 30]
     assert [r["finished_rows"] for r in grown["summary"]] == [0, 500]
     assert grown["summary"][0]["vs_empty"] == 1.0
+
+
+def test_notifications() -> None:
+    result = notifications.notifications(40, 30, processes=1, concurrency=10, repeat=1,
+                                         max_connections=5, batch_size=10)
+    assert [(r["trigger"], r["completed"], r["outbox_rows"]) for r in result["drain"]] == [
+        ("14 (outbox)", 40, 0), ("10 (none)", 40, 0)]
+    assert [r["n"] for r in result["deliveries"]] == [30]
+    assert {r["trigger"] for r in result["statement"]} == {"10", "14"}
+    assert result["deliveries"][0]["deliveries_per_s"] > 0
 
 
 def test_task_end() -> None:

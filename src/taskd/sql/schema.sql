@@ -242,7 +242,8 @@ CREATE TRIGGER tasks_refund_on_failure
 CREATE FUNCTION taskd.subtasks_count_outcomes() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    ended_ids bigint[];
+    ended_ids  bigint[];
+    may_notify boolean;
 BEGIN
     -- Per task: +1 for each row after the statement, -1 for each row before it, by status.
     -- Rows whose status did not change cancel out. Never a join of old_rows to new_rows:
@@ -294,32 +295,41 @@ BEGIN
          WHERE t.id = c.task_id
            AND t.id IN (SELECT id FROM locked)
         -- RETURNING sees the new counters: finished now, and not before this statement.
-        RETURNING t.id, t.status, t.queue, t.notify_url, t.notify_on,
+        RETURNING t.id, t.status, t.notify_url, t.notify_on,
                   t.completed + t.failed + t.cancelled >= t.total
                   AND t.completed + t.failed + t.cancelled
                       - c.d_completed - c.d_failed - c.d_cancelled < t.total AS ends_here
-    ), ended AS (
-        SELECT u.id, u.status, u.queue, u.notify_url, u.notify_on FROM updated u WHERE u.ends_here
-    ), outbox AS (
-        -- The transactional outbox: in the statement that ends the task, so the end and its
-        -- notifications commit together. Targets: the task's own (else its queue's default),
-        -- and the operator's ('*'); one row per distinct URL.
-        INSERT INTO taskd.notifications (task_id, url, event)
-        SELECT e.id, target.url, e.status
-          FROM ended e
-          JOIN LATERAL (
-                SELECT e.notify_url AS url
-                 WHERE e.notify_url IS NOT NULL AND e.status = ANY (e.notify_on)
-                UNION
-                SELECT r.url
-                  FROM taskd.notify_routes r
-                 WHERE (r.scope = '*' OR (r.scope = e.queue AND e.notify_url IS NULL))
-                   AND e.status = ANY (r.notify_on)
-          ) target ON true
     )
-    SELECT array_agg(e.id) INTO ended_ids FROM ended e;
-    -- Whoever waits for a task's end LISTENs on taskd_task_end (docs/sql.md).
+    -- may_notify: an end that some target may want. A completed task whose own target does
+    -- not ask for completions can only match a route that does (checked below, once): the
+    -- common case, tasks completing, costs an aggregate and no join.
+    SELECT array_agg(u.id),
+           coalesce(bool_or(u.status <> 'completed'
+                            OR (u.notify_url IS NOT NULL AND 'completed' = ANY (u.notify_on))),
+                    false)
+      INTO ended_ids, may_notify
+      FROM updated u
+     WHERE u.ends_here;
     IF ended_ids IS NOT NULL THEN
+        IF may_notify OR EXISTS (SELECT 1 FROM taskd.notify_routes r
+                                  WHERE 'completed' = ANY (r.notify_on)) THEN
+            -- The transactional outbox: in the statement that ends the task, so the end and
+            -- its notifications commit together. Targets: the task's own (else its queue's
+            -- default) and the operator's ('*'); one row per distinct URL.
+            INSERT INTO taskd.notifications (task_id, url, event)
+            SELECT e.id, e.notify_url, e.status
+              FROM taskd.tasks e
+             WHERE e.id = ANY (ended_ids)
+               AND e.notify_url IS NOT NULL AND e.status = ANY (e.notify_on)
+            UNION
+            SELECT e.id, r.url, e.status
+              FROM taskd.tasks e
+              JOIN taskd.notify_routes r
+                ON (r.scope = '*' OR (r.scope = e.queue AND e.notify_url IS NULL))
+               AND e.status = ANY (r.notify_on)
+             WHERE e.id = ANY (ended_ids);
+        END IF;
+        -- Whoever waits for a task's end LISTENs on taskd_task_end (docs/sql.md).
         PERFORM pg_notify('taskd_task_end', e::text) FROM unnest(ended_ids) AS e;
     END IF;
     RETURN NULL;
