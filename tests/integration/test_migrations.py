@@ -168,7 +168,7 @@ async def test_upgrading_from_version_5_records_each_tasks_subtask_range(
 
 # submit_task as it is after every migration (versions 9 and 10 replaced it).
 NEW_SUBMIT = ("taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, "
-              "timestamptz, text)")
+              "timestamptz, text, text, text)")
 
 
 def test_versions_9_and_10_keep_who_may_execute_submit_task(empty_database_url: str) -> None:
@@ -227,7 +227,8 @@ def test_upgrading_to_rules_as_meant_keeps_grants_and_matches_refunds_to_charges
                          " VALUES ('alice', %(t)s, -1, 'deduct'), ('alice', %(t)s, 1, 'refund'),"
                          " ('alice', NULL, 5, 'adjust')", {"t": task[0] if task else None})
             conn.execute(upgrade.sql.encode())
-            new = NEW_SUBMIT
+            new = ("taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, "
+                   "timestamptz, text)")  # version 10's
             can = conn.execute("SELECT has_function_privilege(%s, %s, 'EXECUTE'),"
                                " has_function_privilege('public', %s, 'EXECUTE')",
                                (role, new, new)).fetchone()

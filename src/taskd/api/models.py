@@ -65,6 +65,14 @@ class CreateTaskRequest(BaseModel):
     )
     batch_size: StrictInt | None = Field(None, ge=1, le=1000,
                                          description="images per prompt subtask (default 1)")
+    unique_key: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="while a task of yours holds this key, the same key returns that task "
+                    "(200, replayed, no quota taken) instead of creating one")
+    unique_scope: str | None = Field(
+        None, min_length=1, max_length=100,
+        description="how long a task holds its unique_key: unfinished (default: until it "
+                    "ends), forever, or a period such as '1 hour'")
 
     @field_validator("name")
     @classmethod

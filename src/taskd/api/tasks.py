@@ -126,6 +126,7 @@ async def create_task(
         idempotency_key=idempotency_key,
         max_payload_bytes=settings.max_payload_bytes,
         traceparent=traceparent if traceparent and valid_traceparent(traceparent) else None,
+        unique_key=body.unique_key, unique_scope=body.unique_scope,
     ))
     if created.replayed:
         response.status_code = 200

@@ -56,10 +56,18 @@ def submit(
         f"max_attempts setting ({DEFAULT_MAX_ATTEMPTS} unless set)"
     ),
     wait: bool = typer.Option(False, "--wait", help="show progress until the task finishes"),
+    unique_key: str | None = typer.Option(
+        None, "--unique-key", help="1 to 200 characters: while a task holds this key, print "
+        "its id instead of creating another (see --unique-scope)"),
+    unique_scope: str | None = typer.Option(
+        None, "--unique-scope", help="how long a task holds its --unique-key: unfinished "
+        "(default: until it ends), forever, or a period such as '1 hour'"),
 ) -> None:
     """Submit one task of COUNT subtasks, each with PAYLOAD; print the task id.
 
     Example: taskd submit --queue standard --kind sleep --payload '{"ms": 200}' --count 50 --wait
+
+    With --unique-key, a task that holds the key is not submitted again: its id is printed.
     """
     settings = settings_of(ctx)
     try:
@@ -81,6 +89,7 @@ def submit(
             task_id = await store.submit(
                 queue, kind, [body] * count, name=name, priority=priority,
                 max_attempts=attempts, max_payload_bytes=settings.max_payload_bytes,
+                unique_key=unique_key, unique_scope=unique_scope,
             )
             typer.echo(task_id)
             if not wait:

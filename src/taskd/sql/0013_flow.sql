@@ -86,3 +86,216 @@ BEGIN
 END;
 $$;
 REVOKE ALL ON FUNCTION taskd.schedule_tick(text, timestamptz) FROM PUBLIC;
+
+-- Unique submissions (item 4): a submission with a unique_key creates a task only when no task
+-- holds the key; else it returns the task that does, and fails nothing. A key is held by its
+-- task while the task is unfinished (scope 'unfinished', the default), for a period after the
+-- submission (scope '1 hour', any interval), or forever. The owner is the task's user ('' for
+-- SQL clients): one user's key never returns another's task.
+CREATE TABLE taskd.unique_keys (
+    owner      text NOT NULL,
+    unique_key text NOT NULL CONSTRAINT unique_keys_unique_key_check
+                   CHECK (length(unique_key) BETWEEN 1 AND 200),
+    -- NULL only inside the transaction that creates the task.
+    task_id    bigint,
+    scope      text NOT NULL CONSTRAINT unique_keys_scope_check
+                   CHECK (scope IN ('unfinished', 'period', 'forever')),
+    expires_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (owner, unique_key),
+    CONSTRAINT unique_keys_period_check CHECK ((scope = 'period') = (expires_at IS NOT NULL))
+);
+
+-- submit_flow: what submit_task and submit_task_for_user do beyond insert_task: the unique key.
+-- As insert_task, called only by them (as their owner); PUBLIC may not execute it. Sets
+-- taskd.submit_existing ('on' when the key returned an existing task, else 'off') for the rest
+-- of the transaction, for callers that want to know (the API takes no quota for a duplicate).
+CREATE FUNCTION taskd.submit_flow(
+    user_id      text,
+    queue        text,
+    kind         text,
+    payloads     jsonb,
+    name         text,
+    priority     integer,
+    params       jsonb,
+    max_attempts integer,
+    run_after    timestamptz,
+    traceparent  text,
+    unique_key   text,
+    unique_scope text
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    owner_key  text := coalesce(submit_flow.user_id, '');
+    key_scope  text;
+    period     interval;
+    held       record;
+    new_id     bigint;
+BEGIN
+    IF unique_key IS NULL THEN
+        IF unique_scope IS NOT NULL THEN
+            RAISE EXCEPTION 'taskd: unique_scope needs a unique_key' USING ERRCODE = '22023';
+        END IF;
+        RETURN taskd.insert_task(user_id, queue, kind, payloads, name, priority, params,
+                                 max_attempts, run_after, traceparent);
+    END IF;
+    IF length(unique_key) = 0 OR length(unique_key) > 200 THEN
+        RAISE EXCEPTION 'taskd: unique_key is % characters; it must have 1 to 200',
+            length(unique_key) USING ERRCODE = '22023';
+    END IF;
+    IF unique_scope IS NULL OR unique_scope = 'unfinished' THEN
+        key_scope := 'unfinished';
+    ELSIF unique_scope = 'forever' THEN
+        key_scope := 'forever';
+    ELSE
+        BEGIN
+            period := unique_scope::interval;
+        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow
+                       OR interval_field_overflow OR syntax_error THEN
+            period := NULL;
+        END;
+        IF period IS NULL OR period <= interval '0' THEN
+            RAISE EXCEPTION 'taskd: unique_scope % is not unfinished, forever or a positive '
+                'interval such as ''1 hour''', quote_literal(left(unique_scope, 100))
+                USING ERRCODE = '22023';
+        END IF;
+        key_scope := 'period';
+    END IF;
+    LOOP
+        -- Racing submitters of one key wait here for the first one's commit, then find it.
+        INSERT INTO taskd.unique_keys AS k (owner, unique_key, scope, expires_at)
+        VALUES (owner_key, submit_flow.unique_key, key_scope, now() + period)
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            new_id := taskd.insert_task(user_id, queue, kind, payloads, name, priority, params,
+                                        max_attempts, run_after, traceparent);
+            UPDATE taskd.unique_keys k SET task_id = new_id
+             WHERE k.owner = owner_key AND k.unique_key = submit_flow.unique_key;
+            PERFORM set_config('taskd.submit_existing', 'off', true);
+            RETURN new_id;
+        END IF;
+        SELECT k.task_id, k.scope, k.expires_at, t.id IS NOT NULL AS task_exists,
+               t.completed_at
+          INTO held
+          FROM taskd.unique_keys k
+          LEFT JOIN taskd.tasks t ON t.id = k.task_id
+         WHERE k.owner = owner_key AND k.unique_key = submit_flow.unique_key
+           FOR UPDATE OF k;
+        IF FOUND THEN
+            IF held.scope = 'forever'
+               OR (held.scope = 'period' AND held.expires_at > now())
+               OR (held.scope = 'unfinished' AND held.task_exists
+                   AND held.completed_at IS NULL) THEN
+                PERFORM set_config('taskd.submit_existing', 'on', true);
+                RETURN held.task_id;
+            END IF;
+            -- The key is free again (its task ended, or its period passed): take it over.
+            new_id := taskd.insert_task(user_id, queue, kind, payloads, name, priority, params,
+                                        max_attempts, run_after, traceparent);
+            UPDATE taskd.unique_keys k
+               SET task_id = new_id, scope = key_scope,
+                   expires_at = now() + period, created_at = now()
+             WHERE k.owner = owner_key AND k.unique_key = submit_flow.unique_key;
+            PERFORM set_config('taskd.submit_existing', 'off', true);
+            RETURN new_id;
+        END IF;
+        -- Deleted between the two statements: try the insert again.
+    END LOOP;
+END;
+$$;
+REVOKE ALL ON FUNCTION taskd.submit_flow(text, text, text, jsonb, text, integer, jsonb, integer,
+                                         timestamptz, text, text, text) FROM PUBLIC;
+
+-- submit_task and submit_task_for_user take unique_key and unique_scope as trailing arguments
+-- with defaults (a call without them is unchanged); their grants carry over, PUBLIC's too.
+CREATE TEMPORARY TABLE flow_submit_task_grants ON COMMIT DROP AS
+SELECT a.grantee
+  FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+ WHERE p.oid = 'taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, timestamptz, text)'::regprocedure
+   AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner;
+CREATE TEMPORARY TABLE flow_submit_for_user_grants ON COMMIT DROP AS
+SELECT a.grantee
+  FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+ WHERE p.oid = 'taskd.submit_task_for_user(text, text, text, jsonb, text, integer, jsonb, integer, timestamptz, text)'::regprocedure
+   AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner;
+
+DROP FUNCTION taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, timestamptz,
+                                text);
+DROP FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer, jsonb, integer,
+                                         timestamptz, text);
+
+CREATE FUNCTION taskd.submit_task_for_user(
+    user_id      text,
+    queue        text,
+    kind         text,
+    payloads     jsonb,
+    name         text DEFAULT '',
+    priority     integer DEFAULT 0,
+    params       jsonb DEFAULT '{}'::jsonb,
+    max_attempts integer DEFAULT 4,
+    run_after    timestamptz DEFAULT NULL,
+    traceparent  text DEFAULT NULL,
+    unique_key   text DEFAULT NULL,
+    unique_scope text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN taskd.submit_flow(submit_task_for_user.user_id, submit_task_for_user.queue,
+                             submit_task_for_user.kind, submit_task_for_user.payloads,
+                             submit_task_for_user.name, submit_task_for_user.priority,
+                             submit_task_for_user.params, submit_task_for_user.max_attempts,
+                             submit_task_for_user.run_after, submit_task_for_user.traceparent,
+                             submit_task_for_user.unique_key, submit_task_for_user.unique_scope);
+END;
+$$;
+
+CREATE FUNCTION taskd.submit_task(
+    queue        text,
+    kind         text,
+    payloads     jsonb,
+    name         text DEFAULT '',
+    priority     integer DEFAULT 0,
+    params       jsonb DEFAULT '{}'::jsonb,
+    max_attempts integer DEFAULT 4,
+    run_after    timestamptz DEFAULT NULL,
+    traceparent  text DEFAULT NULL,
+    unique_key   text DEFAULT NULL,
+    unique_scope text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN taskd.submit_flow(NULL, submit_task.queue, submit_task.kind, submit_task.payloads,
+                             submit_task.name, submit_task.priority, submit_task.params,
+                             submit_task.max_attempts, submit_task.run_after,
+                             submit_task.traceparent, submit_task.unique_key,
+                             submit_task.unique_scope);
+END;
+$$;
+
+DO $grants$
+DECLARE
+    role_oid oid;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM flow_submit_task_grants g WHERE g.grantee = 0) THEN
+        REVOKE ALL ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, jsonb,
+                                                 integer, timestamptz, text, text, text)
+            FROM PUBLIC;
+    END IF;
+    FOR role_oid IN SELECT g.grantee FROM flow_submit_task_grants g WHERE g.grantee <> 0 LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
+                       'integer, jsonb, integer, timestamptz, text, text, text) TO %s',
+                       role_oid::regrole);
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM flow_submit_for_user_grants g WHERE g.grantee = 0) THEN
+        REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer,
+                                                          jsonb, integer, timestamptz, text,
+                                                          text, text) FROM PUBLIC;
+    END IF;
+    FOR role_oid IN SELECT g.grantee FROM flow_submit_for_user_grants g WHERE g.grantee <> 0
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task_for_user(text, text, text, '
+                       'jsonb, text, integer, jsonb, integer, timestamptz, text, text, text) '
+                       'TO %s', role_oid::regrole);
+    END LOOP;
+END
+$grants$;

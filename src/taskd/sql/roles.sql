@@ -64,10 +64,11 @@ BEGIN
     END LOOP;
 
     REVOKE ALL ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer,
-                                             timestamptz, text) FROM PUBLIC;
+                                             timestamptz, text, text, text) FROM PUBLIC;
     -- The migration revokes these already; said again in case someone granted them.
     REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer,
-                                                      jsonb, integer, timestamptz, text) FROM PUBLIC;
+                                                      jsonb, integer, timestamptz, text, text,
+                                                      text) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.set_task_priority(bigint, integer) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.schedule_tick(text, timestamptz) FROM PUBLIC;
 
@@ -95,9 +96,10 @@ BEGIN
     EXECUTE format('GRANT SELECT ON taskd.executors, taskd.error_logs TO %I', api_role);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
-                   'integer, jsonb, integer, timestamptz, text) TO %I', api_role);
+                   'integer, jsonb, integer, timestamptz, text, text, text) TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task_for_user(text, text, text, '
-                   'jsonb, text, integer, jsonb, integer, timestamptz, text) TO %I', api_role);
+                   'jsonb, text, integer, jsonb, integer, timestamptz, text, text, text) TO %I',
+                   api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    api_role);
     -- The admin routes manage schedules (run-now submits through submit_task).
@@ -111,7 +113,7 @@ BEGIN
     EXECUTE format('GRANT SELECT ON taskd.tasks, taskd.subtasks, taskd.limits TO %I',
                    client_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
-                   'integer, jsonb, integer, timestamptz, text) TO %I', client_role);
+                   'integer, jsonb, integer, timestamptz, text, text, text) TO %I', client_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    client_role);
 END
