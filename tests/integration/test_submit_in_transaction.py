@@ -39,7 +39,7 @@ async def test_async_rollback_leaves_no_task_and_commit_keeps_both(
     store: Store, database_url: str, db: Conn,
 ) -> None:
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        with pytest.raises(Boom):
+        async def order_then_fail() -> None:
             async with conn.transaction():
                 await conn.execute("INSERT INTO orders VALUES (1)")
                 task_id = await store.submit("standard", "noop", [{"order": 1}, {}], conn=conn)
@@ -49,6 +49,9 @@ async def test_async_rollback_leaves_no_task_and_commit_keeps_both(
                 assert await cur.fetchone() == (2,)
                 assert counts(db) == (0, 0, 0)  # ... and nobody else sees it
                 raise Boom
+
+        with pytest.raises(Boom):
+            await order_then_fail()
         assert counts(db) == (0, 0, 0)
         async with conn.transaction():
             await conn.execute("INSERT INTO orders VALUES (2)")
