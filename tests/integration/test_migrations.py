@@ -168,7 +168,7 @@ async def test_upgrading_from_version_5_records_each_tasks_subtask_range(
 
 # submit_task as it is after every migration (versions 9 and 10 replaced it).
 NEW_SUBMIT = ("taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, "
-              "timestamptz, text, text, text)")
+              "timestamptz, text, text, text, bigint[])")
 
 
 def test_versions_9_and_10_keep_who_may_execute_submit_task(empty_database_url: str) -> None:

@@ -62,6 +62,9 @@ def submit(
     unique_scope: str | None = typer.Option(
         None, "--unique-scope", help="how long a task holds its --unique-key: unfinished "
         "(default: until it ends), forever, or a period such as '1 hour'"),
+    after: list[int] = typer.Option(
+        [], "--after", help="a task id this task waits for (repeat for more): its subtasks run "
+        "once every one has completed; if one fails or is cancelled, so is this task"),
 ) -> None:
     """Submit one task of COUNT subtasks, each with PAYLOAD; print the task id.
 
@@ -89,7 +92,7 @@ def submit(
             task_id = await store.submit(
                 queue, kind, [body] * count, name=name, priority=priority,
                 max_attempts=attempts, max_payload_bytes=settings.max_payload_bytes,
-                unique_key=unique_key, unique_scope=unique_scope,
+                unique_key=unique_key, unique_scope=unique_scope, after=after or None,
             )
             typer.echo(task_id)
             if not wait:

@@ -200,6 +200,7 @@ class Store:
         traceparent: str | None = None,
         unique_key: str | None = None,
         unique_scope: UniqueScope | None = None,
+        after: Sequence[int] | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> int:
         """Insert a task and its subtasks in one round trip and wake the queue's executors.
@@ -214,6 +215,10 @@ class Store:
         it: ``"unfinished"`` (default: until it ends), ``"forever"``, or a period (``"1 hour"``,
         seconds, a timedelta) from its submission.
 
+        ``after``: ids of tasks this one waits for: its subtasks become claimable when every
+        one of them has completed; if one fails or is cancelled, so is this task, with an error
+        naming it. An unknown id is refused (:class:`InvalidInput`, nothing written).
+
         ``conn``: the caller's connection; the task is created in its open transaction and
         commits or rolls back with it (see :func:`taskd.queue.submission.submit_async`).
 
@@ -223,7 +228,7 @@ class Store:
             "name": name, "priority": priority, "params": params, "user_id": user_id,
             "max_attempts": max_attempts, "delay": delay,
             "max_payload_bytes": max_payload_bytes, "traceparent": traceparent,
-            "unique_key": unique_key, "unique_scope": unique_scope,
+            "unique_key": unique_key, "unique_scope": unique_scope, "after": after,
         }
         if conn is not None:
             return (await submit_async(conn, queue, kind, payloads, **options)).task_id

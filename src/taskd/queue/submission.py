@@ -224,6 +224,7 @@ def prepare_submission(
     traceparent: str | None = None,
     unique_key: str | None = None,
     unique_scope: UniqueScope | None = None,
+    after: Sequence[int] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Check a submission; return the named query that makes it and its parameters.
 
@@ -236,15 +237,39 @@ def prepare_submission(
         traceparent=traceparent,
     )
     scope = unique_scope_text(unique_key, unique_scope)
+    waits_for = check_after(after)
     query_name = "submit_task" if user_id is None else "submit_task_for_user"
-    if unique_key is not None:
+    if unique_key is not None or waits_for is not None:
         query_name += "_flow"
     return query_name, {
         "queue": queue, "kind": kind, "payloads": payloads_json, "name": name,
         "priority": priority, "params": params_json, "user_id": user_id,
         "max_attempts": max_attempts, "delay": float(delay), "traceparent": traceparent,
-        "unique_key": unique_key, "unique_scope": scope,
+        "unique_key": unique_key, "unique_scope": scope, "after": waits_for,
     }
+
+
+MAX_AFTER = 1000
+
+
+def check_after(after: Any) -> list[int] | None:
+    """The task ids a submission waits for, checked: at most 1000 positive ids (the database
+    refuses unknown ones). None or empty: it waits for nothing."""
+    if after is None:
+        return None
+    if isinstance(after, (str, bytes, dict)) or not isinstance(after, Sequence):
+        raise InvalidInput("after must be a list of task ids", field="after")
+    ids = list(after)
+    for task_id in ids:
+        if isinstance(task_id, bool) or not isinstance(task_id, int) or not (
+            1 <= task_id < 2**63
+        ):
+            raise InvalidInput(f"after holds {task_id!r:.50}, which is not a task id",
+                               field="after")
+    if len(set(ids)) > MAX_AFTER:
+        raise InvalidInput(f"after names {len(set(ids))} tasks; at most {MAX_AFTER}",
+                           field="after")
+    return ids or None
 
 
 def submitted(row: Sequence[Any]) -> Submitted:
@@ -261,10 +286,10 @@ async def submit_async(
     conn.transaction():``, or a connection that is not in autocommit).
 
     ``options`` are :func:`prepare_submission`'s (``name``, ``priority``, ``params``,
-    ``max_attempts``, ``delay``, ``unique_key``, ``unique_scope``, ...). Executors are woken
-    when the transaction commits. Raises :class:`InvalidInput` (nothing sent) or the translated
-    database error; a duplicate ``unique_key`` is no error: it returns the existing task
-    (``existing=True``) and leaves the transaction usable.
+    ``max_attempts``, ``delay``, ``unique_key``, ``unique_scope``, ``after``, ...).
+    Executors are woken when the transaction commits. Raises :class:`InvalidInput` (nothing
+    sent) or the translated database error; a duplicate ``unique_key`` is no error: it
+    returns the existing task (``existing=True``) and leaves the transaction usable.
     """
     query_name, params = prepare_submission(queue, kind, payloads, **options)
     try:

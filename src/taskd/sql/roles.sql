@@ -64,11 +64,11 @@ BEGIN
     END LOOP;
 
     REVOKE ALL ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer,
-                                             timestamptz, text, text, text) FROM PUBLIC;
+                                             timestamptz, text, text, text, bigint[]) FROM PUBLIC;
     -- The migration revokes these already; said again in case someone granted them.
     REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer,
                                                       jsonb, integer, timestamptz, text, text,
-                                                      text) FROM PUBLIC;
+                                                      text, bigint[]) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.set_task_priority(bigint, integer) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.schedule_tick(text, timestamptz) FROM PUBLIC;
 
@@ -96,9 +96,9 @@ BEGIN
     EXECUTE format('GRANT SELECT ON taskd.executors, taskd.error_logs TO %I', api_role);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
-                   'integer, jsonb, integer, timestamptz, text, text, text) TO %I', api_role);
+                   'integer, jsonb, integer, timestamptz, text, text, text, bigint[]) TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task_for_user(text, text, text, '
-                   'jsonb, text, integer, jsonb, integer, timestamptz, text, text, text) TO %I',
+                   'jsonb, text, integer, jsonb, integer, timestamptz, text, text, text, bigint[]) TO %I',
                    api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    api_role);
@@ -113,7 +113,7 @@ BEGIN
     EXECUTE format('GRANT SELECT ON taskd.tasks, taskd.subtasks, taskd.limits TO %I',
                    client_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
-                   'integer, jsonb, integer, timestamptz, text, text, text) TO %I', client_role);
+                   'integer, jsonb, integer, timestamptz, text, text, text, bigint[]) TO %I', client_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    client_role);
 END
