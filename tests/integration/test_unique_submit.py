@@ -176,3 +176,19 @@ def test_the_api_takes_no_quota_for_a_duplicate_and_keys_are_per_user(
                                                         "unique_scope": "whenever"})
     assert bad_scope.status_code == 422 and "unique_scope 'whenever'" in bad_scope.text
     assert tasks(db) == 2
+
+
+async def test_retention_deletes_keys_that_hold_nothing(store: Store, db: Conn) -> None:
+    from taskd.queue import maintenance
+
+    ended = submit(db, "ended")
+    finish(db, ended)
+    submit(db, "running")
+    forever = submit(db, "kept", "forever")
+    finish(db, forever)
+    submit(db, "passed", "1 hour")
+    db.execute("UPDATE taskd.unique_keys SET created_at = now() - interval '2 hours',"
+               " expires_at = CASE WHEN scope = 'period' THEN now() - interval '1 hour' END")
+    await maintenance.delete_finished(store, 60)
+    left = db.execute("SELECT unique_key FROM taskd.unique_keys ORDER BY 1").fetchall()
+    assert left == [("kept",), ("running",)]

@@ -86,6 +86,8 @@ BEGIN
     -- through schedule_tick and pruned after the retention.
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.schedules TO %I', executor_role);
     EXECUTE format('GRANT SELECT, DELETE ON taskd.schedule_ticks TO %I', executor_role);
+    -- Retention deletes unique keys that hold nothing any more.
+    EXECUTE format('GRANT SELECT, UPDATE, DELETE ON taskd.unique_keys TO %I', executor_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.schedule_tick(text, timestamptz) TO %I',
                    executor_role);
 

@@ -481,6 +481,8 @@ CREATE TABLE taskd.unique_keys (
     PRIMARY KEY (owner, unique_key),
     CONSTRAINT unique_keys_period_check CHECK ((scope = 'period') = (expires_at IS NOT NULL))
 );
+-- The rescuer deletes keys that hold nothing any more, oldest first.
+CREATE INDEX unique_keys_created_idx ON taskd.unique_keys (created_at) WHERE scope <> 'forever';
 
 -- Dependencies (item 5): a task submitted with after => ARRAY[ids] waits for those tasks. Its
 -- subtasks are inserted with run_after = 'infinity', which the claim never reaches, and are
