@@ -160,3 +160,23 @@ def test_two_dependencies_ending_in_racing_transactions_release_the_waiter(
         row = admin.execute("SELECT run_after <> 'infinity' FROM taskd.subtasks"
                             " WHERE task_id = %s", (waiter,)).fetchone()
         assert row == (True,)
+
+
+def test_the_cli_submits_a_waiting_task(database_url: str) -> None:
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "taskd", "submit", *args], capture_output=True, text=True,
+            timeout=60, env={"TASKD_DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"},
+            check=False)
+
+    first = cli()
+    waiter = cli("--after", first.stdout.strip())
+    assert waiter.returncode == 0, waiter
+    bad = cli("--after", "999999")
+    assert bad.returncode == 2 and "after names unknown tasks: 999999" in bad.stderr
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT task_id, depends_on FROM taskd.task_dependencies").fetchall()
+    assert rows == [(int(waiter.stdout), int(first.stdout))]
