@@ -180,3 +180,22 @@ def test_the_cli_submits_a_waiting_task(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         rows = conn.execute("SELECT task_id, depends_on FROM taskd.task_dependencies").fetchall()
     assert rows == [(int(waiter.stdout), int(first.stdout))]
+
+
+def test_the_api_waits_only_for_the_callers_own_tasks(client: Any, database_url: str) -> None:
+    from tests.integration.api_support import put_account
+
+    put_account(client, "alice", quota=5)
+    put_account(client, "bob", quota=5)
+    alice, bob = client("alice"), client("bob")
+    first = alice.post("/v1/tasks", json={"kind": "noop", "subtasks": [{}]}).json()["id"]
+    waiter = alice.post("/v1/tasks", json={"kind": "noop", "subtasks": [{}], "after": [first]})
+    assert waiter.status_code == 201, waiter.text
+    # Bob may not wait for Alice's task: answered as an unknown id, nothing written.
+    refused = bob.post("/v1/tasks", json={"kind": "noop", "subtasks": [{}], "after": [first]})
+    assert refused.status_code == 422 and f"after names unknown tasks: {first}" in refused.text
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT task_id, depends_on FROM taskd.task_dependencies"
+                            ).fetchall() == [(waiter.json()["id"], first)]
+        assert conn.execute("SELECT quota_remaining FROM taskd.accounts WHERE user_id = 'bob'"
+                            ).fetchone() == (5,)

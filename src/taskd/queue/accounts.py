@@ -57,6 +57,7 @@ class NewTask:
     traceparent: str | None = None
     unique_key: str | None = None
     unique_scope: str | None = None
+    after: Sequence[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +183,7 @@ class ApiStore:
             new.queue, new.kind, new.payloads, name=new.name, priority=new.priority,
             params=new.params, user_id=new.user_id, max_attempts=new.max_attempts, delay=0.0,
             max_payload_bytes=new.max_payload_bytes, traceparent=new.traceparent,
-            unique_key=new.unique_key, unique_scope=new.unique_scope,
+            unique_key=new.unique_key, unique_scope=new.unique_scope, after=new.after,
         )
 
         async def work(conn: Conn) -> CreatedTask:
