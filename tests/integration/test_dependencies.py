@@ -199,3 +199,17 @@ def test_the_api_waits_only_for_the_callers_own_tasks(client: Any, database_url:
                             ).fetchall() == [(waiter.json()["id"], first)]
         assert conn.execute("SELECT quota_remaining FROM taskd.accounts WHERE user_id = 'bob'"
                             ).fetchone() == (5,)
+
+
+async def test_status_tells_waiting_subtasks_and_what_they_wait_for(store: Store) -> None:
+    from taskd.queue.status import subtask_counts, waits_for
+
+    a = await store.submit("standard", "noop", [{}])
+    b = await store.submit("standard", "noop", [{}])
+    waiter = await store.submit("standard", "noop", [{}, {}], after=[b, a])
+    assert await subtask_counts(store, waiter) == {"waiting": 2}
+    assert await waits_for(store, waiter) == [a, b]
+    claimed = await store.claim_subtasks("standard", "e1", 1000, LEASE)
+    await store.record_outcomes("e1", [Outcome(s.id, s.attempt, "completed")
+                                       for s in claimed if s.task_id == a])
+    assert await waits_for(store, waiter) == [b]
