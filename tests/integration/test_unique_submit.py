@@ -84,6 +84,8 @@ def test_a_duplicate_never_fails_the_callers_transaction(database_url: str) -> N
     ("k", "abc", "unique_scope 'abc' is not unfinished, forever or a positive interval"),
     ("k", "-1 hour", "unique_scope '-1 hour' is not unfinished"),
     ("k", "0 seconds", "is not unfinished"),
+    ("k", "178000000 years", "is not unfinished"),  # its end is past the last timestamp
+    ("k", "infinity", "is not unfinished"),
     (None, "forever", "unique_scope needs a unique_key"),
 ])
 def test_hostile_keys_and_scopes_are_refused_in_sql_writing_nothing(

@@ -316,6 +316,8 @@ BEGIN
     ELSE
         BEGIN
             period := unique_scope::interval;
+            -- A period so long that its end is past the last timestamp is refused too.
+            PERFORM now() + period;
         EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow
                        OR interval_field_overflow OR syntax_error THEN
             period := NULL;
