@@ -424,7 +424,7 @@ class Settings(BaseSettings):
         default_factory=dict, description="cron schedules, applied to the database at start"
     )
     schedule_check_interval: Seconds = Field(
-        1.0, gt=0, le=60, description="the ticker looks at the schedules at least this often "
+        5.0, gt=0, le=60, description="the ticker looks at the schedules at least this often "
         "(and wakes for each schedule's next tick)",
     )
     schedule_grace: Seconds = Field(

@@ -166,10 +166,10 @@ async def test_upgrading_from_version_5_records_each_tasks_subtask_range(
         assert ranges[1] == (None, None, None, None)
 
 
-# submit_task as it is after every migration (versions 9, 10 and 14 replaced it), and as
+# submit_task as it is after every migration (versions 9, 10, 13 and 14 replaced it), and as
 # version 10 left it.
 NEW_SUBMIT = ("taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, "
-              "timestamptz, text, text, text[])")
+              "timestamptz, text, text, text, bigint[], text, text[])")
 V10_SUBMIT = ("taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, "
               "timestamptz, text)")
 

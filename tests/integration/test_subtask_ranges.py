@@ -137,7 +137,8 @@ def test_a_role_with_execute_on_submit_task_alone_can_submit(database_url: str) 
                 sql.Identifier(role)))
             admin.execute(sql.SQL(
                 "GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer,"
-                " jsonb, integer, timestamptz, text, text, text[]) TO {}").format(
+                " jsonb, integer, timestamptz, text, text, text, bigint[], text, text[])"
+                " TO {}").format(
                 sql.Identifier(role)))
             with psycopg.connect(database_url, user=role, autocommit=True) as submitter:
                 row = submitter.execute(

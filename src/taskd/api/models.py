@@ -76,6 +76,18 @@ class CreateTaskRequest(BaseModel):
         None, min_length=1, max_length=3,
         description="which ends notify_url hears of; default [\"failed\"]",
     )
+    unique_key: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="while a task of yours holds this key, the same key returns that task "
+                    "(200, replayed, no quota taken) instead of creating one")
+    after: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None = Field(
+        None, min_length=1, max_length=1000,
+        description="ids of your tasks this one waits for: its subtasks run once every one "
+                    "has completed; if one fails or is cancelled, so is this task")
+    unique_scope: str | None = Field(
+        None, min_length=1, max_length=100,
+        description="how long a task holds its unique_key: unfinished (default: until it "
+                    "ends), forever, or a period such as '1 hour'")
 
     @field_validator("name")
     @classmethod

@@ -29,7 +29,7 @@ from taskd.api.models import (
     TaskPatch,
     TaskSummaryOut,
 )
-from taskd.errors import TaskNotFound
+from taskd.errors import InvalidInput, TaskNotFound
 from taskd.queue.accounts import ApiStore, NewTask, TaskDetail
 from taskd.queue.submission import valid_traceparent
 from taskd.queue.tasks import set_task_priority
@@ -119,6 +119,12 @@ async def create_task(
     with the request's ``variables``.
     """
     queue = _queue_of(body, settings)
+    for dependency in body.after or ():
+        # Only tasks the caller may see: another user's is answered as a missing one.
+        try:
+            await _visible_task(api, caller, dependency)
+        except TaskNotFound:
+            raise InvalidInput(f"after names unknown tasks: {dependency}", field="after") from None
     payloads, _batch = body.plan(settings.api.templates.get(body.kind))
     queue_settings = settings.queues.get(queue)
     created = await api.create_task(NewTask(
@@ -130,6 +136,7 @@ async def create_task(
         max_payload_bytes=settings.max_payload_bytes,
         traceparent=traceparent if traceparent and valid_traceparent(traceparent) else None,
         notify_url=body.notify_url, notify_on=body.notify_on,
+        unique_key=body.unique_key, unique_scope=body.unique_scope, after=body.after,
     ))
     if created.replayed:
         response.status_code = 200

@@ -63,12 +63,22 @@ def submit(
     notify_on: list[str] | None = typer.Option(
         None, "--notify-on", help="an end --notify-url hears of: failed (the default), "
         "completed, cancelled; repeat for several"),
+    unique_key: str | None = typer.Option(
+        None, "--unique-key", help="1 to 200 characters: while a task holds this key, print "
+        "its id instead of creating another (see --unique-scope)"),
+    unique_scope: str | None = typer.Option(
+        None, "--unique-scope", help="how long a task holds its --unique-key: unfinished "
+        "(default: until it ends), forever, or a period such as '1 hour'"),
+    after: list[int] = typer.Option(
+        [], "--after", help="a task id this task waits for (repeat for more): its subtasks run "
+        "once every one has completed; if one fails or is cancelled, so is this task"),
 ) -> None:
     """Submit one task of COUNT subtasks, each with PAYLOAD; print the task id.
 
     Example: taskd submit --queue standard --kind sleep --payload '{"ms": 200}' --count 50 --wait
 
     Told when it fails: taskd submit --kind sleep --notify-url https://hooks.example/taskd
+    With --unique-key, a task that holds the key is not submitted again: its id is printed.
     """
     settings = settings_of(ctx)
     try:
@@ -91,6 +101,7 @@ def submit(
                 queue, kind, [body] * count, name=name, priority=priority,
                 max_attempts=attempts, max_payload_bytes=settings.max_payload_bytes,
                 notify_url=notify_url, notify_on=notify_on or None,
+                unique_key=unique_key, unique_scope=unique_scope, after=after or None,
             )
             typer.echo(task_id)
             if not wait:

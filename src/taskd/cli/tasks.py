@@ -15,7 +15,7 @@ from rich.text import Text
 from taskd.cli.app import app, err_console, open_store, out_console, run_async, settings_of
 from taskd.errors import InvalidInput, TaskFinished, TaskNotFound
 from taskd.queue.accounts import ApiStore
-from taskd.queue.status import list_tasks, subtask_counts
+from taskd.queue.status import list_tasks, subtask_counts, waits_for
 from taskd.queue.tasks import MAX_PRIORITY, MIN_PRIORITY, set_task_priority
 from taskd.types import Subtask, Task
 
@@ -106,20 +106,21 @@ def show_command(
     """Show a task, its subtasks by status, and its first subtasks. Exit 1 if there is none."""
     settings = settings_of(ctx)
 
-    async def go() -> tuple[Task | None, dict[str, int], list[Subtask]]:
+    async def go() -> tuple[Task | None, dict[str, int], list[Subtask], list[int]]:
         async with open_store(settings) as store:
             task = await store.get_task(task_id)
             if task is None:
-                return None, {}, []
+                return None, {}, [], []
             counts = await subtask_counts(store, task_id)
             subtasks = await store.list_subtasks(task_id, limit=limit) if limit else []
-            return task, counts, subtasks
+            return task, counts, subtasks, await waits_for(store, task_id)
 
-    task, counts, subtasks = run_async(go)
+    task, counts, subtasks, waiting_for = run_async(go)
     if task is None:
         raise _not_found(task_id)
     if as_json:
         typer.echo(json.dumps({**task_json(task), "subtasks_by_status": counts,
+                               "waits_for": waiting_for,
                                "subtasks": [subtask_json(s) for s in subtasks]}, indent=2))
         return
     console = out_console()
@@ -132,6 +133,8 @@ def show_command(
         f"created {task.created_at:%Y-%m-%d %H:%M:%S} UTC; subtasks: "
         + ", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False,
     )
+    if waiting_for:
+        console.print("waits for tasks " + ", ".join(map(str, waiting_for)), highlight=False)
     table = Table(title=f"subtasks (first {limit})", title_justify="left")
     for column in ("id", "status", "attempt", "locked by", "error"):
         table.add_column(column)

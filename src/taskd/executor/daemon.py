@@ -1,8 +1,8 @@
 """``taskd run``: wires the components together in one anyio task group.
 
 Start: open the pool and check the schema, load handlers, register the executor, tell systemd
-READY. Run: heartbeat, notifier, completer, rescuer, scaler, metrics, and one producer per queue
-that this executor's group serves (``Settings.served_queues``; the executor row's
+READY. Run: heartbeat, notifier, completer, rescuer, scaler, schedule ticker, metrics, and one
+producer per queue that this executor's group serves (``Settings.served_queues``; the executor row's
 ``concurrency`` names them, which is how ``taskd status`` knows who serves what). The group is
 read at start: changing it takes a restart.
 Any component that crashes stops the daemon with a non-zero exit (systemd restarts it).

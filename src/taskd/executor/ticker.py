@@ -41,7 +41,7 @@ class TickerConfig:
     many seconds was missed (its schedule's ``missed`` policy decides). ``retention``: tick rows
     older are deleted. ``schedules``: the settings' schedules, written at start."""
 
-    check_interval: float = 1.0
+    check_interval: float = 5.0
     grace: float = 60.0
     retention: float = 7 * 86400.0
     max_payload_bytes: int = 1024 * 1024

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg.rows import class_row
+from psycopg.rows import class_row, tuple_row
 
 from taskd.errors import (
     AccountNotFound,
@@ -30,8 +30,8 @@ from taskd.queue.connection import Conn, run_query
 from taskd.queue.store import Store
 from taskd.queue.submission import (
     DEFAULT_MAX_PAYLOAD_BYTES,
-    check_notify_target,
-    validate_submission,
+    prepare_submission,
+    submitted,
 )
 from taskd.settings import DEFAULT_MAX_ATTEMPTS
 from taskd.types import JSON, SubtaskStatus, Task
@@ -59,6 +59,9 @@ class NewTask:
     idempotency_key: str | None = None
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     traceparent: str | None = None
+    unique_key: str | None = None
+    unique_scope: str | None = None
+    after: Sequence[int] | None = None
     notify_url: str | None = None
     notify_on: Sequence[str] | None = None
 
@@ -66,7 +69,8 @@ class NewTask:
 @dataclass(frozen=True, slots=True)
 class CreatedTask:
     task_id: int
-    replayed: bool  # True: the Idempotency-Key named an existing task; nothing was taken
+    # True: the Idempotency-Key or the unique_key named an existing task; nothing was taken
+    replayed: bool
     quota_remaining: int | None  # None on a replay
 
 
@@ -182,27 +186,31 @@ class ApiStore:
         :class:`AccountError` subclasses and :class:`IdempotencyConflict`; nothing is written
         when any is raised.
         """
-        payloads_json, params_json = validate_submission(
+        query_name, values = prepare_submission(
             new.queue, new.kind, new.payloads, name=new.name, priority=new.priority,
             params=new.params, user_id=new.user_id, max_attempts=new.max_attempts, delay=0.0,
             max_payload_bytes=new.max_payload_bytes, traceparent=new.traceparent,
+            unique_key=new.unique_key, unique_scope=new.unique_scope, after=new.after,
+            notify_url=new.notify_url, notify_on=new.notify_on,
         )
-        check_notify_target(new.notify_url, new.notify_on)
 
         async def work(conn: Conn) -> CreatedTask:
             if new.idempotency_key is not None:
                 earlier = await self._earlier_request(conn, new)
                 if earlier is not None:
                     return CreatedTask(earlier, replayed=True, quota_remaining=None)
-            remaining = await self._take_quota(conn, new.user_id, TASK_QUOTA_COST)
-            rows = await run_query(conn, "submit_task_for_user", {
-                "queue": new.queue, "kind": new.kind, "payloads": payloads_json,
-                "name": new.name, "priority": new.priority, "params": params_json,
-                "user_id": new.user_id, "max_attempts": new.max_attempts, "delay": 0.0,
-                "traceparent": new.traceparent, "notify_url": new.notify_url,
-                "notify_on": list(new.notify_on) if new.notify_on is not None else None,
-            })
-            task_id = int(rows[0]["task_id"])
+            if new.unique_key is not None:
+                # The key first: a task that holds it is returned and no quota is taken; a new
+                # one is paid for below, or rolled back with the transaction.
+                made = submitted((await run_query(conn, query_name, values, tuple_row))[0])
+                if made.existing:
+                    return CreatedTask(made.task_id, replayed=True, quota_remaining=None)
+                remaining = await self._take_quota(conn, new.user_id, TASK_QUOTA_COST)
+                task_id = made.task_id
+            else:
+                remaining = await self._take_quota(conn, new.user_id, TASK_QUOTA_COST)
+                rows = await run_query(conn, query_name, values)
+                task_id = int(rows[0]["task_id"])
             await run_query(conn, "api_mark_api_task", {
                 "id": task_id, "cost": TASK_QUOTA_COST, "key": new.idempotency_key,
             })

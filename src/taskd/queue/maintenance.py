@@ -54,9 +54,10 @@ async def fail_unstarted_tasks(
 async def delete_finished(
     store: Store, retention: float, *, limit: int = 1000, now: datetime | None = None
 ) -> tuple[int, int]:
-    """Delete one batch of finished subtasks and tasks older than ``retention``; return how
-    many of each."""
+    """Delete one batch of finished subtasks and tasks older than ``retention``, and of unique
+    keys older than it that hold nothing any more; return how many subtasks and tasks."""
     params = {"retention": retention, "limit": limit, "now": now}
     subtasks = await store.fetch_rows("delete_finished_subtasks", params)
     tasks = await store.fetch_rows("delete_finished_tasks", params)
+    await store.fetch_rows("delete_free_unique_keys", params)
     return len(subtasks), len(tasks)

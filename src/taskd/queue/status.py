@@ -410,8 +410,15 @@ async def list_tasks(
     }, Task)
 
 
+async def waits_for(store: Store, task_id: int) -> list[int]:
+    """The unfinished tasks that ``task_id`` still waits for (its ``after``), in id order."""
+    rows = await store.fetch_rows("task_waits_for", {"task_id": task_id})
+    return [int(r["depends_on"]) for r in rows]
+
+
 async def subtask_counts(store: Store, task_id: int) -> dict[str, int]:
-    """A task's subtasks by status (``ready`` and ``scheduled`` instead of ``pending``)."""
+    """A task's subtasks by status (``ready``, ``scheduled`` and ``waiting`` for its
+    dependencies instead of ``pending``)."""
     rows = await store.fetch_rows("task_subtask_counts", {"task_id": task_id})
     return {r["status"]: int(r["count"]) for r in rows}
 

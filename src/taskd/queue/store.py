@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import anyio
 import psycopg
-from psycopg.rows import BaseRowFactory, class_row, dict_row, scalar_row
+from psycopg.rows import BaseRowFactory, class_row, dict_row, scalar_row, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -38,8 +38,10 @@ from taskd.queue.jsonload import configure_connection
 from taskd.queue.queries import query
 from taskd.queue.submission import (
     DEFAULT_MAX_PAYLOAD_BYTES,
-    check_notify_target,
-    validate_submission,
+    UniqueScope,
+    prepare_submission,
+    submit_async,
+    submitted,
 )
 from taskd.settings import DEFAULT_MAX_ATTEMPTS, Pooler, RateLimit
 from taskd.types import (
@@ -197,35 +199,50 @@ class Store:
         delay: float = 0.0,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         traceparent: str | None = None,
+        unique_key: str | None = None,
+        unique_scope: UniqueScope | None = None,
+        after: Sequence[int] | None = None,
         notify_url: str | None = None,
         notify_on: Sequence[str] | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> int:
         """Insert a task and its subtasks in one round trip and wake the queue's executors.
 
         ``max_payload_bytes`` is checked here first; the database enforces its own limit
         (``taskd.limits``). A ``user_id`` needs EXECUTE on ``taskd.submit_task_for_user``.
         ``traceparent``: the W3C traceparent of the submitter's span, which the span of each
-        run links to (OpenTelemetry). ``notify_url``: a webhook told of the task's end (https,
-        or http to a private address when the database allows it), for the ends in
-        ``notify_on`` (default ``["failed"]``; also ``completed``, ``cancelled``). Returns the
-        task id. Raises :class:`InvalidInput` (nothing written) for bad input.
+        run links to (OpenTelemetry).
+
+        ``notify_url``: a webhook told of the task's end (https, or http to a private address
+        when the database allows it), for the ends in ``notify_on`` (default ``["failed"]``;
+        also ``completed``, ``cancelled``).
+
+        ``unique_key`` (1 to 200 characters): while a task holds the key, a submission with it
+        returns that task's id and creates nothing. ``unique_scope``: how long a task holds
+        it: ``"unfinished"`` (default: until it ends), ``"forever"``, or a period (``"1 hour"``,
+        seconds, a timedelta) from its submission.
+
+        ``after``: ids of tasks this one waits for: its subtasks become claimable when every
+        one of them has completed; if one fails or is cancelled, so is this task, with an error
+        naming it. An unknown id is refused (:class:`InvalidInput`, nothing written).
+
+        ``conn``: the caller's connection; the task is created in its open transaction and
+        commits or rolls back with it (see :func:`taskd.queue.submission.submit_async`).
+
+        Returns the task id. Raises :class:`InvalidInput` (nothing written) for bad input.
         """
-        check_notify_target(notify_url, notify_on)
-        payloads_json, params_json = validate_submission(
-            queue, kind, payloads, name=name, priority=priority,
-            params={} if params is None else params, user_id=user_id,
-            max_attempts=max_attempts, delay=delay, max_payload_bytes=max_payload_bytes,
-            traceparent=traceparent,
-        )
-        rows = await self.fetch_rows(
-            "submit_task" if user_id is None else "submit_task_for_user", {
-                "queue": queue, "kind": kind, "payloads": payloads_json, "name": name,
-                "priority": priority, "params": params_json, "user_id": user_id,
-                "max_attempts": max_attempts, "delay": float(delay),
-                "traceparent": traceparent, "notify_url": notify_url,
-                "notify_on": list(notify_on) if notify_on is not None else None,
-            })
-        return int(rows[0]["task_id"])
+        options: dict[str, Any] = {
+            "name": name, "priority": priority, "params": params, "user_id": user_id,
+            "max_attempts": max_attempts, "delay": delay,
+            "max_payload_bytes": max_payload_bytes, "traceparent": traceparent,
+            "unique_key": unique_key, "unique_scope": unique_scope, "after": after,
+            "notify_url": notify_url, "notify_on": notify_on,
+        }
+        if conn is not None:
+            return (await submit_async(conn, queue, kind, payloads, **options)).task_id
+        query_name, values = prepare_submission(queue, kind, payloads, **options)
+        rows = await self.fetch_as(query_name, values, tuple, tuple_row)
+        return submitted(rows[0]).task_id
 
     # -- the executor's hot path --------------------------------------------------------------
 

@@ -9,10 +9,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
+
 from taskd.errors import InvalidInput
+from taskd.queue.connection import translate_error
+from taskd.queue.queries import query
 from taskd.settings import Settings
 from taskd.types import NotifyRoute
 
@@ -26,6 +32,56 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 # The ends of a task a notification target may hear of, and the longest target URL.
 NOTIFY_EVENTS = ("failed", "completed", "cancelled")
 MAX_NOTIFY_URL_LENGTH = 2000
+
+
+MAX_UNIQUE_KEY = 200
+#: How long a unique key holds: while its task is unfinished, forever, or a period (an interval
+#: such as "1 hour", seconds, or a timedelta).
+UniqueScope = str | float | timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A submission's task: ``existing`` when its unique key returned a task that holds it."""
+
+    task_id: int
+    existing: bool = False
+
+
+def unique_scope_text(unique_key: Any, unique_scope: Any) -> str | None:
+    """Check a unique key and its scope; the scope as ``taskd.submit_task`` takes it.
+
+    Raises :class:`InvalidInput` naming the field: a key of 1 to 200 characters of text; a
+    scope of ``"unfinished"`` (the default), ``"forever"``, a PostgreSQL interval (``"1 hour"``),
+    or a positive number of seconds or timedelta.
+    """
+    if unique_key is None:
+        if unique_scope is not None:
+            raise InvalidInput("unique_scope needs a unique_key", field="unique_scope")
+        return None
+    if not isinstance(unique_key, str) or not 1 <= len(unique_key) <= MAX_UNIQUE_KEY:
+        size = len(unique_key) if isinstance(unique_key, str) else "not text"
+        raise InvalidInput(f"unique_key is {size} characters; it must have 1 to "
+                           f"{MAX_UNIQUE_KEY}", field="unique_key")
+    if "\x00" in unique_key or not _encodes(unique_key):
+        raise InvalidInput("unique_key must be valid UTF-8 text without NUL characters",
+                           field="unique_key")
+    if unique_scope is None:
+        return None
+    if isinstance(unique_scope, timedelta):
+        unique_scope = unique_scope.total_seconds()
+    if isinstance(unique_scope, bool):
+        raise InvalidInput(f"unique_scope {unique_scope!r} is not a scope", field="unique_scope")
+    if isinstance(unique_scope, (int, float)):
+        if not 0 < unique_scope < 10 * 365 * 86400 * 100:
+            raise InvalidInput(f"unique_scope {unique_scope!r} must be a positive number of "
+                               "seconds", field="unique_scope")
+        return f"{float(unique_scope)!r} seconds"
+    if (not isinstance(unique_scope, str) or not 1 <= len(unique_scope) <= 100
+            or "\x00" in unique_scope or not _encodes(unique_scope)):
+        raise InvalidInput(f"unique_scope {unique_scope!r:.100} is not unfinished, forever or "
+                           "an interval such as '1 hour'", field="unique_scope")
+    return unique_scope
 
 
 def valid_traceparent(value: str) -> bool:
@@ -208,3 +264,112 @@ def routes_from_settings(settings: Settings) -> list[NotifyRoute]:
     for route in routes:
         check_notify_target(route.url, route.notify_on)
     return routes
+def prepare_submission(
+    queue: str,
+    kind: str,
+    payloads: Sequence[Any],
+    *,
+    name: str = "",
+    priority: int = 0,
+    params: Any = None,
+    user_id: str | None = None,
+    max_attempts: int = 4,
+    delay: float = 0.0,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    traceparent: str | None = None,
+    unique_key: str | None = None,
+    unique_scope: UniqueScope | None = None,
+    after: Sequence[int] | None = None,
+    notify_url: str | None = None,
+    notify_on: Sequence[str] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Check a submission; return the named query that makes it and its parameters.
+
+    Raises :class:`InvalidInput` naming the field; nothing is sent then.
+    """
+    payloads_json, params_json = validate_submission(
+        queue, kind, payloads, name=name, priority=priority,
+        params={} if params is None else params, user_id=user_id,
+        max_attempts=max_attempts, delay=delay, max_payload_bytes=max_payload_bytes,
+        traceparent=traceparent,
+    )
+    scope = unique_scope_text(unique_key, unique_scope)
+    waits_for = check_after(after)
+    check_notify_target(notify_url, notify_on)
+    query_name = "submit_task" if user_id is None else "submit_task_for_user"
+    if unique_key is not None or waits_for is not None:
+        query_name += "_flow"
+    return query_name, {
+        "queue": queue, "kind": kind, "payloads": payloads_json, "name": name,
+        "priority": priority, "params": params_json, "user_id": user_id,
+        "max_attempts": max_attempts, "delay": float(delay), "traceparent": traceparent,
+        "unique_key": unique_key, "unique_scope": scope, "after": waits_for,
+        "notify_url": notify_url,
+        "notify_on": list(notify_on) if notify_on is not None else None,
+    }
+
+
+MAX_AFTER = 1000
+
+
+def check_after(after: Any) -> list[int] | None:
+    """The task ids a submission waits for, checked: at most 1000 positive ids (the database
+    refuses unknown ones). None or empty: it waits for nothing."""
+    if after is None:
+        return None
+    if isinstance(after, (str, bytes, dict)) or not isinstance(after, Sequence):
+        raise InvalidInput("after must be a list of task ids", field="after")
+    ids = list(after)
+    for task_id in ids:
+        if isinstance(task_id, bool) or not isinstance(task_id, int) or not (
+            1 <= task_id < 2**63
+        ):
+            raise InvalidInput(f"after holds {task_id!r:.50}, which is not a task id",
+                               field="after")
+    if len(set(ids)) > MAX_AFTER:
+        raise InvalidInput(f"after names {len(set(ids))} tasks; at most {MAX_AFTER}",
+                           field="after")
+    return ids or None
+
+
+def submitted(row: Sequence[Any]) -> Submitted:
+    """The :class:`Submitted` of a submit query's first row (``task_id`` [, ``existing``])."""
+    return Submitted(int(row[0]), bool(row[1]) if len(row) > 1 else False)
+
+
+async def submit_async(
+    conn: psycopg.AsyncConnection[Any], queue: str, kind: str, payloads: Sequence[Any],
+    **options: Any,
+) -> Submitted:
+    """Submit a task on the caller's async connection, inside its transaction if one is open:
+    the task commits or rolls back with the caller's own rows (psycopg's ``async with
+    conn.transaction():``, or a connection that is not in autocommit).
+
+    ``options`` are :func:`prepare_submission`'s (``name``, ``priority``, ``params``,
+    ``max_attempts``, ``delay``, ``unique_key``, ``unique_scope``, ``after``, ...).
+    Executors are woken when the transaction commits. Raises :class:`InvalidInput` (nothing
+    sent) or the translated database error; a duplicate ``unique_key`` is no error: it
+    returns the existing task (``existing=True``) and leaves the transaction usable.
+    """
+    query_name, params = prepare_submission(queue, kind, payloads, **options)
+    try:
+        cur = await conn.execute(query(query_name), params)
+        row = await cur.fetchone()
+    except psycopg.Error as exc:
+        raise translate_error(exc) from exc
+    assert row is not None
+    return submitted(row)
+
+
+def submit(
+    conn: psycopg.Connection[Any], queue: str, kind: str, payloads: Sequence[Any],
+    **options: Any,
+) -> Submitted:
+    """:func:`submit_async` for a synchronous psycopg connection (Django, Flask, scripts)."""
+    query_name, params = prepare_submission(queue, kind, payloads, **options)
+    try:
+        row = conn.execute(query(query_name), params).fetchone()
+    except psycopg.Error as exc:
+        raise translate_error(exc) from exc
+    assert row is not None
+    return submitted(row)

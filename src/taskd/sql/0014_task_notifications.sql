@@ -148,7 +148,10 @@ BEGIN
     UPDATE taskd.tasks t
        SET notify_url = set_task_notify.notify_url,
            notify_on = coalesce(set_task_notify.notify_on, ARRAY['failed'])
-     WHERE t.id = set_task_notify.task_id;
+     WHERE t.id = set_task_notify.task_id
+       -- only a task this transaction made: a unique key's duplicate returns an existing
+       -- task, whose target stays as its submitter set it
+       AND t.xmin = pg_current_xact_id()::xid;
 END;
 $$;
 REVOKE ALL ON FUNCTION taskd.check_notify_target(text, text[]) FROM PUBLIC;
@@ -169,23 +172,24 @@ CREATE TRIGGER tasks_delete_notifications
     FOR EACH STATEMENT
     EXECUTE FUNCTION taskd.tasks_delete_notifications();
 
--- submit_task and submit_task_for_user take the target as two trailing arguments; their
+-- submit_task and submit_task_for_user take the target as two trailing arguments, after
+-- version 13's unique key and dependencies (taskd.submit_flow makes or finds the task); their
 -- EXECUTE grants (PUBLIC's too, or its absence) carry over to the new signatures.
 CREATE TEMPORARY TABLE hooks_submit_task_grants ON COMMIT DROP AS
 SELECT a.grantee
   FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
- WHERE p.oid = 'taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, timestamptz, text)'::regprocedure
+ WHERE p.oid = 'taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, timestamptz, text, text, text, bigint[])'::regprocedure
    AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner;
 CREATE TEMPORARY TABLE hooks_submit_for_user_grants ON COMMIT DROP AS
 SELECT a.grantee
   FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
- WHERE p.oid = 'taskd.submit_task_for_user(text, text, text, jsonb, text, integer, jsonb, integer, timestamptz, text)'::regprocedure
+ WHERE p.oid = 'taskd.submit_task_for_user(text, text, text, jsonb, text, integer, jsonb, integer, timestamptz, text, text, text, bigint[])'::regprocedure
    AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner;
 
 DROP FUNCTION taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer, timestamptz,
-                                text);
+                                text, text, text, bigint[]);
 DROP FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer, jsonb, integer,
-                                         timestamptz, text);
+                                         timestamptz, text, text, text, bigint[]);
 
 -- submit_task_for_user: a user's task (the API's). Only the API role may call it (roles.sql):
 -- it sets who owns the task. As its owner: EXECUTE is all a submitting role needs.
@@ -200,6 +204,9 @@ CREATE FUNCTION taskd.submit_task_for_user(
     max_attempts integer DEFAULT 4,
     run_after    timestamptz DEFAULT NULL,
     traceparent  text DEFAULT NULL,
+    unique_key   text DEFAULT NULL,
+    unique_scope text DEFAULT NULL,
+    after        bigint[] DEFAULT NULL,
     notify_url   text DEFAULT NULL,
     notify_on    text[] DEFAULT NULL
 ) RETURNS bigint
@@ -207,11 +214,13 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id bigint;
 BEGIN
-    new_id := taskd.insert_task(submit_task_for_user.user_id, submit_task_for_user.queue,
+    new_id := taskd.submit_flow(submit_task_for_user.user_id, submit_task_for_user.queue,
                                 submit_task_for_user.kind, submit_task_for_user.payloads,
                                 submit_task_for_user.name, submit_task_for_user.priority,
                                 submit_task_for_user.params, submit_task_for_user.max_attempts,
-                                submit_task_for_user.run_after, submit_task_for_user.traceparent);
+                                submit_task_for_user.run_after, submit_task_for_user.traceparent,
+                                submit_task_for_user.unique_key, submit_task_for_user.unique_scope,
+                                submit_task_for_user.after);
     PERFORM taskd.set_task_notify(new_id, submit_task_for_user.notify_url,
                                   submit_task_for_user.notify_on);
     RETURN new_id;
@@ -229,6 +238,9 @@ CREATE FUNCTION taskd.submit_task(
     max_attempts integer DEFAULT 4,
     run_after    timestamptz DEFAULT NULL,
     traceparent  text DEFAULT NULL,
+    unique_key   text DEFAULT NULL,
+    unique_scope text DEFAULT NULL,
+    after        bigint[] DEFAULT NULL,
     notify_url   text DEFAULT NULL,
     notify_on    text[] DEFAULT NULL
 ) RETURNS bigint
@@ -236,10 +248,11 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id bigint;
 BEGIN
-    new_id := taskd.insert_task(NULL, submit_task.queue, submit_task.kind, submit_task.payloads,
+    new_id := taskd.submit_flow(NULL, submit_task.queue, submit_task.kind, submit_task.payloads,
                                 submit_task.name, submit_task.priority, submit_task.params,
                                 submit_task.max_attempts, submit_task.run_after,
-                                submit_task.traceparent);
+                                submit_task.traceparent, submit_task.unique_key,
+                                submit_task.unique_scope, submit_task.after);
     PERFORM taskd.set_task_notify(new_id, submit_task.notify_url, submit_task.notify_on);
     RETURN new_id;
 END;
@@ -251,22 +264,23 @@ DECLARE
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM hooks_submit_task_grants g WHERE g.grantee = 0) THEN
         REVOKE ALL ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, jsonb,
-                                                 integer, timestamptz, text, text, text[])
+                                                 integer, timestamptz, text, text, text, bigint[], text, text[])
             FROM PUBLIC;
     END IF;
     FOR role_oid IN SELECT g.grantee FROM hooks_submit_task_grants g WHERE g.grantee <> 0 LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
-                       'integer, jsonb, integer, timestamptz, text, text, text[]) TO %s',
+                       'integer, jsonb, integer, timestamptz, text, text, text, bigint[], text, text[]) TO %s',
                        role_oid::regrole);
     END LOOP;
     IF NOT EXISTS (SELECT 1 FROM hooks_submit_for_user_grants g WHERE g.grantee = 0) THEN
         REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer,
                                                           jsonb, integer, timestamptz, text,
-                                                          text, text[]) FROM PUBLIC;
+                                                          text, text, bigint[], text, text[])
+            FROM PUBLIC;
     END IF;
     FOR role_oid IN SELECT g.grantee FROM hooks_submit_for_user_grants g WHERE g.grantee <> 0 LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task_for_user(text, text, text, '
-                       'jsonb, text, integer, jsonb, integer, timestamptz, text, text, text[]) '
+                       'jsonb, text, integer, jsonb, integer, timestamptz, text, text, text, bigint[], text, text[]) '
                        'TO %s', role_oid::regrole);
     END LOOP;
 END

@@ -70,11 +70,12 @@ BEGIN
     END LOOP;
 
     REVOKE ALL ON FUNCTION taskd.submit_task(text, text, jsonb, text, integer, jsonb, integer,
-                                             timestamptz, text, text, text[]) FROM PUBLIC;
+                                             timestamptz, text, text, text, bigint[], text,
+                                             text[]) FROM PUBLIC;
     -- The migration revokes these already; said again in case someone granted them.
     REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer,
-                                                      jsonb, integer, timestamptz, text, text, text[])
-        FROM PUBLIC;
+                                                      jsonb, integer, timestamptz, text, text,
+                                                      text, bigint[], text, text[]) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.set_task_priority(bigint, integer) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.pause_queue(text, text) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.resume_queue(text) FROM PUBLIC;
@@ -101,6 +102,8 @@ BEGIN
     -- through schedule_tick and pruned after the retention.
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.schedules TO %I', executor_role);
     EXECUTE format('GRANT SELECT, DELETE ON taskd.schedule_ticks TO %I', executor_role);
+    -- Retention deletes unique keys that hold nothing any more.
+    EXECUTE format('GRANT SELECT, UPDATE, DELETE ON taskd.unique_keys TO %I', executor_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.schedule_tick(text, timestamptz) TO %I',
                    executor_role);
 
@@ -116,9 +119,11 @@ BEGIN
     EXECUTE format('GRANT SELECT ON taskd.notify_routes TO %I', api_role);
     EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA taskd TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
-                   'integer, jsonb, integer, timestamptz, text, text, text[]) TO %I', api_role);
+                   'integer, jsonb, integer, timestamptz, text, text, text, bigint[], text, '
+                   'text[]) TO %I', api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task_for_user(text, text, text, '
-                   'jsonb, text, integer, jsonb, integer, timestamptz, text, text, text[]) TO %I',
+                   'jsonb, text, integer, jsonb, integer, timestamptz, text, text, text, bigint[], '
+                   'text, text[]) TO %I',
                    api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    api_role);
@@ -138,7 +143,8 @@ BEGIN
     EXECUTE format('GRANT SELECT ON taskd.tasks, taskd.subtasks, taskd.limits, '
                    'taskd.notifications TO %I', client_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task(text, text, jsonb, text, '
-                   'integer, jsonb, integer, timestamptz, text, text, text[]) TO %I', client_role);
+                   'integer, jsonb, integer, timestamptz, text, text, text, bigint[], text, '
+                   'text[]) TO %I', client_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    client_role);
     EXECUTE format('GRANT SELECT ON taskd.queue_controls TO %I', client_role);

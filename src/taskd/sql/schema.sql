@@ -39,6 +39,8 @@ CREATE TABLE taskd.tasks (
     last_subtask_id bigint,
     -- The W3C traceparent of the span that submitted the task (OpenTelemetry), or NULL.
     traceparent     text,
+    -- Some task waits for this one (taskd.task_dependencies): its end runs release_waiters.
+    has_waiters     boolean NOT NULL DEFAULT false,
     -- Where to report the task's end (check_notify_target) and which ends; NULL: no target of
     -- its own (its queue's default applies, taskd.notify_routes).
     notify_url      text,
@@ -449,7 +451,10 @@ BEGIN
     UPDATE taskd.tasks t
        SET notify_url = set_task_notify.notify_url,
            notify_on = coalesce(set_task_notify.notify_on, ARRAY['failed'])
-     WHERE t.id = set_task_notify.task_id;
+     WHERE t.id = set_task_notify.task_id
+       -- only a task this transaction made: a unique key's duplicate returns an existing
+       -- task, whose target stays as its submitter set it
+       AND t.xmin = pg_current_xact_id()::xid;
 END;
 $$;
 REVOKE ALL ON FUNCTION taskd.check_notify_target(text, text[]) FROM PUBLIC;
@@ -647,6 +652,289 @@ $$;
 REVOKE ALL ON FUNCTION taskd.insert_task(text, text, text, jsonb, text, integer, jsonb, integer,
                                          timestamptz, text) FROM PUBLIC;
 
+-- Unique submissions (item 4): a submission with a unique_key creates a task only when no task
+-- holds the key; else it returns the task that does, and fails nothing. A key is held by its
+-- task while the task is unfinished (scope 'unfinished', the default), for a period after the
+-- submission (scope '1 hour', any interval), or forever. The owner is the task's user ('' for
+-- SQL clients): one user's key never returns another's task.
+CREATE TABLE taskd.unique_keys (
+    owner      text NOT NULL,
+    unique_key text NOT NULL CONSTRAINT unique_keys_unique_key_check
+                   CHECK (length(unique_key) BETWEEN 1 AND 200),
+    -- NULL only inside the transaction that creates the task.
+    task_id    bigint,
+    scope      text NOT NULL CONSTRAINT unique_keys_scope_check
+                   CHECK (scope IN ('unfinished', 'period', 'forever')),
+    expires_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (owner, unique_key),
+    CONSTRAINT unique_keys_period_check CHECK ((scope = 'period') = (expires_at IS NOT NULL))
+);
+-- The rescuer deletes keys that hold nothing any more, oldest first.
+CREATE INDEX unique_keys_created_idx ON taskd.unique_keys (created_at) WHERE scope <> 'forever';
+
+-- Dependencies (item 5): a task submitted with after => ARRAY[ids] waits for those tasks. Its
+-- subtasks are inserted with run_after = 'infinity', which the claim never reaches, and are
+-- released (run_after = the task's own, or now) by the end of its last dependency: the
+-- trigger tasks_release_waiters on the task row whose status the counter trigger decides.
+-- A dependency that fails (or is cancelled) fails (or cancels) its waiters, with the reason.
+CREATE TABLE taskd.task_dependencies (
+    task_id    bigint NOT NULL,   -- the waiting task
+    depends_on bigint NOT NULL,   -- an unfinished task it waits for
+    run_after  timestamptz,       -- the waiting task's own run_after (NULL: when released)
+    PRIMARY KEY (task_id, depends_on)
+);
+CREATE INDEX task_dependencies_depends_on_idx ON taskd.task_dependencies (depends_on);
+
+-- end_waiting_task: a waiting task's held subtasks fail (the dependency failed) or are
+-- cancelled (it was cancelled), naming the dependency; the counter trigger ends the task.
+CREATE FUNCTION taskd.end_waiting_task(task_id bigint, dependency bigint, dependency_status text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM taskd.task_dependencies d WHERE d.task_id = end_waiting_task.task_id;
+    UPDATE taskd.subtasks s
+       SET status = CASE WHEN dependency_status = 'cancelled' THEN 'cancelled' ELSE 'failed' END,
+           error = format('dependency task %s %s', dependency, dependency_status),
+           completed_at = now(), updated_at = now()
+      FROM taskd.tasks t
+     WHERE t.id = end_waiting_task.task_id
+       AND s.id BETWEEN t.first_subtask_id AND t.last_subtask_id AND s.task_id = t.id
+       AND s.status = 'pending' AND s.run_after = 'infinity';
+END;
+$$;
+REVOKE ALL ON FUNCTION taskd.end_waiting_task(bigint, bigint, text) FROM PUBLIC;
+
+-- insert_task_after: insert_task, waiting for the tasks in after. Unknown ids are refused
+-- (22023, naming them; nothing written). Each dependency is locked in id order (as the counter
+-- trigger locks tasks) and marked has_waiters, so that its end, now or later, sees this task.
+-- A cycle cannot form: a task may wait only for tasks that exist before it.
+CREATE FUNCTION taskd.insert_task_after(
+    user_id      text,
+    queue        text,
+    kind         text,
+    payloads     jsonb,
+    name         text,
+    priority     integer,
+    params       jsonb,
+    max_attempts integer,
+    run_after    timestamptz,
+    traceparent  text,
+    after        bigint[]
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    wanted  bigint[];
+    deps    record;
+    missing text;
+    new_id  bigint;
+BEGIN
+    IF after IS NULL OR cardinality(after) = 0 THEN
+        RETURN taskd.insert_task(user_id, queue, kind, payloads, name, priority, params,
+                                 max_attempts, run_after, traceparent);
+    END IF;
+    IF array_position(after, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'taskd: after holds a NULL task id' USING ERRCODE = '22023';
+    END IF;
+    SELECT array_agg(DISTINCT a ORDER BY a) INTO wanted FROM unnest(after) AS a;
+    IF cardinality(wanted) > 1000 THEN
+        RAISE EXCEPTION 'taskd: after names % tasks; at most 1000', cardinality(wanted)
+            USING ERRCODE = '22023';
+    END IF;
+    WITH locked AS (
+        SELECT t.id FROM taskd.tasks t WHERE t.id = ANY(wanted) ORDER BY t.id
+           FOR NO KEY UPDATE
+    ), marked AS (
+        UPDATE taskd.tasks t SET has_waiters = true
+          FROM locked l WHERE t.id = l.id
+        RETURNING t.id, t.status
+    )
+    SELECT array_agg(m.id ORDER BY m.id) AS dep_ids,
+           array_agg(m.id ORDER BY m.id) FILTER (WHERE m.status IN ('pending', 'processing'))
+               AS open_ids,
+           min(m.id) FILTER (WHERE m.status IN ('failed', 'cancelled')) AS ended_id
+      INTO deps
+      FROM marked m;
+    IF coalesce(cardinality(deps.dep_ids), 0) < cardinality(wanted) THEN
+        SELECT string_agg(w::text, ', ' ORDER BY w) INTO missing
+          FROM unnest(wanted) AS w WHERE w <> ALL(coalesce(deps.dep_ids, '{}'));
+        RAISE EXCEPTION 'taskd: after names unknown tasks: %', missing USING ERRCODE = '22023';
+    END IF;
+    IF deps.open_ids IS NULL AND deps.ended_id IS NULL THEN
+        -- Every dependency has completed already.
+        RETURN taskd.insert_task(user_id, queue, kind, payloads, name, priority, params,
+                                 max_attempts, run_after, traceparent);
+    END IF;
+    new_id := taskd.insert_task(user_id, queue, kind, payloads, name, priority, params,
+                                max_attempts, 'infinity', traceparent);
+    IF deps.ended_id IS NOT NULL THEN
+        -- A dependency has failed or was cancelled already: so does this task, at once.
+        PERFORM taskd.end_waiting_task(new_id, deps.ended_id,
+                                       (SELECT t.status FROM taskd.tasks t
+                                         WHERE t.id = deps.ended_id));
+        RETURN new_id;
+    END IF;
+    INSERT INTO taskd.task_dependencies (task_id, depends_on, run_after)
+    SELECT new_id, d, insert_task_after.run_after FROM unnest(deps.open_ids) AS d;
+    RETURN new_id;
+END;
+$$;
+REVOKE ALL ON FUNCTION taskd.insert_task_after(text, text, text, jsonb, text, integer, jsonb,
+                                               integer, timestamptz, text, bigint[]) FROM PUBLIC;
+
+-- release_waiters: a task with waiters has ended. Completed: each waiter stops waiting for it,
+-- and one that waits for nothing more is released. Failed or cancelled: its waiters end too.
+-- Each waiter is locked first, so that the ends of two of its dependencies take turns and the
+-- second sees the first's. As the schema's owner: whoever ends the task (an executor, the API)
+-- needs no rights on task_dependencies.
+CREATE FUNCTION taskd.release_waiters() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    w      record;
+    waiter record;
+BEGIN
+    FOR w IN SELECT d.task_id, d.run_after FROM taskd.task_dependencies d
+              WHERE d.depends_on = NEW.id ORDER BY d.task_id LOOP
+        SELECT t.queue, t.first_subtask_id, t.last_subtask_id INTO waiter
+          FROM taskd.tasks t WHERE t.id = w.task_id FOR NO KEY UPDATE;
+        IF NEW.status <> 'completed' THEN
+            PERFORM taskd.end_waiting_task(w.task_id, NEW.id, NEW.status);
+            CONTINUE;
+        END IF;
+        DELETE FROM taskd.task_dependencies d
+         WHERE d.task_id = w.task_id AND d.depends_on = NEW.id;
+        IF NOT EXISTS (SELECT 1 FROM taskd.task_dependencies d WHERE d.task_id = w.task_id) THEN
+            UPDATE taskd.subtasks s
+               SET run_after = greatest(coalesce(w.run_after, now()), now()), updated_at = now()
+             WHERE s.id BETWEEN waiter.first_subtask_id AND waiter.last_subtask_id
+               AND s.task_id = w.task_id AND s.status = 'pending'
+               AND s.run_after = 'infinity';
+            IF FOUND THEN
+                PERFORM pg_notify('taskd', waiter.queue);
+            END IF;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER tasks_release_waiters
+    AFTER UPDATE OF status ON taskd.tasks
+    FOR EACH ROW
+    WHEN (NEW.has_waiters AND NEW.status IN ('completed', 'failed', 'cancelled')
+          AND OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION taskd.release_waiters();
+
+-- submit_flow: what submit_task and submit_task_for_user do beyond insert_task: the unique key
+-- and the dependencies (insert_task_after).
+-- As insert_task, called only by them (as their owner); PUBLIC may not execute it. Sets
+-- taskd.submit_existing ('on' when the key returned an existing task, else 'off') for the rest
+-- of the transaction, for callers that want to know (the API takes no quota for a duplicate).
+CREATE FUNCTION taskd.submit_flow(
+    user_id      text,
+    queue        text,
+    kind         text,
+    payloads     jsonb,
+    name         text,
+    priority     integer,
+    params       jsonb,
+    max_attempts integer,
+    run_after    timestamptz,
+    traceparent  text,
+    unique_key   text,
+    unique_scope text,
+    after        bigint[]
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    owner_key  text := coalesce(submit_flow.user_id, '');
+    key_scope  text;
+    period     interval;
+    held       record;
+    new_id     bigint;
+BEGIN
+    IF unique_key IS NULL THEN
+        IF unique_scope IS NOT NULL THEN
+            RAISE EXCEPTION 'taskd: unique_scope needs a unique_key' USING ERRCODE = '22023';
+        END IF;
+        IF after IS NULL THEN
+            RETURN taskd.insert_task(user_id, queue, kind, payloads, name, priority, params,
+                                     max_attempts, run_after, traceparent);
+        END IF;
+        RETURN taskd.insert_task_after(user_id, queue, kind, payloads, name, priority, params,
+                                       max_attempts, run_after, traceparent, after);
+    END IF;
+    IF length(unique_key) = 0 OR length(unique_key) > 200 THEN
+        RAISE EXCEPTION 'taskd: unique_key is % characters; it must have 1 to 200',
+            length(unique_key) USING ERRCODE = '22023';
+    END IF;
+    IF unique_scope IS NULL OR unique_scope = 'unfinished' THEN
+        key_scope := 'unfinished';
+    ELSIF unique_scope = 'forever' THEN
+        key_scope := 'forever';
+    ELSE
+        BEGIN
+            period := unique_scope::interval;
+            -- A period so long that its end is past the last timestamp is refused too.
+            PERFORM now() + period;
+        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow
+                       OR interval_field_overflow OR syntax_error THEN
+            period := NULL;
+        END;
+        IF period IS NULL OR period <= interval '0' THEN
+            RAISE EXCEPTION 'taskd: unique_scope % is not unfinished, forever or a positive '
+                'interval such as ''1 hour''', quote_literal(left(unique_scope, 100))
+                USING ERRCODE = '22023';
+        END IF;
+        key_scope := 'period';
+    END IF;
+    LOOP
+        -- Racing submitters of one key wait here for the first one's commit, then find it.
+        INSERT INTO taskd.unique_keys AS k (owner, unique_key, scope, expires_at)
+        VALUES (owner_key, submit_flow.unique_key, key_scope, now() + period)
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            new_id := taskd.insert_task_after(user_id, queue, kind, payloads, name, priority,
+                                              params, max_attempts, run_after, traceparent,
+                                              after);
+            UPDATE taskd.unique_keys k SET task_id = new_id
+             WHERE k.owner = owner_key AND k.unique_key = submit_flow.unique_key;
+            PERFORM set_config('taskd.submit_existing', 'off', true);
+            RETURN new_id;
+        END IF;
+        SELECT k.task_id, k.scope, k.expires_at, t.id IS NOT NULL AS task_exists,
+               t.completed_at
+          INTO held
+          FROM taskd.unique_keys k
+          LEFT JOIN taskd.tasks t ON t.id = k.task_id
+         WHERE k.owner = owner_key AND k.unique_key = submit_flow.unique_key
+           FOR UPDATE OF k;
+        IF FOUND THEN
+            IF held.scope = 'forever'
+               OR (held.scope = 'period' AND held.expires_at > now())
+               OR (held.scope = 'unfinished' AND held.task_exists
+                   AND held.completed_at IS NULL) THEN
+                PERFORM set_config('taskd.submit_existing', 'on', true);
+                RETURN held.task_id;
+            END IF;
+            -- The key is free again (its task ended, or its period passed): take it over.
+            new_id := taskd.insert_task_after(user_id, queue, kind, payloads, name, priority,
+                                              params, max_attempts, run_after, traceparent,
+                                              after);
+            UPDATE taskd.unique_keys k
+               SET task_id = new_id, scope = key_scope,
+                   expires_at = now() + period, created_at = now()
+             WHERE k.owner = owner_key AND k.unique_key = submit_flow.unique_key;
+            PERFORM set_config('taskd.submit_existing', 'off', true);
+            RETURN new_id;
+        END IF;
+        -- Deleted between the two statements: try the insert again.
+    END LOOP;
+END;
+$$;
+REVOKE ALL ON FUNCTION taskd.submit_flow(text, text, text, jsonb, text, integer, jsonb, integer,
+                                         timestamptz, text, text, text, bigint[]) FROM PUBLIC;
+
 -- submit_task_for_user: a user's task (the API's). Only the API role may call it (roles.sql):
 -- it sets who owns the task. As its owner: EXECUTE is all a submitting role needs.
 CREATE FUNCTION taskd.submit_task_for_user(
@@ -660,6 +948,9 @@ CREATE FUNCTION taskd.submit_task_for_user(
     max_attempts integer DEFAULT 4,
     run_after    timestamptz DEFAULT NULL,
     traceparent  text DEFAULT NULL,
+    unique_key   text DEFAULT NULL,
+    unique_scope text DEFAULT NULL,
+    after        bigint[] DEFAULT NULL,
     notify_url   text DEFAULT NULL,
     notify_on    text[] DEFAULT NULL
 ) RETURNS bigint
@@ -667,18 +958,21 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id bigint;
 BEGIN
-    new_id := taskd.insert_task(submit_task_for_user.user_id, submit_task_for_user.queue,
+    new_id := taskd.submit_flow(submit_task_for_user.user_id, submit_task_for_user.queue,
                                 submit_task_for_user.kind, submit_task_for_user.payloads,
                                 submit_task_for_user.name, submit_task_for_user.priority,
                                 submit_task_for_user.params, submit_task_for_user.max_attempts,
-                                submit_task_for_user.run_after, submit_task_for_user.traceparent);
+                                submit_task_for_user.run_after, submit_task_for_user.traceparent,
+                                submit_task_for_user.unique_key, submit_task_for_user.unique_scope,
+                                submit_task_for_user.after);
     PERFORM taskd.set_task_notify(new_id, submit_task_for_user.notify_url,
                                   submit_task_for_user.notify_on);
     RETURN new_id;
 END;
 $$;
 REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer, jsonb,
-                                                  integer, timestamptz, text, text, text[])
+                                                  integer, timestamptz, text, text, text, bigint[],
+                                                  text, text[])
     FROM PUBLIC;
 
 -- submit_task: the door for SQL clients, a task without a user; the same rules and errors.
@@ -692,6 +986,9 @@ CREATE FUNCTION taskd.submit_task(
     max_attempts integer DEFAULT 4,
     run_after    timestamptz DEFAULT NULL,
     traceparent  text DEFAULT NULL,
+    unique_key   text DEFAULT NULL,
+    unique_scope text DEFAULT NULL,
+    after        bigint[] DEFAULT NULL,
     notify_url   text DEFAULT NULL,
     notify_on    text[] DEFAULT NULL
 ) RETURNS bigint
@@ -699,10 +996,11 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id bigint;
 BEGIN
-    new_id := taskd.insert_task(NULL, submit_task.queue, submit_task.kind, submit_task.payloads,
+    new_id := taskd.submit_flow(NULL, submit_task.queue, submit_task.kind, submit_task.payloads,
                                 submit_task.name, submit_task.priority, submit_task.params,
                                 submit_task.max_attempts, submit_task.run_after,
-                                submit_task.traceparent);
+                                submit_task.traceparent, submit_task.unique_key,
+                                submit_task.unique_scope, submit_task.after);
     PERFORM taskd.set_task_notify(new_id, submit_task.notify_url, submit_task.notify_on);
     RETURN new_id;
 END;

@@ -459,3 +459,49 @@ SELECT s.id, s.task_id, s.queue, s.kind, s.priority, s.status, s.payload, s.stat
 
 -- name: database_now
 SELECT now() AS now;
+
+-- name: submit_task_flow
+-- submit_task with a unique key or dependencies: the task's id, and whether the key returned an existing task
+-- (taskd.submit_existing, set by the call; the subquery runs it first).
+SELECT s.task_id,
+       %(unique_key)s::text IS NOT NULL
+       AND current_setting('taskd.submit_existing', true) = 'on' AS existing
+  FROM (SELECT taskd.submit_task(
+            queue => %(queue)s,
+            kind => %(kind)s,
+            payloads => %(payloads)s::jsonb,
+            name => %(name)s,
+            priority => %(priority)s,
+            params => %(params)s::jsonb,
+            max_attempts => %(max_attempts)s,
+            run_after => now() + make_interval(secs => %(delay)s),
+            traceparent => %(traceparent)s,
+            unique_key => %(unique_key)s,
+            unique_scope => %(unique_scope)s,
+            after => %(after)s::bigint[],
+            notify_url => %(notify_url)s,
+            notify_on => %(notify_on)s::text[]
+        ) AS task_id OFFSET 0) s;
+
+-- name: submit_task_for_user_flow
+-- submit_task_for_user with a unique key (owned by the user): as submit_task_flow.
+SELECT s.task_id,
+       %(unique_key)s::text IS NOT NULL
+       AND current_setting('taskd.submit_existing', true) = 'on' AS existing
+  FROM (SELECT taskd.submit_task_for_user(
+            user_id => %(user_id)s,
+            queue => %(queue)s,
+            kind => %(kind)s,
+            payloads => %(payloads)s::jsonb,
+            name => %(name)s,
+            priority => %(priority)s,
+            params => %(params)s::jsonb,
+            max_attempts => %(max_attempts)s,
+            run_after => now() + make_interval(secs => %(delay)s),
+            traceparent => %(traceparent)s,
+            unique_key => %(unique_key)s,
+            unique_scope => %(unique_scope)s,
+            after => %(after)s::bigint[],
+            notify_url => %(notify_url)s,
+            notify_on => %(notify_on)s::text[]
+        ) AS task_id OFFSET 0) s;

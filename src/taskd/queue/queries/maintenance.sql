@@ -168,3 +168,21 @@ WITH old AS (
 )
 DELETE FROM taskd.tasks t USING old WHERE t.id = old.id
 RETURNING t.id;
+
+-- name: delete_free_unique_keys
+-- Unique keys that hold nothing any more and are older than the retention: a period that has
+-- passed, or (scope unfinished) a task that ended or is gone. 'forever' keys stay.
+WITH free AS (
+    SELECT k.owner, k.unique_key
+      FROM taskd.unique_keys k
+     WHERE k.created_at < coalesce(%(now)s, now()) - make_interval(secs => %(retention)s)
+       AND ((k.scope = 'period' AND k.expires_at < coalesce(%(now)s, now()))
+            OR (k.scope = 'unfinished'
+                AND NOT EXISTS (SELECT 1 FROM taskd.tasks t
+                                 WHERE t.id = k.task_id AND t.completed_at IS NULL)))
+     LIMIT %(limit)s
+       FOR UPDATE OF k SKIP LOCKED
+)
+DELETE FROM taskd.unique_keys k USING free
+ WHERE k.owner = free.owner AND k.unique_key = free.unique_key
+RETURNING 1;

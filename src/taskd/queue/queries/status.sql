@@ -148,9 +148,14 @@ SELECT id, name, queue, kind, priority, user_id, params, status, total, complete
  ORDER BY id DESC
  LIMIT %(limit)s;
 
+-- name: task_waits_for
+-- The unfinished tasks a task still waits for (after => ...), in id order.
+SELECT depends_on FROM taskd.task_dependencies WHERE task_id = %(task_id)s ORDER BY depends_on;
+
 -- name: task_subtask_counts
--- A task's subtasks by status, ready and scheduled told apart.
-SELECT CASE WHEN s.status = 'pending' AND s.run_after > now() THEN 'scheduled'
+-- A task's subtasks by status: ready, scheduled and waiting (for its dependencies) told apart.
+SELECT CASE WHEN s.status = 'pending' AND s.run_after = 'infinity' THEN 'waiting'
+            WHEN s.status = 'pending' AND s.run_after > now() THEN 'scheduled'
             WHEN s.status = 'pending' THEN 'ready'
             ELSE s.status END AS status,
        count(*) AS count
