@@ -194,3 +194,19 @@ async def test_retention_deletes_keys_that_hold_nothing(store: Store, db: Conn) 
     await maintenance.delete_finished(store, 60)
     left = db.execute("SELECT unique_key FROM taskd.unique_keys ORDER BY 1").fetchall()
     assert left == [("kept",), ("running",)]
+
+
+def test_a_duplicate_keeps_the_notification_target_its_task_was_given(db: Conn) -> None:
+    """submit_task takes a unique key and a notify_url together: the task the key returns keeps
+    the target its own submitter set; a bad target is refused even for a duplicate."""
+    sql = ("SELECT taskd.submit_task('standard', 'noop', '[{}]', unique_key => 'k',"
+           " notify_url => %s, notify_on => %s)")
+    row = db.execute(sql, ("https://hooks.example/first", ["failed"])).fetchone()
+    assert row is not None
+    again = db.execute(sql, ("https://hooks.example/second", ["completed"])).fetchone()
+    assert again == row
+    assert db.execute("SELECT notify_url, notify_on FROM taskd.tasks WHERE id = %s",
+                      row).fetchone() == ("https://hooks.example/first", ["failed"])
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="notify_url"):
+        db.execute(sql, ("ftp://hooks.example/x", ["failed"]))
+    assert tasks(db) == 1
