@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reloptions", action="append", default=[], metavar="TABLE:K=V,...",
                    help="extra storage parameters for a taskd table, e.g. "
                         "subtasks:fillfactor=70 (repeatable)")
+    p.add_argument("--history", type=int, default=0,
+                   help="finished taskd subtasks in the table before the load starts")
     p.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
                    help="a postgresql.conf line for the bench's cluster (default: stock)")
 
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         data = soak.soak(args.rate, args.minutes, args.every, systems=args.systems,
                          daemons=args.daemons, batch=args.batch, concurrency=args.concurrency,
                          table_settings=args.table_settings, reloptions=args.reloptions,
-                         pg_settings=settings)
+                         pg_settings=settings, history=args.history)
     elif w == "task-end":
         data = task_end.task_end(args.n, args.per_task, args.processes, args.concurrency,
                                  args.repeat)
