@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench import http_clients, peers, soak, targets, task_end, taskd_workloads
+from bench import http_clients, peers, queues, soak, targets, task_end, taskd_workloads
 from bench.common import print_table, temp_database, write_json
 
 
@@ -154,6 +154,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
                    help="a postgresql.conf line for the bench's cluster (default: stock)")
 
+    p = sub.add_parser("queues", help="one queue against many: the same backlog drained, and "
+                       "what idle queues cost PostgreSQL (on a cluster of the bench's own)")
+    p.add_argument("--counts", type=int, nargs="+", default=[1, 50], help="queue counts")
+    p.add_argument("-n", type=int, default=100_000, help="noops in the backlog, split evenly")
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=2000, help="total per daemon, split")
+    p.add_argument("--idle-seconds", type=float, default=30.0)
+    p.add_argument("--repeat", type=int, default=2)
+
     args = parser.parse_args(argv)
     w = args.workload
     if w == "throughput":
@@ -175,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         data = taskd_workloads.footprint(args.n, args.concurrency, args.sleep_ms)
     elif w == "ceiling":
         data = ceiling(args)
+    elif w == "queues":
+        data = queues.queues(args.counts, args.n, args.processes, args.concurrency,
+                             args.idle_seconds, args.repeat)
     elif w == "soak":
         settings = dict(item.split("=", 1) for item in args.pg_setting)
         data = soak.soak(args.rate, args.minutes, args.every, systems=args.systems,
