@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench import http_clients, peers, queues, soak, targets, task_end, taskd_workloads
+from bench import (
+    graphile,
+    http_clients,
+    peers,
+    queues,
+    soak,
+    targets,
+    task_end,
+    taskd_workloads,
+)
 from bench.common import print_table, temp_database, write_json
 
 
@@ -13,6 +22,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     """taskd and its peers, throughput then latency, in one run; ratios taskd / peer, each
     within its round (the machine's speed moves between rounds more than the ratios do)."""
     tp: list[dict[str, Any]] = []
+    skip_graphile = (graphile.missing() if args.graphile
+                     else "graphile-worker skipped (--no-graphile)")
+    if skip_graphile:
+        print(skip_graphile)
     for r in range(1, args.repeat + 1):
         for p in (1, 2):
             with temp_database() as url:
@@ -20,6 +33,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             tp.append({"round": r, "system": f"taskd ({p} proc, concurrency {args.concurrency})",
                        "n": args.n, **stats})
         tp.append({"round": r, **peers.pgqueuer_throughput(args.n, 2, 100)})
+        if not skip_graphile:
+            tp.append({"round": r, **graphile.throughput(args.n)})
         tp.append({"round": r, **peers.bare_batch(args.n)})
         tp.append({"round": r, **peers.taskd_sql_batch(args.n)})
         if args.procrastinate_n:
@@ -115,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=50.0)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--no-graphile", dest="graphile", action="store_false",
+                   help="skip graphile-worker (run when node and npm are on PATH; installed "
+                        "from npm into bench/.graphile-worker on first use)")
 
     p = sub.add_parser("ceiling", help="taskd's claim and completion SQL in the bare loop, no "
                        "daemon, against the bare loop: the schema's own ceiling")

@@ -4,6 +4,7 @@ settings, the paced submitter, the per-interval report, taskd and PgQueuer. Time
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 import pytest
 from bench import soak
@@ -59,3 +60,15 @@ def test_queues_drains_many_queues_and_counts_idle_cost() -> None:
     # Idle daemons still poll, heartbeat and collect statistics: never zero statements.
     assert all(r["transactions_per_s"] > 0 and r["server_cpu_ms_per_s"] >= 0 for r in idle)
     assert idle[0]["vs_1_queue"] == 1.0
+
+
+@pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None,
+                    reason="graphile-worker needs node and npm")
+def test_graphile_worker_drains_its_jobs(admin_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import common, graphile
+
+    monkeypatch.setattr(common, "ADMIN_URL", admin_url)
+    assert graphile.missing() is None  # installed into bench/.graphile-worker on first use
+    row = graphile.throughput(300, processes=1, concurrency=4, local_queue=50)
+    assert row["n"] == 300 and row["per_s"] > 0
+    assert row["system"].startswith(f"graphile-worker {graphile.VERSION}")
