@@ -8,9 +8,11 @@ from typing import Any
 from bench import (
     console,
     fleet,
+    graphile,
     http_clients,
     notifications,
     peers,
+    queues,
     soak,
     targets,
     task_end,
@@ -23,6 +25,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     """taskd and its peers, throughput then latency, in one run; ratios taskd / peer, each
     within its round (the machine's speed moves between rounds more than the ratios do)."""
     tp: list[dict[str, Any]] = []
+    skip_graphile = (graphile.missing() if args.graphile
+                     else "graphile-worker skipped (--no-graphile)")
+    if skip_graphile:
+        print(skip_graphile)
     for r in range(1, args.repeat + 1):
         for p in (1, 2):
             with temp_database() as url:
@@ -30,6 +36,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             tp.append({"round": r, "system": f"taskd ({p} proc, concurrency {args.concurrency})",
                        "n": args.n, **stats})
         tp.append({"round": r, **peers.pgqueuer_throughput(args.n, 2, 100)})
+        if not skip_graphile:
+            tp.append({"round": r, **graphile.throughput(args.n)})
         tp.append({"round": r, **peers.bare_batch(args.n)})
         tp.append({"round": r, **peers.taskd_sql_batch(args.n)})
         if args.procrastinate_n:
@@ -125,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=50.0)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--no-graphile", dest="graphile", action="store_false",
+                   help="skip graphile-worker (run when node and npm are on PATH; installed "
+                        "from npm into bench/.graphile-worker on first use)")
 
     p = sub.add_parser("ceiling", help="taskd's claim and completion SQL in the bare loop, no "
                        "daemon, against the bare loop: the schema's own ceiling")
@@ -169,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reloptions", action="append", default=[], metavar="TABLE:K=V,...",
                    help="extra storage parameters for a taskd table, e.g. "
                         "subtasks:fillfactor=70 (repeatable)")
+    p.add_argument("--history", type=int, default=0,
+                   help="finished taskd subtasks in the table before the load starts")
     p.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
                    help="a postgresql.conf line for the bench's cluster (default: stock)")
     p = sub.add_parser("console", help="the console's page latency with many finished "
@@ -186,6 +199,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeat", type=int, default=4)
     p.add_argument("--max-connections", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=100)
+
+    p = sub.add_parser("queues", help="one queue against many: the same backlog drained, and "
+                       "what idle queues cost PostgreSQL (on a cluster of the bench's own)")
+    p.add_argument("--counts", type=int, nargs="+", default=[1, 50], help="queue counts")
+    p.add_argument("-n", type=int, default=100_000, help="noops in the backlog, split evenly")
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=2000, help="total per daemon, split")
+    p.add_argument("--idle-seconds", type=float, default=30.0)
+    p.add_argument("--repeat", type=int, default=2)
 
     args = parser.parse_args(argv)
     w = args.workload
@@ -213,12 +235,15 @@ def main(argv: list[str] | None = None) -> None:
                            args.per_task)
     elif w == "ceiling":
         data = ceiling(args)
+    elif w == "queues":
+        data = queues.queues(args.counts, args.n, args.processes, args.concurrency,
+                             args.idle_seconds, args.repeat)
     elif w == "soak":
         settings = dict(item.split("=", 1) for item in args.pg_setting)
         data = soak.soak(args.rate, args.minutes, args.every, systems=args.systems,
                          daemons=args.daemons, batch=args.batch, concurrency=args.concurrency,
                          table_settings=args.table_settings, reloptions=args.reloptions,
-                         pg_settings=settings)
+                         pg_settings=settings, history=args.history)
     elif w == "task-end":
         data = task_end.task_end(args.n, args.per_task, args.processes, args.concurrency,
                                  args.repeat)

@@ -155,7 +155,9 @@ SELECT (SELECT count(*) FROM taskd.subtasks WHERE status = 'pending'),
        s.n_dead_tup, pg_relation_size('taskd.subtasks'),
        pg_relation_size('taskd.subtasks_claim_idx'),
        pg_indexes_size('taskd.subtasks'),
-       s.autovacuum_count + coalesce(t.autovacuum_count, 0)
+       s.autovacuum_count + coalesce(t.autovacuum_count, 0),
+       100.0 * s.n_tup_hot_upd / greatest(s.n_tup_upd, 1),
+       100.0 * t.n_tup_hot_upd / greatest(t.n_tup_upd, 1)
   FROM pg_stat_user_tables s, pg_stat_user_tables t
  WHERE s.relid = 'taskd.subtasks'::regclass AND t.relid = 'taskd.tasks'::regclass
 """
@@ -167,7 +169,8 @@ SELECT (SELECT count(*) FROM pgqueuer_log
        percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
            (ORDER BY extract(epoch FROM p.created - q.created) * 1000)
   FROM pgqueuer_log p
-  JOIN pgqueuer_log q ON q.job_id = p.job_id AND q.status = 'queued'
+  CROSS JOIN LATERAL (SELECT created FROM pgqueuer_log q
+                       WHERE q.job_id = p.job_id AND q.status = 'queued' LIMIT 1) q
  WHERE p.created >= %(t0)s AND p.created < %(t1)s AND p.status = 'picked'
    AND p.job_id %% 10 = 0
 """
@@ -178,7 +181,7 @@ SELECT (SELECT count(*) FROM pgqueuer WHERE status = 'queued'),
          WHERE i.indrelid = 'pgqueuer'::regclass
            AND pg_get_expr(i.indpred, i.indrelid) LIKE '%%''queued''%%'),
        pg_indexes_size('pgqueuer'),
-       s.autovacuum_count
+       s.autovacuum_count, 100.0 * s.n_tup_hot_upd / greatest(s.n_tup_upd, 1), NULL
   FROM pg_stat_user_tables s
  WHERE s.relid = 'pgqueuer'::regclass
 """
@@ -198,7 +201,7 @@ def _watch(url: str, system: str, pacer: Pacer, seconds: float, every: float,
 
         t0 = now()
         sent0 = pacer.sent
-        _, _, _, _, _, vacuums0 = conn.execute(storage).fetchone()  # type: ignore[misc]
+        vacuums0 = conn.execute(storage).fetchone()[5]  # type: ignore[index]
         started = time.monotonic()
         k = 0
         while time.monotonic() - started < seconds - 1e-6:
@@ -213,7 +216,7 @@ def _watch(url: str, system: str, pacer: Pacer, seconds: float, every: float,
             sent = pacer.sent
             params: Any = (t0, t1) if system == "taskd" else {"t0": t0, "t1": t1}
             done, pct = conn.execute(window, params).fetchone()  # type: ignore[misc]
-            backlog, dead, heap, claim, indexes, vacuums = conn.execute(
+            backlog, dead, heap, claim, indexes, vacuums, hot, hot_tasks = conn.execute(
                 storage).fetchone()  # type: ignore[misc]
             p50, p95, p99 = pct if pct else (float("nan"),) * 3
             row = {
@@ -222,6 +225,9 @@ def _watch(url: str, system: str, pacer: Pacer, seconds: float, every: float,
                 "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "backlog": backlog,
                 "dead_tuples": dead, "heap_mb": heap / MB, "claim_index_mb": float(claim or 0) / MB,
                 "indexes_mb": indexes / MB, "autovacuums": vacuums - vacuums0,
+                # HOT updates so far (no index entries written), of the queue table and of
+                # taskd's tasks (its counters).
+                "hot_pct": float(hot), "tasks_hot_pct": float(hot_tasks or 0),
                 "load_1m": os.getloadavg()[0],
             }
             table.append(row)
@@ -238,10 +244,16 @@ def _print_row(row: dict[str, Any]) -> None:
 def soak_taskd(rate: float, seconds: float, every: float, *, daemons: int = 2,
                batch: int = 100, concurrency: int = 1000, table_settings: str = "shipped",
                reloptions: Sequence[str] = (), pg_settings: dict[str, str] | None = None,
+               history: int = 0,
                on_row: Callable[[dict[str, Any]], None] = _print_row) -> dict[str, Any]:
     """taskd's daemons under ``rate`` noop subtasks a second, submitted ``batch`` at a time
-    through ``taskd.submit_task``, for ``seconds``; a report row every ``every`` seconds."""
+    through ``taskd.submit_task``, for ``seconds``; a report row every ``every`` seconds.
+
+    ``history`` finished subtasks are in the table from the start: hours of operation in a
+    minute (stock autovacuum waits for 20 % of the live rows to be dead, so the history decides
+    how often it runs)."""
     from bench.common import daemons as start_daemons
+    from bench.taskd_workloads import fill_history
     from taskd.queue import migrations
 
     with stock_cluster(pg_settings) as admin:
@@ -256,6 +268,9 @@ def soak_taskd(rate: float, seconds: float, every: float, *, daemons: int = 2,
             for spec in reloptions:
                 table, _, options = spec.partition(":")
                 conn.execute(f"ALTER TABLE taskd.{table} SET ({options})")
+        if history:
+            fill_history(url, history)
+        with connect(url) as conn:
             applied = {r[0]: r[1] for r in conn.execute(
                 "SELECT relname, reloptions FROM pg_class"
                 " WHERE relnamespace = 'taskd'::regnamespace AND relkind = 'r'"
@@ -272,6 +287,7 @@ def soak_taskd(rate: float, seconds: float, every: float, *, daemons: int = 2,
                 pacer.stopping.set()
                 pacer.join(30)
     label = f"taskd ({daemons} daemons, table settings {table_settings}" + (
+        f", {history:,} finished rows before" if history else "") + (
         f", {' '.join(reloptions)})" if reloptions else ")")
     return {"system": label, "server": settings, "reloptions": applied,
             "rows": [{**r, "system": label} for r in table]}
@@ -328,7 +344,8 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
 
 def soak(rate: float, minutes: float, every: float, *, systems: Sequence[str],
          daemons: int, batch: int, concurrency: int, table_settings: Sequence[str],
-         reloptions: Sequence[str], pg_settings: dict[str, str]) -> dict[str, Any]:
+         reloptions: Sequence[str], pg_settings: dict[str, str],
+         history: int = 0) -> dict[str, Any]:
     """Each of ``systems`` (taskd once per ``table_settings``) in turn, each on a fresh cluster."""
     runs = []
     load0 = os.getloadavg()
@@ -338,7 +355,7 @@ def soak(rate: float, minutes: float, every: float, *, systems: Sequence[str],
                 runs.append(soak_taskd(rate, minutes * 60, every, daemons=daemons,
                                        batch=batch, concurrency=concurrency,
                                        table_settings=variant, reloptions=reloptions,
-                                       pg_settings=pg_settings))
+                                       pg_settings=pg_settings, history=history))
         else:
             runs.append(soak_pgqueuer(rate, minutes * 60, every, workers=daemons, batch=batch,
                                       pg_settings=pg_settings))

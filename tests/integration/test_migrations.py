@@ -37,6 +37,9 @@ STRUCTURE = {
         SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger
          WHERE tgrelid::regclass::text LIKE 'taskd.%' AND NOT tgisinternal ORDER BY 1""",
     "versions": "SELECT version, name FROM taskd.schema_migrations ORDER BY 1",
+    "storage": """
+        SELECT relname, reloptions FROM pg_class
+         WHERE relnamespace = 'taskd'::regnamespace AND reloptions IS NOT NULL ORDER BY 1""",
 }
 
 
@@ -245,3 +248,25 @@ def test_upgrading_to_rules_as_meant_keeps_grants_and_matches_refunds_to_charges
         finally:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_churning_tables_vacuum_after_a_fixed_number_of_dead_rows(
+    empty_database_url: str,
+) -> None:
+    # A database of version 10 gets the storage parameters of 0016 on upgrade: autovacuum of
+    # subtasks and tasks no longer waits for 20 % of their (history-sized) live rows.
+    migrated_to(empty_database_url, 10)
+
+    def options() -> dict[str, set[str]]:
+        with psycopg.connect(empty_database_url) as conn:
+            return {r[0]: set(r[1] or ()) for r in conn.execute(
+                "SELECT relname, reloptions FROM pg_class"
+                " WHERE oid IN ('taskd.subtasks'::regclass, 'taskd.tasks'::regclass)")}
+
+    assert options() == {"subtasks": set(), "tasks": set()}
+    anyio.run(_migrate, empty_database_url)
+    after = options()
+    for table, threshold in (("subtasks", 20000), ("tasks", 2000)):
+        assert {"autovacuum_vacuum_scale_factor=0", f"autovacuum_vacuum_threshold={threshold}",
+                "autovacuum_vacuum_insert_scale_factor=0",
+                "autovacuum_vacuum_cost_delay=0"} <= after[table], after

@@ -97,7 +97,7 @@ def test_pgqueuer() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("pgqueuer") is None, reason="bench group")
 def test_peers_ends_with_the_targets_round_by_round() -> None:
     args = argparse.Namespace(n=60, concurrency=20, procrastinate_n=0, rate=20.0, seconds=0.3,
-                              repeat=1)
+                              repeat=1, graphile=False)
     summary = compare(args)["targets"]
     assert len(summary) == 5
     # Every target found both of its systems in the round.

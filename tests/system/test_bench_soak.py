@@ -4,6 +4,7 @@ settings, the paced submitter, the per-interval report, taskd and PgQueuer. Time
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 import pytest
 from bench import soak
@@ -45,3 +46,29 @@ def test_soak_runs_pgqueuer_at_the_same_load() -> None:
     assert len(run["rows"]) == 2
     assert all(r["completed_per_s"] > 0 and 120 < r["offered_per_s"] < 300 for r in run["rows"])
     assert run["rows"][-1]["dead_tuples"] > 0
+
+
+def test_queues_drains_many_queues_and_counts_idle_cost() -> None:
+    from bench import queues
+
+    result = queues.queues([1, 3], n=90, processes=1, concurrency=30, idle_seconds=1.5,
+                           repeat=1)
+    assert [(r["queues"], r["completed"]) for r in result["drain"]] == [(1, 90), (3, 90)]
+    assert [r["concurrency_each"] for r in result["drain"]] == [30, 10]
+    idle = result["idle"]
+    assert [r["queues"] for r in idle] == [1, 3]
+    # Idle daemons still poll, heartbeat and collect statistics: never zero statements.
+    assert all(r["transactions_per_s"] > 0 and r["server_cpu_ms_per_s"] >= 0 for r in idle)
+    assert idle[0]["vs_1_queue"] == 1.0
+
+
+@pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None,
+                    reason="graphile-worker needs node and npm")
+def test_graphile_worker_drains_its_jobs(admin_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import common, graphile
+
+    monkeypatch.setattr(common, "ADMIN_URL", admin_url)
+    assert graphile.missing() is None  # installed into bench/.graphile-worker on first use
+    row = graphile.throughput(300, processes=1, concurrency=4, local_queue=50)
+    assert row["n"] == 300 and row["per_s"] > 0
+    assert row["system"].startswith(f"graphile-worker {graphile.VERSION}")

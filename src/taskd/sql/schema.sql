@@ -98,6 +98,23 @@ CREATE INDEX subtasks_lease_idx ON taskd.subtasks (lease_expires_at)
 CREATE INDEX subtasks_finished_idx ON taskd.subtasks (completed_at)
     WHERE completed_at IS NOT NULL;
 
+-- Vacuum after a fixed number of dead rows, whatever the history's size, unthrottled (0016):
+-- every claim and completion leaves a dead row version and a dead claim-index entry.
+ALTER TABLE taskd.subtasks SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 20000,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 100000,
+    autovacuum_vacuum_cost_delay = 0
+);
+ALTER TABLE taskd.tasks SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 2000,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 100000,
+    autovacuum_vacuum_cost_delay = 0
+);
+
 CREATE TABLE taskd.executors (
     id                text PRIMARY KEY,
     executor_group    text NOT NULL DEFAULT 'default',
@@ -1268,4 +1285,5 @@ INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, '
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
     (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts'),
     (9, 'traceparent'), (10, 'rules_as_meant'), (11, 'result_urls'), (12, 'queue_controls'),
-    (13, 'flow'), (14, 'task_notifications'), (15, 'console_audit');
+    (13, 'flow'), (14, 'task_notifications'), (15, 'console_audit'),
+    (16, 'vacuum_as_a_queue_needs');
