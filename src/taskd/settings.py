@@ -2,6 +2,10 @@
 
 One :class:`Settings` object is built at start (:func:`load_settings`) and passed down; nothing
 reads the environment later. Durations are seconds, floats allowed.
+
+Over 400 lines on purpose: every setting, its default, its bounds and the cross-checks between
+them in one place, so that one file answers "what can I set" (deploy/taskd.toml.example shows
+the same with comments).
 """
 
 from __future__ import annotations

@@ -202,7 +202,7 @@ def test_the_api_waits_only_for_the_callers_own_tasks(client: Any, database_url:
 
 
 async def test_status_tells_waiting_subtasks_and_what_they_wait_for(store: Store) -> None:
-    from taskd.queue.status import subtask_counts, waits_for
+    from taskd.queue.tasks import subtask_counts, waits_for
 
     a = await store.submit("standard", "noop", [{}])
     b = await store.submit("standard", "noop", [{}])

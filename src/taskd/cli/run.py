@@ -18,8 +18,8 @@ from taskd.cli.app import (
     settings_of,
 )
 from taskd.errors import InvalidInput
-from taskd.queue.status import first_failure
 from taskd.queue.store import Store
+from taskd.queue.tasks import first_failure
 from taskd.settings import DEFAULT_MAX_ATTEMPTS
 
 

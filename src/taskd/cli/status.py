@@ -18,8 +18,8 @@ from rich.text import Text
 
 from taskd.cli.app import app, err_console, open_store, out_console, run_async, settings_of
 from taskd.errors import DatabaseError
+from taskd.queue.health import CLAIM_INDEX
 from taskd.queue.status import (
-    CLAIM_INDEX,
     ErrorRow,
     QueueRow,
     StatusReport,

@@ -15,8 +15,14 @@ from rich.text import Text
 from taskd.cli.app import app, err_console, open_store, out_console, run_async, settings_of
 from taskd.errors import InvalidInput, TaskFinished, TaskNotFound
 from taskd.queue.accounts import ApiStore
-from taskd.queue.status import list_tasks, subtask_counts, waits_for
-from taskd.queue.tasks import MAX_PRIORITY, MIN_PRIORITY, set_task_priority
+from taskd.queue.tasks import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    list_tasks,
+    set_task_priority,
+    subtask_counts,
+    waits_for,
+)
 from taskd.types import Subtask, Task
 
 tasks_app = typer.Typer(

@@ -18,6 +18,8 @@ The final writes get ``final_writes_timeout``: a database that stays down is giv
 (leases expire and the rescuer returns the work). The whole stop takes at most
 ``shutdown_grace + final_writes_timeout + STOP_MARGIN``, which the unit's ``TimeoutStopSec``
 covers. A second signal exits at once, within ``IMMEDIATE_EXIT_WITHIN``.
+
+Just over 400 lines: the start, the wiring and the stop sequence read best side by side.
 """
 
 from __future__ import annotations

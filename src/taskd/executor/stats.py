@@ -22,7 +22,8 @@ import anyio
 
 from taskd.errors import TaskdError
 from taskd.metrics import Metrics
-from taskd.queue.status import StorageHealth, oldest_unstarted, stats_snapshot, storage_health
+from taskd.queue.health import StorageHealth, stats_snapshot, storage_health
+from taskd.queue.status import oldest_unstarted
 from taskd.queue.store import Store
 
 log = logging.getLogger(__name__)

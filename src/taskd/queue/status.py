@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from taskd.queue.controls import QueueControl, list_queue_controls
+from taskd.queue.health import StorageHealth, storage_health
 from taskd.queue.notifications import notification_overview
 from taskd.queue.schedules import list_schedules
 from taskd.queue.store import Store
-from taskd.types import Task
 
 # Bump only for an incompatible change of the JSON shape; adding fields keeps it.
 STATUS_FORMAT = 1
@@ -115,31 +115,6 @@ class Problem:
     message: str
     queue: str | None = None
     executor: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TableHealth:
-    """One taskd table's storage: live and dead row versions (the statistics' estimates),
-    heap size, its indexes' sizes, seconds since its last vacuum or autovacuum (since the
-    server started when none ran since) and how many vacuums ran since the statistics began."""
-
-    table: str
-    live_tuples: int
-    dead_tuples: int
-    size_bytes: int
-    vacuum_age_seconds: float
-    vacuums: int
-    indexes: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class StorageHealth:
-    """``tables`` by name; ``connections``: this database's client sessions by state
-    (``active``, ``idle``, ``idle in transaction``, ...; ``hidden`` for other roles' sessions
-    when the reader lacks pg_read_all_stats)."""
-
-    tables: dict[str, TableHealth]
-    connections: dict[str, int]
 
 
 TASK_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
@@ -394,100 +369,3 @@ async def read_status(store: Store, *, dead_after: float, error_limit: int = 10)
         notifications={"undelivered": outbox.undelivered, "dead": outbox.dead,
                        "oldest_undelivered_seconds": outbox.oldest_undelivered_seconds},
     )
-
-
-async def list_tasks(
-    store: Store,
-    *,
-    status: str | None = None,
-    queue: str | None = None,
-    before_id: int | None = None,
-    limit: int = 20,
-) -> list[Task]:
-    """Tasks newest first, filtered by status and queue; ``before_id`` pages backwards."""
-    return await store.fetch_as("list_tasks", {
-        "status": status, "queue": queue, "before_id": before_id, "limit": limit,
-    }, Task)
-
-
-async def waits_for(store: Store, task_id: int) -> list[int]:
-    """The unfinished tasks that ``task_id`` still waits for (its ``after``), in id order."""
-    rows = await store.fetch_rows("task_waits_for", {"task_id": task_id})
-    return [int(r["depends_on"]) for r in rows]
-
-
-async def subtask_counts(store: Store, task_id: int) -> dict[str, int]:
-    """A task's subtasks by status (``ready``, ``scheduled`` and ``waiting`` for its
-    dependencies instead of ``pending``)."""
-    rows = await store.fetch_rows("task_subtask_counts", {"task_id": task_id})
-    return {r["status"]: int(r["count"]) for r in rows}
-
-
-async def first_failure(store: Store, task_id: int) -> tuple[int, str | None] | None:
-    """The first failed subtask of the task, in id order: ``(subtask id, error)``; None when
-    none failed."""
-    rows = await store.fetch_rows("task_first_failure", {"task_id": task_id})
-    return (int(rows[0]["id"]), rows[0]["error"]) if rows else None
-
-
-@dataclass(frozen=True, slots=True)
-class StatsSnapshot:
-    """What the metrics' stats collector reads in one query.
-
-    ``depth``: queue -> status (ready, scheduled, processing) -> count, only where non-zero;
-    ``oldest_pending``: queue -> age in seconds of its oldest ready subtask;
-    ``executors``: status -> count; ``paused``: every known queue -> whether it is paused.
-    """
-
-    depth: dict[str, dict[str, int]]
-    oldest_pending: dict[str, float]
-    executors: dict[str, int]
-    paused: dict[str, bool] = field(default_factory=dict)
-
-
-async def stats_snapshot(store: Store) -> StatsSnapshot:
-    """One cheap query over unfinished rows and executors; raises DatabaseError on failure."""
-    rows = await store.fetch_rows("stats_snapshot", {})
-    depth: dict[str, dict[str, int]] = {}
-    oldest: dict[str, float] = {}
-    executors: dict[str, int] = {}
-    paused: dict[str, bool] = {}
-    for r in rows:
-        if r["kind"] == "executor":
-            executors[r["status"]] = int(r["value"])
-            continue
-        if r["kind"] == "paused":
-            paused[r["queue"]] = bool(r["value"])
-            continue
-        depth.setdefault(r["queue"], {})[r["status"]] = int(r["value"])
-        if r["oldest_seconds"] is not None:
-            oldest[r["queue"]] = max(0.0, float(r["oldest_seconds"]))
-    return StatsSnapshot(depth, oldest, executors, paused)
-
-
-CLAIM_INDEX = "subtasks_claim_idx"
-
-
-async def storage_health(store: Store) -> StorageHealth:
-    """One query over the statistics views and file sizes (no table scan); DatabaseError on
-    failure."""
-    rows = await store.fetch_rows("table_health", {})
-    tables: dict[str, TableHealth] = {}
-    indexes: dict[str, dict[str, int]] = {}
-    connections: dict[str, int] = {}
-    for r in rows:
-        if r["kind"] == "table":
-            tables[r["name"]] = TableHealth(
-                table=r["name"], live_tuples=int(r["live_tuples"]),
-                dead_tuples=int(r["dead_tuples"]), size_bytes=int(r["size_bytes"]),
-                vacuum_age_seconds=max(0.0, float(r["vacuum_age_seconds"])),
-                vacuums=int(r["vacuums"]),
-            )
-        elif r["kind"] == "index":
-            indexes.setdefault(r["table_name"], {})[r["name"]] = int(r["size_bytes"])
-        else:  # the session count shares the live_tuples column
-            connections[r["name"]] = int(r["live_tuples"])
-    for name, sizes in indexes.items():
-        if name in tables:
-            tables[name] = replace(tables[name], indexes=dict(sorted(sizes.items())))
-    return StorageHealth(dict(sorted(tables.items())), connections)

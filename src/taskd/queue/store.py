@@ -3,6 +3,10 @@
 Only this package executes SQL. Every method translates psycopg's errors into taskd's own
 (:mod:`taskd.errors`), chained with ``from``. Times come from the database clock; methods that
 tests need to move in time take ``now`` (None means the database's ``now()``).
+
+Over 400 lines on purpose: :class:`Store` is one class, the daemon's whole contract with the
+database (claim, outcomes, leases, executors), and reads clearer as one door than split across
+modules by accident of size. Reads for operators live in ``status``/``health``/``tasks``.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ anything happens (nothing is recorded for them but the count). With ``failure_ra
 fraction of jobs end ``failed`` with code ``internal``. With ``api_key``, requests without
 ``Authorization: Bearer <api_key>`` get 401. With ``latency``, every answer is held back that
 many seconds, as from a slow API.
+
+Over 400 lines on purpose: one server, its two APIs and its standalone command, so that tests,
+``make run`` and the benchmark drive exactly the same fake.
 """
 
 from __future__ import annotations
