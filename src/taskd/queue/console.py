@@ -160,7 +160,10 @@ class Overview:
 async def overview(store: Store, *, dead_after: float) -> Overview:
     """Queues (backlog, running, limit, rate, oldest waiting) and executors."""
     executors = await read_executors(store, dead_after)
-    queues = await read_queues(store)
+    # The pending timeout's clock (oldest_unstarted_tasks) is left to `taskd status`: with a
+    # million finished subtasks its plan costs about a second, too much for a page that
+    # refreshes every few seconds.
+    queues = await read_queues(store, unstarted_ages=False)
     result = []
     for q in queues:
         limits = [e.queues[q.queue].limit for e in executors
