@@ -10,7 +10,7 @@ import importlib.util
 import time
 
 import pytest
-from bench import common, http_clients, peers, task_end, taskd_workloads
+from bench import common, console, http_clients, peers, task_end, taskd_workloads
 from bench.__main__ import compare
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -109,3 +109,10 @@ def test_cpu_per_item_counts_this_process_and_the_servers_open_backends(admin_ur
         conn.execute("SELECT count(*) FROM generate_series(1, 3000000)").fetchone()
     assert cpu["client_cpu_us"] >= 0.05 / 10 * 1e6
     assert cpu["server_cpu_us"] >= 0.05 / 10 * 1e6
+
+
+def test_console() -> None:
+    result = console.console(400, repeat=1, pending=8)
+    assert result["fill"]["finished_subtasks"] == 400
+    assert [r["page"] for r in result["results"]] == [name for name, _ in console.pages(100)]
+    assert all(r["under_200ms"].endswith("/1") for r in result["results"])
