@@ -13,7 +13,7 @@ database errors of :mod:`taskd.queue.connection`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -154,7 +154,6 @@ class Overview:
     queues: list[QueueOverview]
     executors: list[ExecutorRow]
     generated_at: datetime | None = None
-    problems: list[str] = field(default_factory=list)
 
 
 async def overview(store: Store, *, dead_after: float) -> Overview:
