@@ -117,6 +117,11 @@ def test_admin_finds_a_failure_reads_it_and_bulk_retries_the_filter_to_completio
             page = context.new_page()
             sign_in(page, api, settings, "root", admin=True)
             expect(page.locator("#queues")).to_contain_text("standard")
+            expect(page.locator("#queues tbody tr").first.locator("td").nth(6)).to_have_text(
+                "4")  # failed in the last hour
+            executor = page.locator("#executors tbody tr").first
+            expect(executor).to_contain_text("running")
+            expect(executor).to_contain_text("standard 0 / 10")
             shot(page, "overview")
 
             page.click("text=Tasks")
