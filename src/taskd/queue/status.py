@@ -225,13 +225,10 @@ async def oldest_unstarted(store: Store, queues: list[str]) -> dict[str, float]:
     return {r["queue"]: max(0.0, float(r["oldest_seconds"])) for r in rows}
 
 
-async def read_queues(store: Store, *, unstarted_ages: bool = True) -> list[QueueRow]:
-    """Each queue with unfinished work or subtasks finished within the hour; without
-    ``unstarted_ages``, ``oldest_unstarted_seconds`` is left None (one query less: the console
-    refreshes every few seconds)."""
+async def read_queues(store: Store) -> list[QueueRow]:
+    """Each queue with unfinished work or subtasks finished within the hour."""
     rows = await store.fetch_rows("queue_overview", {})
-    unstarted = (await oldest_unstarted(store, [r["queue"] for r in rows])
-                 if unstarted_ages else {})
+    unstarted = await oldest_unstarted(store, [r["queue"] for r in rows])
     return [
         QueueRow(
             queue=r["queue"], ready=int(r["ready"]), scheduled=int(r["scheduled"]),
