@@ -14,11 +14,12 @@ import httpx
 import psycopg
 import pytest
 
-from taskd.api import RunningApi, mint_token
+from taskd.api import RunningApi, mint_token, serve_in_thread
 from taskd.queue import console as db
 from taskd.queue.store import Store
 from taskd.settings import Settings
 from tests.console_support import csrf_of, fail, sign_in, status_of, submit
+from tests.integration.api_support import make_settings
 
 PAGES = ["/console/overview", "/console/overview/live", "/console/tasks", "/console/errors",
          "/console/audit"]
@@ -381,3 +382,9 @@ def test_odd_posts_change_nothing(console: Console, db: psycopg.Connection[Any])
         assert r.status_code == status, (path, r.text)
     assert c.get(f"/console/tasks/{task}/retry").status_code == 405
     assert status_of(db, task) == "pending" and _audit(db) == []
+
+
+def test_console_false_serves_no_console(database_url: str) -> None:
+    with serve_in_thread(make_settings(database_url, console=False), database_url) as api:
+        assert httpx.get(f"{api.url}/console/login", timeout=30).status_code == 404
+        assert httpx.get(f"{api.url}/healthz", timeout=30).status_code == 200
