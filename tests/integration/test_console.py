@@ -14,11 +14,12 @@ import httpx
 import psycopg
 import pytest
 
-from taskd.api import RunningApi, mint_token
+from taskd.api import RunningApi, mint_token, serve_in_thread
 from taskd.queue import console as db
 from taskd.queue.store import Store
 from taskd.settings import Settings
 from tests.console_support import csrf_of, fail, sign_in, status_of, submit
+from tests.integration.api_support import make_settings
 
 PAGES = ["/console/overview", "/console/overview/live", "/console/tasks", "/console/errors",
          "/console/audit"]
@@ -151,27 +152,27 @@ def test_an_admin_post_without_the_csrf_token_is_refused(
     assert status_of(db, task) == "failed" and _audit(db) == []
 
 
-@pytest.mark.parametrize("value", [
-    "' OR 1=1 --", "standard'; DROP TABLE taskd.tasks; --", "<script>alert(1)</script>",
-    '"><img src=x onerror=alert(1)>', "{{ 7*7 }}",
-])
+HOSTILE = ["' OR 1=1 --", "standard'; DROP TABLE taskd.tasks; --", "<script>alert(1)</script>",
+           '"><img src=x onerror=alert(1)>', "{{ 7*7 }}"]
+
+
 def test_hostile_filter_values_are_harmless_and_shown_escaped(
-    console: Console,
-    api: RunningApi, api_settings: Settings, db: psycopg.Connection[Any], value: str
+    console: Console, db: psycopg.Connection[Any]
 ) -> None:
     submit(db, n=1, queue="standard")
     c = console("root", admin=True)
-    for name in ("queue", "kind", "user"):
-        page = c.get("/console/tasks", params={name: value})
-        assert page.status_code == 200
-        assert 'id="no-tasks"' in page.text  # compared as text: it matches nothing
-        assert value not in page.text or value == "{{ 7*7 }}"
-        assert "<script>alert" not in page.text and "<img src=x" not in page.text
-        assert "49" not in page.text.split('id="filters"')[1].split("</form>")[0]
+    for value in HOSTILE:
+        for name in ("queue", "kind", "user"):
+            page = c.get("/console/tasks", params={name: value})
+            assert page.status_code == 200
+            assert 'id="no-tasks"' in page.text  # compared as text: it matches nothing
+            assert value not in page.text or value == "{{ 7*7 }}"
+            assert "<script>alert" not in page.text and "<img src=x" not in page.text
+            assert "49" not in page.text.split('id="filters"')[1].split("</form>")[0]
     assert db.execute("SELECT count(*) FROM taskd.tasks").fetchone() == (1,)
 
 
-@pytest.mark.parametrize(("query", "message"), [
+MALFORMED = [
     ({"bogus": "1"}, "unknown filter &#39;bogus&#39;"),
     ({"status": "broken"}, "status &#39;broken&#39; is not one of"),
     ({"from": "yesterday"}, "filter &#39;from&#39; is not a time"),
@@ -180,16 +181,16 @@ def test_hostile_filter_values_are_harmless_and_shown_escaped(
     ({"after": "1;DROP"}, "is not a page of this list"),
     ({"queue": "x" * 201}, "longer than 200"),
     ({"queue": "a\x01b"}, "control characters"),
-])
-def test_unknown_or_malformed_filters_get_a_clear_message(
-    console: Console,
-    api: RunningApi, api_settings: Settings, query: dict[str, str], message: str
-) -> None:
+]
+
+
+def test_unknown_or_malformed_filters_get_a_clear_message(console: Console) -> None:
     c = console("root", admin=True)
-    page = c.get("/console/tasks", params=query)
-    assert page.status_code == 400
-    assert message in page.text
-    assert 'id="filter-error"' in page.text and 'id="bulk' not in page.text
+    for query, message in MALFORMED:
+        page = c.get("/console/tasks", params=query)
+        assert page.status_code == 400, query
+        assert message in page.text, query
+        assert 'id="filter-error"' in page.text and 'id="bulk' not in page.text
 
 
 def test_tasks_filter_sort_and_pages_by_cursor(
@@ -343,3 +344,47 @@ async def test_bulk_cancel_runs_in_batches_as_one_recorded_operation(store: Stor
     assert (entry.action, entry.row_count, entry.target["tasks"]) == ("cancel_pending", 14, 7)
     assert entry.finished_at is not None
     await anyio.lowlevel.checkpoint()
+
+
+ODD_URLS = [
+    ("/console/tasks/abc", 404), ("/console/tasks/0", 404),
+    ("/console/tasks/99999999999999999999", 404), ("/console/tasks/1?after=x", 404),
+    ("/console/errors/abc", 404), ("/console/errors/99999999999999999999", 404),
+    ("/console/errors?before=nonsense", 400), ("/console/errors?colour=red", 400),
+    ("/console/tasks/1/confirm?action=retry", 404), ("/console/nope", 404),
+    ("/console/bulk/confirm?action=drop", 400),
+    ("/console/bulk/confirm?action=retry_failed&status=failed", 400),
+    ("/console/bulk/confirm?action=retry_failed&from=never", 400),
+]
+
+
+def test_odd_urls_get_a_page_that_says_why_never_a_crash(console: Console) -> None:
+    c = console("root", admin=True)
+    for path, status in ODD_URLS:
+        page = c.get(path)
+        assert page.status_code == status, (path, page.text)
+        assert "content-security-policy" in page.headers
+
+
+def test_odd_posts_change_nothing(console: Console, db: psycopg.Connection[Any]) -> None:
+    task = submit(db, n=1)
+    c = console("root", admin=True)
+    csrf = csrf_of(c.get("/console/tasks").text)
+    for path, data, status in [
+        ("/console/tasks/99999999999999999999/retry", {}, 409),
+        (f"/console/tasks/{task}/retry", {}, 409),  # nothing failed
+        (f"/console/tasks/{task}/priority", {"priority": "high"}, 400),
+        ("/console/bulk/drop", {}, 404),
+        ("/console/bulk/retry_failed", {"queue": "standard"}, 400),  # no max_id
+        ("/console/bulk/retry_failed", {"max_id": "9", "colour": "red"}, 400),
+    ]:
+        r = c.post(path, data={"csrf": csrf, **data})
+        assert r.status_code == status, (path, r.text)
+    assert c.get(f"/console/tasks/{task}/retry").status_code == 405
+    assert status_of(db, task) == "pending" and _audit(db) == []
+
+
+def test_console_false_serves_no_console(database_url: str) -> None:
+    with serve_in_thread(make_settings(database_url, console=False), database_url) as api:
+        assert httpx.get(f"{api.url}/console/login", timeout=30).status_code == 404
+        assert httpx.get(f"{api.url}/healthz", timeout=30).status_code == 200

@@ -17,6 +17,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from taskd.api import mint_token, serve_in_thread
+from taskd.settings import Settings
+from tests.console_support import csrf_of, sign_in
 from tests.integration.api_support import make_settings
 from tests.system.daemons import daemons, scalar, wait_for
 
@@ -60,6 +62,14 @@ def _refused(url: str, statement: str, *params: Any) -> None:
         conn.execute(statement, params)  # type: ignore[arg-type]
 
 
+def alice_task(url: str, settings: Settings) -> int:
+    token = mint_token(settings.api, "alice", ttl=600)
+    made = httpx.post(f"{url}/v1/tasks", json={"kind": "noop", "subtasks": [{"n": 1}]},
+                      headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert made.status_code == 201, made.text
+    return int(made.json()["id"])
+
+
 def test_the_api_role_serves_the_api_and_can_do_nothing_else(
     roles: dict[str, str], database_url: str
 ) -> None:
@@ -84,6 +94,20 @@ def test_the_api_role_serves_the_api_and_can_do_nothing_else(
             assert paused.status_code == 200 and paused.json()["paused"], paused.text
             assert root.post("/v1/queues/standard/resume").status_code == 200
             assert root.get("/v1/queues").status_code == 200
+        # The console reads every page and writes its audit log as the API role.
+        console = sign_in(api.url, settings.api, "root", admin=True)
+        try:
+            for page in ("/console/overview", "/console/tasks", f"/console/tasks/{task_id}",
+                         "/console/errors", "/console/audit"):
+                assert console.get(page).status_code == 200, page
+            other = alice_task(api.url, settings)
+            form = console.get(f"/console/tasks/{other}/confirm?action=priority&priority=3")
+            done = console.post(f"/console/tasks/{other}/priority",
+                                data={"csrf": csrf_of(form.text), "priority": "3"})
+            assert done.status_code == 200, done.text
+        finally:
+            console.close()
+        assert scalar(database_url, "SELECT action FROM taskd.console_audit") == "set_priority"
     api = roles["api"]
     _refused(api, "UPDATE taskd.queue_controls SET paused = true")
     _refused(api, "DELETE FROM taskd.tasks")

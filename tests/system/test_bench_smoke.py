@@ -11,7 +11,16 @@ import os
 import time
 
 import pytest
-from bench import common, fleet, http_clients, notifications, peers, task_end, taskd_workloads
+from bench import (
+    common,
+    console,
+    fleet,
+    http_clients,
+    notifications,
+    peers,
+    task_end,
+    taskd_workloads,
+)
 from bench.__main__ import compare
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -139,3 +148,10 @@ def test_fleet() -> None:
     # In clock ticks (10 ms): 40 noops may read 0, never less.
     assert all(r["pg_cpu_us_per_subtask"] >= 0 for r in rows), rows
     assert all(r["idle_statements_per_s"] > 0 for r in rows), rows
+
+
+def test_console() -> None:
+    result = console.console(400, repeat=1, pending=8)
+    assert result["fill"]["finished_subtasks"] == 400
+    assert [r["page"] for r in result["results"]] == [name for name, _ in console.pages(100)]
+    assert all(r["under_200ms"].endswith("/1") for r in result["results"])

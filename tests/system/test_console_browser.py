@@ -117,6 +117,11 @@ def test_admin_finds_a_failure_reads_it_and_bulk_retries_the_filter_to_completio
             page = context.new_page()
             sign_in(page, api, settings, "root", admin=True)
             expect(page.locator("#queues")).to_contain_text("standard")
+            expect(page.locator("#queues tbody tr").first.locator("td").nth(6)).to_have_text(
+                "4")  # failed in the last hour
+            executor = page.locator("#executors tbody tr").first
+            expect(executor).to_contain_text("running")
+            expect(executor).to_contain_text("standard 0 / 10")
             shot(page, "overview")
 
             page.click("text=Tasks")
@@ -228,3 +233,26 @@ def test_the_overview_refreshes_itself_without_breaking_the_csp(
     expect(page.locator("#queues")).to_contain_text("standard")
     shot(page, "overview-refreshed")
     assert violations == []
+
+
+def test_script_in_a_filter_stays_text_in_the_browser(
+    api: RunningApi, settings: Settings, database_url: str, context: BrowserContext,
+) -> None:
+    dialogs: list[str] = []
+    page = context.new_page()
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    sign_in(page, api, settings, "root", admin=True)
+    hostile = {"queue": "<script>alert('q')</script>", "kind": '"><img src=x onerror=alert(1)>',
+               "user": "' OR 1=1 --"}
+    page.goto(f"{api.url}/console/tasks")
+    for name, value in hostile.items():
+        page.fill(f"#f-{name}", value)
+    page.click("#apply")
+    expect(page.locator("#no-tasks")).to_be_visible()
+    for name, value in hostile.items():
+        expect(page.locator(f"#f-{name}")).to_have_value(value)
+    page.goto(f"{api.url}/console/tasks?colour=red")
+    expect(page.locator("#filter-error")).to_contain_text("unknown filter 'colour'")
+    shot(page, "unknown-filter")
+    assert dialogs == []
+    assert page.locator("img[src=x]").count() == 0

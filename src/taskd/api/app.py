@@ -73,11 +73,11 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     # Added last is outermost: authenticate first, then read (and bound) the body.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(AuthMiddleware, verifier=verifier)
+    if settings.api.console:
+        app.mount("/console", _console(settings, store))
     app.include_router(system.router)
     app.include_router(tasks.router)
     app.include_router(accounts.router)
-    if settings.api.console:
-        app.mount("/console", _console(settings, store))
     app.include_router(queues.router)
     app.include_router(notifications.router)
     app.include_router(schedules.router)

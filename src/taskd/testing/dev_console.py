@@ -5,8 +5,8 @@ answers (the daemon's ``/readyz``: the embedded database is up and migrated, so 
 it instead of racing to start it), starts ``taskd api`` on ``127.0.0.1:PORT``, waits for its
 ``/healthz`` and prints a link that signs in to the console with a development admin token
 valid for ``--ttl`` (30 minutes). Without ``TASKD_API__JWT_SECRET`` a random secret is made for
-this run (the link's token, and any minted with ``taskd api token`` in the same environment,
-are then signed with it). SIGINT or SIGTERM stops the API; so does the end of the parent.
+this run (the link's token is minted with ``taskd api token`` under it). SIGINT or SIGTERM
+stops the API.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ import time
 from types import FrameType
 from urllib.error import URLError
 from urllib.request import urlopen
-
-from taskd.api.auth import mint_token
-from taskd.settings import load_settings
 
 DEV_USER = "dev"
 
@@ -71,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     base = f"http://127.0.0.1:{args.port}"
     if _wait(f"{base}/healthz", args.within, api):
-        os.environ["TASKD_API__JWT_SECRET"] = env["TASKD_API__JWT_SECRET"]
-        token = mint_token(load_settings().api, DEV_USER, admin=True, ttl=args.ttl)
+        # Minted as an operator would (`taskd api token`), with the API's own settings.
+        token = subprocess.run(
+            [sys.executable, "-m", "taskd", "api", "token", "--user", DEV_USER, "--admin",
+             "--ttl", f"{int(args.ttl)}s"],
+            env=env, capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.strip()
         print(f"\nconsole: open {base}/console/login?token={token}\n"
               f"         (signs in as {DEV_USER!r}, admin, for {args.ttl / 60:g} minutes)\n",
               flush=True)

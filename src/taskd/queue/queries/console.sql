@@ -159,19 +159,24 @@ SELECT id, error_type, error_message, count, queue, kind, first_occurred_at,
  WHERE id = %(id)s;
 
 -- name: console_error_subtasks
--- The failed subtasks whose error is this one, newest first: through subtasks_failed_idx,
--- within the error's first and last occurrence (a subtask fails in the statement that counts
--- its error, at the same database time).
+-- The failed subtasks whose error is this one, newest first: subtasks_failed_idx read
+-- backwards from the error's last occurrence to its first (a subtask fails in the statement
+-- that counts its error, at the same database time), stopping at `limit`.
 SELECT s.id, s.task_id, s.queue, s.kind, s.attempt, s.completed_at
   FROM taskd.error_logs e
-  JOIN taskd.subtasks s
-    ON s.status = 'failed'
-   AND s.completed_at BETWEEN e.first_occurred_at AND e.last_occurred_at
-   AND split_part(s.error, ': ', 1) = e.error_type
-   AND left(substr(s.error, length(split_part(s.error, ': ', 1)) + 3), 500) = e.error_message
+ CROSS JOIN LATERAL (
+    SELECT s.id, s.task_id, s.queue, s.kind, s.attempt, s.completed_at
+      FROM taskd.subtasks s
+     WHERE s.status = 'failed'
+       AND s.completed_at BETWEEN e.first_occurred_at AND e.last_occurred_at
+       AND split_part(s.error, ': ', 1) = e.error_type
+       AND left(substr(s.error, length(split_part(s.error, ': ', 1)) + 3), 500)
+           = e.error_message
+     ORDER BY s.completed_at DESC
+     LIMIT %(limit)s
+ ) s
  WHERE e.id = %(id)s
- ORDER BY s.completed_at DESC, s.id DESC
- LIMIT %(limit)s;
+ ORDER BY s.completed_at DESC, s.id DESC;
 
 -- name: console_audit_start
 INSERT INTO taskd.console_audit (actor, action, target, row_count, finished_at)
