@@ -9,13 +9,9 @@ from typing import Any
 import pytest
 
 from taskd.queue import maintenance
-from taskd.queue.status import (
-    list_errors,
-    list_tasks,
-    read_status,
-    subtask_counts,
-)
+from taskd.queue.status import list_errors, read_status
 from taskd.queue.store import Store
+from taskd.queue.tasks import list_tasks, subtask_counts
 from taskd.types import ErrorOccurrence, ExecutorInfo, Outcome
 from tests import factories
 

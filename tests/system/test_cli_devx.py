@@ -52,11 +52,13 @@ def test_migrate_prints_what_it_did_on_stdout(empty_database_url: str) -> None:
     lines = first.stdout.splitlines()
     latest = migrations.migrations()[-1]
     assert lines[0] == "applied 0001_initial"
-    assert lines[-3] == f"applied {latest.version:04d}_{latest.name}"
-    assert lines[-2] == "limits: max_payload_bytes = 1048576"
+    assert lines[-4] == f"applied {latest.version:04d}_{latest.name}"
+    assert lines[-3] == "limits: max_payload_bytes = 1048576"
+    assert lines[-2] == "notifications: allow_http_private = false, routes = none"
     assert lines[-1] == f"schema is up to date (version {latest.version})"
     again = taskd("migrate", TASKD_DATABASE_URL=empty_database_url)
     assert again.stdout == ("limits: max_payload_bytes = 1048576\n"
+                            "notifications: allow_http_private = false, routes = none\n"
                             f"schema is up to date (version {latest.version})\n")
     assert again.stderr == ""
 
