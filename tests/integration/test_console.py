@@ -465,3 +465,45 @@ def test_an_unknown_queue_gets_a_clear_message_and_nothing_is_written(
     assert db.execute("SELECT count(*) FROM taskd.queue_controls"
                       " WHERE queue NOT IN ('standard', 'lumina')").fetchone() == (0,)
     assert _paused(db, "standard") in (None, (False, None)) and _audit(db) == []
+
+
+def test_the_overview_shows_schedules_with_their_state_ticks_and_last_task(
+    console: Console, db: psycopg.Connection[Any]
+) -> None:
+    bob = console("bob")
+    assert 'id="schedules"' not in bob.get("/console/overview").text  # none: no section
+    task = submit(db, n=1)
+    fail(db, task)
+    db.execute("INSERT INTO taskd.schedules (name, cron, queue, kind, last_tick, last_task_id)"
+               " VALUES ('nightly', '0 3 * * *', 'standard', 'noop',"
+               " '2026-01-02 03:00+00', %s)", (task,))
+    db.execute("INSERT INTO taskd.schedules (name, cron, queue, kind, enabled)"
+               " VALUES ('hourly', '0 * * * *', 'lumina', 'lumina', false)")
+    page = bob.get("/console/overview/live").text
+    nightly = re.search(r'<tr id="schedule-nightly" class="enabled">.*?</tr>', page, re.S)
+    assert nightly is not None, page
+    assert "0 3 * * *" in nightly[0] and "2026-01-02" in nightly[0]
+    assert f'href="/console/tasks/{task}">{task}</a> failed' in nightly[0]
+    assert re.search(r"<td>\d{4}-\d\d-\d\d 03:00:00 UTC</td>", nightly[0])  # next tick
+    hourly = re.search(r'<tr id="schedule-hourly" class="paused">.*?</tr>', page, re.S)
+    assert hourly is not None and "<td>paused</td>" in hourly[0]
+    assert hourly[0].count("<td>—</td>") == 3  # no last tick, no next tick, no task
+
+
+def test_the_overview_shows_undelivered_and_dead_notifications_when_there_are_any(
+    console: Console, db: psycopg.Connection[Any]
+) -> None:
+    bob = console("bob")
+    db.execute("INSERT INTO taskd.notifications (task_id, url, event, status)"
+               " VALUES (1, 'http://127.0.0.1:9/', 'failed', 'delivered')")
+    assert 'id="notifications"' not in bob.get("/console/overview").text  # all delivered
+    db.execute("INSERT INTO taskd.notifications (task_id, url, event, status, created_at)"
+               " VALUES (1, 'http://127.0.0.1:9/', 'failed', 'pending', now() - interval '5 min'),"
+               " (2, 'http://127.0.0.1:9/', 'completed', 'pending', now()),"
+               " (3, 'http://127.0.0.1:9/', 'failed', 'dead', now())")
+    page = bob.get("/console/overview").text
+    table = re.search(r'<table id="notifications">.*?</table>', page, re.S)
+    assert table is not None, page
+    cells = re.findall(r'<td class="num">([^<]*)</td>', table[0])
+    assert cells[:2] == ["2", "1"]
+    assert re.fullmatch(r"5\.\d min", cells[2]), cells

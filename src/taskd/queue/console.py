@@ -14,7 +14,7 @@ database errors of :mod:`taskd.queue.connection`.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -23,6 +23,8 @@ from psycopg.types.json import Jsonb
 from taskd.errors import NothingToRetry, TaskFinished, TaskNotFound
 from taskd.queue.connection import Conn, run_query
 from taskd.queue.controls import QueueControl, change_on, list_queue_controls
+from taskd.queue.notifications import NotificationOverview, notification_overview
+from taskd.queue.schedules import ScheduleRow, list_schedules
 from taskd.queue.status import ExecutorRow, QueueRow, read_executors
 from taskd.queue.store import Store
 from taskd.queue.tasks import check_priority, set_priority_on
@@ -155,9 +157,14 @@ class QueueOverview:
 
 @dataclass(frozen=True, slots=True)
 class Overview:
+    """The overview page: queues, executors, schedules, and the notifications' backlog
+    (``notifications`` is None when none is undelivered or dead)."""
+
     queues: list[QueueOverview]
     executors: list[ExecutorRow]
     generated_at: datetime | None = None
+    schedules: list[ScheduleRow] = field(default_factory=list)
+    notifications: NotificationOverview | None = None
 
 
 async def _queues(store: Store) -> list[QueueRow]:
@@ -186,7 +193,8 @@ def _idle(queue: str) -> QueueRow:
 
 
 async def overview(store: Store, *, dead_after: float) -> Overview:
-    """Queues (backlog, running, limit, rate, oldest waiting) and executors."""
+    """Queues (backlog, running, limit, rate, oldest waiting, pause, rate limit), executors,
+    schedules and the notifications' backlog."""
     executors = await read_executors(store, dead_after)
     queues = await _queues(store)
     controls = {c.queue: c for c in await list_queue_controls(store)}
@@ -201,7 +209,10 @@ async def overview(store: Store, *, dead_after: float) -> Overview:
         known = [x for x in limits if x is not None]
         result.append(QueueOverview(row=q, limit=sum(known) if known else None,
                                     running=q.processing, control=controls.get(q.queue)))
-    return Overview(queues=result, executors=executors, generated_at=await store.database_now())
+    notes = await notification_overview(store)
+    return Overview(queues=result, executors=executors, generated_at=await store.database_now(),
+                    schedules=await list_schedules(store),
+                    notifications=notes if notes.undelivered or notes.dead else None)
 
 
 async def list_tasks(
