@@ -2,12 +2,14 @@
 
 Reads: the task list by filter and cursor, a task's subtasks with their errors' stack traces,
 the aggregated errors and the failed subtasks of each, the audit log. Writes: the actions an
-admin takes (retry or cancel one task, change its priority, bulk retry or cancel by filter),
-each together with its row in ``console_audit``. The overview reuses
-:mod:`taskd.queue.status`. Every query is in ``queries/console.sql``.
+admin takes (retry or cancel one task, change its priority, bulk retry or cancel by filter,
+pause or resume a queue), each together with its row in ``console_audit``. The overview reuses
+:mod:`taskd.queue.status`, :mod:`~taskd.queue.controls`, :mod:`~taskd.queue.schedules` and
+:mod:`~taskd.queue.notifications`. The console's own queries are in ``queries/console.sql``.
 
 Errors: :class:`taskd.errors.TaskNotFound`, :class:`~taskd.errors.TaskFinished`,
-:class:`~taskd.errors.NothingToRetry`, :class:`~taskd.errors.InvalidInput` and the
+:class:`~taskd.errors.NothingToRetry`, :class:`~taskd.errors.InvalidInput`,
+:class:`~taskd.errors.QueueNotFound` and the
 database errors of :mod:`taskd.queue.connection`.
 """
 
