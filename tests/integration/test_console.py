@@ -388,3 +388,122 @@ def test_console_false_serves_no_console(database_url: str) -> None:
     with serve_in_thread(make_settings(database_url, console=False), database_url) as api:
         assert httpx.get(f"{api.url}/console/login", timeout=30).status_code == 404
         assert httpx.get(f"{api.url}/healthz", timeout=30).status_code == 200
+
+
+def _paused(conn: psycopg.Connection[Any], queue: str) -> Any:
+    row = conn.execute("SELECT paused, paused_by FROM taskd.queue_controls WHERE queue = %s",
+                       (queue,)).fetchone()
+    return None if row is None else tuple(row)
+
+
+def test_an_admin_pauses_and_resumes_a_queue_from_the_overview_and_both_are_audited(
+    console: Console, db: psycopg.Connection[Any]
+) -> None:
+    submit(db, n=2, queue="standard")
+    root = console("root", admin=True)
+    overview = root.get("/console/overview").text
+    assert 'id="pause-standard" href="/console/queues/standard/confirm?action=pause"' in overview
+    confirm = root.get("/console/queues/standard/confirm?action=pause").text
+    assert "Pause queue &#39;standard&#39; on every executor" in confirm
+    assert _paused(db, "standard") is None  # the confirmation writes nothing
+    r = root.post("/console/queues/standard/pause", data={"csrf": csrf_of(confirm)})
+    assert r.status_code == 200 and "is paused" in r.text
+    assert _paused(db, "standard") == (True, "root")
+    overview = root.get("/console/overview/live").text
+    row = re.search(r'<tr id="queue-standard" class="paused">.*?</tr>', overview, re.S)
+    assert row is not None and "paused by root since" in row[0]
+    assert 'id="resume-standard"' in row[0] and 'id="pause-standard"' not in row[0]
+    # Pausing again: a clear answer, no second audit row.
+    assert root.get("/console/queues/standard/confirm?action=pause").status_code == 409
+    again = root.post("/console/queues/standard/pause", data={"csrf": csrf_of(confirm)})
+    assert again.status_code == 409 and "paused already" in again.text
+    confirm = root.get("/console/queues/standard/confirm?action=resume").text
+    assert "Resume queue &#39;standard&#39;" in confirm
+    r = root.post("/console/queues/standard/resume", data={"csrf": csrf_of(confirm)})
+    assert r.status_code == 200 and "resumed" in r.text
+    assert _paused(db, "standard") == (False, None)
+    assert [(a[0], a[1], a[2], a[3], a[4]) for a in _audit(db)] == [
+        ("root", "pause_queue", {"queue": "standard"}, 1, True),
+        ("root", "resume_queue", {"queue": "standard"}, 1, True),
+    ]
+    assert "pause_queue" in root.get("/console/audit").text
+
+
+def test_an_idle_paused_queue_and_its_rate_limit_are_shown_to_read_only_without_buttons(
+    console: Console, db: psycopg.Connection[Any]
+) -> None:
+    db.execute("INSERT INTO taskd.queue_controls (queue, rate_limit, rate_period)"
+               " VALUES ('lumina', 20, 1)")
+    db.execute("SELECT taskd.pause_queue('lumina', 'alice')")
+    bob = console("bob")
+    page = bob.get("/console/overview").text
+    row = re.search(r'<tr id="queue-lumina" class="paused">.*?</tr>', page, re.S)
+    assert row is not None, page
+    assert "paused by alice since" in row[0] and "20/s" in row[0]
+    assert 'id="resume-' not in page and 'id="pause-' not in page
+    assert bob.get("/console/queues/lumina/confirm?action=resume").status_code == 403
+    csrf = csrf_of(page)
+    for action in ["resume", "pause"]:
+        r = bob.post(f"/console/queues/lumina/{action}", data={"csrf": csrf})
+        assert r.status_code == 403 and "admin role" in r.text
+    assert _paused(db, "lumina") == (True, "alice") and _audit(db) == []
+
+
+def test_an_unknown_queue_gets_a_clear_message_and_nothing_is_written(
+    console: Console, db: psycopg.Connection[Any]
+) -> None:
+    root = console("root", admin=True)
+    page = root.get("/console/queues/nosuch/confirm?action=pause")
+    assert page.status_code == 404 and "no queue &#39;nosuch&#39;" in page.text.lower()
+    csrf = csrf_of(root.get("/console/overview").text)
+    for path in ["/console/queues/nosuch/pause", "/console/queues/nosuch/resume",
+                 "/console/queues/BAD%20name/pause"]:
+        r = root.post(path, data={"csrf": csrf})
+        assert r.status_code == 404 and "Nothing was changed" in r.text, path
+    assert root.get("/console/queues/standard/confirm?action=drop").status_code == 400
+    assert root.post("/console/queues/standard/drop", data={"csrf": csrf}).status_code == 404
+    assert db.execute("SELECT count(*) FROM taskd.queue_controls"
+                      " WHERE queue NOT IN ('standard', 'lumina')").fetchone() == (0,)
+    assert _paused(db, "standard") in (None, (False, None)) and _audit(db) == []
+
+
+def test_the_overview_shows_schedules_with_their_state_ticks_and_last_task(
+    console: Console, db: psycopg.Connection[Any]
+) -> None:
+    bob = console("bob")
+    assert 'id="schedules"' not in bob.get("/console/overview").text  # none: no section
+    task = submit(db, n=1)
+    fail(db, task)
+    db.execute("INSERT INTO taskd.schedules (name, cron, queue, kind, last_tick, last_task_id)"
+               " VALUES ('nightly', '0 3 * * *', 'standard', 'noop',"
+               " '2026-01-02 03:00+00', %s)", (task,))
+    db.execute("INSERT INTO taskd.schedules (name, cron, queue, kind, enabled)"
+               " VALUES ('hourly', '0 * * * *', 'lumina', 'lumina', false)")
+    page = bob.get("/console/overview/live").text
+    nightly = re.search(r'<tr id="schedule-nightly" class="enabled">.*?</tr>', page, re.S)
+    assert nightly is not None, page
+    assert "0 3 * * *" in nightly[0] and "2026-01-02" in nightly[0]
+    assert f'href="/console/tasks/{task}">{task}</a> failed' in nightly[0]
+    assert re.search(r"<td>\d{4}-\d\d-\d\d 03:00:00 UTC</td>", nightly[0])  # next tick
+    hourly = re.search(r'<tr id="schedule-hourly" class="paused">.*?</tr>', page, re.S)
+    assert hourly is not None and "<td>paused</td>" in hourly[0]
+    assert hourly[0].count("<td>—</td>") == 3  # no last tick, no next tick, no task
+
+
+def test_the_overview_shows_undelivered_and_dead_notifications_when_there_are_any(
+    console: Console, db: psycopg.Connection[Any]
+) -> None:
+    bob = console("bob")
+    db.execute("INSERT INTO taskd.notifications (task_id, url, event, status)"
+               " VALUES (1, 'http://127.0.0.1:9/', 'failed', 'delivered')")
+    assert 'id="notifications"' not in bob.get("/console/overview").text  # all delivered
+    db.execute("INSERT INTO taskd.notifications (task_id, url, event, status, created_at)"
+               " VALUES (1, 'http://127.0.0.1:9/', 'failed', 'pending', now() - interval '5 min'),"
+               " (2, 'http://127.0.0.1:9/', 'completed', 'pending', now()),"
+               " (3, 'http://127.0.0.1:9/', 'failed', 'dead', now())")
+    page = bob.get("/console/overview").text
+    table = re.search(r'<table id="notifications">.*?</table>', page, re.S)
+    assert table is not None, page
+    cells = re.findall(r'<td class="num">([^<]*)</td>', table[0])
+    assert cells[:2] == ["2", "1"]
+    assert re.fullmatch(r"5\.\d min", cells[2]), cells

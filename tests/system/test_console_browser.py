@@ -2,7 +2,8 @@
 never `playwright install`): an admin signs in, finds a failed task, reads its error and
 bulk-retries the failed tasks of a filter, which a real ``taskd run`` then completes; a
 read-only operator sees no action button and a forged POST gets 403; the pages work with
-JavaScript off, and refresh themselves with it on, with no CSP violation.
+JavaScript off (an admin also pauses and resumes a queue there by clicking), and refresh
+themselves with it on, with no CSP violation.
 
 Screenshots of each page go to ``artifacts/console/`` (gitignored). Without Chromium these
 tests skip locally and fail in CI (CI=true): .ci/run installs it.
@@ -215,6 +216,23 @@ def test_pages_render_with_javascript_disabled(
     page.click("#confirm")
     expect(page.locator("#message")).to_contain_text("priority 5")
     shot(page, "task-no-js")
+    # Pause the queue from the overview by clicking, then resume it.
+    page.goto(f"{api.url}/console/overview")
+    page.click("#pause-standard")
+    expect(page.locator("#confirm-text")).to_contain_text("Pause queue 'standard'")
+    page.click("#confirm")
+    expect(page.locator("#message")).to_contain_text("is paused")
+    assert scalar(database_url, "SELECT paused FROM taskd.queue_controls"
+                                " WHERE queue = 'standard'") is True
+    page.goto(f"{api.url}/console/overview")
+    expect(page.locator("#queue-standard")).to_contain_text("paused by root since")
+    shot(page, "overview-paused-no-js")
+    page.click("#resume-standard")
+    expect(page.locator("#confirm-text")).to_contain_text("Resume queue 'standard'")
+    page.click("#confirm")
+    expect(page.locator("#message")).to_contain_text("resumed")
+    assert scalar(database_url, "SELECT paused FROM taskd.queue_controls"
+                                " WHERE queue = 'standard'") is False
 
 
 def test_the_overview_refreshes_itself_without_breaking_the_csp(

@@ -2,18 +2,21 @@
 
 Reads: the task list by filter and cursor, a task's subtasks with their errors' stack traces,
 the aggregated errors and the failed subtasks of each, the audit log. Writes: the actions an
-admin takes (retry or cancel one task, change its priority, bulk retry or cancel by filter),
-each together with its row in ``console_audit``. The overview reuses
-:mod:`taskd.queue.status`. Every query is in ``queries/console.sql``.
+admin takes (retry or cancel one task, change its priority, bulk retry or cancel by filter,
+pause or resume a queue), each together with its row in ``console_audit``. The overview reuses
+:mod:`taskd.queue.status`, :mod:`~taskd.queue.controls`, :mod:`~taskd.queue.schedules` and
+:mod:`~taskd.queue.notifications`. The console's own queries are in ``queries/console.sql``.
 
 Errors: :class:`taskd.errors.TaskNotFound`, :class:`~taskd.errors.TaskFinished`,
-:class:`~taskd.errors.NothingToRetry`, :class:`~taskd.errors.InvalidInput` and the
+:class:`~taskd.errors.NothingToRetry`, :class:`~taskd.errors.InvalidInput`,
+:class:`~taskd.errors.QueueNotFound` and the
 database errors of :mod:`taskd.queue.connection`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,6 +24,9 @@ from psycopg.types.json import Jsonb
 
 from taskd.errors import NothingToRetry, TaskFinished, TaskNotFound
 from taskd.queue.connection import Conn, run_query
+from taskd.queue.controls import QueueControl, change_on, list_queue_controls
+from taskd.queue.notifications import NotificationOverview, notification_overview
+from taskd.queue.schedules import ScheduleRow, list_schedules
 from taskd.queue.status import ExecutorRow, QueueRow, read_executors
 from taskd.queue.store import Store
 from taskd.queue.tasks import check_priority, set_priority_on
@@ -33,7 +39,7 @@ MAX_ID = 2**63 - 1
 
 Sort = Literal["created", "priority"]
 AuditAction = Literal["retry_task", "cancel_task", "set_priority", "retry_failed",
-                      "cancel_pending"]
+                      "cancel_pending", "pause_queue", "resume_queue"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,18 +148,25 @@ class BulkReport:
 @dataclass(frozen=True, slots=True)
 class QueueOverview:
     """A queue as the console's overview shows it; ``limit`` is the sum of the live
-    executors' concurrency limits for it (None when no live executor serves it)."""
+    executors' concurrency limits for it (None when no live executor serves it);
+    ``control``: its pause and rate limit (None when the database does not know it)."""
 
     row: QueueRow
     limit: int | None
     running: int
+    control: QueueControl | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Overview:
+    """The overview page: queues, executors, schedules, and the notifications' backlog
+    (``notifications`` is None when none is undelivered or dead)."""
+
     queues: list[QueueOverview]
     executors: list[ExecutorRow]
     generated_at: datetime | None = None
+    schedules: list[ScheduleRow] = field(default_factory=list)
+    notifications: NotificationOverview | None = None
 
 
 async def _queues(store: Store) -> list[QueueRow]:
@@ -175,18 +188,33 @@ async def _queues(store: Store) -> list[QueueRow]:
     ]
 
 
+def _idle(queue: str) -> QueueRow:
+    return QueueRow(queue=queue, ready=0, scheduled=0, processing=0, completed_last_hour=0,
+                    failed_last_hour=0, rate_per_minute={"1m": 0.0, "5m": 0.0, "15m": 0.0},
+                    oldest_pending_seconds=None)
+
+
 async def overview(store: Store, *, dead_after: float) -> Overview:
-    """Queues (backlog, running, limit, rate, oldest waiting) and executors."""
+    """Queues (backlog, running, limit, rate, oldest waiting, pause, rate limit), executors,
+    schedules and the notifications' backlog."""
     executors = await read_executors(store, dead_after)
     queues = await _queues(store)
+    controls = {c.queue: c for c in await list_queue_controls(store)}
+    # A paused queue is listed even when idle, so that it can be seen and resumed.
+    listed = {q.queue for q in queues}
+    queues += [_idle(name) for name, c in controls.items() if c.paused and name not in listed]
+    queues.sort(key=lambda q: q.queue)
     result = []
     for q in queues:
         limits = [e.queues[q.queue].limit for e in executors
                   if e.alive and q.queue in e.queues]
         known = [x for x in limits if x is not None]
         result.append(QueueOverview(row=q, limit=sum(known) if known else None,
-                                    running=q.processing))
-    return Overview(queues=result, executors=executors, generated_at=await store.database_now())
+                                    running=q.processing, control=controls.get(q.queue)))
+    notes = await notification_overview(store)
+    return Overview(queues=result, executors=executors, generated_at=await store.database_now(),
+                    schedules=await list_schedules(store),
+                    notifications=notes if notes.undelivered or notes.dead else None)
 
 
 async def list_tasks(
@@ -308,6 +336,24 @@ async def set_priority(store: Store, task_id: int, priority: int, *, actor: str)
         await _audit(conn, actor, "set_priority",
                      {"task_id": task_id, "priority": priority}, moved)
         return moved
+
+    return await store.in_transaction(work)
+
+
+async def change_queue(
+    store: Store, action: Literal["pause_queue", "resume_queue"], queue: str, *, actor: str,
+    configured: Collection[str] = (),
+) -> bool:
+    """Pause or resume ``queue`` (:mod:`taskd.queue.controls`) with its audit row, in one
+    transaction; returns False (and writes nothing) when it already was paused / was not
+    paused. Raises :class:`taskd.errors.QueueNotFound` (nothing written)."""
+
+    async def work(conn: Conn) -> bool:
+        params: dict[str, object] = {"paused_by": actor} if action == "pause_queue" else {}
+        changed = await change_on(conn, action, queue, params, configured)
+        if changed:
+            await _audit(conn, actor, action, {"queue": queue}, 1)
+        return changed
 
     return await store.in_transaction(work)
 

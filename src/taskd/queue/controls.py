@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from psycopg import errors as pgerrors
 
@@ -50,21 +51,29 @@ async def register_queues(store: Store, queues: Mapping[str, RateLimit | None]) 
     })
 
 
-async def _change(
-    store: Store, name: str, queue: str, params: dict[str, object], configured: Collection[str]
+async def change_on(
+    conn: Conn, name: Literal["pause_queue", "resume_queue"], queue: str,
+    params: dict[str, object], configured: Collection[str],
 ) -> bool:
-    async def work(conn: Conn) -> bool:
-        if queue in configured:
-            await run_query(conn, "known_queue", {"queue": queue})
-        try:
-            rows = await run_query(conn, name, {"queue": queue, **params})
-        except pgerrors.NoDataFound as exc:
-            raise QueueNotFound(
-                f"unknown queue {queue!r}: it is not in the settings and no daemon has served "
-                "it (taskd queues list shows the known queues)") from exc
-        return bool(rows[0]["changed"])
+    """Pause or resume ``queue`` inside the caller's transaction (the console adds its audit
+    row to it); raises :class:`QueueNotFound` as :func:`pause_queue` does."""
+    if queue in configured:
+        await run_query(conn, "known_queue", {"queue": queue})
+    try:
+        rows = await run_query(conn, name, {"queue": queue, **params})
+    except pgerrors.NoDataFound as exc:
+        raise QueueNotFound(
+            f"unknown queue {queue!r}: it is not in the settings and no daemon has served "
+            "it (taskd queues list shows the known queues)") from exc
+    return bool(rows[0]["changed"])
 
-    return await store.in_transaction(work)
+
+async def _change(
+    store: Store, name: Literal["pause_queue", "resume_queue"], queue: str,
+    params: dict[str, object], configured: Collection[str],
+) -> bool:
+    return await store.in_transaction(
+        lambda conn: change_on(conn, name, queue, params, configured))
 
 
 async def pause_queue(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import resources
@@ -43,14 +44,16 @@ from taskd.errors import (
     DatabaseUnavailable,
     InvalidInput,
     NothingToRetry,
+    QueueNotFound,
     TaskFinished,
     TaskNotFound,
 )
 from taskd.queue import console as db
+from taskd.queue.controls import list_queue_controls
 from taskd.queue.status import TASK_STATUSES
 from taskd.queue.store import Store
 from taskd.queue.tasks import check_priority
-from taskd.settings import Settings
+from taskd.settings import QUEUE_NAME_PATTERN, Settings
 from taskd.types import Task
 
 log = logging.getLogger(__name__)
@@ -437,6 +440,76 @@ class Console:
                             f"Task {task_id} now has priority {priority}; {moved} "
                             "subtask(s) moved.", back=back)
 
+    # -- pause and resume a queue -----------------------------------------------------------
+
+    _QUEUE_ACTIONS = {"pause": "pause_queue", "resume": "resume_queue"}
+
+    def _unknown_queue(self, request: Request, session: Session, queue: str) -> Response:
+        return self.message(request, session, 404, "Unknown queue",
+                            f"There is no queue {queue!r}: it is not in the settings and no "
+                            "daemon has served it. Nothing was changed.",
+                            back="/console/overview")
+
+    async def confirm_queue(self, request: Request, session: Session) -> Response:
+        if not session.principal.is_admin:
+            return self.message(request, session, 403, "Forbidden",
+                                "Only the admin role can change anything here.")
+        queue = request.path_params["queue"]
+        action = request.query_params.get("action", "")
+        back = "/console/overview"
+        if action not in self._QUEUE_ACTIONS:
+            return self.message(request, session, 400, "Bad request",
+                                "action must be pause or resume.", back=back)
+        if not re.fullmatch(QUEUE_NAME_PATTERN, queue):
+            return self._unknown_queue(request, session, queue)
+        found = [c for c in await list_queue_controls(self.store) if c.queue == queue]
+        if not found and queue not in self.settings.queues:
+            return self._unknown_queue(request, session, queue)
+        paused = bool(found and found[0].paused)
+        if action == "pause":
+            if paused:
+                return self.message(request, session, 409, "Already paused",
+                                    f"Queue {queue!r} is paused already: nothing to do.",
+                                    back=back)
+            text = (f"Pause queue {queue!r} on every executor: from now on no executor "
+                    "starts its subtasks; running ones finish, submissions are still "
+                    "accepted, and it stays paused across restarts until resumed.")
+        else:
+            if not paused:
+                return self.message(request, session, 409, "Not paused",
+                                    f"Queue {queue!r} is not paused: nothing to do.",
+                                    back=back)
+            text = (f"Resume queue {queue!r}: every executor that serves it is woken and "
+                    "starts its waiting subtasks again at once.")
+        return self.render(request, "confirm.html", session=session, text=text,
+                           post=f"/console/queues/{queue}/{action}", fields={}, back=back,
+                           button=f"{action.capitalize()} {queue}")
+
+    async def change_queue(self, request: Request, session: Session, form: FormData,
+                           ) -> Response:
+        queue = request.path_params["queue"]
+        action = request.path_params["action"]
+        back = "/console/overview"
+        if action not in self._QUEUE_ACTIONS:
+            return self.message(request, session, 404, "Not found", "No such action.")
+        if not re.fullmatch(QUEUE_NAME_PATTERN, queue):
+            return self._unknown_queue(request, session, queue)
+        try:
+            changed = await db.change_queue(
+                self.store, "pause_queue" if action == "pause" else "resume_queue", queue,
+                actor=session.principal.user_id, configured=self.settings.queues)
+        except QueueNotFound:
+            return self._unknown_queue(request, session, queue)
+        if not changed:
+            state = "paused already" if action == "pause" else "not paused"
+            return self.message(request, session, 409, "Nothing done",
+                                f"Queue {queue!r} was {state}: nothing was changed.",
+                                back=back)
+        done = ("paused: no executor starts its subtasks until it is resumed"
+                if action == "pause" else "resumed: its executors claim from it again")
+        return self.message(request, session, 200, f"Queue {action}d",
+                            f"Queue {queue!r} is {done}.", back=back)
+
     # -- bulk actions -----------------------------------------------------------------------
 
     _BULK = {"retry_failed": ("failed", "Retry every failed task"),
@@ -545,6 +618,8 @@ def create_console(settings: Settings, store: Store) -> ASGIApp:
         Route("/errors", c.page(c.errors)),
         Route("/errors/{error_id}", c.page(c.error)),
         Route("/audit", c.page(c.audit)),
+        Route("/queues/{queue}/confirm", c.page(c.confirm_queue)),
+        Route("/queues/{queue}/{action}", c.action(c.change_queue), methods=["POST"]),
         Route("/bulk/confirm", c.page(c.confirm_bulk)),
         Route("/bulk/{action}", c.action(c.bulk), methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
