@@ -11,6 +11,8 @@ Errors: :class:`taskd.errors.TaskNotFound`, :class:`~taskd.errors.TaskFinished`,
 :class:`~taskd.errors.NothingToRetry`, :class:`~taskd.errors.InvalidInput`,
 :class:`~taskd.errors.QueueNotFound` and the
 database errors of :mod:`taskd.queue.connection`.
+
+Just over 400 lines: every read and write of the console, one function a page or action.
 """
 
 from __future__ import annotations
