@@ -196,9 +196,6 @@ SELECT q.queue, extract(epoch FROM now() - min(u.runnable_at))::float8 AS oldest
       FROM taskd.tasks t
      WHERE t.queue = q.queue
        AND t.status = 'pending'
-       AND NOT EXISTS (SELECT 1 FROM taskd.subtasks s
-                        WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
-                          AND s.task_id = t.id AND s.started_at IS NOT NULL)
      ORDER BY t.created_at
      LIMIT 100
  ) u
