@@ -308,7 +308,7 @@ class QueueControlOut(BaseModel):
     paused_by: str | None = Field(description="who paused it: an admin's user id, a role")
     resumed_at: datetime | None
     rate_limit: str | None = Field(description='starts per window, e.g. "20/s"; null: none')
-    rate_window_used: int = Field(description="starts counted in the current window")
+    rate_window_used: int = Field(description="starts counted in the period that ends now")
     changed: bool | None = Field(
         None, description="pause / resume: false when it already was paused / running")
 

@@ -1133,14 +1133,17 @@ CREATE TABLE taskd.queue_controls (
     paused_by         text,
     -- The pending timeout runs again from here: the time paused does not count.
     resumed_at        timestamptz,
-    -- The rate limit the queue's claims last ran with: at most rate_limit starts per window
-    -- of rate_period seconds, windows aligned on the database clock's epoch.
+    -- The rate limit the queue's claims last ran with: at most rate_limit starts in any
+    -- stretch of rate_period seconds (a sliding window, version 17).
     rate_limit        integer CONSTRAINT queue_controls_rate_limit_check CHECK (rate_limit >= 1),
     rate_period       integer CONSTRAINT queue_controls_rate_period_check CHECK (rate_period >= 1),
-    -- Starts counted in the window that begins at rate_window_start.
-    rate_window_start timestamptz,
-    rate_window_count integer NOT NULL DEFAULT 0 CHECK (rate_window_count >= 0),
-    updated_at        timestamptz NOT NULL DEFAULT now()
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    -- The recent claims that started subtasks, oldest first: rate_claimed[i] started at
+    -- rate_claimed_at[i]. Entries older than the period are dropped by the next claim.
+    rate_claimed_at   timestamptz[] NOT NULL DEFAULT '{}',
+    rate_claimed      integer[] NOT NULL DEFAULT '{}',
+    CONSTRAINT queue_controls_rate_claimed_check
+        CHECK (cardinality(rate_claimed_at) = cardinality(rate_claimed))
 );
 
 -- pause_queue: stop every claim of the queue, on every executor, from this transaction's commit
@@ -1281,9 +1284,45 @@ END;
 $$;
 REVOKE ALL ON FUNCTION taskd.schedule_tick(text, timestamptz) FROM PUBLIC;
 
+-- The rate limit's sliding window (version 17): see queue_controls.rate_claimed_at.
+-- rate_window_used: the starts of a window (claimed_at, claimed) after since.
+CREATE FUNCTION taskd.rate_window_used(claimed_at timestamptz[], claimed integer[],
+                                       since timestamptz) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(sum(e.n), 0)::integer
+      FROM unnest(claimed_at, claimed) AS e(t, n)
+     WHERE e.t > since
+$$;
+
+-- rate_window_add: the window (claimed_at, claimed) with `starts` more at claim_time: entries
+-- of the period that ends at claim_time are kept, older ones dropped; entries of claim_time's
+-- period-hundredth (aligned on the epoch) are merged into the new one, at the latest of their
+-- times.
+CREATE FUNCTION taskd.rate_window_add(claimed_at timestamptz[], claimed integer[],
+                                      claim_time timestamptz, period integer,
+                                      starts integer,
+                                      OUT new_claimed_at timestamptz[],
+                                      OUT new_claimed integer[])
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    WITH entries AS (
+        SELECT e.t, e.n,
+               date_bin(make_interval(secs => $4 / 100.0), e.t, timestamptz 'epoch')
+               = date_bin(make_interval(secs => $4 / 100.0), $3, timestamptz 'epoch') AS merged
+          FROM unnest($1, $2) AS e(t, n)
+         WHERE e.t > $3 - make_interval(secs => $4)
+    ), kept AS (
+        SELECT t, n FROM entries WHERE NOT merged
+        UNION ALL
+        SELECT greatest($3, max(t)), $5 + coalesce(sum(n), 0)::integer
+          FROM entries WHERE merged
+    )
+    SELECT coalesce(array_agg(t ORDER BY t), '{}'), coalesce(array_agg(n ORDER BY t), '{}')
+      FROM kept
+$$;
+
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
     (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts'),
     (9, 'traceparent'), (10, 'rules_as_meant'), (11, 'result_urls'), (12, 'queue_controls'),
     (13, 'flow'), (14, 'task_notifications'), (15, 'console_audit'),
-    (16, 'vacuum_as_a_queue_needs');
+    (16, 'vacuum_as_a_queue_needs'), (17, 'sliding_rate_window');
