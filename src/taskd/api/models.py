@@ -299,6 +299,10 @@ class QueueStatus(BaseModel):
     oldest_pending_seconds: float | None
     paused: bool = Field(False, description="paused: claims nothing (POST /v1/queues/{q}/resume)")
     rate_limit: str | None = Field(None, description='starts per window, e.g. "20/s"; null: none')
+    waiting_on_dependencies: int = Field(
+        0, description="unfinished tasks that wait for other tasks to complete (after)")
+    unique_duplicates: int = Field(
+        0, description="submissions a unique_key turned into the existing task, in all")
 
 
 class QueueControlOut(BaseModel):

@@ -920,7 +920,7 @@ BEGIN
             RETURN new_id;
         END IF;
         SELECT k.task_id, k.scope, k.expires_at, t.id IS NOT NULL AS task_exists,
-               t.completed_at
+               t.completed_at, t.queue
           INTO held
           FROM taskd.unique_keys k
           LEFT JOIN taskd.tasks t ON t.id = k.task_id
@@ -932,6 +932,12 @@ BEGIN
                OR (held.scope = 'unfinished' AND held.task_exists
                    AND held.completed_at IS NULL) THEN
                 PERFORM set_config('taskd.submit_existing', 'on', true);
+                -- Counted for taskd_unique_duplicates_total: a row of its own, no lock that
+                -- another submitter would wait for (version 17).
+                IF held.queue IS NOT NULL THEN
+                    INSERT INTO taskd.queue_counter_deltas (queue, counter)
+                    VALUES (held.queue, 'unique_duplicates');
+                END IF;
                 RETURN held.task_id;
             END IF;
             -- The key is free again (its task ended, or its period passed): take it over.
@@ -1320,9 +1326,27 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
       FROM kept
 $$;
 
+-- Counters per queue of what happens in SQL (version 17), where no daemon sees it (issue 28:
+-- every control visible in /metrics): duplicates that unique keys turned away (counter 'unique_duplicates').
+-- The submission inserts a row of its own into queue_counter_deltas, in its transaction (a row
+-- per event, not an update of a shared counter: no submitter waits for another's commit); the
+-- daemons' statistics pass folds the deltas into queue_counters and exports the sum of both.
+CREATE TABLE taskd.queue_counter_deltas (
+    queue   text NOT NULL,
+    counter text NOT NULL,
+    n       integer NOT NULL DEFAULT 1
+);
+
+CREATE TABLE taskd.queue_counters (
+    queue   text NOT NULL,
+    counter text NOT NULL,
+    value   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, counter)
+);
+
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
     (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts'),
     (9, 'traceparent'), (10, 'rules_as_meant'), (11, 'result_urls'), (12, 'queue_controls'),
     (13, 'flow'), (14, 'task_notifications'), (15, 'console_audit'),
-    (16, 'vacuum_as_a_queue_needs'), (17, 'sliding_rate_window');
+    (16, 'vacuum_as_a_queue_needs'), (17, 'sliding_window_and_counters');
