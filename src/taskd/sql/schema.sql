@@ -1291,39 +1291,56 @@ $$;
 REVOKE ALL ON FUNCTION taskd.schedule_tick(text, timestamptz) FROM PUBLIC;
 
 -- The rate limit's sliding window (version 17): see queue_controls.rate_claimed_at.
--- rate_window_used: the starts of a window (claimed_at, claimed) after since.
+-- rate_window_used: the starts of a window (claimed_at, claimed) after since. Both functions
+-- are plpgsql, not SQL: a SQL function the planner cannot inline is planned again at every
+-- claim, plpgsql keeps its plans for the session (docs/benchmarks.md).
 CREATE FUNCTION taskd.rate_window_used(claimed_at timestamptz[], claimed integer[],
                                        since timestamptz) RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT coalesce(sum(e.n), 0)::integer
-      FROM unnest(claimed_at, claimed) AS e(t, n)
-     WHERE e.t > since
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    used integer := 0;
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(claimed_at), 0) LOOP
+        IF claimed_at[i] > since THEN
+            used := used + claimed[i];
+        END IF;
+    END LOOP;
+    RETURN used;
+END;
 $$;
 
 -- rate_window_add: the window (claimed_at, claimed) with `starts` more at claim_time: entries
 -- of the period that ends at claim_time are kept, older ones dropped; entries of claim_time's
 -- period-hundredth (aligned on the epoch) are merged into the new one, at the latest of their
--- times.
+-- times, which is appended last (a claim's time is never before the last one's).
 CREATE FUNCTION taskd.rate_window_add(claimed_at timestamptz[], claimed integer[],
                                       claim_time timestamptz, period integer,
                                       starts integer,
                                       OUT new_claimed_at timestamptz[],
                                       OUT new_claimed integer[])
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    WITH entries AS (
-        SELECT e.t, e.n,
-               date_bin(make_interval(secs => $4 / 100.0), e.t, timestamptz 'epoch')
-               = date_bin(make_interval(secs => $4 / 100.0), $3, timestamptz 'epoch') AS merged
-          FROM unnest($1, $2) AS e(t, n)
-         WHERE e.t > $3 - make_interval(secs => $4)
-    ), kept AS (
-        SELECT t, n FROM entries WHERE NOT merged
-        UNION ALL
-        SELECT greatest($3, max(t)), $5 + coalesce(sum(n), 0)::integer
-          FROM entries WHERE merged
-    )
-    SELECT coalesce(array_agg(t ORDER BY t), '{}'), coalesce(array_agg(n ORDER BY t), '{}')
-      FROM kept
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    width    interval := make_interval(secs => period / 100.0);
+    bin      timestamptz := date_bin(width, claim_time, timestamptz 'epoch');
+    since    timestamptz := claim_time - make_interval(secs => period);
+    merged   integer := starts;
+    latest   timestamptz := claim_time;
+BEGIN
+    new_claimed_at := '{}';
+    new_claimed := '{}';
+    FOR i IN 1 .. coalesce(cardinality(claimed_at), 0) LOOP
+        CONTINUE WHEN claimed_at[i] <= since;
+        IF date_bin(width, claimed_at[i], timestamptz 'epoch') = bin THEN
+            merged := merged + claimed[i];
+            latest := greatest(latest, claimed_at[i]);
+        ELSE
+            new_claimed_at := new_claimed_at || claimed_at[i];
+            new_claimed := new_claimed || claimed[i];
+        END IF;
+    END LOOP;
+    new_claimed_at := new_claimed_at || latest;
+    new_claimed := new_claimed || merged;
+END;
 $$;
 
 -- Counters per queue of what happens in SQL (version 17), where no daemon sees it (issue 28:
