@@ -109,8 +109,9 @@ class QueueSettings(BaseModel):
         None, ge=1, description="most subtasks of this queue processing across all executors"
     )
     rate_limit: str | None = Field(
-        None, description='most subtasks of this queue started per window across all '
-        'executors: "10/s", "600/m" or "5000/h" (windows of the database clock); unset: none',
+        None, description='most subtasks of this queue started in any one period across all '
+        'executors: "10/s", "600/m" or "5000/h" (a sliding window of the database clock); '
+        'unset: none',
     )
     timeout: Seconds = Field(300.0, gt=0, description="a handler running longer is cancelled")
     max_attempts: int = Field(

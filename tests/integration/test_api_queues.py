@@ -50,3 +50,17 @@ def test_an_admin_pauses_and_resumes_a_configured_queue(
     assert (resumed["paused"], resumed["changed"], resumed["resumed_at"] is not None) == (
         False, True, True)
     assert db.execute("SELECT paused FROM taskd.queue_controls").fetchall() == [(False,)]
+
+
+def test_the_status_shows_dependencies_and_unique_key_duplicates(
+    client: Client, db: psycopg.Connection[Any]
+) -> None:
+    first = db.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]',"
+                       " unique_key => 'k')").fetchone()
+    assert db.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]',"
+                      " unique_key => 'k')").fetchone() == first
+    db.execute("SELECT taskd.submit_task('standard', 'noop', '[{}]', after => %s::bigint[])",
+               [[first[0]] if first else []])
+    status = client("root", admin=True).get("/v1/status").json()
+    standard = status["queues"]["standard"]
+    assert (standard["waiting_on_dependencies"], standard["unique_duplicates"]) == (1, 1)

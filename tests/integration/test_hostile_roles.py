@@ -17,6 +17,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from taskd.api import mint_token, serve_in_thread
+from taskd.queue.queries import load_queries
 from taskd.settings import Settings
 from tests.console_support import csrf_of, sign_in
 from tests.integration.api_support import make_settings
@@ -139,6 +140,10 @@ def test_the_executor_role_runs_a_daemon_and_can_do_nothing_else(
     _refused(ex, "DELETE FROM taskd.quota_ledger")
     _refused(ex, "CREATE TABLE taskd.intruder (id int)")
     _refused(ex, "TRUNCATE taskd.tasks")
+    # The statistics pass: the gauges and the counters that SQL keeps, folded.
+    with psycopg.connect(ex, autocommit=True) as conn:
+        for name in ("stats_snapshot", "fold_queue_counters", "tasks_waiting_on_dependencies"):
+            conn.execute(sql.SQL(load_queries()[name]))  # type: ignore[arg-type]
 
 
 def test_the_executor_role_can_refund_a_failed_api_task(
@@ -191,6 +196,8 @@ def test_the_client_role_submits_within_the_servers_rules_and_nothing_more(
             "SELECT * FROM taskd.quota_ledger",
             "INSERT INTO taskd.queue_controls (queue) VALUES ('mine')",
             "UPDATE taskd.queue_controls SET paused = true",
+            "INSERT INTO taskd.queue_counter_deltas (queue, counter) VALUES ('x', 'y')",
+            "UPDATE taskd.queue_counters SET value = 0",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)  # type: ignore[arg-type]
@@ -218,6 +225,10 @@ def test_the_client_role_submits_within_the_servers_rules_and_nothing_more(
         assert conn.execute("SELECT paused FROM taskd.queue_controls "
                             "WHERE queue = 'standard'").fetchone() == (True,)
         assert conn.execute("SELECT taskd.resume_queue('standard')").fetchone() == (True,)
+        # A duplicate of a unique key returns the task, and is counted for /metrics.
+        unique = "SELECT taskd.submit_task('standard', 'noop', '[{}]', unique_key => 'k1')"
+        assert conn.execute(unique).fetchone() == conn.execute(unique).fetchone()
+    assert scalar(database_url, "SELECT count(*) FROM taskd.queue_counter_deltas") == 1
 
 
 def _counts(url: str) -> tuple[int, int]:

@@ -11,9 +11,11 @@ import anyio
 import psycopg
 import pytest
 
+from taskd.cli.status import queue_control
 from taskd.executor.stats import StatsCollector
 from taskd.metrics import Metrics
 from taskd.queue import maintenance
+from taskd.queue.status import read_status
 from taskd.queue.store import Store
 from taskd.types import Outcome
 from tests import factories
@@ -194,3 +196,73 @@ async def test_storage_query_reads_no_table(conn: AnyConn) -> None:
     relations = {n["Relation Name"] for n in _plan_nodes(plan[0]["Plan"])
                  if "Relation Name" in n}
     assert relations and not relations & {"subtasks", "tasks", "executors"}, relations
+
+
+async def test_unique_key_duplicates_from_sql_are_counted_once_across_daemons(
+    store: Store, conn: AnyConn
+) -> None:
+    """SQL submissions pass no daemon: the duplicates their unique keys turn away are counted
+    in the database, and every daemon's statistics pass exports the same totals."""
+    submit = ("SELECT taskd.submit_task(%s, 'noop', '[{}]'::jsonb, unique_key => %s)")
+    first = await factories.fetch_one(conn, submit, "standard", "order-1")
+    for _ in range(3):
+        assert await factories.fetch_one(conn, submit, "standard", "order-1") == first
+    await factories.fetch_one(conn, submit, "lumina", "order-2")
+    await factories.fetch_one(conn, submit, "lumina", "order-2")
+    # A duplicate in a transaction rolled back never happened.
+    async with conn.transaction(force_rollback=True):
+        await conn.execute(submit, ["standard", "order-1"])
+    metrics, other = Metrics(), Metrics()
+    await StatsCollector(store, metrics, 15, pool_max=4).collect()
+    assert gauge(metrics, "taskd_unique_duplicates_total", queue="standard") == 3
+    assert gauge(metrics, "taskd_unique_duplicates_total", queue="lumina") == 1
+    # Folded into the totals: a second daemon reads the same, and the deltas are gone.
+    assert await factories.fetch_one(
+        conn, "SELECT count(*) FROM taskd.queue_counter_deltas") == 0
+    collector = StatsCollector(store, other, 15, pool_max=4)
+    await collector.collect()
+    assert gauge(other, "taskd_unique_duplicates_total", queue="standard") == 3
+    await factories.fetch_one(conn, submit, "standard", "order-1")
+    await collector.collect()
+    await collector.collect()
+    assert gauge(other, "taskd_unique_duplicates_total", queue="standard") == 4
+    # A task of its own, not a duplicate: nothing counted.
+    await factories.fetch_one(conn, submit, "standard", "order-3")
+    await collector.collect()
+    assert gauge(other, "taskd_unique_duplicates_total", queue="standard") == 4
+
+
+async def test_tasks_waiting_on_dependencies_are_counted_until_released(
+    store: Store, conn: AnyConn
+) -> None:
+    first = await factories.submit(store, 1, queue="flow")
+    after = "SELECT taskd.submit_task('flow', 'noop', '[{}]'::jsonb, after => %s::bigint[])"
+    await factories.fetch_one(conn, after, [first])
+    await factories.fetch_one(conn, after, [first])
+    metrics = Metrics()
+    collector = StatsCollector(store, metrics, 15, pool_max=4)
+    await collector.collect()
+    assert gauge(metrics, "taskd_tasks_waiting_on_dependencies", queue="flow") == 2
+    claimed = await store.claim_subtasks("flow", "x", 10, 60)
+    assert [c.task_id for c in claimed] == [first]
+    await store.record_outcomes("x", [Outcome(c.id, c.attempt, "completed") for c in claimed])
+    await collector.collect()
+    assert gauge(metrics, "taskd_tasks_waiting_on_dependencies", queue="flow") == 0
+    assert gauge(metrics, "taskd_queue_depth", queue="flow", status="ready") == 2
+
+
+async def test_taskd_status_shows_dependencies_and_duplicates(
+    store: Store, conn: AnyConn
+) -> None:
+    first = await factories.submit(store, 1, queue="flow")
+    await factories.fetch_one(conn, "SELECT taskd.submit_task('flow', 'noop', '[{}]'::jsonb,"
+                                    " after => %s::bigint[], unique_key => 'u')", [first])
+    await factories.fetch_one(conn, "SELECT taskd.submit_task('flow', 'noop', '[{}]'::jsonb,"
+                                    " after => %s::bigint[], unique_key => 'u')", [first])
+    report = await read_status(store, dead_after=30)
+    [flow] = [q for q in report.queues if q.queue == "flow"]
+    assert (flow.waiting_on_dependencies, flow.unique_duplicates) == (1, 1)
+    assert queue_control(flow) == "1 waiting on dependencies; 1 unique duplicates"
+    data = report.to_json()
+    [row] = [q for q in data["queues"] if q["queue"] == "flow"]
+    assert (row["waiting_on_dependencies"], row["unique_duplicates"]) == (1, 1)

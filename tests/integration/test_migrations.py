@@ -269,3 +269,25 @@ def test_churning_tables_vacuum_after_a_fixed_number_of_dead_rows(
         assert {"autovacuum_vacuum_scale_factor=0", f"autovacuum_vacuum_threshold={threshold}",
                 "autovacuum_vacuum_insert_scale_factor=0",
                 "autovacuum_vacuum_cost_delay=0"} <= after[table], after
+
+
+def test_upgrading_to_the_sliding_rate_window_keeps_each_queues_controls(
+    empty_database_url: str,
+) -> None:
+    # Version 17 replaces the aligned window's counter with the recent claims: a queue's pause
+    # and rate limit stay; its window starts empty, and the claim records in it.
+    migrated_to(empty_database_url, 16)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO taskd.queue_controls (queue, paused, rate_limit, rate_period,"
+                     " rate_window_start, rate_window_count)"
+                     " VALUES ('standard', false, 20, 1, now(), 7), ('render', true, NULL, NULL,"
+                     " NULL, 0)")
+    anyio.run(_migrate, empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT queue, paused, rate_limit, rate_period, rate_claimed_at, rate_claimed"
+            " FROM taskd.queue_controls ORDER BY queue").fetchall() == [
+            ("render", True, None, None, [], []), ("standard", False, 20, 1, [], [])]
+        row = conn.execute(
+            "SELECT * FROM taskd.rate_window_add('{}', '{}', now(), 1, 3)").fetchone()
+        assert row is not None and row[1] == [3]

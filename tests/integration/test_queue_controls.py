@@ -27,7 +27,7 @@ from taskd.queue.controls import (
 from taskd.queue.maintenance import fail_unstarted_tasks
 from taskd.queue.status import oldest_unstarted, read_status
 from taskd.settings import RateLimit
-from tests.factories import insert_subtasks, submit
+from tests.factories import fetch_one, insert_subtasks, submit, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -167,22 +167,75 @@ async def test_a_claim_takes_no_more_than_the_window_has_left(store: Store) -> N
     await register_queues(store, {"standard": rate})
     await submit(store, 20)
     now = await store.database_now()
-    window = now.replace(microsecond=0)
-    first = await store.claim_subtasks("standard", "e1", 3, LEASE, rate_limit=rate,
-                                       now=window + timedelta(seconds=5.1))
-    second = await store.claim_subtasks("standard", "e2", 10, LEASE, rate_limit=rate,
-                                        now=window + timedelta(seconds=5.5))
-    third = await store.claim_subtasks("standard", "e1", 10, LEASE, rate_limit=rate,
-                                       now=window + timedelta(seconds=5.9))
-    assert (len(first), len(second), len(third)) == (3, 2, 0)
-    # The next window of the database clock has room again.
-    fourth = await store.claim_subtasks("standard", "e1", 10, LEASE, rate_limit=rate,
-                                        now=window + timedelta(seconds=6.0))
-    assert len(fourth) == 5
+    second = now.replace(microsecond=0) + timedelta(seconds=5)
+
+    async def claim(at: float, want: int = 10) -> int:
+        return len(await store.claim_subtasks("standard", "e1", want, LEASE, rate_limit=rate,
+                                              now=second + timedelta(seconds=at)))
+
+    assert [await claim(0.1, 3), await claim(0.5), await claim(0.9)] == [3, 2, 0]
     [control] = await list_queue_controls(store)
     assert control.rate_limit == "5/s"
 
 
+async def test_the_window_slides_across_the_boundary_of_a_second(store: Store, conn: Any) -> None:
+    """Aligned windows let 2 x 5 start within 0.2 s of a boundary; a sliding window frees
+    each claim's starts exactly one period after it, wherever the second begins."""
+    rate = RateLimit(5, 1)
+    await register_queues(store, {"standard": rate})
+    await submit(store, 20)
+    second = (await store.database_now()).replace(microsecond=0) + timedelta(seconds=5)
+
+    async def claim(at: float) -> int:
+        return len(await store.claim_subtasks("standard", "e1", 10, LEASE, rate_limit=rate,
+                                              now=second + timedelta(seconds=at)))
+
+    assert await claim(0.9) == 5
+    assert await claim(1.1) == 0  # a new second, the same window: (0.1, 1.1] holds 5
+    assert await claim(1.899) == 0
+    assert await claim(1.9) == 5  # the claim at 0.9 is a period old
+    assert await claim(2.5) == 0
+    assert await claim(2.9) == 5
+    cur = await conn.execute("SELECT started_at - %s FROM taskd.subtasks "
+                             "WHERE started_at IS NOT NULL ORDER BY 1", [second])
+    assert [r[0] for r in await cur.fetchall()] == (
+        [timedelta(seconds=0.9)] * 5 + [timedelta(seconds=1.9)] * 5
+        + [timedelta(seconds=2.9)] * 5)
+
+
+async def test_a_claim_that_waited_for_the_lock_starts_after_the_claim_it_waited_for(
+    store: Store, database_url: str, conn: Any
+) -> None:
+    """now() is when a transaction began: a claim that began, then waited for another claim
+    to commit, must neither start before it (started_at) nor count before it (the window)."""
+    rate = RateLimit(4, 1)
+    await register_queues(store, {"standard": rate})
+    await submit(store, 10)
+    async with await psycopg.AsyncConnection.connect(database_url) as first, \
+            await psycopg.AsyncConnection.connect(database_url) as later:
+        await later.execute("SELECT now()")  # its transaction, and so its now(), begins here
+        # Not committed: the claim holds the queue's row.
+        took = await store.claim_subtasks("standard", "e1", 3, LEASE, rate_limit=rate,
+                                          conn=first)
+        waited: list[Any] = []
+
+        async def claim_later() -> None:
+            waited.extend(await store.claim_subtasks(
+                "standard", "e2", 10, LEASE, rate_limit=rate, conn=later))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(claim_later)
+            await wait_until(lambda: fetch_one(conn, """
+                SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'"""),
+                message="the later claim waiting for the queue's row")
+            await first.commit()
+        await later.commit()
+    assert len(took) == 3 and len(waited) == 1  # the window had one start left
+    cur = await conn.execute("SELECT array_agg(DISTINCT started_at) FROM taskd.subtasks "
+                             "WHERE started_at IS NOT NULL GROUP BY locked_by ORDER BY locked_by")
+    [[first_start]], [[later_start]] = await cur.fetchall()
+    assert later_start > first_start
 async def test_without_a_control_row_a_rate_limited_claim_takes_nothing(store: Store) -> None:
     await submit(store, 3)
     rate = RateLimit(5, 1)
@@ -192,14 +245,49 @@ async def test_without_a_control_row_a_rate_limited_claim_takes_nothing(store: S
     assert len(await store.claim_subtasks("standard", "e1", 10, LEASE, rate_limit=rate)) == 3
 
 
-async def test_rate_limit_wait_says_when_the_window_has_room(store: Store) -> None:
+async def test_rate_limit_wait_says_when_the_window_has_room(store: Store, conn: Any) -> None:
+    """Until the oldest claims that hold the window full are a period old."""
     rate = RateLimit(2, 60)
     await register_queues(store, {"standard": rate})
     await submit(store, 5)
     assert await rate_limit_wait(store, "standard", rate) == 0
-    assert len(await store.claim_subtasks("standard", "e1", 10, LEASE, rate_limit=rate)) == 2
+    await conn.execute("UPDATE taskd.subtasks SET run_after = run_after - interval '1 hour'")
+    now = await fetch_one(conn, "SELECT clock_timestamp()")
+    assert len(await store.claim_subtasks("standard", "e1", 1, LEASE, rate_limit=rate,
+                                          now=now - timedelta(seconds=30))) == 1
+    assert await rate_limit_wait(store, "standard", rate) == 0
+    assert len(await store.claim_subtasks("standard", "e1", 10, LEASE, rate_limit=rate,
+                                          now=now - timedelta(seconds=20))) == 1
     wait = await rate_limit_wait(store, "standard", rate)
-    assert wait is not None and 0 < wait <= 60
+    # The first claim's start frees the window, not the second's.
+    assert wait is not None and 29 < wait <= 30
+
+
+async def test_the_window_stays_short_however_many_claims_it_holds(
+    store: Store, conn: Any
+) -> None:
+    """Claims within one hundredth of the period are one entry, at the latest of their
+    times (which counts them no shorter): the queue's row stays ~100 entries long."""
+    rate = RateLimit(10_000, 1)
+    await register_queues(store, {"standard": rate})
+    await submit(store, 1000)
+    second = (await store.database_now()).replace(microsecond=0) + timedelta(seconds=5)
+    for i in range(300):  # one claim of 2 every 3 ms: three or four per hundredth
+        assert len(await store.claim_subtasks(
+            "standard", "e1", 2, LEASE, rate_limit=rate,
+            now=second + timedelta(microseconds=3000 * i))) == 2
+    cur = await conn.execute("SELECT rate_claimed_at, rate_claimed FROM taskd.queue_controls")
+    [[claimed_at, claimed]] = await cur.fetchall()
+    assert sum(claimed) == 600 and len(claimed) == 90
+    assert claimed_at == sorted(claimed_at) and claimed_at[-1] == second + timedelta(
+        microseconds=3000 * 299)
+    [control] = await list_queue_controls(store)
+    assert control.rate_window_used == 600  # what lies ahead of the database clock counts
+    # A second on, only the last second's claims count.
+    await store.claim_subtasks("standard", "e1", 1, LEASE, rate_limit=rate,
+                               now=second + timedelta(seconds=2))
+    cur = await conn.execute("SELECT rate_claimed FROM taskd.queue_controls")
+    assert await cur.fetchall() == [([1],)]
 
 
 async def test_racing_claimers_never_exceed_the_window(store: Store, database_url: str) -> None:
@@ -239,9 +327,8 @@ async def test_a_queue_without_a_rate_limit_never_locks_or_counts(store: Store, 
                            "FOR UPDATE")
         with anyio.fail_after(5):
             assert len(await store.claim_subtasks("standard", "e1", 10, LEASE)) == 3
-    cur = await conn.execute("SELECT rate_window_start, rate_window_count "
-                             "FROM taskd.queue_controls")
-    assert await cur.fetchone() == (None, 0)
+    cur = await conn.execute("SELECT rate_claimed_at, rate_claimed FROM taskd.queue_controls")
+    assert await cur.fetchone() == ([], [])
 
 
 async def test_suspects_of_a_paused_or_rate_limited_queue_wait(store: Store, conn: Any) -> None:

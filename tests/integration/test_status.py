@@ -216,7 +216,8 @@ async def test_status_json_shape_is_stable(store: Store) -> None:
         "completed_last_hour", "executors", "failed_last_hour", "groups",
         "oldest_pending_seconds", "oldest_unstarted_seconds", "paused", "paused_at",
         "paused_by", "processing", "queue", "rate_limit", "rate_per_minute",
-        "rate_window_used", "ready", "scheduled",
+        "rate_window_used", "ready", "scheduled", "unique_duplicates",
+        "waiting_on_dependencies",
     ]
     assert sorted(data["errors"][0]) == [
         "count", "error_type", "first_occurred_at", "kind", "last_occurred_at", "message",

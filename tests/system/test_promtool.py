@@ -145,6 +145,8 @@ def populated_metrics() -> Metrics:
     m.subtasks_claimed.labels("standard").inc(3)
     m.claims_rate_limited.labels("standard").inc()
     m.queue_paused.labels("standard").set(1)
+    m.unique_duplicates.labels("standard").inc()
+    m.tasks_waiting_on_dependencies.labels("standard").set(1)
     for outcome in ("completed", "failed", "retried"):
         m.subtasks_finished.labels("standard", outcome).inc()
     m.leases_lost.labels("standard").inc()

@@ -116,11 +116,13 @@ def test_a_pause_stops_every_daemon_at_once_and_outlives_their_restart(
                   task_id) == "processing"
 
 
+@pytest.mark.slow
 def test_a_rate_limit_holds_across_three_daemons(database_url: str) -> None:
-    """The issue's test scaled down: 300 subtasks at 20/s (1,000 take 50 s), same checks: no
-    one-second window of started_at holds more than 20, and the drain takes at most
-    300 / 20 s plus one window. The issue's full size: TEST_RATE_SUBTASKS=1000."""
-    n, per_second = int(os.environ.get("TEST_RATE_SUBTASKS", "300")), 20
+    """The issue's test: 1,000 subtasks at 20/s over three daemons. No one-second window of
+    started_at, wherever it begins (every start is tried as a window's start), holds more
+    than 20, and the drain takes at most 1,000 / 20 s plus one window. TEST_RATE_SUBTASKS=300
+    runs it in a third of the time."""
+    n, per_second = int(os.environ.get("TEST_RATE_SUBTASKS", "1000")), 20
     with daemons(database_url, 3, TASKD_QUEUES__STANDARD__RATE_LIMIT=f"{per_second}/s",
                  TASKD_POLL_INTERVAL="0.5") as running:
         submitted_at = scalar(database_url, "SELECT now()")
@@ -129,9 +131,12 @@ def test_a_rate_limit_holds_across_three_daemons(database_url: str) -> None:
                                               "WHERE status = 'completed'") == n,
                  timeout=n / per_second + 15, message="the drain")
         windows = query(database_url,
-                        "SELECT date_trunc('second', started_at) AS w, count(*) "
-                        "FROM taskd.subtasks GROUP BY w ORDER BY w")
-        busiest = max(count for _, count in windows)
+                        "SELECT w.start, count(*) FROM"
+                        " (SELECT DISTINCT started_at AS start FROM taskd.subtasks) w"
+                        " JOIN taskd.subtasks s ON s.started_at >= w.start"
+                        "  AND s.started_at < w.start + interval '1 second'"
+                        " GROUP BY w.start ORDER BY count(*) DESC, w.start LIMIT 5")
+        busiest = windows[0][1]
         assert busiest <= per_second, windows
         finished = scalar(database_url, "SELECT max(completed_at) FROM taskd.subtasks")
         drain = (finished - submitted_at).total_seconds()
@@ -142,4 +147,4 @@ def test_a_rate_limit_holds_across_three_daemons(database_url: str) -> None:
         status = json.loads(taskd(database_url, "status", "--json").stdout)
         [standard] = [q for q in status["queues"] if q["queue"] == "standard"]
         assert standard["rate_limit"] == "20/s"
-    print(f"drain {drain:.2f} s, busiest second {busiest}, windows {len(windows)}")
+    print(f"drain {drain:.2f} s, busiest one-second window {busiest}")

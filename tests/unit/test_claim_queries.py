@@ -1,5 +1,6 @@
-"""claim_subtasks_rate_limited is claim_subtasks plus the rate limit's window, word for word:
-two texts (the rate limit's CTEs cost every claim their planning), one statement to keep."""
+"""claim_subtasks_rate_limited is claim_subtasks plus the rate limit's window, word for word
+but for started_at (the claim's time read after the lock): two texts (the rate limit's CTEs
+cost every claim their planning), one statement to keep."""
 
 from __future__ import annotations
 
@@ -24,14 +25,17 @@ def test_the_rate_limited_claim_only_adds_to_the_claim() -> None:
         if op in ("equal", "insert"):
             continue
         changed.append((base[b1:b2], limited[l1:l2]))
-    # Two lines differ: the window's CTEs come first, and least() takes the window's room as
-    # one more argument.
+    # Three lines differ: the window's CTEs come first, least() takes the window's room as
+    # one more argument, and started_at is the time the window counts the claim at.
     assert [[line.strip() for line in was] for was, _ in changed] == [
-        ["WITH picked AS ("], ["AND queue = %(queue)s)) END)"]]
-    assert changed[0][1][0] == "WITH rate_window AS ("
+        ["WITH picked AS ("], ["AND queue = %(queue)s)) END)"],
+        ["started_at = coalesce(%(now)s, now()),"]]
+    assert changed[0][1][0] == "WITH bucket AS ("
     assert "), picked AS (" in changed[0][1]
     assert changed[1][1][0].strip() == "AND queue = %(queue)s)) END,"
+    assert [line.strip() for line in changed[2][1]] == [
+        "started_at = (SELECT claim_time FROM rate_window),"]
     added = "\n".join(line for line in limited if line not in base)
     for part in ("rate_window AS", "bucket AS", "FOR UPDATE OF c", "counted AS",
-                 "coalesce((SELECT free FROM bucket), 0)"):
+                 "clock_timestamp()", "coalesce((SELECT free FROM rate_window), 0)"):
         assert part in added

@@ -57,5 +57,7 @@ def test_the_panels_operators_need_are_there() -> None:
         # storage: bloat and vacuum (issue 32)
         "taskd_table_dead_tuples", "taskd_table_live_tuples", "taskd_index_size_bytes",
         "taskd_table_seconds_since_vacuum", "taskd_db_connections",
+        # job flow (issue 28)
+        "taskd_tasks_waiting_on_dependencies", "taskd_unique_duplicates_total",
     ):
         assert needed in exprs, needed

@@ -299,6 +299,10 @@ class QueueStatus(BaseModel):
     oldest_pending_seconds: float | None
     paused: bool = Field(False, description="paused: claims nothing (POST /v1/queues/{q}/resume)")
     rate_limit: str | None = Field(None, description='starts per window, e.g. "20/s"; null: none')
+    waiting_on_dependencies: int = Field(
+        0, description="unfinished tasks that wait for other tasks to complete (after)")
+    unique_duplicates: int = Field(
+        0, description="submissions a unique_key turned into the existing task, in all")
 
 
 class QueueControlOut(BaseModel):
@@ -308,7 +312,7 @@ class QueueControlOut(BaseModel):
     paused_by: str | None = Field(description="who paused it: an admin's user id, a role")
     resumed_at: datetime | None
     rate_limit: str | None = Field(description='starts per window, e.g. "20/s"; null: none')
-    rate_window_used: int = Field(description="starts counted in the current window")
+    rate_window_used: int = Field(description="starts counted in the period that ends now")
     changed: bool | None = Field(
         None, description="pause / resume: false when it already was paused / running")
 

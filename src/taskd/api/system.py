@@ -80,4 +80,6 @@ def _queue_statuses(report: StatusReport) -> dict[str, QueueStatus]:
         entry.pending, entry.scheduled, entry.processing = q.ready, q.scheduled, q.processing
         entry.oldest_pending_seconds = q.oldest_pending_seconds
         entry.paused, entry.rate_limit = q.paused, q.rate_limit
+        entry.waiting_on_dependencies = q.waiting_on_dependencies
+        entry.unique_duplicates = q.unique_duplicates
     return dict(sorted(queues.items()))

@@ -139,13 +139,18 @@ def render_storage(report: StatusReport) -> RenderableType:
 
 
 def queue_control(q: QueueRow) -> str:
-    """``PAUSED by ops (since 12:03:04)``, ``rate 20/s (17 this window)``, both, or ``-``."""
+    """``PAUSED by ops (since 12:03:04)``, ``rate 20/s (17 this window)``,
+    ``3 waiting on dependencies``, ``12 unique duplicates``, those that apply, or ``-``."""
     parts = []
     if q.paused:
         since = f" since {q.paused_at:%Y-%m-%d %H:%M:%S}" if q.paused_at else ""
         parts.append(f"PAUSED by {q.paused_by or '?'}{since}")
     if q.rate_limit:
         parts.append(f"rate {q.rate_limit} ({q.rate_window_used} this window)")
+    if q.waiting_on_dependencies:
+        parts.append(f"{q.waiting_on_dependencies} waiting on dependencies")
+    if q.unique_duplicates:
+        parts.append(f"{q.unique_duplicates} unique duplicates")
     return "; ".join(parts) or "-"
 
 

@@ -200,9 +200,10 @@ class Producer:
 
     async def _rate_limited_wait(self) -> bool:
         """After a short claim of a rate-limited queue: when the window is used up, count it
-        and sleep until the next window (wake-ups cannot make room in it). Returns True when
-        the producer should claim again now (it slept, or looks once more), False to wait
-        for a wake-up or the poll. A failed look is left to the poll."""
+        and sleep until it frees (its oldest claims a period old, computed by the database;
+        wake-ups cannot make room in it). Returns True when the producer should claim again
+        now (it slept, or looks once more), False to wait for a wake-up or the poll. A failed
+        look is left to the poll."""
         assert self._rate is not None
         try:
             wait = await rate_limit_wait(self.store, self.queue, self._rate)
@@ -213,8 +214,8 @@ class Producer:
             self.log.warning("rate limit check failed: %s", exc)
             return False
         if wait <= 0:
-            # Room now: the backlog ran out, or a new window began between the claim and
-            # this look. One more claim at once tells them apart; after that, the poll.
+            # Room now: the backlog ran out, or a claim grew a period old between the claim
+            # and this look. One more claim at once tells them apart; after that, the poll.
             self._rate_claim_again = not self._rate_claim_again
             return self._rate_claim_again
         self._rate_claim_again = False

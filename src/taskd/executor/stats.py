@@ -9,7 +9,11 @@ statistics set ``taskd_db_pool_connections{state}`` (idle, used, max) and
 ``taskd_db_pool_requests_waiting``. A third reads only statistics views and file sizes
 (``table_health``) for the storage gauges: ``taskd_table_{live,dead}_tuples``,
 ``taskd_table_size_bytes``, ``taskd_index_size_bytes``, ``taskd_table_seconds_since_vacuum``,
-``taskd_table_vacuums`` and ``taskd_db_connections{state}``.
+``taskd_table_vacuums`` and ``taskd_db_connections{state}``. A fourth folds the per-queue
+counters that submissions keep in the database (SQL submissions pass no daemon) and sets
+``taskd_unique_duplicates_total{queue}`` to their totals, and a fifth (a small table's join)
+``taskd_tasks_waiting_on_dependencies{queue}``: every daemon exports the same cluster-wide
+values.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ import anyio
 
 from taskd.errors import TaskdError
 from taskd.metrics import Metrics
-from taskd.queue.health import StorageHealth, stats_snapshot, storage_health
+from taskd.queue.health import (
+    UNIQUE_DUPLICATES,
+    StorageHealth,
+    queue_counters,
+    stats_snapshot,
+    storage_health,
+    tasks_waiting_on_dependencies,
+)
 from taskd.queue.status import oldest_unstarted
 from taskd.queue.store import Store
 
@@ -52,6 +63,10 @@ class StatsCollector:
         self.pending_timeouts = dict(pending_timeouts or {})
         self._queues_seen: set[str] = set(self.pending_timeouts)
         self._states_seen: set[str] = set()
+        # The database's totals that the counters were last set to (a counter only goes up:
+        # it is raised by the difference).
+        self._duplicates: dict[str, int] = {}
+        self._waiting_seen: set[str] = set()
 
     async def run(self) -> None:
         """Collect until cancelled; database errors are logged and the next round tries again."""
@@ -90,7 +105,29 @@ class StatsCollector:
         for status in sorted(set(EXECUTOR_STATUSES) | set(snapshot.executors)):
             self.metrics.executors.labels(status).set(snapshot.executors.get(status, 0))
         self.set_storage(await storage_health(self.store))
+        # Last: the tables of version 17 need roles.sql re-run; until then only these fail.
+        await self.collect_flow()
         self.collect_pool()
+
+    async def collect_flow(self) -> None:
+        """Set the job flow's gauge and counter: tasks waiting on dependencies (a queue that
+        had some and has none now goes to 0) and unique keys' duplicates (folded first).
+        Raises DatabaseError from the store."""
+        waiting = await tasks_waiting_on_dependencies(self.store)
+        self._waiting_seen |= set(waiting)
+        for queue in self._waiting_seen:
+            self.metrics.tasks_waiting_on_dependencies.labels(queue).set(waiting.get(queue, 0))
+        self.set_counters((await queue_counters(self.store, fold=True)).get(UNIQUE_DUPLICATES, {}))
+
+    def set_counters(self, duplicates: dict[str, int]) -> None:
+        """Raise ``taskd_unique_duplicates_total`` to the database's totals. A queue's series
+        appears with its first total, not at 0 then the total, so a daemon's start adds no
+        false increase to rate()."""
+        for queue, total in duplicates.items():
+            seen = self._duplicates.get(queue, 0)
+            if total > seen:
+                self.metrics.unique_duplicates.labels(queue).inc(total - seen)
+                self._duplicates[queue] = total
 
     def set_storage(self, storage: StorageHealth) -> None:
         """Set the storage gauges; a connection state no longer seen goes to 0."""

@@ -193,6 +193,18 @@ class Metrics:
             "Age of the oldest undelivered task-end notification (0: none; cluster-wide).",
             registry=r,
         )
+        # Job flow (issue 28), cluster-wide from the database: every daemon exports the same
+        # values, so aggregate them with max, not sum.
+        self.tasks_waiting_on_dependencies = Gauge(
+            "taskd_tasks_waiting_on_dependencies",
+            "Unfinished tasks that wait for other tasks to complete (submitted with after; "
+            "cluster-wide, from the database).", ["queue"], registry=r,
+        )
+        self.unique_duplicates = Counter(
+            "taskd_unique_duplicates_total",
+            "Submissions that a unique_key turned into the existing task, on every path (SQL, "
+            "client, CLI, API; cluster-wide, from the database).", ["queue"], registry=r,
+        )
         self.build_info = Gauge(
             "taskd_build_info", "Always 1; labels carry the version.", ["version"], registry=r,
         )

@@ -3,9 +3,10 @@
 The rules live in the database (``taskd.queue_controls``, ``taskd.pause_queue`` and
 ``taskd.resume_queue``, which SQL clients call too) and are consulted inside the claim
 statement (``claim_subtasks``): a paused queue claims nothing on any executor from the pause's
-commit on, and a rate-limited queue never starts more than its limit in a window of the
-database clock. This module is their door for the CLI, the API and the daemon; it turns the
-functions' errors into taskd's own by SQLSTATE, never by message text.
+commit on, and a rate-limited queue never starts more than its limit in any stretch of its
+period (a sliding window of the database clock: the queue's row keeps its recent claims).
+This module is their door for the CLI, the API and the daemon; it turns the functions'
+errors into taskd's own by SQLSTATE, never by message text.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ MAX_PAUSED_BY = 200
 @dataclass(frozen=True, slots=True)
 class QueueControl:
     """One known queue's controls. ``rate_limit``: what its claims last ran with (``"20/s"``),
-    None without one; ``rate_window_used``: starts counted in the current window."""
+    None without one; ``rate_window_used``: starts counted in the period that ends now."""
 
     queue: str
     paused: bool
@@ -115,8 +116,9 @@ async def list_queue_controls(store: Store) -> list[QueueControl]:
 
 
 async def rate_limit_wait(store: Store, queue: str, rate: RateLimit) -> float | None:
-    """Seconds until ``queue``'s current window has room under ``rate`` (0: it has room now);
-    None when the queue has no control row yet (:func:`register_queues` makes one)."""
+    """Seconds until ``queue``'s window has room under ``rate`` (0: it has room now): until
+    enough of its oldest recorded claims are a period old, by the database clock. None when
+    the queue has no control row yet (:func:`register_queues` makes one)."""
     rows = await store.fetch_rows("rate_limit_wait", {
         "queue": queue, "rate_limit": rate.starts, "rate_period": rate.period})
     return max(0.0, float(rows[0]["wait"])) if rows else None

@@ -69,6 +69,29 @@ async def stats_snapshot(store: Store) -> StatsSnapshot:
     return StatsSnapshot(depth, oldest, executors, paused)
 
 
+async def tasks_waiting_on_dependencies(store: Store) -> dict[str, int]:
+    """Queue -> unfinished tasks that still wait for another task to complete (submitted
+    with ``after``); queues without any are absent. Raises DatabaseError on failure."""
+    rows = await store.fetch_rows("tasks_waiting_on_dependencies", {})
+    return {r["queue"]: int(r["waiting"]) for r in rows}
+
+
+#: The counters per queue that SQL keeps (``taskd.queue_counters``), by name.
+UNIQUE_DUPLICATES = "unique_duplicates"
+
+
+async def queue_counters(store: Store, *, fold: bool = False) -> dict[str, dict[str, int]]:
+    """Counter name (:data:`UNIQUE_DUPLICATES`) -> queue -> total since the schema began,
+    cluster-wide. With ``fold`` (the daemons' statistics pass), the deltas that submissions
+    inserted are folded into the totals first, a batch at a time; without it the read writes
+    nothing (``taskd status``). Raises DatabaseError on failure."""
+    rows = await store.fetch_rows("fold_queue_counters" if fold else "queue_counters", {})
+    counters: dict[str, dict[str, int]] = {}
+    for r in rows:
+        counters.setdefault(r["counter"], {})[r["queue"]] = int(r["value"])
+    return counters
+
+
 CLAIM_INDEX = "subtasks_claim_idx"
 
 

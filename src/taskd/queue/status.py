@@ -13,7 +13,13 @@ from datetime import datetime
 from typing import Any, Literal
 
 from taskd.queue.controls import QueueControl, list_queue_controls
-from taskd.queue.health import StorageHealth, storage_health
+from taskd.queue.health import (
+    UNIQUE_DUPLICATES,
+    StorageHealth,
+    queue_counters,
+    storage_health,
+    tasks_waiting_on_dependencies,
+)
 from taskd.queue.notifications import notification_overview
 from taskd.queue.schedules import list_schedules
 from taskd.queue.store import Store
@@ -78,6 +84,10 @@ class QueueRow:
     paused_by: str | None = None
     rate_limit: str | None = None
     rate_window_used: int = 0
+    # Job flow: unfinished tasks that wait for other tasks (after), and the submissions that
+    # a unique_key turned into an existing task, since the schema began.
+    waiting_on_dependencies: int = 0
+    unique_duplicates: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,10 +287,13 @@ def with_controls(queues: list[QueueRow], controls: list[QueueControl]) -> list[
 
 async def read_queues(store: Store) -> list[QueueRow]:
     """Each queue with unfinished work or subtasks finished within the hour, and each paused
-    or rate-limited one, with its controls."""
+    or rate-limited one, with its controls, its tasks waiting on dependencies and its unique
+    keys' duplicates."""
     rows = await store.fetch_rows("queue_overview", {})
     unstarted = await oldest_unstarted(store, [r["queue"] for r in rows])
-    return with_controls([
+    waiting = await tasks_waiting_on_dependencies(store)
+    duplicates = (await queue_counters(store)).get(UNIQUE_DUPLICATES, {})
+    queues = with_controls([
         QueueRow(
             queue=r["queue"], ready=int(r["ready"]), scheduled=int(r["scheduled"]),
             processing=int(r["processing"]),
@@ -292,6 +305,8 @@ async def read_queues(store: Store) -> list[QueueRow]:
         )
         for r in rows
     ], await list_queue_controls(store))
+    return [replace(q, waiting_on_dependencies=waiting.get(q.queue, 0),
+                    unique_duplicates=duplicates.get(q.queue, 0)) for q in queues]
 
 
 def _error_row(r: dict[str, Any]) -> ErrorRow:

@@ -269,9 +269,10 @@ class Store:
 
         With ``cluster_max``, never more than that many of the queue's subtasks are processing
         across all executors once this returns. With ``rate_limit``, never more than its
-        ``starts`` of the queue's subtasks start in one of its windows of the database clock,
-        across all executors (counted in the queue's control row, in the same statement; a
-        queue without one, see :func:`taskd.queue.controls.register_queues`, claims nothing).
+        ``starts`` of the queue's subtasks have a ``started_at`` within any stretch of its
+        period, across all executors (recorded in the queue's control row, in the same
+        statement; a queue without one, see :func:`taskd.queue.controls.register_queues`,
+        claims nothing).
         A paused queue (:func:`taskd.queue.controls.pause_queue`) claims nothing.
 
         With ``after`` (the last subtask of an earlier claim), only subtasks that come after

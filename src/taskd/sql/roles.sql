@@ -106,6 +106,13 @@ BEGIN
     EXECUTE format('GRANT SELECT, UPDATE, DELETE ON taskd.unique_keys TO %I', executor_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.schedule_tick(text, timestamptz) TO %I',
                    executor_role);
+    -- The statistics pass: tasks waiting on dependencies, and the per-queue counters of what
+    -- happens in SQL (the deltas a submission inserts, folded into queue_counters).
+    EXECUTE format('GRANT SELECT ON taskd.task_dependencies TO %I', executor_role);
+    -- (UPDATE: the fold locks the deltas it takes, FOR UPDATE SKIP LOCKED)
+    EXECUTE format('GRANT SELECT, UPDATE, DELETE ON taskd.queue_counter_deltas TO %I',
+                   executor_role);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.queue_counters TO %I', executor_role);
 
     -- taskd api
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.tasks, taskd.subtasks, '
@@ -135,6 +142,9 @@ BEGIN
     -- The admin routes manage schedules (run-now submits through submit_task).
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON taskd.schedules TO %I', api_role);
     EXECUTE format('GRANT SELECT ON taskd.schedule_ticks TO %I', api_role);
+    -- /v1/status: tasks waiting on dependencies, unique keys' duplicates.
+    EXECUTE format('GRANT SELECT ON taskd.task_dependencies, taskd.queue_counters, '
+                   'taskd.queue_counter_deltas TO %I', api_role);
 
     -- taskd status
     EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA taskd TO %I', readonly_role);

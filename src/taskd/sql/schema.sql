@@ -926,7 +926,7 @@ BEGIN
             RETURN new_id;
         END IF;
         SELECT k.task_id, k.scope, k.expires_at, t.id IS NOT NULL AS task_exists,
-               t.completed_at
+               t.completed_at, t.queue
           INTO held
           FROM taskd.unique_keys k
           LEFT JOIN taskd.tasks t ON t.id = k.task_id
@@ -938,6 +938,12 @@ BEGIN
                OR (held.scope = 'unfinished' AND held.task_exists
                    AND held.completed_at IS NULL) THEN
                 PERFORM set_config('taskd.submit_existing', 'on', true);
+                -- Counted for taskd_unique_duplicates_total: a row of its own, no lock that
+                -- another submitter would wait for (version 17).
+                IF held.queue IS NOT NULL THEN
+                    INSERT INTO taskd.queue_counter_deltas (queue, counter)
+                    VALUES (held.queue, 'unique_duplicates');
+                END IF;
                 RETURN held.task_id;
             END IF;
             -- The key is free again (its task ended, or its period passed): take it over.
@@ -1139,14 +1145,17 @@ CREATE TABLE taskd.queue_controls (
     paused_by         text,
     -- The pending timeout runs again from here: the time paused does not count.
     resumed_at        timestamptz,
-    -- The rate limit the queue's claims last ran with: at most rate_limit starts per window
-    -- of rate_period seconds, windows aligned on the database clock's epoch.
+    -- The rate limit the queue's claims last ran with: at most rate_limit starts in any
+    -- stretch of rate_period seconds (a sliding window, version 17).
     rate_limit        integer CONSTRAINT queue_controls_rate_limit_check CHECK (rate_limit >= 1),
     rate_period       integer CONSTRAINT queue_controls_rate_period_check CHECK (rate_period >= 1),
-    -- Starts counted in the window that begins at rate_window_start.
-    rate_window_start timestamptz,
-    rate_window_count integer NOT NULL DEFAULT 0 CHECK (rate_window_count >= 0),
-    updated_at        timestamptz NOT NULL DEFAULT now()
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    -- The recent claims that started subtasks, oldest first: rate_claimed[i] started at
+    -- rate_claimed_at[i]. Entries older than the period are dropped by the next claim.
+    rate_claimed_at   timestamptz[] NOT NULL DEFAULT '{}',
+    rate_claimed      integer[] NOT NULL DEFAULT '{}',
+    CONSTRAINT queue_controls_rate_claimed_check
+        CHECK (cardinality(rate_claimed_at) = cardinality(rate_claimed))
 );
 
 -- pause_queue: stop every claim of the queue, on every executor, from this transaction's commit
@@ -1287,9 +1296,81 @@ END;
 $$;
 REVOKE ALL ON FUNCTION taskd.schedule_tick(text, timestamptz) FROM PUBLIC;
 
+-- The rate limit's sliding window (version 17): see queue_controls.rate_claimed_at.
+-- rate_window_used: the starts of a window (claimed_at, claimed) after since. Both functions
+-- are plpgsql, not SQL: a SQL function the planner cannot inline is planned again at every
+-- claim, plpgsql keeps its plans for the session (docs/benchmarks.md).
+CREATE FUNCTION taskd.rate_window_used(claimed_at timestamptz[], claimed integer[],
+                                       since timestamptz) RETURNS integer
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    used integer := 0;
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(claimed_at), 0) LOOP
+        IF claimed_at[i] > since THEN
+            used := used + claimed[i];
+        END IF;
+    END LOOP;
+    RETURN used;
+END;
+$$;
+
+-- rate_window_add: the window (claimed_at, claimed) with `starts` more at claim_time: entries
+-- of the period that ends at claim_time are kept, older ones dropped; entries of claim_time's
+-- period-hundredth (aligned on the epoch) are merged into the new one, at the latest of their
+-- times, which is appended last (a claim's time is never before the last one's).
+CREATE FUNCTION taskd.rate_window_add(claimed_at timestamptz[], claimed integer[],
+                                      claim_time timestamptz, period integer,
+                                      starts integer,
+                                      OUT new_claimed_at timestamptz[],
+                                      OUT new_claimed integer[])
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    width    interval := make_interval(secs => period / 100.0);
+    bin      timestamptz := date_bin(width, claim_time, timestamptz 'epoch');
+    since    timestamptz := claim_time - make_interval(secs => period);
+    merged   integer := starts;
+    latest   timestamptz := claim_time;
+BEGIN
+    new_claimed_at := '{}';
+    new_claimed := '{}';
+    FOR i IN 1 .. coalesce(cardinality(claimed_at), 0) LOOP
+        CONTINUE WHEN claimed_at[i] <= since;
+        IF date_bin(width, claimed_at[i], timestamptz 'epoch') = bin THEN
+            merged := merged + claimed[i];
+            latest := greatest(latest, claimed_at[i]);
+        ELSE
+            new_claimed_at := new_claimed_at || claimed_at[i];
+            new_claimed := new_claimed || claimed[i];
+        END IF;
+    END LOOP;
+    new_claimed_at := new_claimed_at || latest;
+    new_claimed := new_claimed || merged;
+END;
+$$;
+
+-- Counters per queue of what happens in SQL (version 17), where no daemon sees it (issue 28:
+-- every control visible in /metrics): duplicates that unique keys turned away (counter 'unique_duplicates').
+-- The submission inserts a row of its own into queue_counter_deltas, in its transaction (a row
+-- per event, not an update of a shared counter: no submitter waits for another's commit); the
+-- daemons' statistics pass folds the deltas into queue_counters and exports the sum of both.
+CREATE TABLE taskd.queue_counter_deltas (
+    queue   text NOT NULL,
+    counter text NOT NULL,
+    n       integer NOT NULL DEFAULT 1
+);
+
+CREATE TABLE taskd.queue_counters (
+    queue   text NOT NULL,
+    counter text NOT NULL,
+    value   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, counter)
+);
+
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
     (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts'),
     (9, 'traceparent'), (10, 'rules_as_meant'), (11, 'result_urls'), (12, 'queue_controls'),
     (13, 'flow'), (14, 'task_notifications'), (15, 'console_audit'),
-    (16, 'vacuum_as_a_queue_needs'), (20, 'unstarted_index');
+    (16, 'vacuum_as_a_queue_needs'), (17, 'sliding_window_and_counters'),
+    (20, 'unstarted_index');

@@ -12,9 +12,7 @@ SELECT q.queue, q.rate_limit, q.rate_period
 ON CONFLICT (queue) DO UPDATE
    SET rate_limit = excluded.rate_limit,
        rate_period = excluded.rate_period,
-       -- a window counted with another period means nothing under this one
-       rate_window_start = CASE WHEN c.rate_period IS NOT DISTINCT FROM excluded.rate_period
-                                THEN c.rate_window_start END,
+       -- the recorded claims stay: they are starts, whatever the period they are counted in
        updated_at = now()
  WHERE (c.rate_limit, c.rate_period) IS DISTINCT FROM (excluded.rate_limit, excluded.rate_period);
 
@@ -29,21 +27,26 @@ SELECT taskd.pause_queue(%(queue)s, %(paused_by)s) AS changed;
 SELECT taskd.resume_queue(%(queue)s) AS changed;
 
 -- name: list_queue_controls
--- Every known queue with its controls; used: the starts counted in the current window.
+-- Every known queue with its controls; used: the starts counted in the window ending now.
 SELECT c.queue, c.paused, c.paused_at, c.paused_by, c.resumed_at, c.rate_limit, c.rate_period,
-       CASE WHEN c.rate_window_start
-                 = date_bin(make_interval(secs => c.rate_period), now(), timestamptz 'epoch')
-            THEN c.rate_window_count ELSE 0 END AS rate_window_used
+       coalesce(taskd.rate_window_used(c.rate_claimed_at, c.rate_claimed,
+                                       now() - make_interval(secs => c.rate_period)), 0)
+           AS rate_window_used
   FROM taskd.queue_controls c
  ORDER BY c.queue;
 
 -- name: rate_limit_wait
 -- After a claim that took fewer than it asked for: seconds until the queue's window has room
--- again (0: it has room now, the backlog ran out). No row: nothing (the queue is not known).
-SELECT CASE WHEN c.rate_window_start = w.start AND c.rate_window_count >= %(rate_limit)s
-            THEN date_part('epoch', w.start + make_interval(secs => %(rate_period)s) - now())
-            ELSE 0 END::float8 AS wait
-  FROM taskd.queue_controls c,
-       (SELECT date_bin(make_interval(secs => %(rate_period)s::integer), now(),
-                        timestamptz 'epoch') AS start) w
+-- again (0: it has room now, the backlog ran out), i.e. until enough of its oldest claims are
+-- a period old that fewer than rate_limit starts remain. No row: nothing (the queue is not
+-- known). The clock is read here, as the claim reads it: after its transaction began.
+SELECT coalesce((
+           SELECT date_part('epoch', min(w.t) FILTER (WHERE w.used - w.upto < %(rate_limit)s)
+                                     + make_interval(secs => %(rate_period)s)
+                                     - clock_timestamp())
+             FROM (SELECT e.t, sum(e.n) OVER (ORDER BY e.t) AS upto, sum(e.n) OVER () AS used
+                     FROM unnest(c.rate_claimed_at, c.rate_claimed) AS e(t, n)
+                    WHERE e.t > clock_timestamp() - make_interval(secs => %(rate_period)s)) w
+            WHERE w.used >= %(rate_limit)s), 0)::float8 AS wait
+  FROM taskd.queue_controls c
  WHERE c.queue = %(queue)s;

@@ -115,23 +115,31 @@ WITH picked AS (
 SELECT * FROM claimed ORDER BY priority DESC, run_after, id;
 
 -- name: claim_subtasks_rate_limited
--- claim_subtasks for a queue with a rate limit: at most rate_limit starts per window of
--- rate_period seconds (windows aligned on the database clock's epoch), across all executors.
--- The claim locks the queue's control row, takes no more than the window has left, and counts
--- what it took, all in this statement. Everything else is claim_subtasks's, word for word
--- (tests/unit/test_claim_queries.py keeps them so).
-WITH rate_window AS (
-    SELECT date_bin(make_interval(secs => %(rate_period)s::integer), coalesce(%(now)s, now()),
-                    timestamptz 'epoch') AS start
-), bucket AS (
+-- claim_subtasks for a queue with a rate limit: at most rate_limit starts in any stretch of
+-- rate_period seconds (a sliding window, by started_at), across all executors. The claim locks
+-- the queue's control row, takes no more than the window ending now has left, and records what
+-- it took, all in this statement. Everything else is claim_subtasks's, word for word
+-- (tests/unit/test_claim_queries.py keeps them so), but started_at.
+WITH bucket AS (
     -- Locked: racing claims of a rate-limited queue take turns, each seeing what the one
     -- before it took (READ COMMITTED re-reads a row it waited for).
-    SELECT CASE WHEN c.rate_window_start = w.start
-                THEN greatest(0, %(rate_limit)s::integer - c.rate_window_count)
-                ELSE %(rate_limit)s::integer END AS free
-      FROM taskd.queue_controls c, rate_window w
+    SELECT c.rate_claimed_at, c.rate_claimed
+      FROM taskd.queue_controls c
      WHERE c.queue = %(queue)s
        FOR UPDATE OF c
+), rate_window AS (
+    -- The claim's time, read after the lock: now() is when the transaction began, before any
+    -- wait for the claim it took turns with, whose time was read later. Never before the last
+    -- claim recorded, so that started_at runs in the order the window counts them.
+    SELECT b.claim_time,
+           greatest(0, %(rate_limit)s::integer - taskd.rate_window_used(
+               b.rate_claimed_at, b.rate_claimed,
+               b.claim_time - make_interval(secs => %(rate_period)s::integer))) AS free
+      FROM (SELECT bucket.*,
+                   coalesce(%(now)s, greatest(clock_timestamp(),
+                                              rate_claimed_at[cardinality(rate_claimed_at)]))
+                       AS claim_time
+              FROM bucket) b
 ), picked AS (
     SELECT id FROM (
         SELECT id
@@ -172,7 +180,7 @@ WITH rate_window AS (
                               WHERE lease_expires_at IS NOT NULL AND status = 'processing'
                                 AND queue = %(queue)s)) END,
                     -- No control row yet: nothing to count in, so nothing is claimed.
-                    coalesce((SELECT free FROM bucket), 0))
+                    coalesce((SELECT free FROM rate_window), 0))
            END
 ), claimed AS (
     UPDATE taskd.subtasks s
@@ -180,7 +188,7 @@ WITH rate_window AS (
            locked_by = %(executor_id)s,
            attempt = s.attempt + 1,
            lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_timeout)s),
-           started_at = coalesce(%(now)s, now()),
+           started_at = (SELECT claim_time FROM rate_window),
            updated_at = coalesce(%(now)s, now())
     -- An id array, not a join: with cluster_max the LIMIT is an expression the planner cannot
     -- estimate, and a join would then hash a sequential scan of subtasks on a long backlog.
@@ -190,13 +198,13 @@ WITH rate_window AS (
               -- seconds from ready to started: one float to read, not two timestamps
               date_part('epoch', s.started_at - s.run_after) AS wait
 ), counted AS (
-    -- The rate limit's count: in the row bucket locked (its newest version), so no start of a
-    -- concurrent claim is lost.
+    -- The rate limit's record: in the row bucket locked (its newest version), so no start of
+    -- a concurrent claim is lost.
     UPDATE taskd.queue_controls c
-       SET rate_window_count = CASE WHEN c.rate_window_start = w.start
-                                    THEN c.rate_window_count ELSE 0 END
-                               + (SELECT count(*) FROM claimed)::integer,
-           rate_window_start = w.start,
+       SET (rate_claimed_at, rate_claimed) = (
+               SELECT * FROM taskd.rate_window_add(
+                   c.rate_claimed_at, c.rate_claimed, w.claim_time, %(rate_period)s::integer,
+                   (SELECT count(*) FROM claimed)::integer)),
            rate_limit = %(rate_limit)s::integer,
            rate_period = %(rate_period)s::integer
       FROM rate_window w
@@ -211,7 +219,9 @@ SELECT * FROM claimed ORDER BY priority DESC, run_after, id;
 -- executor), for an executor that runs nothing else meanwhile: alone, a crash is its own.
 -- Through subtasks_suspect_idx, which holds only subtasks with a crash. A paused queue's
 -- suspects wait, and so do a rate-limited queue's while its window is used up (the limit its
--- claims last recorded); a suspect's start counts in the window.
+-- claims last recorded); a suspect's start counts in the window. Suspects are rare: this one
+-- does not take turns on the queue's row, so a racing claim can find one start more than the
+-- limit in the window.
 WITH picked AS (
     SELECT id
       FROM taskd.subtasks
@@ -223,10 +233,10 @@ WITH picked AS (
        AND queue NOT IN (
            SELECT c.queue FROM taskd.queue_controls c
             WHERE c.paused
-               OR c.rate_window_count >= c.rate_limit
-                  AND c.rate_window_start = date_bin(make_interval(secs => c.rate_period),
-                                                     coalesce(%(now)s, now()),
-                                                     timestamptz 'epoch'))
+               OR taskd.rate_window_used(
+                      c.rate_claimed_at, c.rate_claimed,
+                      coalesce(%(now)s, now()) - make_interval(secs => c.rate_period))
+                  >= c.rate_limit)
      ORDER BY priority DESC, run_after, id
      LIMIT 1
        FOR UPDATE SKIP LOCKED
@@ -244,12 +254,12 @@ WITH picked AS (
               s.max_attempts, s.run_after, date_part('epoch', s.started_at - s.run_after) AS wait
 ), counted AS (
     UPDATE taskd.queue_controls c
-       SET rate_window_count = CASE WHEN c.rate_window_start = date_bin(
-                                             make_interval(secs => c.rate_period),
-                                             coalesce(%(now)s, now()), timestamptz 'epoch')
-                                    THEN c.rate_window_count ELSE 0 END + 1,
-           rate_window_start = date_bin(make_interval(secs => c.rate_period),
-                                        coalesce(%(now)s, now()), timestamptz 'epoch')
+       SET (rate_claimed_at, rate_claimed) = (
+               SELECT * FROM taskd.rate_window_add(
+                   c.rate_claimed_at, c.rate_claimed,
+                   coalesce(%(now)s, greatest(now(),
+                                              c.rate_claimed_at[cardinality(c.rate_claimed_at)])),
+                   c.rate_period, 1))
       FROM claimed s
      WHERE c.queue = s.queue AND c.rate_limit IS NOT NULL
 )

@@ -137,6 +137,45 @@ UNION ALL
 SELECT 'paused', queue, NULL, paused::integer::float8, NULL
   FROM taskd.queue_controls;
 
+-- name: tasks_waiting_on_dependencies
+-- Per queue, the unfinished tasks that wait for other tasks (submit_task(..., after => ...)):
+-- task_dependencies holds a row per dependency still open, deleted as each completes (the
+-- waiting task may have been cancelled meanwhile: it no longer counts).
+SELECT t.queue, count(DISTINCT d.task_id) AS waiting
+  FROM taskd.task_dependencies d
+  JOIN taskd.tasks t ON t.id = d.task_id
+ WHERE t.status IN ('pending', 'processing')
+ GROUP BY t.queue;
+
+-- name: fold_queue_counters
+-- The statistics pass: fold (a batch of) the counter deltas that submissions inserted into
+-- queue_counters, and return every counter's total. The totals are read in the statement's
+-- snapshot, before its own fold: the counters plus every delta, each counted once. Racing
+-- daemons skip each other's deltas, and upsert in one order (no deadlock).
+WITH folded AS (
+    DELETE FROM taskd.queue_counter_deltas d
+     WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM taskd.queue_counter_deltas
+                               LIMIT 10000 FOR UPDATE SKIP LOCKED))
+    RETURNING d.queue, d.counter, d.n
+), added AS (
+    INSERT INTO taskd.queue_counters AS c (queue, counter, value)
+    SELECT queue, counter, sum(n) FROM folded GROUP BY queue, counter ORDER BY queue, counter
+    ON CONFLICT (queue, counter) DO UPDATE SET value = c.value + excluded.value
+)
+SELECT queue, counter, sum(value)::bigint AS value
+  FROM (SELECT queue, counter, value FROM taskd.queue_counters
+        UNION ALL
+        SELECT queue, counter, n FROM taskd.queue_counter_deltas) every
+ GROUP BY queue, counter;
+
+-- name: queue_counters
+-- The same totals, read only (taskd status).
+SELECT queue, counter, sum(value)::bigint AS value
+  FROM (SELECT queue, counter, value FROM taskd.queue_counters
+        UNION ALL
+        SELECT queue, counter, n FROM taskd.queue_counter_deltas) every
+ GROUP BY queue, counter;
+
 -- name: list_tasks
 -- Tasks newest first, optionally filtered by status and queue; `before_id` pages backwards.
 SELECT id, name, queue, kind, priority, user_id, params, status, total, completed, failed,
