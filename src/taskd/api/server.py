@@ -6,6 +6,7 @@ database URL or an unmigrated schema stops the start with one clear error.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import signal
 import socket
@@ -52,6 +53,18 @@ class _Server(uvicorn.Server):
         if sig == signal.SIGTERM:
             self._captured_signals = [s for s in self._captured_signals
                                       if s != signal.SIGTERM]
+
+
+def backend_options() -> dict[str, Any]:
+    """anyio's options for the API's event loop: uvloop where it is installed (the api extra
+    installs it on Linux and macOS). Its C loop takes a fifth off the API's CPU a request
+    (docs/benchmarks.md): every database round trip and every response goes through it."""
+    return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT on uvloop where it is installed (see :func:`serve`)."""
+    anyio.run(serve, settings, backend_options=backend_options())
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:
@@ -140,7 +153,7 @@ def serve_in_thread(
 
     def run() -> None:
         try:
-            anyio.run(main)
+            anyio.run(main, backend_options=backend_options())
         except BaseException as exc:  # handed to the caller's thread below
             errors.append(exc)
         finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from taskd.cli.app import app, configure_logging, run_async, settings_of
+from taskd.cli.app import app, configure_logging, settings_of
 from taskd.errors import ConfigError
 
 # What the api extra installs (pip install 'taskd[api]'), by the name Python imports.
@@ -36,7 +36,7 @@ def api(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     try:
-        from taskd.api.server import serve
+        from taskd.api.server import run
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in API_EXTRA_MODULES:
             raise
@@ -44,7 +44,7 @@ def api(ctx: typer.Context) -> None:
 
     settings = settings_of(ctx)
     configure_logging(settings)
-    run_async(lambda: serve(settings))
+    run(settings)
 
 
 @api_app.command()
