@@ -24,6 +24,7 @@ from taskd import systemd
 from taskd.api.app import create_app
 from taskd.api.auth import TokenVerifier
 from taskd.api.connections import FD_RESERVE, ConnectionLimits, connection_capacity
+from taskd.errors import ConfigError
 from taskd.queue.database import database_url as resolve_database_url
 from taskd.queue.store import Store, when_available
 from taskd.settings import Settings, parse_addr
@@ -67,6 +68,30 @@ def run(settings: Settings) -> None:
     anyio.run(serve, settings, backend_options=backend_options())
 
 
+def shared_socket(addr: str, backlog: int) -> socket.socket:
+    """A socket listening on ``addr`` with SO_REUSEPORT: every process that binds the same
+    address so gets its own accept queue, and the kernel spreads new connections among them.
+    Raises :class:`ConfigError` naming api.addr when it cannot listen there (in use without
+    SO_REUSEPORT, or by another user)."""
+    host, port = parse_addr(addr)
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"api.addr {addr}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(where)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"api.addr {addr}: cannot listen with api.reuse_port: "
+                          f"{exc.strerror or exc}") from None
+    return sock
+
+
 def connection_limits(settings: Settings) -> ConnectionLimits:
     """The bounds on client connections (see :mod:`taskd.api.connections`); raises the
     process's open-files limit to its hard limit on the way."""
@@ -104,8 +129,11 @@ async def serve(settings: Settings, *, database_url: str | None = None) -> None:
         limits = connection_limits(settings)
         asyncio.get_running_loop().set_exception_handler(limits.loop_exception_handler)
         server = _Server(_config(app, settings, limits))
-        log.info("taskd api listening on %s", settings.api.addr)
-        await server.serve()
+        sockets = ([shared_socket(settings.api.addr, limits.backlog)]
+                   if settings.api.reuse_port else None)
+        log.info("taskd api listening on %s", settings.api.addr,
+                 extra={"reuse_port": settings.api.reuse_port})
+        await server.serve(sockets=sockets)
     finally:
         await store.close()
 
