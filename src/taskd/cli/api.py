@@ -22,7 +22,9 @@ api_app = typer.Typer(
     "until SIGTERM. Needs api.jwt_secret [TASKD_API__JWT_SECRET] of at least 32 bytes "
     "(HS256), or api.jwt_algorithm=RS256 with api.jwt_public_key. The OpenAPI document is "
     "served at /openapi.json, the interactive docs at /docs, a health check at /healthz, "
-    "the operators' console at /console (sign in with a token from `taskd api token`).",
+    "the operators' console at /console (sign in with a token from `taskd api token`). "
+    "Several processes may share api.addr with api.reuse_port=true [TASKD_API__REUSE_PORT], "
+    "one a core (deploy/systemd/taskd-api@.service).",
     invoke_without_command=True,
     no_args_is_help=False,
     rich_markup_mode=None,
