@@ -22,6 +22,7 @@ import errno
 import logging
 import resource
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +129,14 @@ class CoalescedWrites:
             self._pending.clear()
             if not self._transport.is_closing():  # else the peer is gone: nobody to tell
                 self._transport.write(data)
+
+    def writelines(self, chunks: Iterable[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
 
     def close(self) -> None:
         self._flush()
