@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from bench import (
+    api_submit,
     console,
     fleet,
     graphile,
@@ -115,10 +116,18 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("submit", help="taskd.submit_task batches and the HTTP API")
     p.add_argument("--tasks", type=int, default=50)
     p.add_argument("--per-task", type=int, default=1000)
-    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--clients", type=int, nargs="+", default=[50, 200],
+                   help="concurrent HTTP clients, one run each")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--per-request", type=int, default=1)
-    p.add_argument("--users", type=int, default=None, help="accounts (default: one per client)")
+    p.add_argument("--users", type=int, default=None,
+                   help="accounts (default: one per client of the largest count)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="taskd api processes on one port (api.reuse_port)")
+    p.add_argument("--baseline", default=None, metavar="REV",
+                   help="also run the API of this git revision, alternating with this tree")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--http-only", action="store_true", help="skip the submit_task part")
 
     p = sub.add_parser("footprint", help="RSS and connections of one daemon")
     p.add_argument("-n", type=int, default=10_000)
@@ -225,9 +234,11 @@ def main(argv: list[str] | None = None) -> None:
     elif w == "http-clients":
         data = http_clients.http_clients(args.tasks, args.interval, args.seconds)
     elif w == "submit":
-        data = {"sql": taskd_workloads.submit_sql(args.tasks, args.per_task),
-                "http": taskd_workloads.submit_http(args.clients, args.seconds,
-                                                    args.per_request, args.users)}
+        data = {} if args.http_only else {
+            "sql": taskd_workloads.submit_sql(args.tasks, args.per_task)}
+        data["http"] = api_submit.submit_http(
+            args.clients, args.seconds, args.per_request, args.users, workers=args.workers,
+            baseline=args.baseline, rounds=args.rounds)
     elif w == "footprint":
         data = taskd_workloads.footprint(args.n, args.concurrency, args.sleep_ms)
     elif w == "fleet":

@@ -3,11 +3,8 @@ footprint. Each returns a dict (what its JSON holds) and prints a table."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +18,6 @@ from bench.common import (
     daemons,
     latency_summary,
     print_table,
-    process_cpu_seconds,
     queue_env,
     rows,
     scalar,
@@ -250,107 +246,6 @@ def submit_sql(tasks: int, per_task: int) -> dict[str, Any]:
                           "subtasks_per_s": count * size / seconds})
     print_table("submit: taskd.submit_task, one connection", table)
     return {"results": table}
-
-
-async def _http_clients(base: str, tokens: list[str], clients: int, seconds: float,
-                        per_request: int) -> tuple[list[float], Counter[str]]:
-    """Latencies (ms) of the requests answered 201, and what went wrong with the others
-    (a status code, or a transport error's name): counted and reported, not raised, so that
-    one dropped connection does not lose the run.
-
-    The load comes from aiohttp: it costs about a fifth of httpx's CPU per request
-    (``python -m bench http-clients``), and the generator shares the machine's cores with the
-    API it measures."""
-    import aiohttp
-
-    body = {"name": "bench", "kind": "noop", "subtasks": [{"i": 1}] * per_request}
-    deadline = time.perf_counter() + seconds
-    times: list[float] = []
-    errors: Counter[str] = Counter()
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(base, connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
-        async def one(token: str) -> None:
-            headers = {"Authorization": f"Bearer {token}"}
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                try:
-                    async with session.post("/v1/tasks", json=body, headers=headers) as r:
-                        await r.read()
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    errors[type(exc).__name__] += 1
-                    continue
-                if r.status == 201:
-                    times.append((time.perf_counter() - t0) * 1000)
-                else:
-                    errors[str(r.status)] += 1
-
-        await asyncio.gather(*(one(tokens[i % len(tokens)]) for i in range(clients)))
-    return times, errors
-
-
-def submit_http(clients: int, seconds: float, per_request: int,
-                users: int | None = None) -> dict[str, Any]:
-    """POST /v1/tasks from ``clients`` concurrent clients as ``users`` accounts (default one
-    per client: one account's creates queue on its quota row lock, by design)."""
-    import socket
-    import subprocess
-    import sys
-
-    import httpx
-    import jwt
-
-    from bench.common import REPO
-
-    secret = "bench-" + "x" * 40
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with temp_database() as url:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
-        env = {**clean, "TASKD_DATABASE_URL": url, "TASKD_API__JWT_SECRET": secret,
-               "TASKD_API__ADDR": f"127.0.0.1:{port}"}
-        proc = subprocess.Popen([sys.executable, "-m", "taskd", "api"], cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            def up() -> bool:
-                if proc.poll() is not None:
-                    raise RuntimeError("taskd api exited")
-                try:
-                    return httpx.get(base + "/v1/status").status_code in (200, 401)
-                except httpx.HTTPError:
-                    return False
-
-            wait_for(up, timeout=30, what="taskd api listening")
-            exp = int(time.time()) + 3600
-            admin = jwt.encode({"sub": "bench-admin", "role": "admin", "exp": exp}, secret,
-                               algorithm="HS256")
-            tokens = []
-            for i in range(users or clients):
-                r = httpx.put(f"{base}/v1/accounts/bench{i}",
-                              headers={"Authorization": f"Bearer {admin}"},
-                              json={"is_member": True, "quota_remaining": 10_000_000})
-                r.raise_for_status()
-                tokens.append(jwt.encode({"sub": f"bench{i}", "exp": exp}, secret,
-                                         algorithm="HS256"))
-            api_cpu = process_cpu_seconds(proc.pid)
-            times, errors = asyncio.run(
-                _http_clients(base, tokens, clients, seconds, per_request))
-            api_cpu = process_cpu_seconds(proc.pid) - api_cpu
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
-    row = {"path": "POST /v1/tasks", "clients": clients, "users": len(tokens),
-           "subtasks_per_request": per_request,
-           "requests": len(times), "requests_per_s": len(times) / seconds,
-           **{k: v for k, v in latency_summary(times).items() if k != "n"},
-           "failed": sum(errors.values()),
-           "failures": ", ".join(f"{n} {what}" for what, n in errors.most_common()) or "-",
-           "api_cpu_s": api_cpu,
-           "api_cpu_ms_per_request": api_cpu / len(times) * 1000 if times else float("nan")}
-    print_table(f"submit: HTTP API, {clients} concurrent clients for {seconds:g} s", [row])
-    return {"results": [row]}
 
 
 def _rss_kib(pid: int) -> tuple[int, int]:

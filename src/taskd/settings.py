@@ -291,6 +291,10 @@ class ApiSettings(BaseModel):
         None, description="key of the console's CSRF tokens; default: derived from jwt_secret "
         "(HS256). Set it when several API processes verify RS256 tokens",
     )
+    reuse_port: bool = Field(
+        False, description="listen with SO_REUSEPORT, so that several API processes share "
+        "addr and the kernel spreads connections among them (deploy/systemd/taskd-api@.service)",
+    )
 
 
 class NotificationSettings(BaseModel):

@@ -164,3 +164,39 @@ def test_parse_ttl(text: str, seconds: float) -> None:
 def test_parse_ttl_rejects_nonsense(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_ttl(text)
+
+
+def test_a_verified_token_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = TokenVerifier(ApiSettings(jwt_secret=SECRET))
+    token = _token({"sub": "alice", "exp": int(time.time()) + 600})
+    assert verifier.verify(token).user_id == "alice"
+
+    def no_second_decode(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the token was decoded again")
+
+    monkeypatch.setattr(jwt, "decode", no_second_decode)
+    assert verifier.verify(token).user_id == "alice"
+    # Another token (here: the same claims, another signature) is still checked.
+    with pytest.raises(AssertionError, match="decoded again"):
+        verifier.verify(_token({"sub": "alice", "exp": int(time.time()) + 600},
+                               key="y" * 40))
+
+
+def test_a_remembered_token_is_refused_from_its_exp_on() -> None:
+    verifier = TokenVerifier(ApiSettings(jwt_secret=SECRET))
+    expires = int(time.time()) + 2
+    token = _token({"sub": "alice", "exp": expires})
+    assert verifier.verify(token).user_id == "alice"
+    deadline = time.monotonic() + 10
+    while time.time() < expires and time.monotonic() < deadline:
+        time.sleep(0.05)  # waiting for the clock itself: nothing else to poll
+    with pytest.raises(jwt.ExpiredSignatureError):
+        verifier.verify(token)
+
+
+def test_a_refused_token_is_not_remembered() -> None:
+    verifier = TokenVerifier(ApiSettings(jwt_secret=SECRET))
+    token = _token({"sub": "alice", "exp": int(time.time()) + 600}, key="x" * 40)
+    for _ in range(2):
+        with pytest.raises(jwt.InvalidSignatureError):
+            verifier.verify(token)

@@ -12,6 +12,7 @@ import time
 
 import pytest
 from bench import (
+    api_submit,
     common,
     console,
     fleet,
@@ -79,7 +80,7 @@ def test_http_clients() -> None:
 def test_submit() -> None:
     assert taskd_workloads.submit_sql(2, 10)["results"][1]["subtasks_per_call"] == 10
     if importlib.util.find_spec("fastapi") and importlib.util.find_spec("jwt"):
-        row = taskd_workloads.submit_http(2, 0.3, 1)["results"][0]
+        row = api_submit.submit_http(2, 0.3, 1)["results"][0]
         assert row["requests"] > 0 and row["failed"] == 0, row["failures"]
 
 

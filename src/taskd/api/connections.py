@@ -22,6 +22,7 @@ import errno
 import logging
 import resource
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,8 +104,51 @@ class ConnectionLimits:
         loop.default_exception_handler(context)
 
 
+class CoalescedWrites:
+    """A transport that sends what one step of the event loop writes as one write: uvicorn
+    writes a response's head and its body apart, two system calls on the socket where one
+    does (each was 3% of the API's CPU a request). Everything else is the transport's own."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():  # else the peer is gone: nobody to tell
+                self._transport.write(data)
+
+    def writelines(self, chunks: Iterable[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request and a cap on connections."""
+    """uvicorn's h11 protocol with a deadline for each request and a cap on connections; its
+    writes coalesced (:class:`CoalescedWrites`)."""
 
     limits: ConnectionLimits
 
@@ -114,7 +158,7 @@ class GuardedH11Protocol(H11Protocol):
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
         if len(self.connections) > self.limits.max_connections:
             self._refuse()
             return

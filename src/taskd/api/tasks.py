@@ -140,8 +140,7 @@ async def create_task(
     ))
     if created.replayed:
         response.status_code = 200
-    detail = await api.task_detail(created.task_id)
-    return {**_detail(detail), "replayed": created.replayed,
+    return {**_detail(created.detail), "replayed": created.replayed,
             "quota_remaining": created.quota_remaining}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from taskd.cli.app import app, configure_logging, run_async, settings_of
+from taskd.cli.app import app, configure_logging, settings_of
 from taskd.errors import ConfigError
 
 # What the api extra installs (pip install 'taskd[api]'), by the name Python imports.
@@ -22,7 +22,9 @@ api_app = typer.Typer(
     "until SIGTERM. Needs api.jwt_secret [TASKD_API__JWT_SECRET] of at least 32 bytes "
     "(HS256), or api.jwt_algorithm=RS256 with api.jwt_public_key. The OpenAPI document is "
     "served at /openapi.json, the interactive docs at /docs, a health check at /healthz, "
-    "the operators' console at /console (sign in with a token from `taskd api token`).",
+    "the operators' console at /console (sign in with a token from `taskd api token`). "
+    "Several processes may share api.addr with api.reuse_port=true [TASKD_API__REUSE_PORT], "
+    "one a core (deploy/systemd/taskd-api@.service).",
     invoke_without_command=True,
     no_args_is_help=False,
     rich_markup_mode=None,
@@ -36,7 +38,7 @@ def api(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     try:
-        from taskd.api.server import serve
+        from taskd.api.server import run
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in API_EXTRA_MODULES:
             raise
@@ -44,7 +46,7 @@ def api(ctx: typer.Context) -> None:
 
     settings = settings_of(ctx)
     configure_logging(settings)
-    run_async(lambda: serve(settings))
+    run(settings)
 
 
 @api_app.command()

@@ -18,6 +18,7 @@ from typing import Any
 from psycopg.rows import class_row, tuple_row
 
 from taskd.errors import (
+    AccountError,
     AccountNotFound,
     IdempotencyConflict,
     NotAMember,
@@ -72,6 +73,7 @@ class CreatedTask:
     # True: the Idempotency-Key or the unique_key named an existing task; nothing was taken
     replayed: bool
     quota_remaining: int | None  # None on a replay
+    detail: TaskDetail  # the task as it stood at the commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,14 @@ class TaskDetail(Task):
     results: list[JSON]
     error: str | None
     result_urls: list[str | None]
+
+
+def _detail_params(task_id: int, results_limit: int = 100, urls_limit: int = 1000,
+                   mark_cost: int | None = None) -> dict[str, int | None]:
+    """``api_task_detail``'s parameters; ``mark_cost`` marks a task just created (a create's
+    read back)."""
+    return {"id": task_id, "results_limit": results_limit, "urls_limit": urls_limit,
+            "mark_cost": mark_cost}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +142,18 @@ class ApiStore:
         taken = await run_query(conn, "api_take_quota", {"user_id": user_id, "cost": cost})
         if taken:
             return int(taken[0]["quota_remaining"])
+        raise await ApiStore._refusal(conn, user_id, cost)
+
+    @staticmethod
+    async def _refusal(conn: Conn, user_id: str, cost: int) -> AccountError:
+        """Why the account cannot pay ``cost``: :class:`AccountNotFound`, :class:`NotAMember`
+        or :class:`QuotaExhausted`."""
         accounts = await run_query(conn, "api_get_account", {"user_id": user_id})
         if not accounts:
-            raise AccountNotFound(f"user {user_id!r} not found")
+            return AccountNotFound(f"user {user_id!r} not found")
         if not accounts[0]["is_member"]:
-            raise NotAMember("please activate membership first")
-        raise QuotaExhausted(
+            return NotAMember("please activate membership first")
+        return QuotaExhausted(
             f"quota exhausted: {accounts[0]['quota_remaining']} left, {cost} needed"
         )
 
@@ -179,7 +195,8 @@ class ApiStore:
     # -- tasks ----------------------------------------------------------------------------
 
     async def create_task(self, new: NewTask) -> CreatedTask:
-        """Take one unit of quota and create the task and its subtasks, in one transaction.
+        """Take one unit of quota and create the task and its subtasks, in one transaction;
+        return it as it stands at the commit.
 
         With an idempotency key, a request that repeats an earlier one returns the earlier
         task and takes nothing. Raises :class:`taskd.errors.InvalidInput` (bad input),
@@ -193,34 +210,67 @@ class ApiStore:
             unique_key=new.unique_key, unique_scope=new.unique_scope, after=new.after,
             notify_url=new.notify_url, notify_on=new.notify_on,
         )
+        if new.idempotency_key is None and query_name == "submit_task_for_user":
+            return await self._create_plain_task(new, values)
 
         async def work(conn: Conn) -> CreatedTask:
-            if new.idempotency_key is not None:
-                earlier = await self._earlier_request(conn, new)
-                if earlier is not None:
-                    return CreatedTask(earlier, replayed=True, quota_remaining=None)
-            if new.unique_key is not None:
-                # The key first: a task that holds it is returned and no quota is taken; a new
-                # one is paid for below, or rolled back with the transaction.
-                made = submitted((await run_query(conn, query_name, values, tuple_row))[0])
-                if made.existing:
-                    return CreatedTask(made.task_id, replayed=True, quota_remaining=None)
-                remaining = await self._take_quota(conn, new.user_id, TASK_QUOTA_COST)
-                task_id = made.task_id
-            else:
-                remaining = await self._take_quota(conn, new.user_id, TASK_QUOTA_COST)
-                rows = await run_query(conn, query_name, values)
-                task_id = int(rows[0]["task_id"])
-            await run_query(conn, "api_mark_api_task", {
-                "id": task_id, "cost": TASK_QUOTA_COST, "key": new.idempotency_key,
-            })
-            await run_query(conn, "api_record_ledger", {
-                "user_id": new.user_id, "task_id": task_id,
-                "delta": -TASK_QUOTA_COST, "reason": "deduct",
-            })
-            return CreatedTask(task_id, replayed=False, quota_remaining=remaining)
+            task_id, remaining = await self._create_task_in(conn, new, query_name, values)
+            [detail] = await run_query(conn, "api_task_detail", _detail_params(task_id),
+                                       class_row(TaskDetail))
+            return CreatedTask(task_id, replayed=remaining is None, quota_remaining=remaining,
+                               detail=detail)
 
         return await self.store.in_transaction(work)
+
+    async def _create_plain_task(self, new: NewTask, values: dict[str, Any]) -> CreatedTask:
+        """The common create: quota, task and ledger in one statement (``api_create_task``),
+        then the task marked as the API's and read back in another: four round trips with BEGIN
+        and COMMIT, where the general path takes seven and a second connection (see
+        docs/benchmarks.md)."""
+
+        async def work(conn: Conn) -> CreatedTask:
+            made = await run_query(conn, "api_create_task", {
+                **values, "cost": TASK_QUOTA_COST, "delta": -TASK_QUOTA_COST})
+            if not made:
+                raise await self._refusal(conn, new.user_id, TASK_QUOTA_COST)
+            task_id = int(made[0]["task_id"])
+            [detail] = await run_query(
+                conn, "api_task_detail", _detail_params(task_id, mark_cost=TASK_QUOTA_COST),
+                class_row(TaskDetail))
+            return CreatedTask(task_id, replayed=False,
+                               quota_remaining=int(made[0]["quota_remaining"]), detail=detail)
+
+        return await self.store.in_transaction(work)
+
+    async def _create_task_in(
+        self, conn: Conn, new: NewTask, query_name: str, values: dict[str, Any]
+    ) -> tuple[int, int | None]:
+        """A create with an Idempotency-Key, a unique key or dependencies, on ``conn`` in its
+        transaction: the task's id and the quota left (None: an earlier task, replayed)."""
+        if new.idempotency_key is not None:
+            earlier = await self._earlier_request(conn, new)
+            if earlier is not None:
+                return earlier, None
+        if new.unique_key is not None:
+            # The key first: a task that holds it is returned and no quota is taken; a new
+            # one is paid for below, or rolled back with the transaction.
+            made = submitted((await run_query(conn, query_name, values, tuple_row))[0])
+            if made.existing:
+                return made.task_id, None
+            remaining = await self._take_quota(conn, new.user_id, TASK_QUOTA_COST)
+            task_id = made.task_id
+        else:
+            remaining = await self._take_quota(conn, new.user_id, TASK_QUOTA_COST)
+            rows = await run_query(conn, query_name, values)
+            task_id = int(rows[0]["task_id"])
+        await run_query(conn, "api_mark_api_task", {
+            "id": task_id, "cost": TASK_QUOTA_COST, "key": new.idempotency_key,
+        })
+        await run_query(conn, "api_record_ledger", {
+            "user_id": new.user_id, "task_id": task_id,
+            "delta": -TASK_QUOTA_COST, "reason": "deduct",
+        })
+        return task_id, remaining
 
     async def _earlier_request(self, conn: Conn, new: NewTask) -> int | None:
         """The task this idempotency key already created, or None; waits for a racing twin."""
@@ -258,10 +308,7 @@ class ApiStore:
         Raises :class:`TaskNotFound`.
         """
         rows = await self.store.fetch_as(
-            "api_task_detail",
-            {"id": task_id, "results_limit": results_limit, "urls_limit": urls_limit},
-            TaskDetail,
-        )
+            "api_task_detail", _detail_params(task_id, results_limit, urls_limit), TaskDetail)
         if not rows:
             raise TaskNotFound(f"task {task_id} not found")
         return rows[0]
