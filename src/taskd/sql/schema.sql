@@ -1281,9 +1281,22 @@ END;
 $$;
 REVOKE ALL ON FUNCTION taskd.schedule_tick(text, timestamptz) FROM PUBLIC;
 
+-- Maintenance rounds (version 19): one rescuer pass per round across the fleet. A daemon takes
+-- the round with one statement that moves next_at to now() + the interval where next_at <= now();
+-- one that dies or freezes after taking it holds it only until next_at.
+CREATE TABLE taskd.maintenance_rounds (
+    name     text PRIMARY KEY CONSTRAINT maintenance_rounds_name_check
+                 CHECK (name ~ '^[a-z][a-z0-9_]*$' AND length(name) <= 63),
+    next_at  timestamptz NOT NULL DEFAULT now(),
+    taken_by text,
+    taken_at timestamptz,
+    rounds   bigint NOT NULL DEFAULT 0
+);
+INSERT INTO taskd.maintenance_rounds (name) VALUES ('rescue');
+
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
     (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts'),
     (9, 'traceparent'), (10, 'rules_as_meant'), (11, 'result_urls'), (12, 'queue_controls'),
     (13, 'flow'), (14, 'task_notifications'), (15, 'console_audit'),
-    (16, 'vacuum_as_a_queue_needs');
+    (16, 'vacuum_as_a_queue_needs'), (19, 'maintenance_rounds');
