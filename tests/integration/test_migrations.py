@@ -269,3 +269,18 @@ def test_churning_tables_vacuum_after_a_fixed_number_of_dead_rows(
         assert {"autovacuum_vacuum_scale_factor=0", f"autovacuum_vacuum_threshold={threshold}",
                 "autovacuum_vacuum_insert_scale_factor=0",
                 "autovacuum_vacuum_cost_delay=0"} <= after[table], after
+
+
+async def test_upgrading_to_maintenance_rounds_makes_the_first_round_due_at_once(
+    empty_database_url: str,
+) -> None:
+    """Version 19: the fleet's rescuer round, due from the migration on (the first daemon of
+    the new version to ask makes a pass at once)."""
+    migrated_to(empty_database_url, 16)
+    async with await psycopg.AsyncConnection.connect(empty_database_url, autocommit=True) as c:
+        applied = await migrations.migrate(c)
+        assert 19 in [m.version for m in applied]
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT name, rounds, taken_by, next_at <= now()"
+                            " FROM taskd.maintenance_rounds").fetchall()
+    assert rows == [("rescue", 0, None, True)]
