@@ -85,8 +85,10 @@ SELECT id, task_id, queue, status FROM rescued;
 -- pending_timeout of becoming runnable (its earliest pending run_after: the creation, a time
 -- scheduled ahead, or a retry) fails as a whole, and is counted in error_logs as
 -- PendingTimeout. A task with any subtask started is never timed out this way.
--- Candidates are the queue's unfinished tasks created before the cutoff (tasks_unfinished_idx);
--- each one's subtasks are read through its id range. A claim holding one of its subtasks makes
+-- Candidates are the queue's pending tasks created before the cutoff (tasks_unstarted_idx: a
+-- task is pending exactly until its first subtask starts, so started ones are never read
+-- past, and no subtask needs probing for a start); each one's subtasks are read through its
+-- id range. A claim holding one of its subtasks makes
 -- this statement fail (NOWAIT) rather than time out a task that is starting; the next pass
 -- looks again. A paused queue times nothing out, and one resumed within pending_timeout
 -- neither: the time paused does not count.
@@ -98,11 +100,8 @@ WITH stale AS (
                         WHERE c.queue = %(queue)s
                           AND (c.paused OR c.resumed_at >= coalesce(%(now)s, now())
                                                            - make_interval(secs => %(pending_timeout)s)))
-       AND t.completed_at IS NULL
+       AND t.status = 'pending'
        AND t.created_at < coalesce(%(now)s, now()) - make_interval(secs => %(pending_timeout)s)
-       AND NOT EXISTS (SELECT 1 FROM taskd.subtasks s
-                        WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
-                          AND s.task_id = t.id AND s.started_at IS NOT NULL)
        AND (SELECT min(s.run_after) FROM taskd.subtasks s
              WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
                AND s.task_id = t.id AND s.status = 'pending')

@@ -180,8 +180,9 @@ SELECT s.id, s.error
 -- Per queue, the age of the oldest task that nobody has started, counted from when it became
 -- runnable (its creation, its earliest pending run_after or its queue's resume, whichever is
 -- later): what the pending timeout measures
--- (fail_unstarted_tasks). Among each queue's 100 oldest unfinished tasks
--- (tasks_unfinished_idx), so that a long backlog costs a bounded read.
+-- (fail_unstarted_tasks). Among each queue's 100 oldest pending tasks (tasks_unstarted_idx: a
+-- task is pending until its first subtask starts), so that neither a long backlog nor a long
+-- run of started tasks ahead of them costs more than a bounded read.
 SELECT q.queue, extract(epoch FROM now() - min(u.runnable_at))::float8 AS oldest_seconds
   FROM unnest(%(queues)s::text[]) AS q(queue)
  CROSS JOIN LATERAL (
@@ -194,10 +195,7 @@ SELECT q.queue, extract(epoch FROM now() - min(u.runnable_at))::float8 AS oldest
                       WHERE c.queue = q.queue)) AS runnable_at
       FROM taskd.tasks t
      WHERE t.queue = q.queue
-       AND t.completed_at IS NULL
-       AND NOT EXISTS (SELECT 1 FROM taskd.subtasks s
-                        WHERE s.id BETWEEN t.first_subtask_id AND t.last_subtask_id
-                          AND s.task_id = t.id AND s.started_at IS NOT NULL)
+       AND t.status = 'pending'
      ORDER BY t.created_at
      LIMIT 100
  ) u
