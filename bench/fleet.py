@@ -6,9 +6,11 @@ The PostgreSQL is the benchmark's own (PostgreSQL 15 from ``/usr/lib/postgresql/
 server's: the shared server on 5432 is never touched. Under root it runs as ``postgres``.
 
 Per fleet size: the daemons start idle and are measured idle (PostgreSQL CPU per second, its
-statements per second, connections), then one commit makes the backlog visible and the drain is
-measured (throughput, PostgreSQL CPU and statements per subtask, claims per subtask, and lock
-waits sampled from ``pg_stat_activity``).
+statements per second, rescuer passes per second, connections), then one commit makes the
+backlog visible and the drain is measured (throughput, PostgreSQL CPU and statements per
+subtask, claims per subtask, and lock waits sampled from ``pg_stat_activity``); then, idle again
+after the drain, whether the daemons' statements start in step (the dispersion of their starts
+per 100 ms).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -209,6 +212,47 @@ class WaitSampler(threading.Thread):
         return self.waiting[kind] / self.samples if self.samples else float("nan")
 
 
+class StartSampler(threading.Thread):
+    """Samples ``pg_stat_activity`` of one database every ``interval`` s and keeps each
+    statement's start (``query_start``, database clock) once: when the fleet's statements
+    start, to see whether the daemons fire in step. A backend that starts two statements
+    within one interval shows one; an idle daemon sends a few a second."""
+
+    def __init__(self, url: str, interval: float = 0.01) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.interval = interval
+        self.stop = threading.Event()
+        self.starts: set[tuple[int, float]] = set()
+
+    def run(self) -> None:
+        with connect(self.url) as conn:
+            while not self.stop.is_set():
+                for pid, started in conn.execute("""
+                        SELECT pid, extract(epoch FROM query_start)::float8
+                          FROM pg_stat_activity
+                         WHERE datname = current_database() AND pid <> pg_backend_pid()
+                           AND query_start IS NOT NULL""").fetchall():
+                    self.starts.add((pid, started))
+                self.stop.wait(self.interval)
+
+    def dispersion(self, since: float, until: float, width: float = 0.1) -> float:
+        """Variance / mean of the statements started per ``width``-second bin between
+        ``since`` and ``until`` (epoch seconds, database clock): about 1 when the daemons'
+        statements start at independent moments, growing with the fleet when they fire in
+        step."""
+        bins = max(1, int((until - since) / width))
+        counts = [0] * bins
+        for _, started in self.starts:
+            k = int((started - since) / width)
+            if 0 <= k < bins:
+                counts[k] += 1
+        mean = sum(counts) / bins
+        if not mean:
+            return float("nan")
+        return sum((c - mean) ** 2 for c in counts) / bins / mean
+
+
 def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
                  idle_seconds: float, per_task: int) -> dict[str, Any]:
     env = {**queue_env("standard", concurrency)}
@@ -243,6 +287,16 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
         busy_own = daemons_cpu() - own0
         busy_calls = statements(url)
         stats = drain_stats(url)
+        # After the drain every daemon was woken by the same NOTIFY and ran dry at about the
+        # same moment: the case where polls would fire in step. Sampled apart from the idle
+        # cost above (sampling every 10 ms costs the server CPU of its own).
+        starts = StartSampler(url)
+        starts.start()
+        since = float(scalar(url, "SELECT extract(epoch FROM now())"))
+        time.sleep(idle_seconds)  # by design: a quiet period's statements are what is sampled
+        until = float(scalar(url, "SELECT extract(epoch FROM now())"))
+        starts.stop.set()
+        starts.join(timeout=10)
     idle_total = sum(idle_calls.values())
     return {
         "daemons": size, "concurrency_each": concurrency, "n": n, "per_task": per_task,
@@ -257,6 +311,8 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
         "idle_pg_cpu_ms_per_s": idle_cpu / idle_t * 1e3,
         "idle_daemons_cpu_ms_per_s": idle_own / idle_t * 1e3,
         "idle_statements_per_s": idle_total / idle_t,
+        "idle_rescue_passes_per_s": idle_calls["rescue_expired_leases"] / idle_t,
+        "after_drain_dispersion": starts.dispersion(since, until),
         "idle_top": ", ".join(f"{k[:40]}={v / idle_t:.1f}/s"
                               for k, v in idle_calls.most_common(3)),
         "wait_events": dict(sampler.events.most_common(4)),
@@ -265,8 +321,9 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
 
 def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
           repeat: int = 1, per_task: int = 10_000) -> dict[str, Any]:
-    """The fleet table; ``best``: the highest throughput; the largest size against it and
-    the idle cost per daemon in the summary. The backlog is tasks of ``per_task`` subtasks:
+    """The fleet table; ``best``: the highest throughput; the largest size against it (the
+    slowest of its rounds, and its median against the best size's median) and the idle cost
+    per daemon in the summary. The backlog is tasks of ``per_task`` subtasks:
     every outcome of one task updates that task's counters, so few large tasks make the
     completers of every daemon take turns on a few rows."""
     if not (PG_BIN / "postgres").exists():
@@ -286,15 +343,24 @@ def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
                 f" {concurrency} per daemon; idle for {idle_seconds:g} s", shown)
     best = max(row["per_s"] for row in table)
     largest = max(sizes)
+    # With --repeat, each size's median over the rounds: the shared machine's load moves
+    # between minutes more than a size moves the throughput.
+    medians = {size: statistics.median(row["per_s"] for row in table if row["daemons"] == size)
+               for size in sizes}
+    best_median = max(medians.values())
     summary = {
         "best_per_s": best,
         "largest_vs_best": min(row["per_s"] for row in table if row["daemons"] == largest)
         / best,
+        "median_per_s": medians,
+        "largest_vs_best_median": medians[largest] / best_median,
         "idle_pg_cpu_ms_per_s_per_daemon": {
             row["daemons"]: row["idle_pg_cpu_ms_per_s"] / row["daemons"] for row in table},
     }
-    print_table("fleet summary", [{"best_per_s": best,
-                                   f"{largest}_daemons_vs_best": summary["largest_vs_best"]}])
+    print_table("fleet summary", [{
+        "best_per_s": best, f"{largest}_daemons_vs_best": summary["largest_vs_best"],
+        **{f"median_{size}": medians[size] for size in sizes},
+        f"median_{largest}_vs_best_median": summary["largest_vs_best_median"]}])
     return {"n": n, "per_task": per_task, "concurrency": concurrency,
             "idle_seconds": idle_seconds,
             "results": table, "summary": summary}

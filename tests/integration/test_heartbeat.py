@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from typing import Any
 
@@ -74,3 +75,37 @@ async def test_a_lost_lease_stops_the_handler(store: Store) -> None:
     await heartbeat.beat()
     assert entry.stop_reason == "lease_lost"
     assert entry.scope.cancel_called
+
+
+
+async def test_heartbeats_come_up_to_a_tenth_of_an_interval_sooner(
+    store: Store, conn: Any
+) -> None:
+    """Jittered, never later: daemons started together drift out of step, and the lease and
+    the watchdog still get a beat every interval. Measured on the database clock (each
+    beat's last_heartbeat_at), so a late test task does not blur it."""
+    interval = 0.3
+    info = ExecutorInfo("hb", "default", "host", 1, "test")
+    await store.register_executor(info)
+    heartbeat = Heartbeat(HeartbeatConfig(interval=interval, lease_timeout=3.0), store, info,
+                          {}, RunningSet(), ClaimGate(), Metrics(), Health(10))
+    heartbeat.signals.beat.arm()
+    beats = set()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(heartbeat.run)
+        for _ in range(12):
+            await heartbeat.signals.beat.wait()
+            beats.add(await fetch_one(conn, "SELECT last_heartbeat_at FROM taskd.executors"
+                                            " WHERE id = 'hb'"))
+        tg.cancel_scope.cancel()
+    ordered = sorted(beats)
+    # Gaps between beats that followed each other (a test task that woke late saw only the
+    # second of two).
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(ordered)
+            if (b - a).total_seconds() < 1.5 * interval]
+    assert len(gaps) >= 6, ordered
+    # A sleep never ends early: without jitter every gap is at least the interval. With it,
+    # a gap is shorter unless its wait fell in the top few ms of its 30 ms range (a beat's own
+    # time): all of them, about 0.1 ** 6.
+    assert min(gaps) < interval, gaps
+    assert min(gaps) >= interval * 0.9 - 0.005, gaps

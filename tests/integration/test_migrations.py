@@ -291,3 +291,18 @@ def test_upgrading_to_the_sliding_rate_window_keeps_each_queues_controls(
         row = conn.execute(
             "SELECT * FROM taskd.rate_window_add('{}', '{}', now(), 1, 3)").fetchone()
         assert row is not None and row[1] == [3]
+
+
+async def test_upgrading_to_maintenance_rounds_makes_the_first_round_due_at_once(
+    empty_database_url: str,
+) -> None:
+    """Version 19: the fleet's rescuer round, due from the migration on (the first daemon of
+    the new version to ask makes a pass at once)."""
+    migrated_to(empty_database_url, 16)
+    async with await psycopg.AsyncConnection.connect(empty_database_url, autocommit=True) as c:
+        applied = await migrations.migrate(c)
+        assert 19 in [m.version for m in applied]
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT name, rounds, taken_by, next_at <= now()"
+                            " FROM taskd.maintenance_rounds").fetchall()
+    assert rows == [("rescue", 0, None, True)]

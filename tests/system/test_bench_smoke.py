@@ -149,6 +149,11 @@ def test_fleet() -> None:
     # In clock ticks (10 ms): 40 noops may read 0, never less.
     assert all(r["pg_cpu_us_per_subtask"] >= 0 for r in rows), rows
     assert all(r["idle_statements_per_s"] > 0 for r in rows), rows
+    # One rescuer round per rescue_interval (5 s) for the fleet: at most one in 1.5 s, whatever
+    # the size (each daemon passing would make up to two at 2 daemons).
+    assert all(r["idle_rescue_passes_per_s"] <= 1 / 1.5 for r in rows), rows
+    assert all("after_drain_dispersion" in r for r in rows), rows
+    assert result["summary"]["largest_vs_best_median"] > 0
 
 
 def test_console() -> None:

@@ -96,6 +96,10 @@ def test_three_daemons_through_pgbouncer_in_transaction_mode_drain_without_error
     assert problems(ds) == []
     assert query(database_url, "SELECT status, count(*) FROM taskd.tasks GROUP BY status") == [
         ("completed", TASKS)]
+    # The rescuer's round is taken through the pooler too (one autocommit statement).
+    [(taken_by, rounds)] = query(database_url, "SELECT taken_by, rounds"
+                                               " FROM taskd.maintenance_rounds")
+    assert taken_by in {d.executor_id for d in ds} and rounds >= 1
 
 
 def test_listen_through_a_transaction_pooler_is_refused_with_one_line(

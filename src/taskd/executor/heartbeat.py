@@ -1,14 +1,16 @@
 """The heartbeat: keeps the executor's row alive and extends the leases of what it runs.
 
-Every ``interval`` it records the executor's per-queue limits and running counts, extends the
-leases of the subtasks still running, stops handlers whose lease was lost or whose task was
-cancelled, and pings the systemd watchdog. When heartbeats fail for longer than the lease, the
+Every ``interval`` (up to 10 % sooner, so that daemons started together do not beat in step)
+it records the executor's per-queue limits and running counts, extends the leases of the
+subtasks still running, stops handlers whose lease was lost or whose task was cancelled, and
+pings the systemd watchdog. When heartbeats fail for longer than the lease, the
 executor can no longer prove it owns its leases: it stops claiming until a heartbeat succeeds.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +29,10 @@ from taskd.testsignals import TestSignal
 from taskd.types import ExecutorInfo
 
 log = logging.getLogger(__name__)
+
+# Each wait is up to this fraction shorter than the interval, never longer (the lease and the
+# systemd watchdog count on the interval): daemons started together drift out of step.
+JITTER = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +94,7 @@ class Heartbeat:
         if watchdog:
             interval = min(interval, watchdog)
         while True:
-            await anyio.sleep(interval)
+            await anyio.sleep(interval * random.uniform(1 - JITTER, 1))
             try:
                 await self.beat()
             except DatabaseError as exc:

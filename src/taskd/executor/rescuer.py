@@ -1,10 +1,13 @@
 """The rescuer: expired leases, dead executors, pending timeouts, retention.
 
-Every executor runs it, with no lock and no leader: each statement
-(:mod:`taskd.queue.maintenance`) takes its rows with SKIP LOCKED and holds nothing after it
-ends, so passes of several executors overlap harmlessly and a daemon that freezes mid-pass
-stops no one else's. Work is done in LIMIT-sized batches; errors are logged and the next pass
-carries on.
+Every executor runs it, and the fleet shares one pass per round: before a pass a daemon takes
+the round (:func:`taskd.queue.maintenance.take_round`, one statement), which only one daemon
+gets each ``interval`` by the database clock; the others sleep until the next round is due. N
+daemons cost one pass an interval, not N. There is no leader and no lock held across a pass:
+a daemon that took the round and then died or froze holds it until the next round is due,
+when another takes it; each statement (:mod:`taskd.queue.maintenance`) takes its rows with
+SKIP LOCKED, so a pass that overruns into the next one overlaps it harmlessly. Work is done
+in LIMIT-sized batches; errors are logged and the next round carries on.
 
 A lease that expired means its executor crashed or froze while running the subtask. That is
 not evidence against the subtask: it goes back with its attempt given back and a crash
@@ -18,7 +21,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -27,9 +30,18 @@ from taskd.metrics import Metrics
 from taskd.queue import maintenance
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings, Settings
+from taskd.testsignals import TestSignal
 from taskd.types import RescueReport
 
 log = logging.getLogger(__name__)
+
+ROUND = "rescue"  # the maintenance_rounds row the fleet's rescuers share
+# Added to the wait for the next round, as a fraction of the interval: the daemons of a fleet
+# ask at scattered moments, and the first to ask after it is due takes it.
+ROUND_JITTER = 0.2
+# The shortest wait, as a fraction of the interval: a daemon that lost the race may have seen
+# the round as due (its snapshot predates the winner's commit).
+ROUND_MIN_WAIT = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +50,8 @@ class RescuerConfig:
     older marks its executor dead. ``retention``: finished rows older are deleted. Each pass
     works in batches of ``batch_size``, at most ``max_batches`` per kind of work, so a pass
     stays short. ``poison_after``: crashes of its executor while running it after which a
-    subtask fails as a suspected poison pill. Raises :class:`ConfigError` for a value it cannot
-    work with."""
+    subtask fails as a suspected poison pill. ``executor_id``: recorded as the round's taker.
+    Raises :class:`ConfigError` for a value it cannot work with."""
 
     interval: float
     executor_dead_after: float
@@ -47,6 +59,7 @@ class RescuerConfig:
     poison_after: int = maintenance.DEFAULT_POISON_AFTER
     batch_size: int = 1000
     max_batches: int = 20
+    executor_id: str = ""
 
     def __post_init__(self) -> None:
         if min(self.interval, self.executor_dead_after, self.retention) <= 0:
@@ -58,7 +71,14 @@ class RescuerConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> RescuerConfig:
         return cls(settings.rescue_interval, settings.executor_dead_after, settings.retention,
-                   poison_after=settings.poison_after)
+                   poison_after=settings.poison_after, executor_id=settings.executor_id)
+
+
+@dataclass
+class RescuerSignals:
+    """What tests may wait for: a pass done (this daemon took the round)."""
+
+    passed: TestSignal[RescueReport] = field(default_factory=TestSignal)
 
 
 class Rescuer:
@@ -73,30 +93,42 @@ class Rescuer:
         self.store = store
         self.queues = queues
         self.metrics = metrics
+        self.signals = RescuerSignals()
 
     async def run(self) -> None:
+        interval = self.config.interval
         while True:
+            due = anyio.current_time() + interval
             try:
-                report = await self.rescue_once()
+                taken = await maintenance.take_round(self.store, ROUND, interval,
+                                                     self.config.executor_id)
+                # At most an interval: a round set far ahead (by hand, or by a daemon with a
+                # longer interval) is still asked for.
+                due = anyio.current_time() + min(max(taken.next_in, ROUND_MIN_WAIT * interval),
+                                                 interval)
+                if taken.taken:
+                    self._log(await self.rescue_once())
             except DatabaseError as exc:
                 log.warning("rescuer pass failed: %s", exc)
-            else:
-                if report.returned or report.failed or report.dead_executors or report.timed_out:
-                    log.info(
-                        "rescued", extra={
-                            "returned": report.returned, "failed": report.failed,
-                            "dead_executors": list(report.dead_executors),
-                            "timed_out": report.timed_out,
-                        },
-                    )
-            # Jitter keeps executors started together from running their passes in step.
-            await anyio.sleep(self.config.interval * random.uniform(0.8, 1.2))
+            await anyio.sleep_until(due + interval * random.uniform(0, ROUND_JITTER))
+
+    def _log(self, report: RescueReport) -> None:
+        self.signals.passed.signal(report)
+        if report.returned or report.failed or report.dead_executors or report.timed_out:
+            log.info(
+                "rescued", extra={
+                    "returned": report.returned, "failed": report.failed,
+                    "dead_executors": list(report.dead_executors),
+                    "timed_out": report.timed_out,
+                },
+            )
 
     async def rescue_once(self) -> RescueReport:
         """One pass: expired leases, dead executors, the pending timeout, retention.
 
-        Every daemon runs passes, and two may run at once: each statement takes its rows with
-        SKIP LOCKED, and no lock is held from one statement to the next.
+        :meth:`run` calls it when this daemon took the round; two passes may still run at once
+        (one that overran its round): each statement takes its rows with SKIP LOCKED, and no
+        lock is held from one statement to the next.
         """
         by_queue, statuses = await self._rescue_leases()
         dead = await maintenance.mark_dead_executors(self.store, self.config.executor_dead_after)

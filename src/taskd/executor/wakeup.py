@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import anyio
 
 from taskd.testsignals import TestSignal
+
+# A wait that times out ends up to this fraction sooner, never later: a NOTIFY wakes every
+# daemon of a fleet at once, and without it their polls would then fire in step for good.
+JITTER = 0.1
 
 
 @dataclass
@@ -29,9 +34,10 @@ class Wakeup:
         self._event.set()
 
     async def wait(self, within: float) -> bool:
-        """Wait until set or ``within`` seconds pass; return whether it was set. Resets it."""
+        """Wait until set or ``within`` seconds pass (up to 10 % fewer, so that the polls of
+        daemons woken together drift apart); return whether it was set. Resets it."""
         self.signals.waiting.signal(None)
-        with anyio.move_on_after(within):
+        with anyio.move_on_after(within * random.uniform(1 - JITTER, 1)):
             await self._event.wait()
         was_set = self._event.is_set()
         if was_set:

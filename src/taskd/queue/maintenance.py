@@ -1,20 +1,49 @@
-"""The rescuer's queries: expired leases, dead executors, the pending timeout, retention.
+"""The rescuer's queries: the fleet's round, expired leases, dead executors, the pending
+timeout, retention.
 
 Each function runs one statement that every daemon may run at the same time as the others
 (``queries/maintenance.sql``): no lock is held across a pass, so a daemon that freezes in the
-middle of one stops nobody else's. Times come from the database clock; ``now`` replaces it in
-tests.
+middle of one stops nobody else's. :func:`take_round` makes one daemon a round do the pass.
+Times come from the database clock; ``now`` replaces it in tests.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from taskd.errors import InvalidInput
 from taskd.queue.store import DEFAULT_POISON_AFTER, Store
 
-__all__ = ["DEFAULT_POISON_AFTER", "delete_finished", "fail_unstarted_tasks",
-           "mark_dead_executors", "rescue_expired_leases"]
+__all__ = ["DEFAULT_POISON_AFTER", "Round", "delete_finished", "fail_unstarted_tasks",
+           "mark_dead_executors", "rescue_expired_leases", "take_round"]
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """``taken``: this daemon does this round's pass. ``next_in``: seconds until the next round
+    may be taken, by the database clock (<= 0: ask again soon)."""
+
+    taken: bool
+    next_in: float
+
+
+async def take_round(
+    store: Store, name: str, interval: float, taken_by: str, *, now: datetime | None = None,
+) -> Round:
+    """Take the fleet's round ``name`` if it is due: at most one daemon gets each, and the next
+    is due ``interval`` seconds after it was taken (database clock). Raises
+    :class:`InvalidInput` unless ``interval`` is a positive finite number of seconds."""
+    if not 0 < interval < math.inf:
+        raise InvalidInput(f"maintenance round {name!r}: interval must be a positive number of "
+                           f"seconds, not {interval!r}")
+    [row] = await store.fetch_rows("take_maintenance_round", {
+        "name": name, "interval": interval, "taken_by": taken_by, "now": now,
+    })
+    next_in = row["next_in"]
+    return Round(bool(row["taken"]), 0.0 if next_in is None else float(next_in))
 
 
 async def rescue_expired_leases(

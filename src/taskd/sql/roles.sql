@@ -113,6 +113,9 @@ BEGIN
     EXECUTE format('GRANT SELECT, UPDATE, DELETE ON taskd.queue_counter_deltas TO %I',
                    executor_role);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.queue_counters TO %I', executor_role);
+    -- The rescuer takes the fleet's maintenance round (the row is put back if it was deleted).
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.maintenance_rounds TO %I',
+                   executor_role);
 
     -- taskd api
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON taskd.tasks, taskd.subtasks, '

@@ -1366,6 +1366,18 @@ CREATE TABLE taskd.queue_counters (
     value   bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (queue, counter)
 );
+-- Maintenance rounds (version 19): one rescuer pass per round across the fleet. A daemon takes
+-- the round with one statement that moves next_at to now() + the interval where next_at <= now();
+-- one that dies or freezes after taking it holds it only until next_at.
+CREATE TABLE taskd.maintenance_rounds (
+    name     text PRIMARY KEY CONSTRAINT maintenance_rounds_name_check
+                 CHECK (name ~ '^[a-z][a-z0-9_]*$' AND length(name) <= 63),
+    next_at  timestamptz NOT NULL DEFAULT now(),
+    taken_by text,
+    taken_at timestamptz,
+    rounds   bigint NOT NULL DEFAULT 0
+);
+INSERT INTO taskd.maintenance_rounds (name) VALUES ('rescue');
 
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
@@ -1373,4 +1385,4 @@ INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, '
     (9, 'traceparent'), (10, 'rules_as_meant'), (11, 'result_urls'), (12, 'queue_controls'),
     (13, 'flow'), (14, 'task_notifications'), (15, 'console_audit'),
     (16, 'vacuum_as_a_queue_needs'), (17, 'sliding_window_and_counters'),
-    (20, 'unstarted_index');
+    (19, 'maintenance_rounds'), (20, 'unstarted_index');

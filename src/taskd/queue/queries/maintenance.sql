@@ -2,6 +2,29 @@
 -- same time as the others (rows are taken FOR UPDATE SKIP LOCKED): maintenance needs no lock
 -- and no leader, so a daemon that freezes mid-pass holds nothing that stops the others.
 
+-- name: take_maintenance_round
+-- The fleet's round: one daemon a round does the pass. Taken where next_at has come, and moved
+-- to now() + interval; a daemon that loses the race (it waits for the winner's row lock, then
+-- sees next_at in the future) takes nothing. The row is put back if someone deleted it.
+-- Returns whether this daemon took the round, and the seconds until the next one may be taken
+-- (from this statement's snapshot: a loser that waited for the winner may see the old next_at,
+-- <= 0, and asks again shortly).
+WITH taken AS (
+    INSERT INTO taskd.maintenance_rounds AS r (name, next_at, taken_by, taken_at, rounds)
+    VALUES (%(name)s, coalesce(%(now)s, now()) + make_interval(secs => %(interval)s),
+            %(taken_by)s, coalesce(%(now)s, now()), 1)
+    ON CONFLICT (name) DO UPDATE
+       SET next_at = excluded.next_at, taken_by = excluded.taken_by,
+           taken_at = excluded.taken_at, rounds = r.rounds + 1
+     WHERE r.next_at <= coalesce(%(now)s, now())
+    RETURNING r.next_at
+)
+SELECT EXISTS (SELECT FROM taken) AS taken,
+       extract(epoch FROM coalesce((SELECT next_at FROM taken),
+                                   (SELECT next_at FROM taskd.maintenance_rounds
+                                     WHERE name = %(name)s))
+                          - coalesce(%(now)s, now()))::float8 AS next_in;
+
 -- name: rescue_expired_leases
 -- Leases that expired: the executor crashed, froze or lost the database while it ran the
 -- subtask. That is not evidence against the subtask, so it goes back to pending with its
