@@ -1,9 +1,10 @@
 """``taskd run``: wires the components together in one anyio task group.
 
 Start: open the pool and check the schema, load handlers, register the executor, tell systemd
-READY. Run: heartbeat, notifier, completer, rescuer, scaler, schedule ticker, metrics, and one
-producer per queue that this executor's group serves (``Settings.served_queues``; the executor row's
-``concurrency`` names them, which is how ``taskd status`` knows who serves what). The group is
+READY. Run: heartbeat, notifier, poller, completer, rescuer, scaler, schedule ticker, metrics,
+and one producer per queue that this executor's group serves (``Settings.served_queues``; the
+executor row's ``concurrency`` names them, which is how ``taskd status`` knows who serves what).
+The group is
 read at start: changing it takes a restart.
 Any component that crashes stops the daemon with a non-zero exit (systemd restarts it).
 
@@ -45,6 +46,7 @@ from taskd.executor.dispatcher import Dispatcher, DispatcherConfig
 from taskd.executor.gate import ClaimGate
 from taskd.executor.heartbeat import Heartbeat, HeartbeatConfig
 from taskd.executor.notifier import Notifier
+from taskd.executor.poller import Poller, PollerConfig
 from taskd.executor.producer import Producer, ProducerConfig
 from taskd.executor.quarantine import Quarantine, QuarantineConfig
 from taskd.executor.rescuer import Rescuer, RescuerConfig
@@ -125,6 +127,7 @@ class Daemon:
         self.producers: list[Producer] = []
         self.runner: Runner | None = None
         self.quarantine: Quarantine | None = None
+        self.poller: Poller | None = None
         self.immediate = False
         # Shielded sections (the final writes) that a second signal still ends.
         self._shields: set[anyio.CancelScope] = set()
@@ -270,6 +273,9 @@ class Daemon:
         ) if s.listen else None
         if notifier is not None:
             tg.start_soon(notifier.run)
+        # One poll for every queue, the producers' only wake-up besides the notifier's.
+        self.poller = Poller(PollerConfig.from_settings(s), store, self.wakeups)
+        tg.start_soon(self.poller.run)
         tg.start_soon(completer.run)
         # Maintenance, pending timeouts included, for every queue that runs, whichever group
         # serves it: a queue whose executors are all down (or that no daemon serves) still

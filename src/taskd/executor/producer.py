@@ -52,7 +52,9 @@ class ProducerConfig:
     ``idle_worker_seconds``: how long a worker with nothing to run lives on.
     ``full_claim_interval``: how often a claim starts from the claim index's head anyway.
     ``poison_after``: a subtask in one fewer crashes of its executor is a suspect, which the
-    claim leaves to the quarantine.
+    claim leaves to the quarantine. ``poll_interval``: after a short claim, how long the
+    producer waits for a wake-up before it claims anyway; infinite in the daemon, whose
+    :class:`~taskd.executor.poller.Poller` polls for every queue in one statement.
     """
 
     queue: str
@@ -78,8 +80,9 @@ class ProducerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, queue: str) -> ProducerConfig:
+        """The daemon's producer: it waits for the notifier or the poller, never polls."""
         return cls(queue, settings.queues[queue], lease_timeout=settings.lease_timeout,
-                   poll_interval=settings.poll_interval, poison_after=settings.poison_after)
+                   poll_interval=math.inf, poison_after=settings.poison_after)
 
 
 @dataclass

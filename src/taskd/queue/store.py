@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -48,6 +49,7 @@ from taskd.queue.submission import (
     submitted,
 )
 from taskd.settings import DEFAULT_MAX_ATTEMPTS, Pooler, RateLimit
+from taskd.testsignals import TestSignal
 from taskd.types import (
     JSON,
     ClaimedSubtask,
@@ -68,11 +70,20 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class StoreSignals:
+    """What tests may wait for: the name of each query run through :meth:`Store.fetch_as`
+    (how many statements a component makes; pg_stat_statements is not on every server)."""
+
+    statements: TestSignal[str] = field(default_factory=TestSignal)
+
+
 class Store:
     """Typed access to taskd's tables over a connection pool."""
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
+        self.signals = StoreSignals()
 
     @classmethod
     async def open(
@@ -166,6 +177,7 @@ class Store:
         For the queue package's own modules; deadlocks are retried, errors translated.
         """
         factory = row_factory or class_row(row_type)
+        self.signals.statements.signal(name)
 
         async def once() -> list[Row]:
             async with self._connection(conn) as c:
@@ -329,6 +341,19 @@ class Store:
         rows = await self.fetch_rows("suspects_waiting", {
             "queues": list(queues), "suspect_after": poison_after - 1})
         return bool(rows[0]["waiting"])
+
+    async def ready_queues(
+        self, queues: Sequence[str], *, poison_after: int = DEFAULT_POISON_AFTER,
+        now: datetime | None = None,
+    ) -> list[str]:
+        """Of ``queues``, those a claim would take something from now (a ready subtask that is
+        not a suspect; not paused; rate window not used up): one statement, a probe of the
+        claim index per queue."""
+        if not queues:
+            return []
+        return await self.fetch_as("ready_queues", {
+            "queues": list(queues), "suspect_after": poison_after - 1, "now": now,
+        }, str, scalar_row)
 
     async def record_outcomes(
         self, executor_id: str, outcomes: Sequence[Outcome], *, now: datetime | None = None

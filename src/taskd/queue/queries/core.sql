@@ -263,6 +263,31 @@ SELECT EXISTS (
        AND queue = ANY(%(queues)s::text[]) AND run_after <= now()
 ) AS waiting;
 
+-- name: ready_queues
+-- Which of these queues a claim would take something from now: a ready row that is not a
+-- suspect, the queue not paused, its rate window (the limit its claims last recorded) not used
+-- up. The executor's one poll (taskd.executor.poller), instead of one claim per queue: a probe
+-- of the claim index per queue that stops at its first ready row (LATERAL ... LIMIT 1).
+SELECT q.queue
+  FROM unnest(%(queues)s::text[]) AS q(queue)
+ CROSS JOIN LATERAL (
+        SELECT 1
+          FROM taskd.subtasks s
+         WHERE s.status = 'pending'
+           AND s.queue = q.queue
+           AND s.run_after <= coalesce(%(now)s, now())
+           AND s.crashes < %(suspect_after)s
+         LIMIT 1
+       ) ready
+ WHERE NOT EXISTS (
+        SELECT 1 FROM taskd.queue_controls c
+         WHERE c.queue = q.queue
+           AND (c.paused
+                OR c.rate_window_count >= c.rate_limit
+                   AND c.rate_window_start = date_bin(make_interval(secs => c.rate_period),
+                                                      coalesce(%(now)s, now()),
+                                                      timestamptz 'epoch')));
+
 -- name: lock_queue_claims
 -- The cluster-wide cap: capped claims of one queue take this lock first, in the same
 -- transaction, so that claim_subtasks counts every claim committed before it.
