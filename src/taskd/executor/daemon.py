@@ -1,11 +1,11 @@
 """``taskd run``: wires the components together in one anyio task group.
 
 Start: open the pool and check the schema, load handlers, register the executor, tell systemd
-READY. Run: heartbeat, notifier, poller, completer, rescuer, scaler, schedule ticker, metrics,
-and one producer per queue that this executor's group serves (``Settings.served_queues``; the
-executor row's ``concurrency`` names them, which is how ``taskd status`` knows who serves what).
-The group is
-read at start: changing it takes a restart.
+READY. Run: heartbeat, notifier, poller, claimer, completer, rescuer, scaler, schedule ticker,
+metrics, and one producer per queue that this executor's group serves
+(``Settings.served_queues``; the executor row's ``concurrency`` names them, which is how
+``taskd status`` knows who serves what). The group is read at start: changing it takes a
+restart.
 Any component that crashes stops the daemon with a non-zero exit (systemd restarts it).
 
 Start: a database that is unavailable (refused, out of connection slots, starting up) is tried
@@ -41,6 +41,7 @@ import anyio.abc
 from taskd import __version__, systemd
 from taskd.errors import ConfigError, DatabaseError
 from taskd.executor.capacity import Capacity
+from taskd.executor.claimer import Claimer, ClaimerConfig
 from taskd.executor.completer import Completer
 from taskd.executor.dispatcher import Dispatcher, DispatcherConfig
 from taskd.executor.gate import ClaimGate
@@ -194,6 +195,9 @@ class Daemon:
                     max(4, sum(c.limit for c in self.capacities.values()))),
                 tracing=self.tracing,
             )
+            claimer = Claimer(ClaimerConfig.from_settings(s), store, s.executor_id)
+            # In tg, not work: it serves the producers' last (shielded) claims at shutdown.
+            tg.start_soon(claimer.run)
             async with anyio.create_task_group() as work:
                 self.quarantine = Quarantine(
                     QuarantineConfig(list(self.queues), s.poll_interval, s.lease_timeout,
@@ -207,7 +211,7 @@ class Daemon:
                         self.capacities[queue], self.wakeups[queue], self.gate, completer,
                         self.running, self.runner, self.metrics,
                         lender=notifier.lender if notifier is not None else None,
-                        tracing=self.tracing,
+                        tracing=self.tracing, claimer=claimer,
                     )
                     self.producers.append(producer)
                     work.start_soon(producer.run)

@@ -23,6 +23,7 @@ import anyio.abc
 
 from taskd.errors import ConfigError, DatabaseError
 from taskd.executor.capacity import Capacity
+from taskd.executor.claimer import Claimer
 from taskd.executor.completer import Completer
 from taskd.executor.condition import Condition
 from taskd.executor.gate import ClaimGate
@@ -108,7 +109,11 @@ class Producer:
         *,
         lender: ListenLender | None = None,
         tracing: Tracing | None = None,
+        claimer: Claimer | None = None,
     ) -> None:
+        """``claimer``: claims with other queues' in one statement (the daemon's); None:
+        each claim its own statement. A queue with a rate limit or a ``cluster_max`` claims
+        on its own either way."""
         self.config = config
         self.tracing = tracing
         self.queue = config.queue
@@ -120,6 +125,9 @@ class Producer:
         self.completer = completer
         self.running = running
         self.lender = lender
+        settings = config.settings
+        self.claimer = (claimer if settings.rate is None and settings.cluster_max is None
+                        else None)
         self.signals = ProducerSignals()
         self.pool = WorkerPool(runner, self._done, name=f"taskd producer {self.queue} worker",
                                idle_seconds=config.idle_worker_seconds)
@@ -296,6 +304,8 @@ class Producer:
         conn = lender.borrow() if lender is not None else None
         try:
             def claim() -> Awaitable[list[ClaimedSubtask]]:
+                if conn is None and self.claimer is not None:
+                    return self.claimer.claim(self.queue, want, after)
                 return self.store.claim_subtasks(
                     self.queue, self.executor_id, want, self.config.lease_timeout,
                     cluster_max=self.config.settings.cluster_max, rate_limit=self._rate,

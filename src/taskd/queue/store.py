@@ -78,6 +78,16 @@ class StoreSignals:
     statements: TestSignal[str] = field(default_factory=TestSignal)
 
 
+@dataclass(frozen=True, slots=True)
+class QueueClaim:
+    """One queue's part of :meth:`Store.claim_subtasks_of_queues`: up to ``limit`` subtasks,
+    after ``after`` (the last subtask of the queue's previous claim) or from the head."""
+
+    queue: str
+    limit: int
+    after: ClaimedSubtask | None = None
+
+
 class Store:
     """Typed access to taskd's tables over a connection pool."""
 
@@ -320,6 +330,37 @@ class Store:
                 await cur.execute(query(name), params)
                 claimed = await cur.fetchall()
         return claimed
+
+    async def claim_subtasks_of_queues(
+        self,
+        claims: Sequence[QueueClaim],
+        executor_id: str,
+        lease_timeout: float,
+        *,
+        now: datetime | None = None,
+        poison_after: int = DEFAULT_POISON_AFTER,
+    ) -> dict[str, list[ClaimedSubtask]]:
+        """:meth:`claim_subtasks` for several queues in one statement, each with its own limit
+        and resume point (one :class:`QueueClaim` a queue, each queue once); returns each
+        queue's subtasks in claim order (a queue that got none is missing). Not for queues
+        with a rate limit or a ``cluster_max``: their claims need their own statements. A
+        paused queue claims nothing."""
+        wanted = [c for c in claims if c.limit > 0]
+        if not wanted:
+            return {}
+        rows = await self.fetch_as("claim_subtasks_of_queues", {
+            "queues": [c.queue for c in wanted],
+            "limits": [c.limit for c in wanted],
+            "after_priorities": [None if c.after is None else c.after.priority for c in wanted],
+            "after_run_afters": [None if c.after is None else c.after.run_after for c in wanted],
+            "after_ids": [None if c.after is None else c.after.id for c in wanted],
+            "executor_id": executor_id, "lease_timeout": lease_timeout, "now": now,
+            "suspect_after": poison_after - 1,
+        }, ClaimedSubtask, CLAIMED_ROW, binary=True)
+        by_queue: dict[str, list[ClaimedSubtask]] = {}
+        for row in rows:
+            by_queue.setdefault(row.queue, []).append(row)
+        return by_queue
 
     async def claim_suspect(
         self, executor_id: str, queues: Sequence[str], lease_timeout: float,
