@@ -195,9 +195,15 @@ class Daemon:
                     max(4, sum(c.limit for c in self.capacities.values()))),
                 tracing=self.tracing,
             )
-            claimer = Claimer(ClaimerConfig.from_settings(s), store, s.executor_id)
-            # In tg, not work: it serves the producers' last (shielded) claims at shutdown.
-            tg.start_soon(claimer.run)
+            # Only with two queues or more whose claims it can share a statement between: one
+            # queue alone claims directly, a hop less.
+            shared = [q for q, qs in self.queues.items()
+                      if qs.rate is None and qs.cluster_max is None]
+            claimer = (Claimer(ClaimerConfig.from_settings(s), store, s.executor_id)
+                       if len(shared) >= 2 else None)
+            if claimer is not None:
+                # In tg, not work: it serves the producers' last (shielded) claims at shutdown.
+                tg.start_soon(claimer.run)
             async with anyio.create_task_group() as work:
                 self.quarantine = Quarantine(
                     QuarantineConfig(list(self.queues), s.poll_interval, s.lease_timeout,
