@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
+from taskd.errors import DatabaseError
 from taskd.executor.claimer import Claimer, ClaimerConfig
 from taskd.executor.daemon import Daemon
 from taskd.queue.controls import pause_queue, register_queues
@@ -139,3 +140,50 @@ async def test_a_daemon_drains_fifty_queues_with_fewer_claim_statements_than_cla
     statements = made["claim_subtasks"] + made["claim_subtasks_of_queues"]
     assert made["claim_subtasks_of_queues"] > 0, made
     assert statements <= 250, made
+
+
+async def test_a_busy_claimer_waits_a_moment_for_more_claims_to_join(store: Store) -> None:
+    queues = [f"q{i}" for i in range(6)]
+    for queue in queues:
+        await submit(store, 2, queue=queue)
+    claimer = Claimer(ClaimerConfig(LEASE, gather=0.5, busy_within=60), store, "e1")
+    claimer.signals.statement.arm()
+    answered: list[str] = []
+
+    async def claim(queue: str) -> None:
+        assert len(await claimer.claim(queue, 1)) == 1
+        answered.append(queue)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(claimer.run)
+        await claim(queues[0])  # idle: at once, alone
+        assert await claimer.signals.statement.wait() == 1
+        for queue in queues[1:]:  # busy: the five that come within the gather go together
+            tg.start_soon(claim, queue)
+            await anyio.sleep(0.02)
+        assert await claimer.signals.statement.wait() == 5
+        await wait_until(lambda: len(answered) == 6, message="every claim answered")
+        tg.cancel_scope.cancel()
+
+
+async def test_claims_waiting_when_the_claimer_stops_end_with_an_error(store: Store) -> None:
+    claimer = Claimer(ClaimerConfig(LEASE, gather=30, busy_within=60), store, "e1")
+    await submit(store, 2, queue="a")
+    failed: list[BaseException] = []
+
+    async def claim() -> None:
+        # Shielded, as the producer's: only the claimer's answer ends the wait (or 5 s).
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + 5):
+            try:
+                await claimer.claim("a", 1)
+            except DatabaseError as exc:
+                failed.append(exc)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(claimer.run)
+            await claimer.claim("a", 1)
+            tg.start_soon(claim)  # waits out the gather: the claimer is busy
+            await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()  # the claimer stops mid-gather
+    assert len(failed) == 1

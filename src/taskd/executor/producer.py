@@ -322,7 +322,7 @@ class Producer:
 
     def _batch_size(self) -> int:
         """The most one claim takes: the limit, up to ``batch_whole``; half the limit when
-        that is more; never more than ``batch_max``.
+        that is more; never more than ``batch_max``. Through the claimer, half the limit.
 
         Claims of the whole limit are best for small limits; for large ones, handlers sat
         idle while each claim ran, and half a large limit lets one claim's subtasks run while
@@ -331,4 +331,8 @@ class Producer:
         """
         limit = self.capacity.limit
         config = self.config
+        if self.claimer is not None:
+            # Its statement spreads the fixed cost over many queues' claims: half the limit,
+            # small or not, so that one half runs while the other is claimed.
+            return min(config.batch_max, max(1, limit // 2))
         return min(config.batch_max, limit, max(config.batch_whole, limit // 2))
