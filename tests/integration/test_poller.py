@@ -14,6 +14,7 @@ import pytest
 from taskd.executor.daemon import Daemon
 from taskd.executor.poller import Poller, PollerConfig
 from taskd.executor.wakeup import Wakeup
+from taskd.queue import maintenance
 from taskd.queue.controls import pause_queue, register_queues, resume_queue
 from taskd.queue.store import Store
 from taskd.settings import QueueSettings, RateLimit, Settings
@@ -105,7 +106,7 @@ async def test_fifty_idle_queues_cost_one_poll_statement_an_interval(
     assert intervals - 2 <= made["ready_queues"] <= intervals + 1, made
     # Nothing runs once per queue: the rescuer's pending-timeout pass (every 2 intervals here)
     # looks at all 50 in one statement too, where it ran one per queue.
-    assert made["queues_with_old_unfinished_tasks"] >= 2, made
+    assert made["queues_with_old_unstarted_tasks"] >= 2, made
     assert made["fail_unstarted_tasks"] == 0, made
     assert max(made.values()) <= intervals + 1, made
 
@@ -151,3 +152,18 @@ async def test_a_paused_queue_is_not_claimed_until_resumed(
     assert await started_after(conn, task) is None
     await resume_queue(store, "q05")  # its NOTIFY finds no listener: the poll wakes it
     assert await wait_started(conn, task) >= 2 * POLL  # the three polls span two intervals
+
+
+async def test_the_rescuers_one_look_finds_only_queues_with_old_unstarted_tasks(
+    store: Store, conn: Any,
+) -> None:
+    for queue in ("old", "started", "young"):
+        await submit(store, 2, queue=queue)
+    await store.claim_subtasks("started", "x", 1, 60)  # a task with a start never times out
+    await conn.execute("UPDATE taskd.tasks SET created_at = now() - interval '1 hour'"
+                       " WHERE queue <> 'young'")
+    timeouts = {"old": 60.0, "started": 60.0, "young": 60.0, "empty": 60.0}
+    assert await maintenance.queues_with_old_unstarted_tasks(store, timeouts) == ["old"]
+    later = await store.database_now() + timedelta(seconds=61)
+    assert sorted(await maintenance.queues_with_old_unstarted_tasks(
+        store, timeouts, now=later)) == ["old", "young"]

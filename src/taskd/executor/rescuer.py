@@ -135,7 +135,7 @@ class Rescuer:
         timeouts = {queue: settings.pending_timeout for queue, settings in self.queues.items()
                     if settings.pending_timeout > 0}
         # One look for every queue first: idle queues then cost one statement, not one each.
-        for queue in await maintenance.queues_with_old_unfinished_tasks(self.store, timeouts):
+        for queue in await maintenance.queues_with_old_unstarted_tasks(self.store, timeouts):
             for _ in range(self.config.max_batches):
                 tasks = await maintenance.fail_unstarted_tasks(
                     self.store, queue, timeouts[queue], limit=self.config.batch_size)

@@ -15,7 +15,7 @@ from typing import Any
 from taskd.queue.store import DEFAULT_POISON_AFTER, Store
 
 __all__ = ["DEFAULT_POISON_AFTER", "delete_finished", "fail_unstarted_tasks",
-           "mark_dead_executors", "queues_with_old_unfinished_tasks", "rescue_expired_leases"]
+           "mark_dead_executors", "queues_with_old_unstarted_tasks", "rescue_expired_leases"]
 
 
 async def rescue_expired_leases(
@@ -40,16 +40,16 @@ async def mark_dead_executors(
     return [row["id"] for row in rows]
 
 
-async def queues_with_old_unfinished_tasks(
+async def queues_with_old_unstarted_tasks(
     store: Store, pending_timeouts: Mapping[str, float], *, now: datetime | None = None,
 ) -> list[str]:
     """Of the queues in ``pending_timeouts`` (queue -> its pending timeout), those with an
-    unfinished task older than the timeout: where :func:`fail_unstarted_tasks` may find
+    unstarted (pending) task older than the timeout: where :func:`fail_unstarted_tasks` may find
     something. One statement for them all."""
     if not pending_timeouts:
         return []
     queues = sorted(pending_timeouts)
-    rows = await store.fetch_rows("queues_with_old_unfinished_tasks", {
+    rows = await store.fetch_rows("queues_with_old_unstarted_tasks", {
         "queues": queues, "pending_timeouts": [pending_timeouts[q] for q in queues], "now": now,
     })
     return [row["queue"] for row in rows]
