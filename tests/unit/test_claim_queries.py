@@ -39,3 +39,27 @@ def test_the_rate_limited_claim_only_adds_to_the_claim() -> None:
     for part in ("rate_window AS", "bucket AS", "FOR UPDATE OF c", "counted AS",
                  "clock_timestamp()", "coalesce((SELECT free FROM rate_window), 0)"):
         assert part in added
+
+
+def _lines_between(lines: list[str], start: str, end: str) -> list[str]:
+    """The lines from the one that starts with ``start`` up to the one with ``end``, stripped,
+    comments left out."""
+    stripped = [line.strip() for line in lines]
+    first = next(i for i, line in enumerate(stripped) if line.startswith(start))
+    last = next(i for i in range(first, len(stripped)) if stripped[i].startswith(end))
+    return [line for line in stripped[first:last + 1] if not line.startswith("--")]
+
+
+def test_the_claim_of_several_queues_takes_rows_as_the_claim_does() -> None:
+    """The same lease, the same columns back, the same filters per queue."""
+    base, many = statement("claim_subtasks"), statement("claim_subtasks_of_queues")
+    assert (_lines_between(base, "UPDATE taskd.subtasks s", "SET status")
+            == _lines_between(many, "UPDATE taskd.subtasks s", "SET status"))
+    assert (_lines_between(base, "locked_by = %(executor_id)s", "RETURNING")
+            == _lines_between(many, "locked_by = %(executor_id)s", "RETURNING"))
+    returned = _lines_between(base, "RETURNING", "s.max_attempts")
+    assert returned == _lines_between(many, "RETURNING", "s.max_attempts")
+    text = "\n".join(many)
+    for condition in ("status = 'pending'", "run_after <= coalesce(%(now)s, now())",
+                      "crashes < %(suspect_after)s", "FOR UPDATE SKIP LOCKED", "c.paused"):
+        assert condition in text

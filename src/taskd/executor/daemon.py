@@ -1,10 +1,11 @@
 """``taskd run``: wires the components together in one anyio task group.
 
 Start: open the pool and check the schema, load handlers, register the executor, tell systemd
-READY. Run: heartbeat, notifier, completer, rescuer, scaler, schedule ticker, metrics, and one
-producer per queue that this executor's group serves (``Settings.served_queues``; the executor row's
-``concurrency`` names them, which is how ``taskd status`` knows who serves what). The group is
-read at start: changing it takes a restart.
+READY. Run: heartbeat, notifier, poller, claimer, completer, rescuer, scaler, schedule ticker,
+metrics, and one producer per queue that this executor's group serves
+(``Settings.served_queues``; the executor row's ``concurrency`` names them, which is how
+``taskd status`` knows who serves what). The group is read at start: changing it takes a
+restart.
 Any component that crashes stops the daemon with a non-zero exit (systemd restarts it).
 
 Start: a database that is unavailable (refused, out of connection slots, starting up) is tried
@@ -40,11 +41,13 @@ import anyio.abc
 from taskd import __version__, systemd
 from taskd.errors import ConfigError, DatabaseError
 from taskd.executor.capacity import Capacity
+from taskd.executor.claimer import Claimer, ClaimerConfig
 from taskd.executor.completer import Completer
 from taskd.executor.dispatcher import Dispatcher, DispatcherConfig
 from taskd.executor.gate import ClaimGate
 from taskd.executor.heartbeat import Heartbeat, HeartbeatConfig
 from taskd.executor.notifier import Notifier
+from taskd.executor.poller import Poller, PollerConfig
 from taskd.executor.producer import Producer, ProducerConfig
 from taskd.executor.quarantine import Quarantine, QuarantineConfig
 from taskd.executor.rescuer import Rescuer, RescuerConfig
@@ -125,6 +128,7 @@ class Daemon:
         self.producers: list[Producer] = []
         self.runner: Runner | None = None
         self.quarantine: Quarantine | None = None
+        self.poller: Poller | None = None
         self.immediate = False
         # Shielded sections (the final writes) that a second signal still ends.
         self._shields: set[anyio.CancelScope] = set()
@@ -191,6 +195,15 @@ class Daemon:
                     max(4, sum(c.limit for c in self.capacities.values()))),
                 tracing=self.tracing,
             )
+            # Only with two queues or more whose claims it can share a statement between: one
+            # queue alone claims directly, a hop less.
+            shared = [q for q, qs in self.queues.items()
+                      if qs.rate is None and qs.cluster_max is None]
+            claimer = (Claimer(ClaimerConfig.from_settings(s), store, s.executor_id)
+                       if len(shared) >= 2 else None)
+            if claimer is not None:
+                # In tg, not work: it serves the producers' last (shielded) claims at shutdown.
+                tg.start_soon(claimer.run)
             async with anyio.create_task_group() as work:
                 self.quarantine = Quarantine(
                     QuarantineConfig(list(self.queues), s.poll_interval, s.lease_timeout,
@@ -204,7 +217,7 @@ class Daemon:
                         self.capacities[queue], self.wakeups[queue], self.gate, completer,
                         self.running, self.runner, self.metrics,
                         lender=notifier.lender if notifier is not None else None,
-                        tracing=self.tracing,
+                        tracing=self.tracing, claimer=claimer,
                     )
                     self.producers.append(producer)
                     work.start_soon(producer.run)
@@ -270,6 +283,9 @@ class Daemon:
         ) if s.listen else None
         if notifier is not None:
             tg.start_soon(notifier.run)
+        # One poll for every queue, the producers' only wake-up besides the notifier's.
+        self.poller = Poller(PollerConfig.from_settings(s), store, self.wakeups)
+        tg.start_soon(self.poller.run)
         tg.start_soon(completer.run)
         # Maintenance, pending timeouts included, for every queue that runs, whichever group
         # serves it: a queue whose executors are all down (or that no daemon serves) still

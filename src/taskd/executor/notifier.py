@@ -1,8 +1,9 @@
 """The notifier: one dedicated connection that LISTENs and wakes the producers.
 
 NOTIFY is only a hint. A dropped connection is reconnected with backoff, and every producer is
-woken so that it polls at once; polling alone (``listen = false``, e.g. behind PgBouncer in
-transaction mode) also works, at the cost of latency.
+woken so that it claims at once; the poller's one statement every ``poll_interval`` alone
+(``listen = false``, e.g. behind PgBouncer in transaction mode) also works, at the cost of
+latency.
 
 Right after a notification, the listening connection is lent to the producer it woke, for
 that producer's claim (see :class:`ListenLender`).

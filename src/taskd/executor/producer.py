@@ -23,6 +23,7 @@ import anyio.abc
 
 from taskd.errors import ConfigError, DatabaseError
 from taskd.executor.capacity import Capacity
+from taskd.executor.claimer import Claimer
 from taskd.executor.completer import Completer
 from taskd.executor.condition import Condition
 from taskd.executor.gate import ClaimGate
@@ -52,7 +53,9 @@ class ProducerConfig:
     ``idle_worker_seconds``: how long a worker with nothing to run lives on.
     ``full_claim_interval``: how often a claim starts from the claim index's head anyway.
     ``poison_after``: a subtask in one fewer crashes of its executor is a suspect, which the
-    claim leaves to the quarantine.
+    claim leaves to the quarantine. ``poll_interval``: after a short claim, how long the
+    producer waits for a wake-up before it claims anyway; infinite in the daemon, whose
+    :class:`~taskd.executor.poller.Poller` polls for every queue in one statement.
     """
 
     queue: str
@@ -78,8 +81,9 @@ class ProducerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, queue: str) -> ProducerConfig:
+        """The daemon's producer: it waits for the notifier or the poller, never polls."""
         return cls(queue, settings.queues[queue], lease_timeout=settings.lease_timeout,
-                   poll_interval=settings.poll_interval, poison_after=settings.poison_after)
+                   poll_interval=math.inf, poison_after=settings.poison_after)
 
 
 @dataclass
@@ -105,7 +109,11 @@ class Producer:
         *,
         lender: ListenLender | None = None,
         tracing: Tracing | None = None,
+        claimer: Claimer | None = None,
     ) -> None:
+        """``claimer``: claims with other queues' in one statement (the daemon's); None:
+        each claim its own statement. A queue with a rate limit or a ``cluster_max`` claims
+        on its own either way."""
         self.config = config
         self.tracing = tracing
         self.queue = config.queue
@@ -117,6 +125,9 @@ class Producer:
         self.completer = completer
         self.running = running
         self.lender = lender
+        settings = config.settings
+        self.claimer = (claimer if settings.rate is None and settings.cluster_max is None
+                        else None)
         self.signals = ProducerSignals()
         self.pool = WorkerPool(runner, self._done, name=f"taskd producer {self.queue} worker",
                                idle_seconds=config.idle_worker_seconds)
@@ -294,6 +305,8 @@ class Producer:
         conn = lender.borrow() if lender is not None else None
         try:
             def claim() -> Awaitable[list[ClaimedSubtask]]:
+                if conn is None and self.claimer is not None:
+                    return self.claimer.claim(self.queue, want, after)
                 return self.store.claim_subtasks(
                     self.queue, self.executor_id, want, self.config.lease_timeout,
                     cluster_max=self.config.settings.cluster_max, rate_limit=self._rate,
@@ -310,7 +323,7 @@ class Producer:
 
     def _batch_size(self) -> int:
         """The most one claim takes: the limit, up to ``batch_whole``; half the limit when
-        that is more; never more than ``batch_max``.
+        that is more; never more than ``batch_max``. Through the claimer, half the limit.
 
         Claims of the whole limit are best for small limits; for large ones, handlers sat
         idle while each claim ran, and half a large limit lets one claim's subtasks run while
@@ -319,4 +332,8 @@ class Producer:
         """
         limit = self.capacity.limit
         config = self.config
+        if self.claimer is not None:
+            # Its statement spreads the fixed cost over many queues' claims: half the limit,
+            # small or not, so that one half runs while the other is claimed.
+            return min(config.batch_max, max(1, limit // 2))
         return min(config.batch_max, limit, max(config.batch_whole, limit // 2))

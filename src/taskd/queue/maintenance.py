@@ -10,6 +10,7 @@ Times come from the database clock; ``now`` replaces it in tests.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,8 @@ from taskd.errors import InvalidInput
 from taskd.queue.store import DEFAULT_POISON_AFTER, Store
 
 __all__ = ["DEFAULT_POISON_AFTER", "Round", "delete_finished", "fail_unstarted_tasks",
-           "mark_dead_executors", "rescue_expired_leases", "take_round"]
+           "mark_dead_executors", "queues_with_old_unstarted_tasks", "rescue_expired_leases",
+           "take_round"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,21 @@ async def mark_dead_executors(
     """Mark executors whose heartbeat is older than ``dead_after`` dead; return their ids."""
     rows = await store.fetch_rows("mark_dead_executors", {"dead_after": dead_after, "now": now})
     return [row["id"] for row in rows]
+
+
+async def queues_with_old_unstarted_tasks(
+    store: Store, pending_timeouts: Mapping[str, float], *, now: datetime | None = None,
+) -> list[str]:
+    """Of the queues in ``pending_timeouts`` (queue -> its pending timeout), those with an
+    unstarted (pending) task older than the timeout: where :func:`fail_unstarted_tasks` may find
+    something. One statement for them all."""
+    if not pending_timeouts:
+        return []
+    queues = sorted(pending_timeouts)
+    rows = await store.fetch_rows("queues_with_old_unstarted_tasks", {
+        "queues": queues, "pending_timeouts": [pending_timeouts[q] for q in queues], "now": now,
+    })
+    return [row["queue"] for row in rows]
 
 
 async def fail_unstarted_tasks(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -48,6 +49,7 @@ from taskd.queue.submission import (
     submitted,
 )
 from taskd.settings import DEFAULT_MAX_ATTEMPTS, Pooler, RateLimit
+from taskd.testsignals import TestSignal
 from taskd.types import (
     JSON,
     ClaimedSubtask,
@@ -68,11 +70,30 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class StoreSignals:
+    """What tests may wait for: the name of each query run through :meth:`Store.fetch_as`
+    (how many statements a component makes; pg_stat_statements is not on every server)."""
+
+    statements: TestSignal[str] = field(default_factory=TestSignal)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueClaim:
+    """One queue's part of :meth:`Store.claim_subtasks_of_queues`: up to ``limit`` subtasks,
+    after ``after`` (the last subtask of the queue's previous claim) or from the head."""
+
+    queue: str
+    limit: int
+    after: ClaimedSubtask | None = None
+
+
 class Store:
     """Typed access to taskd's tables over a connection pool."""
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
+        self.signals = StoreSignals()
 
     @classmethod
     async def open(
@@ -166,6 +187,7 @@ class Store:
         For the queue package's own modules; deadlocks are retried, errors translated.
         """
         factory = row_factory or class_row(row_type)
+        self.signals.statements.signal(name)
 
         async def once() -> list[Row]:
             async with self._connection(conn) as c:
@@ -310,6 +332,37 @@ class Store:
                 claimed = await cur.fetchall()
         return claimed
 
+    async def claim_subtasks_of_queues(
+        self,
+        claims: Sequence[QueueClaim],
+        executor_id: str,
+        lease_timeout: float,
+        *,
+        now: datetime | None = None,
+        poison_after: int = DEFAULT_POISON_AFTER,
+    ) -> dict[str, list[ClaimedSubtask]]:
+        """:meth:`claim_subtasks` for several queues in one statement, each with its own limit
+        and resume point (one :class:`QueueClaim` a queue, each queue once); returns each
+        queue's subtasks in claim order (a queue that got none is missing). Not for queues
+        with a rate limit or a ``cluster_max``: their claims need their own statements. A
+        paused queue claims nothing."""
+        wanted = [c for c in claims if c.limit > 0]
+        if not wanted:
+            return {}
+        rows = await self.fetch_as("claim_subtasks_of_queues", {
+            "queues": [c.queue for c in wanted],
+            "limits": [c.limit for c in wanted],
+            "after_priorities": [None if c.after is None else c.after.priority for c in wanted],
+            "after_run_afters": [None if c.after is None else c.after.run_after for c in wanted],
+            "after_ids": [None if c.after is None else c.after.id for c in wanted],
+            "executor_id": executor_id, "lease_timeout": lease_timeout, "now": now,
+            "suspect_after": poison_after - 1,
+        }, ClaimedSubtask, CLAIMED_ROW, binary=True)
+        by_queue: dict[str, list[ClaimedSubtask]] = {}
+        for row in rows:
+            by_queue.setdefault(row.queue, []).append(row)
+        return by_queue
+
     async def claim_suspect(
         self, executor_id: str, queues: Sequence[str], lease_timeout: float,
         *, poison_after: int = DEFAULT_POISON_AFTER, now: datetime | None = None,
@@ -330,6 +383,19 @@ class Store:
         rows = await self.fetch_rows("suspects_waiting", {
             "queues": list(queues), "suspect_after": poison_after - 1})
         return bool(rows[0]["waiting"])
+
+    async def ready_queues(
+        self, queues: Sequence[str], *, poison_after: int = DEFAULT_POISON_AFTER,
+        now: datetime | None = None,
+    ) -> list[str]:
+        """Of ``queues``, those a claim would take something from now (a ready subtask that is
+        not a suspect; not paused; rate window not used up): one statement, a probe of the
+        claim index per queue."""
+        if not queues:
+            return []
+        return await self.fetch_as("ready_queues", {
+            "queues": list(queues), "suspect_after": poison_after - 1, "now": now,
+        }, str, scalar_row)
 
     async def record_outcomes(
         self, executor_id: str, outcomes: Sequence[Outcome], *, now: datetime | None = None

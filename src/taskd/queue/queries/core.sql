@@ -114,6 +114,85 @@ WITH picked AS (
 -- Claim order, sorted here: cheaper than in the executor.
 SELECT * FROM claimed ORDER BY priority DESC, run_after, id;
 
+-- name: claim_subtasks_of_queues
+-- claim_subtasks for several queues in one statement, each with its own limit and resume
+-- point (the arrays are parallel, one element a queue; after_* NULL: from the claim index's
+-- head): the executor's claims of many queues with few slots each, whose fixed cost per
+-- statement (round trip, plan, commit) one statement pays once (taskd.executor.claimer).
+-- Not for queues with a rate limit or a cluster_max: those keep their own statements. A paused
+-- queue claims nothing. Per queue, three branches of which the one-time filters on the queue's
+-- resume point leave the ones that apply, each an index range of subtasks_claim_idx: from the
+-- head when there is no resume point; else the resume point's priority after it, then lower
+-- priorities.
+WITH wanted AS (
+    SELECT w.*
+      FROM unnest(%(queues)s::text[], %(limits)s::integer[], %(after_priorities)s::integer[],
+                  %(after_run_afters)s::timestamptz[], %(after_ids)s::bigint[])
+           AS w(queue, lim, after_priority, after_run_after, after_id)
+     WHERE NOT EXISTS (SELECT 1 FROM taskd.queue_controls c
+                        WHERE c.queue = w.queue AND c.paused)
+), picked AS (
+    SELECT p.id
+      FROM wanted w
+     CROSS JOIN LATERAL (
+        SELECT id FROM (
+            SELECT id
+              FROM taskd.subtasks
+             WHERE w.after_id IS NULL
+               AND status = 'pending'
+               AND queue = w.queue
+               AND run_after <= coalesce(%(now)s, now())
+               AND crashes < %(suspect_after)s  -- a suspected poison pill runs alone
+             ORDER BY priority DESC, run_after, id
+             LIMIT w.lim
+               FOR UPDATE SKIP LOCKED
+        ) head
+        UNION ALL
+        SELECT id FROM (
+            SELECT id
+              FROM taskd.subtasks
+             WHERE status = 'pending'
+               AND queue = w.queue
+               AND run_after <= coalesce(%(now)s, now())
+               AND crashes < %(suspect_after)s
+               AND priority = w.after_priority
+               AND (run_after, id) > (w.after_run_after, w.after_id)
+             ORDER BY priority DESC, run_after, id
+             LIMIT w.lim
+               FOR UPDATE SKIP LOCKED
+        ) resumed
+        UNION ALL
+        SELECT id FROM (
+            SELECT id
+              FROM taskd.subtasks
+             WHERE status = 'pending'
+               AND queue = w.queue
+               AND run_after <= coalesce(%(now)s, now())
+               AND crashes < %(suspect_after)s
+               AND priority < w.after_priority
+             ORDER BY priority DESC, run_after, id
+             LIMIT w.lim
+               FOR UPDATE SKIP LOCKED
+        ) lower
+        -- Rows are locked as this limit takes them: none beyond it.
+         LIMIT w.lim
+     ) p
+), claimed AS (
+    UPDATE taskd.subtasks s
+       SET status = 'processing',
+           locked_by = %(executor_id)s,
+           attempt = s.attempt + 1,
+           lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_timeout)s),
+           started_at = coalesce(%(now)s, now()),
+           updated_at = coalesce(%(now)s, now())
+     WHERE s.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING s.id, s.task_id, s.queue, s.kind, s.priority, s.payload, s.state, s.attempt,
+              s.max_attempts, s.run_after,
+              date_part('epoch', s.started_at - s.run_after) AS wait
+)
+-- Each queue's rows in claim order, the queues one after the other.
+SELECT * FROM claimed ORDER BY queue, priority DESC, run_after, id;
+
 -- name: claim_subtasks_rate_limited
 -- claim_subtasks for a queue with a rate limit: at most rate_limit starts in any stretch of
 -- rate_period seconds (a sliding window, by started_at), across all executors. The claim locks
@@ -272,6 +351,31 @@ SELECT EXISTS (
      WHERE status = 'pending' AND crashes > 0 AND crashes >= %(suspect_after)s
        AND queue = ANY(%(queues)s::text[]) AND run_after <= now()
 ) AS waiting;
+
+-- name: ready_queues
+-- Which of these queues a claim would take something from now: a ready row that is not a
+-- suspect, the queue not paused, its rate window (the limit its claims last recorded) not used
+-- up. The executor's one poll (taskd.executor.poller), instead of one claim per queue: a probe
+-- of the claim index per queue that stops at its first ready row (LATERAL ... LIMIT 1).
+SELECT q.queue
+  FROM unnest(%(queues)s::text[]) AS q(queue)
+ CROSS JOIN LATERAL (
+        SELECT 1
+          FROM taskd.subtasks s
+         WHERE s.status = 'pending'
+           AND s.queue = q.queue
+           AND s.run_after <= coalesce(%(now)s, now())
+           AND s.crashes < %(suspect_after)s
+         LIMIT 1
+       ) ready
+ WHERE NOT EXISTS (
+        SELECT 1 FROM taskd.queue_controls c
+         WHERE c.queue = q.queue
+           AND (c.paused
+                OR c.rate_window_count >= c.rate_limit
+                   AND c.rate_window_start = date_bin(make_interval(secs => c.rate_period),
+                                                      coalesce(%(now)s, now()),
+                                                      timestamptz 'epoch')));
 
 -- name: lock_queue_claims
 -- The cluster-wide cap: capped claims of one queue take this lock first, in the same

@@ -80,6 +80,22 @@ WITH expired AS (
 )
 SELECT id, task_id, queue, status FROM rescued;
 
+-- name: queues_with_old_unstarted_tasks
+-- Of these queues, each with its pending_timeout, those with a pending (unstarted) task created
+-- before the cutoff: the only queues fail_unstarted_tasks can time anything out in. One
+-- statement for every queue (tasks_unstarted_idx, LIMIT 1 each), so that a pass over idle
+-- queues costs one statement, not one per queue.
+SELECT q.queue
+  FROM unnest(%(queues)s::text[], %(pending_timeouts)s::float8[]) AS q(queue, pending_timeout)
+ CROSS JOIN LATERAL (
+        SELECT 1
+          FROM taskd.tasks t
+         WHERE t.queue = q.queue
+           AND t.status = 'pending'
+           AND t.created_at < coalesce(%(now)s, now()) - make_interval(secs => q.pending_timeout)
+         LIMIT 1
+       ) old;
+
 -- name: fail_unstarted_tasks
 -- The pending timeout, a rule about tasks: a task none of whose subtasks has started within
 -- pending_timeout of becoming runnable (its earliest pending run_after: the creation, a time
