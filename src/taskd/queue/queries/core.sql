@@ -354,8 +354,8 @@ SELECT EXISTS (
 
 -- name: ready_queues
 -- Which of these queues a claim would take something from now: a ready row that is not a
--- suspect, the queue not paused, its rate window (the limit its claims last recorded) not used
--- up. The executor's one poll (taskd.executor.poller), instead of one claim per queue: a probe
+-- suspect, the queue not paused, its sliding rate window (the limit its claims last recorded)
+-- not used up. The executor's one poll (taskd.executor.poller), instead of one claim per queue: a probe
 -- of the claim index per queue that stops at its first ready row (LATERAL ... LIMIT 1).
 SELECT q.queue
   FROM unnest(%(queues)s::text[]) AS q(queue)
@@ -372,10 +372,10 @@ SELECT q.queue
         SELECT 1 FROM taskd.queue_controls c
          WHERE c.queue = q.queue
            AND (c.paused
-                OR c.rate_window_count >= c.rate_limit
-                   AND c.rate_window_start = date_bin(make_interval(secs => c.rate_period),
-                                                      coalesce(%(now)s, now()),
-                                                      timestamptz 'epoch')));
+                OR taskd.rate_window_used(
+                       c.rate_claimed_at, c.rate_claimed,
+                       coalesce(%(now)s, now()) - make_interval(secs => c.rate_period))
+                   >= c.rate_limit));
 
 -- name: lock_queue_claims
 -- The cluster-wide cap: capped claims of one queue take this lock first, in the same
