@@ -346,3 +346,33 @@ async def test_suspects_of_a_paused_or_rate_limited_queue_wait(store: Store, con
     assert await store.claim_suspect("e1", ["standard"], LEASE, now=later) is None
     assert await store.claim_suspect(
         "e1", ["standard"], LEASE, now=later + timedelta(hours=1)) is not None
+
+
+async def test_a_suspect_takes_its_turn_in_the_window_of_a_racing_claim(
+    store: Store, conn: Any, database_url: str,
+) -> None:
+    """A claim holding the queue's row has just used the window's last start; a suspect's
+    claim racing it waits for that claim's commit, then sees the window used up."""
+    await register_queues(store, {"standard": RateLimit(1, 3600)})
+    await insert_subtasks(conn, 1, status="pending", crashes=2)
+    result: list[Any] = []
+
+    async def claim() -> None:
+        result.append(await store.claim_suspect("e1", ["standard"], LEASE))
+
+    async with await psycopg.AsyncConnection.connect(database_url) as racing:
+        # What a racing claim writes: the window's one start, not yet committed.
+        await racing.execute("UPDATE taskd.queue_controls SET rate_claimed_at = ARRAY[now()],"
+                             " rate_claimed = ARRAY[1] WHERE queue = 'standard'")
+        pid = racing.info.backend_pid
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(claim)
+            # The suspect's claim waits for the racing claim's row (polled, not slept on).
+            await wait_until(lambda: fetch_one(
+                conn, "SELECT count(*) > 0 FROM pg_stat_activity"
+                      " WHERE %s = ANY(pg_blocking_pids(pid))", pid),
+                message="the suspect's claim waiting for the racing claim")
+            assert result == []
+            await racing.commit()
+    assert result == [None]
+    assert await fetch_one(conn, "SELECT rate_claimed FROM taskd.queue_controls") == [1]

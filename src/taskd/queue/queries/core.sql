@@ -297,12 +297,15 @@ SELECT * FROM claimed ORDER BY priority DESC, run_after, id;
 -- One suspected poison pill (a subtask that was running in suspect_after crashes of its
 -- executor), for an executor that runs nothing else meanwhile: alone, a crash is its own.
 -- Through subtasks_suspect_idx, which holds only subtasks with a crash. A paused queue's
--- suspects wait, and so do a rate-limited queue's while its window is used up (the limit its
--- claims last recorded); a suspect's start counts in the window. Suspects are rare: this one
--- does not take turns on the queue's row, so a racing claim can find one start more than the
--- limit in the window.
-WITH picked AS (
-    SELECT id
+-- suspects wait, and so do a rate-limited queue's while its window is used up; a suspect's
+-- start counts in the window. Like claim_subtasks_rate_limited, it takes its turn on the
+-- queue's control row first and decides on that row's newest version (READ COMMITTED re-reads
+-- a row it waited for), its time read after the lock: a racing claim cannot make it one start
+-- too many.
+WITH candidate AS (
+    -- The queue of the first suspect that looks claimable (a read without locks); the pause and
+    -- the window are decided again below, on the locked row.
+    SELECT queue
       FROM taskd.subtasks
      WHERE status = 'pending'
        AND crashes > 0
@@ -318,6 +321,30 @@ WITH picked AS (
                   >= c.rate_limit)
      ORDER BY priority DESC, run_after, id
      LIMIT 1
+), bucket AS (
+    SELECT c.queue, c.paused, c.rate_limit, c.rate_period, c.rate_claimed_at, c.rate_claimed,
+           coalesce(%(now)s, greatest(clock_timestamp(),
+                                      c.rate_claimed_at[cardinality(c.rate_claimed_at)]))
+               AS claim_time
+      FROM taskd.queue_controls c
+     WHERE c.queue = (SELECT queue FROM candidate)
+       FOR UPDATE OF c
+), picked AS (
+    SELECT id
+      FROM taskd.subtasks
+     WHERE status = 'pending'
+       AND crashes > 0
+       AND crashes >= %(suspect_after)s
+       AND queue = (SELECT queue FROM candidate)
+       AND run_after <= coalesce(%(now)s, now())
+       AND NOT EXISTS (
+           SELECT 1 FROM bucket b
+            WHERE b.paused
+               OR taskd.rate_window_used(b.rate_claimed_at, b.rate_claimed,
+                                         b.claim_time - make_interval(secs => b.rate_period))
+                  >= b.rate_limit)
+     ORDER BY priority DESC, run_after, id
+     LIMIT 1
        FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE taskd.subtasks s
@@ -325,7 +352,8 @@ WITH picked AS (
            locked_by = %(executor_id)s,
            attempt = s.attempt + 1,
            lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_timeout)s),
-           started_at = coalesce(%(now)s, now()),
+           started_at = coalesce((SELECT claim_time FROM bucket WHERE rate_limit IS NOT NULL),
+                                 %(now)s, now()),
            updated_at = coalesce(%(now)s, now())
       FROM picked
      WHERE s.id = picked.id
@@ -335,12 +363,10 @@ WITH picked AS (
     UPDATE taskd.queue_controls c
        SET (rate_claimed_at, rate_claimed) = (
                SELECT * FROM taskd.rate_window_add(
-                   c.rate_claimed_at, c.rate_claimed,
-                   coalesce(%(now)s, greatest(now(),
-                                              c.rate_claimed_at[cardinality(c.rate_claimed_at)])),
-                   c.rate_period, 1))
-      FROM claimed s
-     WHERE c.queue = s.queue AND c.rate_limit IS NOT NULL
+                   c.rate_claimed_at, c.rate_claimed, b.claim_time, c.rate_period, 1))
+      FROM bucket b
+     WHERE c.queue = b.queue AND c.rate_limit IS NOT NULL
+       AND EXISTS (SELECT 1 FROM claimed)
 )
 SELECT * FROM claimed;
 
