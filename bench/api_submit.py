@@ -4,8 +4,9 @@ API process(es) and their PostgreSQL backends spend in CPU a request.
 ``taskd api`` runs as its own process(es) (``workers`` of them on one port with
 ``api.reuse_port``). With ``baseline`` (a git revision) the same load also runs against that
 revision's ``src/`` (exported with ``git archive``, run by this interpreter with
-``PYTHONPATH``), alternating with this tree in each round, so the two are compared on the
-same machine minutes apart: ratios within a round are what to read, not absolute figures.
+``PYTHONPATH``, on a database of its own that its ``taskd migrate`` made), alternating with
+this tree in each round, so the two are compared on the same machine minutes apart: ratios
+within a round are what to read, not absolute figures.
 """
 
 from __future__ import annotations
@@ -207,13 +208,13 @@ def submit_http(clients: int | Sequence[int], seconds: float, per_request: int,
     counts = [clients] if isinstance(clients, int) else list(clients)
     table: list[dict[str, Any]] = []
     with ExitStack() as stack:
-        variants: list[tuple[str, Path | None, int]] = []
+        variants: list[tuple[str, Path | None, int, str]] = []
         if baseline is not None:
-            variants.append((baseline, stack.enter_context(exported_source(baseline)), 1))
-        variants.append((THIS_TREE, None, workers))
-        url = stack.enter_context(temp_database())
+            src = stack.enter_context(exported_source(baseline))
+            variants.append((baseline, src, 1, _migrated(stack, src)))
+        variants.append((THIS_TREE, None, workers, stack.enter_context(temp_database())))
         for r in range(1, rounds + 1):
-            for name, src, n_workers in variants:
+            for name, src, n_workers, url in variants:
                 with api_processes(url, n_workers, src) as (base, procs):
                     tokens = _tokens(base, users or max(counts))
                     for c in counts:
@@ -226,6 +227,17 @@ def submit_http(clients: int | Sequence[int], seconds: float, per_request: int,
     print_table(f"submit: POST /v1/tasks for {seconds:g} s a run; CPU a request of the API "
                 "process(es), of their PostgreSQL backends, and of the load generator", table)
     return {"results": table}
+
+
+def _migrated(stack: ExitStack, src: Path) -> str:
+    """A database of its own for ``src``, migrated by that revision's ``taskd migrate``: an
+    older revision refuses a schema newer than it knows."""
+    url = stack.enter_context(temp_database(taskd_schema=False))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+    subprocess.run([sys.executable, "-m", "taskd", "migrate"], cwd=REPO, check=True,
+                   env={**clean, "TASKD_DATABASE_URL": url, "PYTHONPATH": str(src)},
+                   stdout=subprocess.DEVNULL)
+    return url
 
 
 def _ratios(table: list[dict[str, Any]], baseline: str) -> None:

@@ -93,7 +93,7 @@ TASK_SCOPED = {
     "list_subtasks": {"task_id": 1, "after_id": 0, "limit": 100},
     "api_list_subtasks": {"task_id": 1, "after_id": 0, "limit": 100, "status": None},
     "api_count_subtasks": {"task_id": 1, "status": None},
-    "api_task_detail": {"id": 1, "results_limit": 100, "urls_limit": 1000, "mark_cost": None},
+    "api_task_detail": {"id": 1, "results_limit": 100, "urls_limit": 1000},
     "task_subtask_counts": {"task_id": 1},
     "delete_finished_tasks": {"retention": 0.0, "limit": 100, "now": None},
 }

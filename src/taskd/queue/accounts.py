@@ -96,12 +96,10 @@ class TaskDetail(Task):
     result_urls: list[str | None]
 
 
-def _detail_params(task_id: int, results_limit: int = 100, urls_limit: int = 1000,
-                   mark_cost: int | None = None) -> dict[str, int | None]:
-    """``api_task_detail``'s parameters; ``mark_cost`` marks a task just created (a create's
-    read back)."""
-    return {"id": task_id, "results_limit": results_limit, "urls_limit": urls_limit,
-            "mark_cost": mark_cost}
+def _detail_params(task_id: int, results_limit: int = 100,
+                   urls_limit: int = 1000) -> dict[str, int]:
+    """``api_task_detail``'s parameters."""
+    return {"id": task_id, "results_limit": results_limit, "urls_limit": urls_limit}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +121,16 @@ class SubtaskView:
 class RetryReport:
     retried: int
     quota_taken: int
+
+
+def _refused(user_id: str, cost: int, is_member: bool | None,
+             quota_remaining: int | None) -> AccountError:
+    """Why an account (None: no such account) cannot pay ``cost``."""
+    if is_member is None:
+        return AccountNotFound(f"user {user_id!r} not found")
+    if not is_member:
+        return NotAMember("please activate membership first")
+    return QuotaExhausted(f"quota exhausted: {quota_remaining} left, {cost} needed")
 
 
 class ApiStore:
@@ -150,12 +158,8 @@ class ApiStore:
         or :class:`QuotaExhausted`."""
         accounts = await run_query(conn, "api_get_account", {"user_id": user_id})
         if not accounts:
-            return AccountNotFound(f"user {user_id!r} not found")
-        if not accounts[0]["is_member"]:
-            return NotAMember("please activate membership first")
-        return QuotaExhausted(
-            f"quota exhausted: {accounts[0]['quota_remaining']} left, {cost} needed"
-        )
+            return _refused(user_id, cost, None, None)
+        return _refused(user_id, cost, accounts[0]["is_member"], accounts[0]["quota_remaining"])
 
     async def get_account(self, user_id: str) -> Account | None:
         rows = await self.store.fetch_as("api_get_account", {"user_id": user_id}, Account)
@@ -223,24 +227,17 @@ class ApiStore:
         return await self.store.in_transaction(work)
 
     async def _create_plain_task(self, new: NewTask, values: dict[str, Any]) -> CreatedTask:
-        """The common create: quota, task and ledger in one statement (``api_create_task``),
-        then the task marked as the API's and read back in another: four round trips with BEGIN
-        and COMMIT, where the general path takes seven and a second connection (see
-        docs/benchmarks.md)."""
-
-        async def work(conn: Conn) -> CreatedTask:
-            made = await run_query(conn, "api_create_task", {
-                **values, "cost": TASK_QUOTA_COST, "delta": -TASK_QUOTA_COST})
-            if not made:
-                raise await self._refusal(conn, new.user_id, TASK_QUOTA_COST)
-            task_id = int(made[0]["task_id"])
-            [detail] = await run_query(
-                conn, "api_task_detail", _detail_params(task_id, mark_cost=TASK_QUOTA_COST),
-                class_row(TaskDetail))
-            return CreatedTask(task_id, replayed=False,
-                               quota_remaining=int(made[0]["quota_remaining"]), detail=detail)
-
-        return await self.store.in_transaction(work)
+        """The common create in one call (``api_create_task``, migration 0021): quota, task,
+        mark, ledger and the task as it stands, in one round trip that is its own transaction
+        (the pool's connections are autocommit), where the general path takes BEGIN, several
+        statements and COMMIT (see docs/benchmarks.md)."""
+        [row] = await self.store.fetch_as("api_create_task", {**values, "cost": TASK_QUOTA_COST},
+                                          tuple, tuple_row)
+        remaining, is_member = row[0], row[1]
+        if row[2] is None:
+            raise _refused(new.user_id, TASK_QUOTA_COST, is_member, remaining)
+        detail = TaskDetail(*row[2:])
+        return CreatedTask(detail.id, replayed=False, quota_remaining=remaining, detail=detail)
 
     async def _create_task_in(
         self, conn: Conn, new: NewTask, query_name: str, values: dict[str, Any]

@@ -29,7 +29,8 @@
 --                   and the quota ledger; reads executors for /v1/status. Deletes nothing and
 --                   never writes executors or error_logs. Writes console_audit (the
 --                   console's record of its actions).
---                   Only it may set a task's user: EXECUTE on taskd.submit_task_for_user.
+--                   Only it may set a task's user: EXECUTE on taskd.submit_task_for_user
+--                   and on taskd.api_create_task (POST /v1/tasks in one call).
 --                   Pauses and resumes queues (the admin endpoints /v1/queues).
 --   taskd_readonly  SELECT on every taskd table (taskd status, taskd tasks list/show, Grafana).
 --   taskd_client    a service that uses taskd through SQL (docs/sql.md): submit_task,
@@ -76,6 +77,9 @@ BEGIN
     REVOKE ALL ON FUNCTION taskd.submit_task_for_user(text, text, text, jsonb, text, integer,
                                                       jsonb, integer, timestamptz, text, text,
                                                       text, bigint[], text, text[]) FROM PUBLIC;
+    REVOKE ALL ON FUNCTION taskd.api_create_task(text, text, text, jsonb, text, integer, jsonb,
+                                                 integer, text, text, text[], integer, integer)
+        FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.set_task_priority(bigint, integer) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.pause_queue(text, text) FROM PUBLIC;
     REVOKE ALL ON FUNCTION taskd.resume_queue(text) FROM PUBLIC;
@@ -134,6 +138,10 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.submit_task_for_user(text, text, text, '
                    'jsonb, text, integer, jsonb, integer, timestamptz, text, text, text, bigint[], '
                    'text, text[]) TO %I',
+                   api_role);
+    -- POST /v1/tasks in one call (version 21): runs with the caller's rights.
+    EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.api_create_task(text, text, text, jsonb, '
+                   'text, integer, jsonb, integer, text, text, text[], integer, integer) TO %I',
                    api_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION taskd.set_task_priority(bigint, integer) TO %I',
                    api_role);

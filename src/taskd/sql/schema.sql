@@ -1379,10 +1379,100 @@ CREATE TABLE taskd.maintenance_rounds (
 );
 INSERT INTO taskd.maintenance_rounds (name) VALUES ('rescue');
 
+-- The API's plain create in one call (version 21): quota, submission, mark, ledger and the
+-- task as the API answers it; a row with id NULL says why the account cannot pay.
+CREATE FUNCTION taskd.api_create_task(
+    new_user_id      text,
+    new_queue        text,
+    new_kind         text,
+    new_payloads     jsonb,
+    new_name         text,
+    new_priority     integer,
+    new_params       jsonb,
+    new_max_attempts integer,
+    new_traceparent  text,
+    new_notify_url   text,
+    new_notify_on    text[],
+    cost             integer,
+    urls_limit       integer DEFAULT 1000
+) RETURNS TABLE (
+    quota_remaining integer,
+    is_member       boolean,
+    id              bigint,
+    name            text,
+    queue           text,
+    kind            text,
+    priority        integer,
+    user_id         text,
+    params          jsonb,
+    status          text,
+    total           integer,
+    completed       integer,
+    failed          integer,
+    cancelled       integer,
+    quota_cost      integer,
+    created_at      timestamptz,
+    updated_at      timestamptz,
+    completed_at    timestamptz,
+    batch_size      integer,
+    processing      integer,
+    results         jsonb,
+    error           text,
+    result_urls     text[]
+)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    left_over     integer;
+    was_member    boolean;
+    new_id        bigint;
+    first_payload jsonb := api_create_task.new_payloads -> 0;
+BEGIN
+    UPDATE taskd.accounts a
+       SET quota_remaining = a.quota_remaining - api_create_task.cost, updated_at = now()
+     WHERE a.user_id = api_create_task.new_user_id AND a.is_member
+       AND a.quota_remaining >= api_create_task.cost
+    RETURNING a.quota_remaining INTO left_over;
+    IF NOT FOUND THEN
+        SELECT a.is_member, a.quota_remaining INTO was_member, left_over
+          FROM taskd.accounts a WHERE a.user_id = api_create_task.new_user_id;
+        RETURN QUERY SELECT left_over, was_member, NULL::bigint, NULL::text, NULL::text,
+                            NULL::text, NULL::integer, NULL::text, NULL::jsonb, NULL::text,
+                            NULL::integer, NULL::integer, NULL::integer, NULL::integer,
+                            NULL::integer, NULL::timestamptz, NULL::timestamptz,
+                            NULL::timestamptz, NULL::integer, NULL::integer, NULL::jsonb,
+                            NULL::text, NULL::text[];
+        RETURN;
+    END IF;
+    new_id := taskd.submit_task_for_user(
+        user_id => api_create_task.new_user_id, queue => api_create_task.new_queue,
+        kind => api_create_task.new_kind, payloads => api_create_task.new_payloads,
+        name => api_create_task.new_name, priority => api_create_task.new_priority,
+        params => api_create_task.new_params, max_attempts => api_create_task.new_max_attempts,
+        run_after => now(), traceparent => api_create_task.new_traceparent,
+        notify_url => api_create_task.new_notify_url, notify_on => api_create_task.new_notify_on);
+    INSERT INTO taskd.quota_ledger (user_id, task_id, delta, reason)
+    VALUES (api_create_task.new_user_id, new_id, -api_create_task.cost, 'deduct');
+    RETURN QUERY
+    UPDATE taskd.tasks t SET quota_cost = api_create_task.cost
+     WHERE t.id = new_id
+    RETURNING left_over, true, t.id, t.name, t.queue, t.kind, t.priority, t.user_id, t.params,
+              t.status, t.total, t.completed, t.failed, t.cancelled, t.quota_cost,
+              t.created_at, t.updated_at, t.completed_at,
+              CASE WHEN jsonb_typeof(first_payload -> 'batch_size') = 'number'
+                        AND (first_payload ->> 'batch_size') ~ '^[0-9]{1,6}$'
+                   THEN (first_payload ->> 'batch_size')::integer ELSE 1 END,
+              0, '[]'::jsonb, NULL::text,
+              array_fill(NULL::text, ARRAY[least(t.total, api_create_task.urls_limit)]);
+END;
+$$;
+REVOKE ALL ON FUNCTION taskd.api_create_task(text, text, text, jsonb, text, integer, jsonb,
+                                             integer, text, text, text[], integer, integer)
+    FROM PUBLIC;
+
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
     (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts'),
     (9, 'traceparent'), (10, 'rules_as_meant'), (11, 'result_urls'), (12, 'queue_controls'),
     (13, 'flow'), (14, 'task_notifications'), (15, 'console_audit'),
     (16, 'vacuum_as_a_queue_needs'), (17, 'sliding_window_and_counters'),
-    (19, 'maintenance_rounds'), (20, 'unstarted_index');
+    (19, 'maintenance_rounds'), (20, 'unstarted_index'), (21, 'api_create_task');

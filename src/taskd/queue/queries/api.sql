@@ -21,29 +21,16 @@ UPDATE taskd.accounts
 RETURNING quota_remaining;
 
 -- name: api_create_task
--- A plain create (no Idempotency-Key, unique key or dependencies) in one statement: take the
--- quota under the account's row lock (as api_take_quota), submit the task only when that took
--- a row, record the deduction. No row back: the account cannot pay, and nothing was written.
-WITH paid AS (
-    UPDATE taskd.accounts
-       SET quota_remaining = quota_remaining - %(cost)s, updated_at = now()
-     WHERE user_id = %(user_id)s AND is_member AND quota_remaining >= %(cost)s
-    RETURNING quota_remaining
-), made AS (
-    SELECT p.quota_remaining,
-           taskd.submit_task_for_user(
-               user_id => %(user_id)s, queue => %(queue)s, kind => %(kind)s,
-               payloads => %(payloads)s::jsonb, name => %(name)s, priority => %(priority)s,
-               params => %(params)s::jsonb, max_attempts => %(max_attempts)s,
-               run_after => now() + make_interval(secs => %(delay)s),
-               traceparent => %(traceparent)s, notify_url => %(notify_url)s,
-               notify_on => %(notify_on)s::text[]) AS task_id
-      FROM paid p
-), charged AS (
-    INSERT INTO taskd.quota_ledger (user_id, task_id, delta, reason)
-    SELECT %(user_id)s, m.task_id, %(delta)s, 'deduct' FROM made m
-)
-SELECT task_id, quota_remaining FROM made;
+-- A plain create (no Idempotency-Key, unique key or dependencies) in one call, its own
+-- transaction on an autocommit connection: quota, submission, mark, ledger, and the task as the
+-- API answers it (taskd.api_create_task, migration 0021). A row with id NULL: the account cannot
+-- pay (quota_remaining NULL: no such account), and nothing was written.
+SELECT * FROM taskd.api_create_task(
+    new_user_id => %(user_id)s, new_queue => %(queue)s, new_kind => %(kind)s,
+    new_payloads => %(payloads)s::jsonb, new_name => %(name)s, new_priority => %(priority)s,
+    new_params => %(params)s::jsonb, new_max_attempts => %(max_attempts)s,
+    new_traceparent => %(traceparent)s, new_notify_url => %(notify_url)s,
+    new_notify_on => %(notify_on)s::text[], cost => %(cost)s);
 
 -- name: api_get_account
 SELECT user_id, is_member, quota_remaining, created_at, updated_at
@@ -68,18 +55,9 @@ SELECT id, user_id FROM taskd.tasks WHERE id = %(id)s;
 -- the subtasks endpoint); error: the latest failure. batch_size comes from the first payload
 -- and is read only when it is a small whole number, so that no payload can break the cast.
 -- result_urls: the first urls_limit subtasks' image URLs (taskd.task_result_urls).
--- mark_cost: a create's, which marks its new task as the API's (its quota cost) in the same
--- statement, one round trip less a request; NULL on a read, where the UPDATE is planned away
--- (a false one-time filter: no row is locked).
-WITH marked AS (
-    UPDATE taskd.tasks SET quota_cost = %(mark_cost)s
-     WHERE id = %(id)s AND %(mark_cost)s::integer IS NOT NULL
-    RETURNING quota_cost
-)
 SELECT t.id, t.name, t.kind, t.queue, t.status, t.priority, t.user_id, t.params, t.total,
-       t.completed, t.failed, t.cancelled,
-       coalesce((SELECT m.quota_cost FROM marked m), t.quota_cost) AS quota_cost,
-       t.created_at, t.updated_at, t.completed_at,
+       t.completed, t.failed, t.cancelled, t.quota_cost, t.created_at, t.updated_at,
+       t.completed_at,
        (SELECT CASE WHEN jsonb_typeof(s.payload -> 'batch_size') = 'number'
                          AND (s.payload ->> 'batch_size') ~ '^[0-9]{1,6}$'
                     THEN (s.payload ->> 'batch_size')::integer ELSE 1 END
