@@ -189,6 +189,8 @@ def test_the_client_role_submits_within_the_servers_rules_and_nothing_more(
                          " user_id => 'mallory')")
         for statement in (
             "SELECT taskd.submit_task_for_user('mallory', 'standard', 'noop', '[{}]')",
+            "SELECT taskd.api_create_task('mallory', 'standard', 'noop', '[{}]', '', 0, '{}',"
+            " 1, NULL, NULL, NULL, 1)",
             "UPDATE taskd.limits SET max_payload_bytes = 2147483647",
             "INSERT INTO taskd.tasks (queue, kind, total) VALUES ('standard', 'noop', 1)",
             "UPDATE taskd.subtasks SET priority = 1000",
