@@ -295,6 +295,11 @@ class ApiSettings(BaseModel):
         False, description="listen with SO_REUSEPORT, so that several API processes share "
         "addr and the kernel spreads connections among them (deploy/systemd/taskd-api@.service)",
     )
+    access_log: bool = Field(
+        False, description="log one line per request (uvicorn.access, INFO): off by default, "
+        "as its formatting and write were 3% of the API's CPU a request (docs/benchmarks.md); "
+        "a proxy in front usually keeps one",
+    )
 
 
 class NotificationSettings(BaseModel):

@@ -111,7 +111,8 @@ def _config(
 ) -> uvicorn.Config:
     host, port = parse_addr(settings.api.addr)
     return uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=True, proxy_headers=False,
+        app, host=host, port=port, log_config=None, access_log=settings.api.access_log,
+        proxy_headers=False,
         server_header=False, timeout_graceful_shutdown=10, http=limits.protocol(),
         timeout_keep_alive=KEEP_ALIVE, backlog=limits.backlog, **overrides,
     )
