@@ -71,7 +71,7 @@ def test_two_workers_share_the_address_and_both_serve(database_url: str,
             notify = stack.enter_context(_notify_socket(tmp_path / f"notify-{i}.sock"))
             procs.append(stack.enter_context(_worker(
                 database_url, port, log, tmp_path / f"notify-{i}.sock",
-                TASKD_API__REUSE_PORT="true")))
+                TASKD_API__REUSE_PORT="true", TASKD_API__ACCESS_LOG="true")))
             # Each is ready (READY=1) before the next starts: both hold the port at once.
             assert notify.recv(4096).decode().startswith("READY=1"), log.read_text()
         assert all(p.poll() is None for p in procs)
