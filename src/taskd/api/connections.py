@@ -3,7 +3,7 @@
 uvicorn times out a connection only between requests (``timeout_keep_alive``): one that sends
 half a request holds its socket for as long as the client keeps it open, and enough of them
 ran the process out of file descriptors, after which every accept failed (and logged a
-traceback) while ``/healthz`` hung. Here, in uvicorn's own h11 protocol:
+traceback) while ``/healthz`` hung. Here, in uvicorn's own httptools protocol:
 
 - a request, headers and body, must arrive within ``read_timeout`` of its first byte (or of the
   connection's opening): otherwise ``408`` and the connection is closed;
@@ -26,8 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +43,8 @@ _SERVICE_UNAVAILABLE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n"
                     b"content-length: 36\r\nconnection: close\r\n\r\n"
                     b"the request did not arrive in time\n")
+# A request's headers: at most this many bytes (h11's bound, which uvicorn keeps).
+MAX_HEADER_BYTES = 16 * 1024
 _FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -70,7 +71,7 @@ class Throttled:
 
 @dataclass
 class ConnectionLimits:
-    """What :class:`GuardedH11Protocol` enforces, shared by every connection of one server."""
+    """What the guarded protocols enforce, shared by every connection of one server."""
 
     read_timeout: float
     max_connections: int
@@ -82,11 +83,11 @@ class ConnectionLimits:
     out_of_fds: Throttled = field(default_factory=lambda: Throttled(
         "accept() failed: out of file descriptors or memory"))
 
-    def protocol(self) -> type[GuardedH11Protocol]:
+    def protocol(self) -> type[GuardedHttpToolsProtocol]:
         """The protocol class for ``uvicorn.Config(http=...)``, bound to these limits."""
         limits = self
 
-        class Bound(GuardedH11Protocol):
+        class Bound(GuardedHttpToolsProtocol):
             pass
 
         Bound.limits = limits
@@ -146,9 +147,15 @@ class CoalescedWrites:
         return getattr(self._transport, name)
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request and a cap on connections; its
-    writes coalesced (:class:`CoalescedWrites`)."""
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (llhttp, in C: h11's Python parser and state machine were
+    7% of the API's CPU a request) with a deadline for each request and a cap on connections;
+    its writes coalesced (:class:`CoalescedWrites`).
+
+    llhttp does not bound a request's headers as h11 does (16 KiB): more than
+    :data:`MAX_HEADER_BYTES` arriving before the headers end is answered 400 and the connection
+    closed, as uvicorn answers h11's refusal.
+    """
 
     limits: ConnectionLimits
 
@@ -156,6 +163,9 @@ class GuardedH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._read_deadline: asyncio.TimerHandle | None = None
         self._refused = False
+        self._in_message = False  # a request has begun and is not whole yet
+        self._in_headers = False  # ... and its headers are not whole yet
+        self._header_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
@@ -173,16 +183,39 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.write(_SERVICE_UNAVAILABLE)
         self.transport.close()
 
+    # The parser's callbacks, run within data_received.
+    def on_message_begin(self) -> None:
+        self._in_message = self._in_headers = True
+        self._header_bytes = 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        super().on_message_complete()
+
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # the 503 is on its way
         super().data_received(data)
         if self.transport.is_closing():
             self._disarm()
-        elif self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
-            self._arm()  # a request has begun and is not whole yet
+            return
+        if self._in_headers:
+            # What arrived while the headers were still not whole: a bound on their size
+            # (the chunk that ends them is not counted).
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._disarm()
+                self.send_400_response("Invalid HTTP request received.")
+                return
+        if self._in_message:
+            self._arm()
         else:
-            self._disarm()  # whole (DONE), or the connection is ending
+            self._disarm()  # whole, or none begun
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -204,8 +237,9 @@ class GuardedH11Protocol(H11Protocol):
         if self.transport.is_closing():
             return
         self.limits.timed_out.hit(read_timeout_s=self.limits.read_timeout)
-        if self.conn.our_state is h11.IDLE:  # no response begun: say why
-            self.transport.write(_REQUEST_TIMEOUT)
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            self.transport.write(_REQUEST_TIMEOUT)  # no response under way: say why
         self.transport.close()
 
 
