@@ -152,9 +152,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     7% of the API's CPU a request) with a deadline for each request and a cap on connections;
     its writes coalesced (:class:`CoalescedWrites`).
 
-    llhttp does not bound a request's headers as h11 does (16 KiB): more than
-    :data:`MAX_HEADER_BYTES` arriving before the headers end is answered 400 and the connection
-    closed, as uvicorn answers h11's refusal.
+    llhttp does not bound a request's headers as h11 does (16 KiB): here a request line and
+    headers over :data:`MAX_HEADER_BYTES` (counted as the parser hands them over), or that many
+    bytes arriving while the headers are still not whole (a header that never ends is held by
+    the parser, not handed over), are answered 400 and the connection closed, as uvicorn
+    answers h11's refusal.
     """
 
     limits: ConnectionLimits
@@ -165,7 +167,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
         self._in_message = False  # a request has begun and is not whole yet
         self._in_headers = False  # ... and its headers are not whole yet
-        self._header_bytes = 0
+        self._header_bytes = 0  # its request line and headers as the parser handed them over
+        self._pending_bytes = 0  # bytes received while its headers were not whole
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
@@ -183,11 +186,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(_SERVICE_UNAVAILABLE)
         self.transport.close()
 
-    # The parser's callbacks, run within data_received.
+    # The parser's callbacks, run within data_received. One that raises makes the parser
+    # raise HttpParserError, which uvicorn answers 400 and closes.
     def on_message_begin(self) -> None:
         self._in_message = self._in_headers = True
-        self._header_bytes = 0
+        self._header_bytes = self._pending_bytes = 0
         super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
+        super().on_header(name, value)
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise ValueError(f"request headers over {MAX_HEADER_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
@@ -205,10 +222,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._disarm()
             return
         if self._in_headers:
-            # What arrived while the headers were still not whole: a bound on their size
-            # (the chunk that ends them is not counted).
-            self._header_bytes += len(data)
-            if self._header_bytes > MAX_HEADER_BYTES:
+            self._pending_bytes += len(data)
+            if self._pending_bytes > MAX_HEADER_BYTES:
                 self._disarm()
                 self.send_400_response("Invalid HTTP request received.")
                 return
