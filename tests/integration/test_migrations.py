@@ -202,6 +202,36 @@ def test_versions_9_and_10_keep_who_may_execute_submit_task(empty_database_url: 
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
+SUBMIT_FOR_USER = ("taskd.submit_task_for_user(text, text, text, jsonb, text, integer, jsonb, "
+                   "integer, timestamptz, text, text, text, bigint[], text, text[])")
+API_CREATE_TASK = ("taskd.api_create_task(text, text, text, jsonb, text, integer, jsonb, "
+                   "integer, text, text, text[], integer, integer)")
+
+
+def test_version_21_lets_whoever_may_set_a_tasks_user_create_in_one_call(
+    empty_database_url: str,
+) -> None:
+    """api_create_task (version 21): the roles that may execute submit_task_for_user (the API
+    role of a database that ran roles.sql) may execute it after the upgrade; PUBLIC may not."""
+    role = f"taskd_api_{uuid.uuid4().hex[:8]}"
+    migrated_to(empty_database_url, 20)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        try:
+            conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(
+                sql.SQL(SUBMIT_FOR_USER), sql.Identifier(role)))
+            applied = anyio.run(_migrate, empty_database_url)
+            assert [m.version for m in applied][:1] == [21]
+            may = conn.execute(
+                "SELECT has_function_privilege(%s, %s::regprocedure, 'EXECUTE'),"
+                " has_function_privilege('public', %s::regprocedure, 'EXECUTE')",
+                (role, API_CREATE_TASK, API_CREATE_TASK)).fetchone()
+            assert may == (True, False)
+        finally:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 async def _migrate(url: str) -> list[migrations.Migration]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
         return await migrations.migrate(c)
