@@ -155,7 +155,7 @@ async def _lean_create(request: Request) -> Response | None:
         return None
     content_type = traceparent = None
     for name, value in scope["headers"]:
-        if name == b"content-type":
+        if name == b"content-type" and content_type is None:  # the first, as FastAPI reads
             content_type = value
         elif name == b"idempotency-key":
             return None
