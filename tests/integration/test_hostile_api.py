@@ -74,6 +74,9 @@ _RSA_PEM = _RSA_KEY.private_bytes(serialization.Encoding.PEM, serialization.Priv
                                   serialization.NoEncryption())
 ALICE = {"sub": "alice", "exp": NOW + 3600}
 DEEP = 10_000
+# A token's nesting: deeper than Python's JSON recursion limit, and small enough that the
+# Authorization header stays within the API's 16 KiB bound on a request's headers.
+TOKEN_DEEP = 5_000
 
 # Tokens that must all be "invalid token" (401, 4011), sent with a valid create body.
 BAD_TOKENS: dict[str, str] = {
@@ -102,10 +105,11 @@ BAD_TOKENS: dict[str, str] = {
     "signature-stripped": _token(ALICE).rsplit(".", 1)[0] + ".",
     "header-not-json": f"{_b64(b'{not json')}.{_b64(json.dumps(ALICE).encode())}.c2ln",
     "header-invalid-utf8": f"{_b64(bytes([0xFF, 0xFE]))}.{_b64(b'{}')}.c2ln",
-    "header-deeply-nested": _unsigned('{"alg":"HS256","x":' + "[" * DEEP + "]" * DEEP + "}",
+    "header-deeply-nested": _unsigned('{"alg":"HS256","x":' + "[" * TOKEN_DEEP + "]" * TOKEN_DEEP
+                                      + "}",
                                       json.dumps(ALICE)),
-    "claims-deeply-nested": _unsigned('{"alg":"HS256"}', '{"x":' + "[" * DEEP + "]" * DEEP
-                                      + "}"),
+    "claims-deeply-nested": _unsigned('{"alg":"HS256"}', '{"x":' + "[" * TOKEN_DEEP
+                                      + "]" * TOKEN_DEEP + "}"),
     "not-base64": "!!!.???.***",
     "empty-parts": "..",
     "sql-metacharacters": "' OR '1'='1",

@@ -165,7 +165,9 @@ async def _lean_create(request: Request) -> Response | None:
         return None
     try:
         body = CreateTaskRequest.model_validate(json.loads(await request.body()))
-    except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError too
+    except (ValueError, ValidationError, RecursionError):
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors; JSON nested deeper than
+        # Python's recursion limit raises RecursionError: FastAPI's handler answers all (400).
         return None
     app_state = request.app.state
     answer, status = await _create(body, caller, app_state.api_store, app_state.settings,
