@@ -45,7 +45,7 @@ async def test_one_poll_finds_exactly_the_queues_a_claim_would_take_from(
     store.signals.statements.arm()
 
     assert await poller.poll_once() == ["ready"]
-    assert store.signals.statements.taken() == ["ready_queues"]  # one statement for six
+    assert store.signals.statements.taken() == ["poll"]  # one statement for six
     assert {q: w.sets for q, w in wakeups.items()} == {
         "ready": 1, "paused": 0, "later": 0, "suspect": 0, "spent": 0, "empty": 0}
 
@@ -104,12 +104,38 @@ async def test_fifty_idle_queues_cost_one_poll_statement_an_interval(
     made = Counter(store.signals.statements.taken())
     # Before the poller, each producer claimed every poll interval: 50 claims an interval.
     assert made["claim_subtasks"] == 0, made
-    assert intervals - 2 <= made["ready_queues"] <= intervals + 1, made
+    assert intervals - 2 <= made["poll"] <= intervals + 1, made
     # Nothing runs once per queue: the rescuer's pending-timeout pass (every 2 intervals here)
     # looks at all 50 in one statement too, where it ran one per queue.
     assert made["queues_with_old_unstarted_tasks"] >= 2, made
     assert made["fail_unstarted_tasks"] == 0, made
     assert max(made.values()) <= intervals + 1, made
+
+
+async def test_an_idle_daemons_looks_for_work_suspects_and_notifications_are_one_statement(
+    idle_daemon: Daemon, conn: Any,
+) -> None:
+    """The quarantine and the notification dispatcher made a statement of their own every
+    interval each; the poll asks for them, and each acts only when it finds something."""
+    store = idle_daemon._store
+    assert store is not None and idle_daemon.poller is not None
+    assert idle_daemon.settings.notifications.enabled
+    store.signals.statements.arm()
+    intervals = 10
+    await anyio.sleep(intervals * POLL)  # the window statements are counted over
+    made = Counter(store.signals.statements.taken())
+    assert intervals - 2 <= made["poll"] <= intervals + 1, made
+    assert made["suspects_waiting"] == made["claim_suspect"] == 0, made
+    assert made["claim_notifications"] == 0, made
+
+    # A suspect that the poll finds is run alone by the quarantine.
+    await insert_subtasks(conn, queue="q07", crashes=2)
+    await wait_until(
+        lambda: fetch_one(conn, "SELECT status = 'completed' FROM taskd.subtasks"
+                                " WHERE queue = 'q07'"),
+        within=10, message="the suspect ran")
+    made = Counter(store.signals.statements.taken())
+    assert made["claim_suspect"] == 1, made
 
 
 async def started_after(conn: Any, task_id: int) -> float | None:

@@ -22,7 +22,7 @@ import psycopg
 
 from taskd.executor.wakeup import Wakeup
 from taskd.queue.connection import STATEMENT_TIMEOUT
-from taskd.queue.listener import CHANNEL, open_listener
+from taskd.queue.listener import CHANNEL, next_notifications, open_listener
 from taskd.testsignals import TestSignal
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,8 @@ class Notifier:
             self.signals.listening.signal(None)
             while True:
                 # Notifications that arrive while the connection is lent wait in psycopg's
-                # backlog: the next call yields them first.
-                async for note in conn.notifies(stop_after=1):
+                # backlog: the next call returns them first.
+                for note in await next_notifications(conn):
                     wakeup = self.wakeups.get(note.payload)
                     if wakeup is not None:
                         wakeup.set()
