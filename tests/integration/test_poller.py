@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -16,7 +16,7 @@ from taskd.executor.poller import Poller, PollerConfig
 from taskd.executor.wakeup import Wakeup
 from taskd.queue import maintenance
 from taskd.queue.controls import pause_queue, register_queues, resume_queue
-from taskd.queue.store import Store
+from taskd.queue.store import Poll, Store
 from taskd.settings import QueueSettings, RateLimit, Settings
 from tests.factories import fetch_one, insert_subtasks, submit, wait_until
 
@@ -136,6 +136,36 @@ async def test_an_idle_daemons_looks_for_work_suspects_and_notifications_are_one
         within=10, message="the suspect ran")
     made = Counter(store.signals.statements.taken())
     assert made["claim_suspect"] == 1, made
+
+
+class _NothingReady:
+    """A store whose every poll finds nothing (the poller's beat is what is looked at)."""
+
+    async def poll(self, queues: Any, **options: Any) -> Poll:
+        return Poll([], False, False)
+
+
+async def test_the_poll_beat_is_up_to_a_tenth_shorter_never_longer() -> None:
+    """Daemons started together polled in step for good on a fixed beat (docs/scaling.md,
+    "Bursts"): each beat is now up to 10 % shorter than the interval, so they drift apart."""
+    interval, beats = 0.1, 30
+    poller = Poller(PollerConfig(interval=interval), cast(Store, _NothingReady()),
+                    {"q": Wakeup()})
+    polled = poller.signals.polled
+    polled.arm()
+    times = []
+    async with anyio.create_task_group() as tg:
+        start = anyio.current_time()
+        tg.start_soon(poller.run)
+        for _ in range(beats):
+            await polled.wait(within=5)
+            times.append(anyio.current_time())
+        tg.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip([start, *times], times, strict=False)]
+    # Never longer (a slow turn of a loaded machine aside); shorter on the whole: a fixed beat
+    # polls the 30th time at 30 intervals or later, the jittered one at 28.5 on average.
+    assert max(gaps) <= interval + 0.05, gaps
+    assert times[-1] - start < beats * interval - 0.05, times[-1] - start
 
 
 async def started_after(conn: Any, task_id: int) -> float | None:

@@ -18,13 +18,14 @@ made three statements a second where it now makes one (docs/scaling.md).
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import anyio
 
 from taskd.errors import ConfigError, DatabaseError
-from taskd.executor.wakeup import Wakeup
+from taskd.executor.wakeup import JITTER, Wakeup
 from taskd.queue.store import DEFAULT_POISON_AFTER, Store
 from taskd.settings import Settings
 from taskd.testsignals import TestSignal
@@ -77,12 +78,16 @@ class Poller:
     async def run(self) -> None:
         if not self.queues and self.dispatcher is None:
             return
-        # On a fixed beat, not an interval after each answer: a slow poll does not stretch
-        # the wait of the next.
-        next_at = anyio.current_time() + self.config.interval
+        # On a beat, not an interval after each answer: a slow poll does not stretch the wait
+        # of the next. Each beat up to JITTER shorter than the interval, never longer (a new
+        # subtask starts within it): daemons started together drift apart instead of polling
+        # in step for good (docs/scaling.md, "Bursts").
+        interval = self.config.interval
+        next_at = anyio.current_time() + interval * random.uniform(1 - JITTER, 1)
         while True:
             await anyio.sleep_until(next_at)
-            next_at = max(next_at + self.config.interval, anyio.current_time())
+            next_at = max(next_at + interval * random.uniform(1 - JITTER, 1),
+                          anyio.current_time())
             await self.poll_once()
 
     async def poll_once(self) -> list[str]:
