@@ -112,7 +112,7 @@ class Notifier:
     async def _listen(self) -> None:
         conn = await open_listener(self.conninfo, self.application_name,
                                    statement_timeout=self.statement_timeout)
-        async with conn:
+        try:
             log.debug("listening on channel %s", CHANNEL)
             self._wake_all()
             self.signals.listening.signal(None)
@@ -124,6 +124,12 @@ class Notifier:
                     if wakeup is not None:
                         wakeup.set()
                 await self.lender.lend(conn)
+        finally:
+            # Closed whatever ends the wait, cancellation included: `async with conn` first
+            # rolls back, and that can stop at a checkpoint of a cancelled scope and leave the
+            # connection open (closing it needs no round trip).
+            with anyio.CancelScope(shield=True):
+                await conn.close()
 
     def _wake_all(self) -> None:
         for wakeup in self.wakeups.values():
