@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("fleet", help="1..32 daemons on one PostgreSQL of its own: throughput,"
                        " PostgreSQL CPU, claims and lock waits per size; idle cost")
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
-    p.add_argument("-n", type=int, default=10_000)
+    # 20,000: a drain of 4-9 s on this machine, long against the ramp of a size's start
+    # (10,000 drained in 2-4 s).
+    p.add_argument("-n", type=int, default=20_000)
     p.add_argument("--concurrency", type=int, default=10, help="per daemon")
     p.add_argument("--idle-seconds", type=float, default=10.0)
     p.add_argument("--per-task", type=int, default=10_000,

@@ -342,7 +342,10 @@ class NotificationSettings(BaseModel):
     max_connections: int = Field(
         20, ge=1, le=1000, description="deliveries in flight at once, per daemon",
     )
-    poll_interval: Seconds = Field(1.0, gt=0, description="how often to look for due ones")
+    poll_interval: Seconds = Field(
+        1.0, gt=0, description="how often to look for due ones; when it is not shorter than "
+        "the daemon's poll_interval, the daemon's one poll looks for them instead",
+    )
     task_link: str | None = Field(
         None, description="the task's link in the payload, with {id}: e.g. "
         "https://taskd.example/v1/tasks/{id}; unset: the path /v1/tasks/{id}",

@@ -14,11 +14,12 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from taskd.executor.dispatcher import Dispatcher, DispatcherConfig, target_secret
+from taskd.executor.wakeup import Wakeup
 from taskd.metrics import Metrics
 from taskd.queue import migrations, notifications
 from taskd.queue.store import Store
 from taskd.types import Outcome
-from tests.factories import submit
+from tests.factories import submit, wait_until
 from tests.webhook_receiver import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.anyio
@@ -263,3 +264,27 @@ async def test_metrics_count_deliveries_by_outcome_and_show_the_outbox(
     assert samples[("taskd_notifications", (("status", "undelivered"),))] == 1
     assert samples[("taskd_notifications", (("status", "dead"),))] == 1
     assert samples[("taskd_notification_oldest_undelivered_seconds", ())] >= 0.0
+
+
+async def test_given_a_wakeup_it_looks_for_due_notifications_only_when_woken(
+    store: Store, conn: Any, receiver: Receiver
+) -> None:
+    """The daemon's poller looks for due notifications in its own statement and wakes the
+    dispatcher, which then makes no statement of its own every poll_interval."""
+    await failed_tasks(store, conn, receiver.url("/ok"))
+    wakeup = Wakeup()
+    config = DispatcherConfig(executor_id="d1", signing_key=KEY, poll_interval=0.05,
+                              stats_interval=60.0)
+    d = Dispatcher(config, store, Metrics(), wakeup=wakeup)
+    store.signals.statements.arm()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(d.run)
+        # At its start it looks once, and delivers what is due.
+        await wait_until(lambda: len(receiver.received()) == 1, message="the first delivery")
+        await failed_tasks(store, conn, receiver.url("/ok"))
+        await anyio.sleep(10 * config.poll_interval)  # the window in which it must not look
+        assert len(receiver.received()) == 1
+        assert store.signals.statements.taken().count("claim_notifications") == 1
+        wakeup.set()
+        await wait_until(lambda: len(receiver.received()) == 2, message="delivery when woken")
+        tg.cancel_scope.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -158,3 +159,28 @@ async def test_shutdown_waits_for_a_lent_connection_to_come_back(
             await notify(conn, "standard")
             await anyio.sleep_forever()  # until the producer's shutdown
     assert lent[0].closed
+
+
+async def test_waiting_for_a_notification_sets_no_timer(
+    listening: Listening, conn: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """psycopg's own wait for notifications woke the event loop on a 0.1 s timer, ten turns a
+    second of every idle daemon (docs/scaling.md): the notifier waits for its socket alone."""
+    loop = asyncio.get_running_loop()
+    timers = 0
+    call_later = loop.call_later
+
+    def counted(delay: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        nonlocal timers
+        timers += 1
+        return call_later(delay, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_later", counted)
+    await anyio.sleep(1.0)  # the idle window in which timers are counted
+    monkeypatch.undo()
+    # One for the sleep above: with psycopg's wait, ten more.
+    assert timers <= 2, timers
+    # And it still wakes.
+    wakeup = listening.wakeups["standard"]
+    await notify(conn, "standard")
+    assert await wakeup.wait(10)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -16,7 +16,7 @@ from taskd.executor.poller import Poller, PollerConfig
 from taskd.executor.wakeup import Wakeup
 from taskd.queue import maintenance
 from taskd.queue.controls import pause_queue, register_queues, resume_queue
-from taskd.queue.store import Store
+from taskd.queue.store import Poll, Store
 from taskd.settings import QueueSettings, RateLimit, Settings
 from tests.factories import fetch_one, insert_subtasks, submit, wait_until
 
@@ -45,7 +45,7 @@ async def test_one_poll_finds_exactly_the_queues_a_claim_would_take_from(
     store.signals.statements.arm()
 
     assert await poller.poll_once() == ["ready"]
-    assert store.signals.statements.taken() == ["ready_queues"]  # one statement for six
+    assert store.signals.statements.taken() == ["poll"]  # one statement for six
     assert {q: w.sets for q, w in wakeups.items()} == {
         "ready": 1, "paused": 0, "later": 0, "suspect": 0, "spent": 0, "empty": 0}
 
@@ -104,12 +104,68 @@ async def test_fifty_idle_queues_cost_one_poll_statement_an_interval(
     made = Counter(store.signals.statements.taken())
     # Before the poller, each producer claimed every poll interval: 50 claims an interval.
     assert made["claim_subtasks"] == 0, made
-    assert intervals - 2 <= made["ready_queues"] <= intervals + 1, made
+    assert intervals - 2 <= made["poll"] <= intervals + 1, made
     # Nothing runs once per queue: the rescuer's pending-timeout pass (every 2 intervals here)
     # looks at all 50 in one statement too, where it ran one per queue.
     assert made["queues_with_old_unstarted_tasks"] >= 2, made
     assert made["fail_unstarted_tasks"] == 0, made
     assert max(made.values()) <= intervals + 1, made
+
+
+async def test_an_idle_daemons_looks_for_work_suspects_and_notifications_are_one_statement(
+    idle_daemon: Daemon, conn: Any,
+) -> None:
+    """The quarantine and the notification dispatcher made a statement of their own every
+    interval each; the poll asks for them, and each acts only when it finds something."""
+    store = idle_daemon._store
+    assert store is not None and idle_daemon.poller is not None
+    assert idle_daemon.settings.notifications.enabled
+    store.signals.statements.arm()
+    intervals = 10
+    await anyio.sleep(intervals * POLL)  # the window statements are counted over
+    made = Counter(store.signals.statements.taken())
+    assert intervals - 2 <= made["poll"] <= intervals + 1, made
+    assert made["suspects_waiting"] == made["claim_suspect"] == 0, made
+    assert made["claim_notifications"] == 0, made
+
+    # A suspect that the poll finds is run alone by the quarantine.
+    await insert_subtasks(conn, queue="q07", crashes=2)
+    await wait_until(
+        lambda: fetch_one(conn, "SELECT status = 'completed' FROM taskd.subtasks"
+                                " WHERE queue = 'q07'"),
+        within=10, message="the suspect ran")
+    made = Counter(store.signals.statements.taken())
+    assert made["claim_suspect"] == 1, made
+
+
+class _NothingReady:
+    """A store whose every poll finds nothing (the poller's beat is what is looked at)."""
+
+    async def poll(self, queues: Any, **options: Any) -> Poll:
+        return Poll([], False, False)
+
+
+async def test_the_poll_beat_is_up_to_a_tenth_shorter_never_longer() -> None:
+    """Daemons started together polled in step for good on a fixed beat (docs/scaling.md,
+    "Bursts"): each beat is now up to 10 % shorter than the interval, so they drift apart."""
+    interval, beats = 0.1, 30
+    poller = Poller(PollerConfig(interval=interval), cast(Store, _NothingReady()),
+                    {"q": Wakeup()})
+    polled = poller.signals.polled
+    polled.arm()
+    times = []
+    async with anyio.create_task_group() as tg:
+        start = anyio.current_time()
+        tg.start_soon(poller.run)
+        for _ in range(beats):
+            await polled.wait(within=5)
+            times.append(anyio.current_time())
+        tg.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip([start, *times], times, strict=False)]
+    # Never longer (a slow turn of a loaded machine aside); shorter on the whole: a fixed beat
+    # polls the 30th time at 30 intervals or later, the jittered one at 28.5 on average.
+    assert max(gaps) <= interval + 0.05, gaps
+    assert times[-1] - start < beats * interval - 0.05, times[-1] - start
 
 
 async def started_after(conn: Any, task_id: int) -> float | None:

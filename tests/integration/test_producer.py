@@ -13,6 +13,7 @@ import anyio.lowlevel
 import pytest
 
 from taskd.executor.capacity import Capacity
+from taskd.executor.claimer import Claimer, ClaimerConfig
 from taskd.executor.completer import Completer
 from taskd.executor.gate import ClaimGate
 from taskd.executor.notifier import Notifier
@@ -314,13 +315,16 @@ async def test_claims_wait_while_the_completers_backlog_is_full(
     assert rig.completer.backlog == 0
 
 
+@pytest.mark.parametrize("through_claimer", [False, True], ids=["alone", "through-claimer"])
 @pytest.mark.parametrize(("limit", "claims"), [(4, [4]), (8, [5, 3]), (20, [10, 10])])
 async def test_a_claim_takes_a_small_limit_whole_and_half_of_a_large_one(
-    rig: Rig, store: Store, conn: Any, limit: int, claims: list[int]
+    rig: Rig, store: Store, conn: Any, limit: int, claims: list[int], through_claimer: bool,
 ) -> None:
     # Scaled down: the whole limit up to 5, half of it above that, never more than 10.
     rig.configure(batch_whole=5, batch_max=10)
     rig.producer.capacity.set_limit(limit)
+    claimer = Claimer(ClaimerConfig(60), store, EXECUTOR) if through_claimer else None
+    rig.producer.claimer = claimer
     await submit(store, limit, kind="block")
 
     async def release_when_full() -> None:
@@ -328,8 +332,11 @@ async def test_a_claim_takes_a_small_limit_whole_and_half_of_a_large_one(
         rig.blocking.release.set()
 
     async with anyio.create_task_group() as tg:
+        if claimer is not None:
+            tg.start_soon(claimer.run)
         tg.start_soon(release_when_full)
         await run_until(rig, lambda: all_completed(conn, limit), f"{limit} completed")
+        tg.cancel_scope.cancel()
     # One claim, one transaction: its subtasks share the claim's started_at.
     cur = await conn.execute("SELECT count(*) FROM taskd.subtasks GROUP BY started_at"
                              " ORDER BY started_at")

@@ -154,6 +154,7 @@ def test_fleet() -> None:
     assert all(r["idle_rescue_passes_per_s"] <= 1 / 1.5 for r in rows), rows
     assert all("after_drain_dispersion" in r for r in rows), rows
     assert result["summary"]["largest_vs_best_median"] > 0
+    assert len(result["summary"]["largest_vs_best_per_round"]) == 1
 
 
 def test_console() -> None:

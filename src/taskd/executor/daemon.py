@@ -124,6 +124,9 @@ class Daemon:
         self.queues = settings.served_queues
         self.capacities = {q: Capacity(s.initial) for q, s in self.queues.items()}
         self.wakeups = {q: Wakeup() for q in self.queues}
+        # Set by the poller: a suspect may be ready; a notification may be due.
+        self.quarantine_wakeup = Wakeup()
+        self.dispatcher_wakeup = Wakeup()
         self.stopping = anyio.Event()
         self.producers: list[Producer] = []
         self.runner: Runner | None = None
@@ -206,9 +209,9 @@ class Daemon:
                 tg.start_soon(claimer.run)
             async with anyio.create_task_group() as work:
                 self.quarantine = Quarantine(
-                    QuarantineConfig(list(self.queues), s.poll_interval, s.lease_timeout,
-                                     s.poison_after),
+                    QuarantineConfig(list(self.queues), s.lease_timeout, s.poison_after),
                     store, s.executor_id, self.gate, self.running, self.runner,
+                    self.quarantine_wakeup,
                 )
                 work.start_soon(self.quarantine.run)
                 for queue in self.queues:
@@ -283,8 +286,15 @@ class Daemon:
         ) if s.listen else None
         if notifier is not None:
             tg.start_soon(notifier.run)
-        # One poll for every queue, the producers' only wake-up besides the notifier's.
-        self.poller = Poller(PollerConfig.from_settings(s), store, self.wakeups)
+        # One poll for every queue, the producers' only wake-up besides the notifier's; the
+        # same statement looks for suspects and, when it looks at least as often as the
+        # dispatcher's own poll would, for due notifications.
+        dispatcher_served = (s.notifications.enabled
+                             and s.notifications.poll_interval >= s.poll_interval)
+        self.poller = Poller(
+            PollerConfig.from_settings(s), store, self.wakeups,
+            quarantine=self.quarantine_wakeup,
+            dispatcher=self.dispatcher_wakeup if dispatcher_served else None)
         tg.start_soon(self.poller.run)
         tg.start_soon(completer.run)
         # Maintenance, pending timeouts included, for every queue that runs, whichever group
@@ -297,7 +307,9 @@ class Daemon:
             s.executor_id,
         ).run)
         if s.notifications.enabled:
-            tg.start_soon(Dispatcher(DispatcherConfig.from_settings(s), store, self.metrics).run)
+            tg.start_soon(Dispatcher(
+                DispatcherConfig.from_settings(s), store, self.metrics,
+                wakeup=self.dispatcher_wakeup if dispatcher_served else None).run)
         # Schedules: every daemon ticks, each tick's task is created once (no leader).
         tg.start_soon(Ticker(TickerConfig.from_settings(s), store, self.metrics).run)
         tg.start_soon(StatsCollector(

@@ -12,6 +12,11 @@ the ``standardwebhooks`` package). Answers: 2xx delivered; 408, 429 and 5xx, a t
 refused or closed connection retried with capped exponential backoff and jitter (a 429's or
 503's ``Retry-After`` is honoured) until ``retry_for`` has passed, then dead; any other status
 dead at once, with the status recorded.
+
+It looks for due notifications every ``poll_interval``, with a statement of its own, or, given
+a wake-up (the daemon's poller, whose one statement an interval asks for it too, when the
+poller looks at least as often), only when woken: an idle dispatcher then makes one statement
+every ``stats_interval``, for its gauges.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from standardwebhooks.webhooks import Webhook
 
 from taskd.errors import ConfigError, DatabaseError
 from taskd.executor.runner import backoff_delay
+from taskd.executor.wakeup import Wakeup
 from taskd.metrics import Metrics
 from taskd.queue import notifications
 from taskd.queue.notifications import ClaimedNotification, DeliveryResult
@@ -165,10 +171,16 @@ def retry_after(response: httpx.Response) -> float | None:
 
 
 class Dispatcher:
-    def __init__(self, config: DispatcherConfig, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self, config: DispatcherConfig, store: Store, metrics: Metrics, *,
+        wakeup: Wakeup | None = None,
+    ) -> None:
+        """``wakeup``: set when a notification may be due (the daemon's poller); the
+        dispatcher then looks only when it is set, not every ``poll_interval``."""
         self.config = config
         self.store = store
         self.metrics = metrics
+        self.wakeup = wakeup
         self._next_stats = 0.0
         self._warned_unsigned = False
 
@@ -184,15 +196,24 @@ class Dispatcher:
 
     async def run(self) -> None:
         async with self.client() as http:
+            due = True  # at start, look once
             while True:
                 claimed = 0
                 try:
-                    claimed = await self.deliver_once(http)
+                    if due:
+                        claimed = await self.deliver_once(http)
                     await self._refresh_gauges()
                 except DatabaseError as exc:
                     log.warning("dispatcher pass failed: %s", exc)
-                if claimed < self.config.batch_size:
-                    await anyio.sleep(self.config.poll_interval * random.uniform(0.8, 1.2))
+                due = claimed >= self.config.batch_size or await self._wait()
+
+    async def _wait(self) -> bool:
+        """Wait for the next look; return whether to look for due notifications then (False:
+        only the gauges are due)."""
+        if self.wakeup is None:
+            await anyio.sleep(self.config.poll_interval * random.uniform(0.8, 1.2))
+            return True
+        return await self.wakeup.wait(max(0.0, self._next_stats - anyio.current_time()))
 
     async def deliver_once(self, http: httpx.AsyncClient) -> int:
         """Claim one batch, deliver it, record the results; return how many were claimed."""

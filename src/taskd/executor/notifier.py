@@ -22,7 +22,7 @@ import psycopg
 
 from taskd.executor.wakeup import Wakeup
 from taskd.queue.connection import STATEMENT_TIMEOUT
-from taskd.queue.listener import CHANNEL, open_listener
+from taskd.queue.listener import CHANNEL, next_notifications, open_listener
 from taskd.testsignals import TestSignal
 
 log = logging.getLogger(__name__)
@@ -112,18 +112,24 @@ class Notifier:
     async def _listen(self) -> None:
         conn = await open_listener(self.conninfo, self.application_name,
                                    statement_timeout=self.statement_timeout)
-        async with conn:
+        try:
             log.debug("listening on channel %s", CHANNEL)
             self._wake_all()
             self.signals.listening.signal(None)
             while True:
                 # Notifications that arrive while the connection is lent wait in psycopg's
-                # backlog: the next call yields them first.
-                async for note in conn.notifies(stop_after=1):
+                # backlog: the next call returns them first.
+                for note in await next_notifications(conn):
                     wakeup = self.wakeups.get(note.payload)
                     if wakeup is not None:
                         wakeup.set()
                 await self.lender.lend(conn)
+        finally:
+            # Closed whatever ends the wait, cancellation included: `async with conn` first
+            # rolls back, and that can stop at a checkpoint of a cancelled scope and leave the
+            # connection open (closing it needs no round trip).
+            with anyio.CancelScope(shield=True):
+                await conn.close()
 
     def _wake_all(self) -> None:
         for wakeup in self.wakeups.values():

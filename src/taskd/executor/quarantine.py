@@ -9,12 +9,15 @@ workers' path), and opens the gate again. A crash while a suspect runs alone is 
 innocent subtask that twice happened to run beside a poison pill completes, and the poison pill
 reaches ``poison_after`` crashes and the rescuer fails it. A single crash (a daemon killed by
 an operator, a host that froze) costs nothing: its subtasks resume in parallel as before.
+
+It makes no statement while no suspect waits: the poller's one statement an interval asks for
+it too, and sets its wake-up when one is ready.
 """
 
 from __future__ import annotations
 
 import logging
-import random
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +27,7 @@ from taskd.errors import DatabaseError
 from taskd.executor.gate import ClaimGate
 from taskd.executor.runner import Runner
 from taskd.executor.running import RunningSet
+from taskd.executor.wakeup import Wakeup
 from taskd.queue.store import Store
 
 log = logging.getLogger(__name__)
@@ -31,12 +35,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class QuarantineConfig:
-    """``queues``: the queues this executor serves. ``interval``: how often it looks for
-    suspects (jittered). ``lease_timeout``: the lease a suspect is claimed under.
-    ``poison_after``: the rescuer's threshold (suspects have one crash fewer)."""
+    """``queues``: the queues this executor serves. ``lease_timeout``: the lease a suspect is
+    claimed under. ``poison_after``: the rescuer's threshold (suspects have one crash
+    fewer)."""
 
     queues: Sequence[str]
-    interval: float
     lease_timeout: float
     poison_after: int
 
@@ -44,9 +47,11 @@ class QuarantineConfig:
 class Quarantine:
     def __init__(
         self, config: QuarantineConfig, store: Store, executor_id: str, gate: ClaimGate,
-        running: RunningSet, runner: Runner,
+        running: RunningSet, runner: Runner, wakeup: Wakeup,
     ) -> None:
+        """``wakeup``: set when a suspect may be ready (the daemon's poller sets it)."""
         self.config = config
+        self.wakeup = wakeup
         self.store = store
         self.executor_id = executor_id
         self.gate = gate
@@ -58,9 +63,13 @@ class Quarantine:
         """Claim no more suspects; one running goes on (shutdown stops it like any other).
         Idempotent."""
         self._stopped.set()
+        self.wakeup.set()
 
     async def run(self) -> None:
-        while not self._stopped.is_set():
+        while True:
+            await self.wakeup.wait(math.inf)
+            if self._stopped.is_set():
+                return
             try:
                 while (not self._stopped.is_set()
                        and await self.store.suspects_waiting(
@@ -69,8 +78,6 @@ class Quarantine:
                         break
             except DatabaseError as exc:
                 log.warning("quarantine check failed: %s", exc)
-            with anyio.move_on_after(self.config.interval * random.uniform(0.8, 1.2)):
-                await self._stopped.wait()
 
     async def run_one_alone(self) -> bool:
         """Stop claiming, let what runs finish, then claim and run one suspect; return whether

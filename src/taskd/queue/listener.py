@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import psycopg
 
 from taskd.queue.connection import STATEMENT_TIMEOUT, connection_kwargs
@@ -35,3 +36,19 @@ async def open_listener(
         await conn.close()
         raise
     return conn
+
+
+async def next_notifications(conn: psycopg.AsyncConnection[Any]) -> list[psycopg.Notify]:
+    """The notifications that arrived on ``conn`` while it ran other statements, else the next
+    to arrive (at least one; it waits as long as it takes).
+
+    It waits for the socket itself: psycopg's ``notifies()`` wakes every 0.1 s to look for an
+    interrupt, ten turns a second of an idle daemon's event loop (docs/scaling.md). Raises
+    :class:`psycopg.Error` or :class:`OSError` when the connection is lost.
+    """
+    while True:
+        # Those held back while the connection was lent, then what the socket holds now.
+        received = [note async for note in conn.notifies(timeout=0)]
+        if received:
+            return received
+        await anyio.wait_readable(conn.pgconn.socket)

@@ -88,6 +88,16 @@ class QueueClaim:
     after: ClaimedSubtask | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """:meth:`Store.poll`'s answer: the queues with ready work (in the order asked), whether
+    a suspect waits, whether a notification is due (False when not asked)."""
+
+    ready: list[str]
+    suspects: bool
+    notifications: bool
+
+
 class Store:
     """Typed access to taskd's tables over a connection pool."""
 
@@ -384,18 +394,30 @@ class Store:
             "queues": list(queues), "suspect_after": poison_after - 1})
         return bool(rows[0]["waiting"])
 
+    async def poll(
+        self, queues: Sequence[str], *, poison_after: int = DEFAULT_POISON_AFTER,
+        suspects: bool = False, notifications: bool = False, now: datetime | None = None,
+    ) -> Poll:
+        """The executor's look an interval, one statement: which of ``queues`` a claim would
+        take something from now (a ready subtask that is not a suspect; not paused; rate
+        window not used up), a probe of the claim index per queue; with ``suspects``, whether
+        a suspect of them is ready; with ``notifications``, whether a task-end notification
+        is due."""
+        rows = await self.fetch_as("poll", {
+            "queues": list(queues), "suspect_after": poison_after - 1, "now": now,
+            "suspects": suspects, "notifications": notifications,
+        }, Poll)
+        return rows[0]
+
     async def ready_queues(
         self, queues: Sequence[str], *, poison_after: int = DEFAULT_POISON_AFTER,
         now: datetime | None = None,
     ) -> list[str]:
-        """Of ``queues``, those a claim would take something from now (a ready subtask that is
-        not a suspect; not paused; rate window not used up): one statement, a probe of the
-        claim index per queue."""
+        """Of ``queues``, those a claim would take something from now (:meth:`poll`'s first
+        answer alone)."""
         if not queues:
             return []
-        return await self.fetch_as("ready_queues", {
-            "queues": list(queues), "suspect_after": poison_after - 1, "now": now,
-        }, str, scalar_row)
+        return (await self.poll(queues, poison_after=poison_after, now=now)).ready
 
     async def record_outcomes(
         self, executor_id: str, outcomes: Sequence[Outcome], *, now: datetime | None = None

@@ -378,30 +378,47 @@ SELECT EXISTS (
        AND queue = ANY(%(queues)s::text[]) AND run_after <= now()
 ) AS waiting;
 
--- name: ready_queues
--- Which of these queues a claim would take something from now: a ready row that is not a
--- suspect, the queue not paused, its sliding rate window (the limit its claims last recorded)
--- not used up. The executor's one poll (taskd.executor.poller), instead of one claim per queue: a probe
--- of the claim index per queue that stops at its first ready row (LATERAL ... LIMIT 1).
-SELECT q.queue
-  FROM unnest(%(queues)s::text[]) AS q(queue)
- CROSS JOIN LATERAL (
-        SELECT 1
-          FROM taskd.subtasks s
-         WHERE s.status = 'pending'
-           AND s.queue = q.queue
-           AND s.run_after <= coalesce(%(now)s, now())
-           AND s.crashes < %(suspect_after)s
-         LIMIT 1
-       ) ready
- WHERE NOT EXISTS (
-        SELECT 1 FROM taskd.queue_controls c
-         WHERE c.queue = q.queue
-           AND (c.paused
-                OR taskd.rate_window_used(
-                       c.rate_claimed_at, c.rate_claimed,
-                       coalesce(%(now)s, now()) - make_interval(secs => c.rate_period))
-                   >= c.rate_limit));
+-- name: poll
+-- The executor's one look an interval (taskd.executor.poller), three in one round trip:
+-- ready: which of these queues a claim would take something from now (a ready row that is
+-- not a suspect, the queue not paused, its sliding rate window, the limit its claims last
+-- recorded, not used up), a probe of the claim index per queue that stops at its first ready
+-- row (LATERAL ... LIMIT 1), in the order given; suspects: whether a suspect of them is ready
+-- for the quarantine (subtasks_suspect_idx), when asked; notifications: whether a task-end
+-- notification is due for the dispatcher (notifications_due_idx), when asked. Each of the
+-- three was a statement of its own every second of every idle daemon.
+SELECT ARRAY(
+         SELECT q.queue
+           FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q(queue, n)
+          CROSS JOIN LATERAL (
+                 SELECT 1
+                   FROM taskd.subtasks s
+                  WHERE s.status = 'pending'
+                    AND s.queue = q.queue
+                    AND s.run_after <= coalesce(%(now)s, now())
+                    AND s.crashes < %(suspect_after)s
+                  LIMIT 1
+                ) ready
+          WHERE NOT EXISTS (
+                 SELECT 1 FROM taskd.queue_controls c
+                  WHERE c.queue = q.queue
+                    AND (c.paused
+                         OR taskd.rate_window_used(
+                                c.rate_claimed_at, c.rate_claimed,
+                                coalesce(%(now)s, now()) - make_interval(secs => c.rate_period))
+                            >= c.rate_limit))
+          ORDER BY q.n
+       ) AS ready,
+       CASE WHEN %(suspects)s THEN EXISTS (
+                SELECT 1 FROM taskd.subtasks
+                 WHERE status = 'pending' AND crashes > 0 AND crashes >= %(suspect_after)s
+                   AND queue = ANY(%(queues)s::text[])
+                   AND run_after <= coalesce(%(now)s, now()))
+            ELSE false END AS suspects,
+       CASE WHEN %(notifications)s THEN EXISTS (
+                SELECT 1 FROM taskd.notifications
+                 WHERE status = 'pending' AND run_after <= coalesce(%(now)s, now()))
+            ELSE false END AS notifications;
 
 -- name: lock_queue_claims
 -- The cluster-wide cap: capped claims of one queue take this lock first, in the same
