@@ -142,6 +142,36 @@ async def test_a_daemon_drains_fifty_queues_with_fewer_claim_statements_than_cla
     assert statements <= 250, made
 
 
+async def test_through_the_claimer_a_producer_claims_its_whole_limit(
+    database_url: str, store: Store, conn: Any,
+) -> None:
+    # Claims of half the limit paid a producer's round (wake, claim, hand on) per 5 rows
+    # here, per 20 in bench queues' 50 queues of 40 slots: 0.73-0.75 x one queue's drain.
+    queues = [f"q{i:02d}" for i in range(1, 11)]
+    for queue in queues:
+        await submit(store, 200, queue=queue)
+    settings = Settings(
+        database_url=database_url, metrics_addr="127.0.0.1:0", executor_id="whole",
+        handlers={}, poll_interval=0.2, shutdown_grace=5,
+        queues={**{q: QueueSettings(initial=10, max=10) for q in queues},
+                "standard": QueueSettings(enabled=False), "lumina": QueueSettings(enabled=False)},
+    )
+    daemon = Daemon(settings)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+
+        async def done() -> bool:
+            return await fetch_one(conn, "SELECT count(*) FROM taskd.subtasks"
+                                         " WHERE status = 'completed'") == 2000
+
+        await wait_until(done, within=60, message="2,000 subtasks completed")
+        daemon.stopping.set()
+    # The rows of one queue that one statement claimed share its started_at (now()).
+    claims = await fetch_one(conn, "SELECT count(DISTINCT (queue, started_at))"
+                                   " FROM taskd.subtasks")
+    assert claims <= 2000 / 10 * 1.5, f"{claims} claims of 10 slots for 2,000 subtasks"
+
+
 async def test_a_busy_claimer_waits_a_moment_for_more_claims_to_join(store: Store) -> None:
     queues = [f"q{i}" for i in range(6)]
     for queue in queues:
