@@ -110,31 +110,42 @@ async def test_claims_that_wait_together_go_in_one_statement(store: Store) -> No
     assert len({i for ids in got.values() for i in ids}) == 60
 
 
-async def test_a_daemon_drains_fifty_queues_with_fewer_claim_statements_than_claims(
-    database_url: str, store: Store, conn: Any,
-) -> None:
-    queues = [f"q{i:02d}" for i in range(1, 51)]
+async def _drain(database_url: str, store: Store, conn: Any, *, queues: list[str],
+                 per_queue: int, executor_id: str, armed: bool = False) -> Daemon:
+    """``per_queue`` noops in each of ``queues`` (10 slots each), drained by a daemon serving
+    those queues only; with ``armed``, its store records the statements it runs."""
     for queue in queues:
-        await submit(store, 100, queue=queue)
+        await submit(store, per_queue, queue=queue)
     settings = Settings(
-        database_url=database_url, metrics_addr="127.0.0.1:0", executor_id="many",
+        database_url=database_url, metrics_addr="127.0.0.1:0", executor_id=executor_id,
         handlers={}, poll_interval=0.2, shutdown_grace=5,
         queues={**{q: QueueSettings(initial=10, max=10) for q in queues},
                 "standard": QueueSettings(enabled=False), "lumina": QueueSettings(enabled=False)},
     )
     daemon = Daemon(settings)
+    total = per_queue * len(queues)
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)
-        await wait_until(lambda: daemon._store is not None, message="the daemon's store")
-        assert daemon._store is not None
-        daemon._store.signals.statements.arm()
+        if armed:
+            await wait_until(lambda: daemon._store is not None, message="the daemon's store")
+            assert daemon._store is not None
+            daemon._store.signals.statements.arm()
 
         async def done() -> bool:
             return await fetch_one(conn, "SELECT count(*) FROM taskd.subtasks"
-                                         " WHERE status = 'completed'") == 5000
+                                         " WHERE status = 'completed'") == total
 
-        await wait_until(done, within=60, message="5,000 subtasks completed")
+        await wait_until(done, within=60, message=f"{total} subtasks completed")
         daemon.stopping.set()
+    return daemon
+
+
+async def test_a_daemon_drains_fifty_queues_with_fewer_claim_statements_than_claims(
+    database_url: str, store: Store, conn: Any,
+) -> None:
+    daemon = await _drain(database_url, store, conn, queues=[f"q{i:02d}" for i in range(1, 51)],
+                          per_queue=100, executor_id="many", armed=True)
+    assert daemon._store is not None
     made = Counter(daemon._store.signals.statements.taken())
     # 5,000 subtasks in claims of at most 10 a queue: at least 500 claims, far fewer statements.
     statements = made["claim_subtasks"] + made["claim_subtasks_of_queues"]
@@ -147,25 +158,8 @@ async def test_through_the_claimer_a_producer_claims_its_whole_limit(
 ) -> None:
     # Claims of half the limit paid a producer's round (wake, claim, hand on) per 5 rows
     # here, per 20 in bench queues' 50 queues of 40 slots: 0.73-0.75 x one queue's drain.
-    queues = [f"q{i:02d}" for i in range(1, 11)]
-    for queue in queues:
-        await submit(store, 200, queue=queue)
-    settings = Settings(
-        database_url=database_url, metrics_addr="127.0.0.1:0", executor_id="whole",
-        handlers={}, poll_interval=0.2, shutdown_grace=5,
-        queues={**{q: QueueSettings(initial=10, max=10) for q in queues},
-                "standard": QueueSettings(enabled=False), "lumina": QueueSettings(enabled=False)},
-    )
-    daemon = Daemon(settings)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(daemon.run)
-
-        async def done() -> bool:
-            return await fetch_one(conn, "SELECT count(*) FROM taskd.subtasks"
-                                         " WHERE status = 'completed'") == 2000
-
-        await wait_until(done, within=60, message="2,000 subtasks completed")
-        daemon.stopping.set()
+    await _drain(database_url, store, conn, queues=[f"q{i:02d}" for i in range(1, 11)],
+                 per_queue=200, executor_id="whole")
     # The rows of one queue that one statement claimed share its started_at (now()).
     claims = await fetch_one(conn, "SELECT count(DISTINCT (queue, started_at))"
                                    " FROM taskd.subtasks")
