@@ -54,13 +54,13 @@ async def test_one_poll_finds_exactly_the_queues_a_claim_would_take_from(
     run_after = await fetch_one(conn, "SELECT run_after FROM taskd.subtasks"
                                       " WHERE queue = 'later'")
     tick = timedelta(milliseconds=1)
-    assert "later" not in await store.ready_queues(queues, now=run_after - tick)
-    assert "later" in await store.ready_queues(queues, now=run_after)
+    assert "later" not in (await store.poll(queues, now=run_after - tick)).ready
+    assert "later" in (await store.poll(queues, now=run_after)).ready
     # The window slides: room again a period after the one claim it holds.
     window_end = await fetch_one(conn, "SELECT rate_claimed_at[1] + interval '60 s'"
                                        " FROM taskd.queue_controls WHERE queue = 'spent'")
-    assert "spent" not in await store.ready_queues(queues, now=window_end - tick)
-    assert "spent" in await store.ready_queues(queues, now=window_end)
+    assert "spent" not in (await store.poll(queues, now=window_end - tick)).ready
+    assert "spent" in (await store.poll(queues, now=window_end)).ready
     assert taken.queue == "spent"
     await resume_queue(store, "paused")
     assert await poller.poll_once() == ["paused", "ready"]

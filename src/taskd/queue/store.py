@@ -409,16 +409,6 @@ class Store:
         }, Poll)
         return rows[0]
 
-    async def ready_queues(
-        self, queues: Sequence[str], *, poison_after: int = DEFAULT_POISON_AFTER,
-        now: datetime | None = None,
-    ) -> list[str]:
-        """Of ``queues``, those a claim would take something from now (:meth:`poll`'s first
-        answer alone)."""
-        if not queues:
-            return []
-        return (await self.poll(queues, poison_after=poison_after, now=now)).ready
-
     async def record_outcomes(
         self, executor_id: str, outcomes: Sequence[Outcome], *, now: datetime | None = None
     ) -> set[int]:
