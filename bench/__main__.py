@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--idle-seconds", type=float, default=10.0)
     p.add_argument("--per-task", type=int, default=10_000,
                    help="subtasks per task of the backlog (10,000: one task's counters for all)")
+    p.add_argument("--sleep-ms", type=int, default=0,
+                   help="sleep subtasks of this many ms instead of noops (0): work this machine"
+                        " can carry at every size, the ideal rate reported beside the measured")
     p.add_argument("--repeat", type=int, default=1)
 
     p = sub.add_parser("soak", help="a steady offered load for minutes on a stock-settings "
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         data = taskd_workloads.footprint(args.n, args.concurrency, args.sleep_ms)
     elif w == "fleet":
         data = fleet.fleet(args.sizes, args.n, args.concurrency, args.idle_seconds, args.repeat,
-                           args.per_task)
+                           args.per_task, args.sleep_ms)
     elif w == "ceiling":
         data = ceiling(args)
     elif w == "queues":

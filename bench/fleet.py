@@ -11,6 +11,12 @@ backlog visible and the drain is measured (throughput, PostgreSQL CPU and statem
 subtask, claims per subtask, and lock waits sampled from ``pg_stat_activity``); then, idle again
 after the drain, whether the daemons' statements start in step (the dispersion of their starts
 per 100 ms).
+
+With ``sleep_ms``, the backlog is ``sleep`` subtasks of that many milliseconds instead of noops:
+work the machine can carry at every size (its ideal rate, ``daemons * concurrency * 1000 /
+sleep_ms``, is reported beside the measured one), so that what limits the larger fleets is the
+coordination through PostgreSQL and not this machine's two cores, which noops saturate from
+four daemons on.
 """
 
 from __future__ import annotations
@@ -254,7 +260,7 @@ class StartSampler(threading.Thread):
 
 
 def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
-                 idle_seconds: float, per_task: int) -> dict[str, Any]:
+                 idle_seconds: float, per_task: int, sleep_ms: int = 0) -> dict[str, Any]:
     env = {**queue_env("standard", concurrency)}
     # Python daemons starting on a loaded 2-core machine: a few seconds of CPU each.
     with server.database() as url, daemons(url, size, env,
@@ -273,13 +279,18 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
         idle_own = daemons_cpu() - own0
         idle_calls = statements(url)
         with connect(url) as conn, conn.transaction():
-            submit_noops(conn, n, per_task=per_task)
+            if sleep_ms:
+                submit_noops(conn, n, kind="sleep", payload={"ms": sleep_ms},
+                             per_task=per_task)
+            else:
+                submit_noops(conn, n, per_task=per_task)
         reset_statements(url)
         sampler = WaitSampler(url)
         sampler.start()
         cpu0, own0 = server.cpu_seconds(), daemons_cpu()
         try:
-            wait_completed(url, n, timeout=max(300.0, n / 50))
+            wait_completed(url, n, timeout=max(300.0, n / 50)
+                           + n * sleep_ms / 1000 / (size * concurrency) * 3)
         finally:
             sampler.stop.set()
             sampler.join(timeout=10)
@@ -298,9 +309,12 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
         starts.stop.set()
         starts.join(timeout=10)
     idle_total = sum(idle_calls.values())
+    ideal = size * concurrency * 1000 / sleep_ms if sleep_ms else None
     return {
         "daemons": size, "concurrency_each": concurrency, "n": n, "per_task": per_task,
         "per_s": stats["per_s"], "seconds": stats["seconds"],
+        **({"sleep_ms": sleep_ms, "ideal_per_s": ideal, "of_ideal": stats["per_s"] / ideal}
+           if ideal else {}),
         "pg_cpu_us_per_subtask": busy_cpu / n * 1e6,
         "daemons_cpu_us_per_subtask": busy_own / n * 1e6,
         "statements_per_subtask": sum(busy_calls.values()) / n,
@@ -320,12 +334,15 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
 
 
 def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
-          repeat: int = 1, per_task: int = 10_000) -> dict[str, Any]:
+          repeat: int = 1, per_task: int = 10_000, sleep_ms: int = 0) -> dict[str, Any]:
     """The fleet table; ``best``: the highest throughput; the largest size against it (the
     slowest of its rounds, and its median against the best size's median) and the idle cost
     per daemon in the summary. The backlog is tasks of ``per_task`` subtasks:
     every outcome of one task updates that task's counters, so few large tasks make the
-    completers of every daemon take turns on a few rows."""
+    completers of every daemon take turns on a few rows. With ``sleep_ms``, ``sleep`` subtasks
+    instead of noops (see the module's docstring)."""
+    if sleep_ms < 0:
+        raise SystemExit(f"--sleep-ms must be 0 (noops) or more, not {sleep_ms}")
     if not (PG_BIN / "postgres").exists():
         raise SystemExit(f"bench fleet needs PostgreSQL 15 in {PG_BIN} (Debian postgresql-15)")
     server = OwnedServer(max_connections=max(200, 12 * max(sizes) + 50))
@@ -333,13 +350,15 @@ def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
     try:
         for r in range(repeat):
             for size in sizes:
-                row = measure_size(server, size, n, concurrency, idle_seconds, per_task)
+                row = measure_size(server, size, n, concurrency, idle_seconds, per_task,
+                                   sleep_ms)
                 table.append({"run": r + 1, **row})
                 print(f"fleet: {json.dumps(row, default=str)}", flush=True)
     finally:
         server.close()
     shown = [{k: v for k, v in row.items() if k not in ("wait_events",)} for row in table]
-    print_table(f"fleet: {n:,} noop subtasks in tasks of {per_task:,}, concurrency"
+    work = f"sleep subtasks of {sleep_ms} ms" if sleep_ms else "noop subtasks"
+    print_table(f"fleet: {n:,} {work} in tasks of {per_task:,}, concurrency"
                 f" {concurrency} per daemon; idle for {idle_seconds:g} s", shown)
     best = max(row["per_s"] for row in table)
     largest = max(sizes)
@@ -363,11 +382,18 @@ def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
         "idle_pg_cpu_ms_per_s_per_daemon": {
             row["daemons"]: row["idle_pg_cpu_ms_per_s"] / row["daemons"] for row in table},
     }
+    if sleep_ms:
+        # Each size against its own ideal: where coordination (not the machine) is the limit,
+        # the fraction falls as daemons are added.
+        summary["of_ideal_median"] = {
+            size: statistics.median(row["of_ideal"] for row in table if row["daemons"] == size)
+            for size in sizes}
     print_table("fleet summary", [{
         "best_per_s": best, f"{largest}_daemons_vs_best": summary["largest_vs_best"],
         **{f"median_{size}": medians[size] for size in sizes},
         f"median_{largest}_vs_best_median": summary["largest_vs_best_median"],
-        f"{largest}_vs_best_per_round": " ".join(f"{x:.2f}" for x in per_round)}])
+        f"{largest}_vs_best_per_round": " ".join(f"{x:.2f}" for x in per_round),
+        **{f"of_ideal_{size}": x for size, x in summary.get("of_ideal_median", {}).items()}}])
     return {"n": n, "per_task": per_task, "concurrency": concurrency,
-            "idle_seconds": idle_seconds,
+            "idle_seconds": idle_seconds, "sleep_ms": sleep_ms,
             "results": table, "summary": summary}

@@ -157,6 +157,20 @@ def test_fleet() -> None:
     assert len(result["summary"]["largest_vs_best_per_round"]) == 1
 
 
+def test_fleet_of_sleeps() -> None:
+    if not (fleet.PG_BIN / "postgres").exists():
+        pytest.skip("bench fleet needs PostgreSQL 15 (test_fleet says so in CI)")
+    # 20 sleeps of 100 ms on 5 slots: 4 waves, an ideal of 50/s.
+    result = fleet.fleet([1], 20, concurrency=5, idle_seconds=0.5, sleep_ms=100)
+    (row,) = result["results"]
+    assert row["ideal_per_s"] == 50
+    # Never faster than the sleeps allow; slower only by the daemon's own turns.
+    assert 0 < row["of_ideal"] <= 1.05, row
+    assert set(result["summary"]["of_ideal_median"]) == {1}
+    with pytest.raises(SystemExit, match="--sleep-ms must be 0"):
+        fleet.fleet([1], 20, concurrency=5, idle_seconds=0.5, sleep_ms=-1)
+
+
 def test_console() -> None:
     result = console.console(400, repeat=1, pending=8)
     assert result["fill"]["finished_subtasks"] == 400
