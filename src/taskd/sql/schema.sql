@@ -1469,10 +1469,80 @@ REVOKE ALL ON FUNCTION taskd.api_create_task(text, text, text, jsonb, text, inte
                                              integer, text, text, text[], integer, integer)
     FROM PUBLIC;
 
+-- The executor's outcome batch (version 26): fenced on (id, locked_by, attempt, processing),
+-- failures aggregated into error_logs in the same statement. One generic plan a session (the
+-- daemon's sessions plan every other statement for its parameters): see 0026 for the numbers.
+CREATE FUNCTION taskd.record_outcomes(executor text, batch jsonb, at_time timestamptz DEFAULT NULL)
+RETURNS SETOF bigint
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
+BEGIN
+    RETURN QUERY
+    WITH outcome AS (
+        -- One JSON document for the batch, failures included: one string built in the executor
+        -- instead of arrays dumped element by element.
+        SELECT *
+          FROM jsonb_to_recordset(batch)
+               AS o(id bigint, attempt integer, verdict text, result jsonb, error text,
+                    delay float8, error_type text, message text, n bigint, stack_trace text,
+                    queue text, kind text)
+    ), recorded AS (
+        UPDATE taskd.subtasks s
+           -- A retry of a subtask whose task was cancelled meanwhile ends it: never run it again.
+           SET status = CASE WHEN o.verdict NOT IN ('retry', 'snooze') THEN o.verdict
+                             WHEN s.cancel_requested THEN 'cancelled'
+                             ELSE 'pending' END,
+               result = o.result,
+               error = o.error,
+               attempt = CASE WHEN o.verdict = 'snooze' THEN s.attempt - 1 ELSE s.attempt END,
+               run_after = CASE WHEN o.verdict IN ('retry', 'snooze')
+                                THEN coalesce(at_time, now()) + make_interval(secs => o.delay)
+                                ELSE s.run_after END,
+               locked_by = NULL,
+               lease_expires_at = NULL,
+               completed_at = CASE WHEN o.verdict IN ('completed', 'failed', 'cancelled')
+                                        OR s.cancel_requested
+                                   THEN coalesce(at_time, now()) END,
+               updated_at = coalesce(at_time, now())
+          FROM outcome o
+         -- Rows by primary key from an id array the planner cannot size (as in the claim):
+         -- joined on o.id alone, a table not yet analyzed got a nested loop over a sequential scan.
+         WHERE s.id = ANY(ARRAY(SELECT id FROM outcome))
+           AND s.id = o.id
+           AND s.locked_by = executor
+           AND s.attempt = o.attempt
+           AND s.status = 'processing'
+        RETURNING s.id
+    ), failures AS (
+        -- One row per (type, message), in a fixed order so that batches written at once lock
+        -- their error rows in the same order. The newest stack trace is kept.
+        INSERT INTO taskd.error_logs AS e
+               (error_type, error_message, count, stack_trace, queue, kind,
+                first_occurred_at, last_occurred_at)
+        SELECT left(o.error_type, 200), left(o.message, 500), sum(o.n), max(o.stack_trace),
+               max(o.queue), max(o.kind), coalesce(at_time, now()), coalesce(at_time, now())
+          FROM outcome o
+          JOIN recorded r ON r.id = o.id
+         WHERE o.error_type IS NOT NULL
+         GROUP BY 1, 2
+         ORDER BY 1, 2
+        ON CONFLICT (error_type, error_message) DO UPDATE
+           SET count = e.count + excluded.count,
+               stack_trace = coalesce(excluded.stack_trace, e.stack_trace),
+               queue = excluded.queue,
+               kind = excluded.kind,
+               last_occurred_at = excluded.last_occurred_at
+    )
+    SELECT id FROM recorded;
+END;
+$$;
+
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
     (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts'),
     (9, 'traceparent'), (10, 'rules_as_meant'), (11, 'result_urls'), (12, 'queue_controls'),
     (13, 'flow'), (14, 'task_notifications'), (15, 'console_audit'),
     (16, 'vacuum_as_a_queue_needs'), (17, 'sliding_window_and_counters'),
-    (19, 'maintenance_rounds'), (20, 'unstarted_index'), (21, 'api_create_task');
+    (19, 'maintenance_rounds'), (20, 'unstarted_index'), (21, 'api_create_task'),
+    (26, 'record_outcomes_planned_once');
