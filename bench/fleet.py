@@ -177,6 +177,20 @@ def kind_of(text: str) -> str:
     return name or " ".join(text.split())[:40]
 
 
+def statement_times(url: str) -> dict[str, tuple[int, float, int]]:
+    """Calls, total execution time (ms) and rows per statement kind of ``url``'s database
+    since the last reset (as :func:`statements` names them)."""
+    found: dict[str, tuple[int, float, int]] = {}
+    for text, calls, ms, n in rows(url, """
+            SELECT query, calls, total_exec_time + total_plan_time, rows
+              FROM pg_stat_statements
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"""):
+        kind = kind_of(text)
+        c0, m0, r0 = found.get(kind, (0, 0.0, 0))
+        found[kind] = (c0 + int(calls), m0 + float(ms), r0 + int(n))
+    return found
+
+
 def reset_statements(url: str) -> None:
     with connect(url) as conn:
         conn.execute("SELECT pg_stat_statements_reset()")
@@ -286,6 +300,7 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
         busy_cpu = server.cpu_seconds() - cpu0
         busy_own = daemons_cpu() - own0
         busy_calls = statements(url)
+        busy_times = statement_times(url)
         stats = drain_stats(url)
         # After the drain every daemon was woken by the same NOTIFY and ran dry at about the
         # same moment: the case where polls would fire in step. Sampled apart from the idle
@@ -316,6 +331,12 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
         "idle_top": ", ".join(f"{k[:40]}={v / idle_t:.1f}/s"
                               for k, v in idle_calls.most_common(3)),
         "wait_events": dict(sampler.events.most_common(4)),
+        # Per statement kind during the drain, by total time: calls a subtask, mean ms,
+        # rows a call.
+        "busy_statements": {
+            k: {"per_subtask": round(c / n, 4), "mean_ms": round(ms / c, 3) if c else 0,
+                "rows": round(r / c, 1) if c else 0, "total_ms": round(ms)}
+            for k, (c, ms, r) in sorted(busy_times.items(), key=lambda kv: -kv[1][1])[:8]},
     }
 
 
@@ -338,7 +359,8 @@ def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
                 print(f"fleet: {json.dumps(row, default=str)}", flush=True)
     finally:
         server.close()
-    shown = [{k: v for k, v in row.items() if k not in ("wait_events",)} for row in table]
+    shown = [{k: v for k, v in row.items() if k not in ("wait_events", "busy_statements")}
+             for row in table]
     print_table(f"fleet: {n:,} noop subtasks in tasks of {per_task:,}, concurrency"
                 f" {concurrency} per daemon; idle for {idle_seconds:g} s", shown)
     best = max(row["per_s"] for row in table)
