@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-task", type=int, default=10_000,
                    help="subtasks per task of the backlog (10,000: one task's counters for all)")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=0,
+                   help="subtasks drained (and deleted) by each fleet before it is measured")
 
     p = sub.add_parser("soak", help="a steady offered load for minutes on a stock-settings "
                        "cluster of the bench's own (autovacuum on): latency drift, dead tuples, "
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         data = taskd_workloads.footprint(args.n, args.concurrency, args.sleep_ms)
     elif w == "fleet":
         data = fleet.fleet(args.sizes, args.n, args.concurrency, args.idle_seconds, args.repeat,
-                           args.per_task)
+                           args.per_task, args.warmup)
     elif w == "ceiling":
         data = ceiling(args)
     elif w == "queues":

@@ -268,7 +268,7 @@ class StartSampler(threading.Thread):
 
 
 def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
-                 idle_seconds: float, per_task: int) -> dict[str, Any]:
+                 idle_seconds: float, per_task: int, warmup: int = 0) -> dict[str, Any]:
     env = {**queue_env("standard", concurrency)}
     # Python daemons starting on a loaded 2-core machine: a few seconds of CPU each.
     with server.database() as url, daemons(url, size, env,
@@ -276,6 +276,15 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
         def daemons_cpu() -> float:
             return sum(process_cpu_seconds(d.pid) for d in started)
 
+        if warmup:
+            # A fleet that has worked before: every server process has run claims and
+            # outcomes (its memory, caches and page tables grown), as in a fleet that has run
+            # for a while; the warm-up's rows are deleted before anything is measured.
+            with connect(url) as conn, conn.transaction():
+                submit_noops(conn, warmup, per_task=per_task)
+            wait_completed(url, warmup, timeout=max(300.0, warmup / 50))
+            with connect(url) as conn:
+                conn.execute("DELETE FROM taskd.tasks")
         time.sleep(2.0)  # by design: the start's own work (registration, first polls) passes
         connections = scalar(url, "SELECT count(*) FROM pg_stat_activity"
                                   " WHERE datname = current_database()"
@@ -315,6 +324,7 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
     idle_total = sum(idle_calls.values())
     return {
         "daemons": size, "concurrency_each": concurrency, "n": n, "per_task": per_task,
+        "warmup": warmup,
         "per_s": stats["per_s"], "seconds": stats["seconds"],
         "pg_cpu_us_per_subtask": busy_cpu / n * 1e6,
         "daemons_cpu_us_per_subtask": busy_own / n * 1e6,
@@ -341,12 +351,13 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
 
 
 def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
-          repeat: int = 1, per_task: int = 10_000) -> dict[str, Any]:
+          repeat: int = 1, per_task: int = 10_000, warmup: int = 0) -> dict[str, Any]:
     """The fleet table; ``best``: the highest throughput; the largest size against it (the
     slowest of its rounds, and its median against the best size's median) and the idle cost
     per daemon in the summary. The backlog is tasks of ``per_task`` subtasks:
     every outcome of one task updates that task's counters, so few large tasks make the
-    completers of every daemon take turns on a few rows."""
+    completers of every daemon take turns on a few rows. ``warmup``: subtasks drained (and
+    deleted) before the idle window, so that the fleet measured has worked before."""
     if not (PG_BIN / "postgres").exists():
         raise SystemExit(f"bench fleet needs PostgreSQL 15 in {PG_BIN} (Debian postgresql-15)")
     server = OwnedServer(max_connections=max(200, 12 * max(sizes) + 50))
@@ -354,7 +365,8 @@ def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
     try:
         for r in range(repeat):
             for size in sizes:
-                row = measure_size(server, size, n, concurrency, idle_seconds, per_task)
+                row = measure_size(server, size, n, concurrency, idle_seconds, per_task,
+                                   warmup)
                 table.append({"run": r + 1, **row})
                 print(f"fleet: {json.dumps(row, default=str)}", flush=True)
     finally:
@@ -390,6 +402,6 @@ def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
         **{f"median_{size}": medians[size] for size in sizes},
         f"median_{largest}_vs_best_median": summary["largest_vs_best_median"],
         f"{largest}_vs_best_per_round": " ".join(f"{x:.2f}" for x in per_round)}])
-    return {"n": n, "per_task": per_task, "concurrency": concurrency,
+    return {"n": n, "per_task": per_task, "concurrency": concurrency, "warmup": warmup,
             "idle_seconds": idle_seconds,
             "results": table, "summary": summary}
