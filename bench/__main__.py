@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="sleep subtasks of this many ms instead of noops (0): work this machine"
                         " can carry at every size, the ideal rate reported beside the measured")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=0,
+                   help="subtasks drained (and deleted) by each fleet before it is measured")
 
     p = sub.add_parser("soak", help="a steady offered load for minutes on a stock-settings "
                        "cluster of the bench's own (autovacuum on): latency drift, dead tuples, "
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         data = taskd_workloads.footprint(args.n, args.concurrency, args.sleep_ms)
     elif w == "fleet":
         data = fleet.fleet(args.sizes, args.n, args.concurrency, args.idle_seconds, args.repeat,
-                           args.per_task, args.sleep_ms)
+                           args.per_task, args.warmup, args.sleep_ms)
     elif w == "ceiling":
         data = ceiling(args)
     elif w == "queues":

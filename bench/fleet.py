@@ -183,6 +183,20 @@ def kind_of(text: str) -> str:
     return name or " ".join(text.split())[:40]
 
 
+def statement_times(url: str) -> dict[str, tuple[int, float, int]]:
+    """Calls, total execution time (ms) and rows per statement kind of ``url``'s database
+    since the last reset (as :func:`statements` names them)."""
+    found: dict[str, tuple[int, float, int]] = {}
+    for text, calls, ms, n in rows(url, """
+            SELECT query, calls, total_exec_time + total_plan_time, rows
+              FROM pg_stat_statements
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"""):
+        kind = kind_of(text)
+        c0, m0, r0 = found.get(kind, (0, 0.0, 0))
+        found[kind] = (c0 + int(calls), m0 + float(ms), r0 + int(n))
+    return found
+
+
 def reset_statements(url: str) -> None:
     with connect(url) as conn:
         conn.execute("SELECT pg_stat_statements_reset()")
@@ -260,7 +274,8 @@ class StartSampler(threading.Thread):
 
 
 def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
-                 idle_seconds: float, per_task: int, sleep_ms: int = 0) -> dict[str, Any]:
+                 idle_seconds: float, per_task: int, warmup: int = 0,
+                 sleep_ms: int = 0) -> dict[str, Any]:
     env = {**queue_env("standard", concurrency)}
     # Python daemons starting on a loaded 2-core machine: a few seconds of CPU each.
     with server.database() as url, daemons(url, size, env,
@@ -268,6 +283,15 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
         def daemons_cpu() -> float:
             return sum(process_cpu_seconds(d.pid) for d in started)
 
+        if warmup:
+            # A fleet that has worked before: every server process has run claims and
+            # outcomes (its memory, caches and page tables grown), as in a fleet that has run
+            # for a while; the warm-up's rows are deleted before anything is measured.
+            with connect(url) as conn, conn.transaction():
+                submit_noops(conn, warmup, per_task=per_task)
+            wait_completed(url, warmup, timeout=max(300.0, warmup / 50))
+            with connect(url) as conn:
+                conn.execute("DELETE FROM taskd.tasks")
         time.sleep(2.0)  # by design: the start's own work (registration, first polls) passes
         connections = scalar(url, "SELECT count(*) FROM pg_stat_activity"
                                   " WHERE datname = current_database()"
@@ -297,6 +321,7 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
         busy_cpu = server.cpu_seconds() - cpu0
         busy_own = daemons_cpu() - own0
         busy_calls = statements(url)
+        busy_times = statement_times(url)
         stats = drain_stats(url)
         # After the drain every daemon was woken by the same NOTIFY and ran dry at about the
         # same moment: the case where polls would fire in step. Sampled apart from the idle
@@ -312,6 +337,7 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
     ideal = size * concurrency * 1000 / sleep_ms if sleep_ms else None
     return {
         "daemons": size, "concurrency_each": concurrency, "n": n, "per_task": per_task,
+        "warmup": warmup,
         "per_s": stats["per_s"], "seconds": stats["seconds"],
         **({"sleep_ms": sleep_ms, "ideal_per_s": ideal, "of_ideal": stats["per_s"] / ideal}
            if ideal else {}),
@@ -330,17 +356,25 @@ def measure_size(server: OwnedServer, size: int, n: int, concurrency: int,
         "idle_top": ", ".join(f"{k[:40]}={v / idle_t:.1f}/s"
                               for k, v in idle_calls.most_common(3)),
         "wait_events": dict(sampler.events.most_common(4)),
+        # Per statement kind during the drain, by total time: calls a subtask, mean ms,
+        # rows a call.
+        "busy_statements": {
+            k: {"per_subtask": round(c / n, 4), "mean_ms": round(ms / c, 3) if c else 0,
+                "rows": round(r / c, 1) if c else 0, "total_ms": round(ms)}
+            for k, (c, ms, r) in sorted(busy_times.items(), key=lambda kv: -kv[1][1])[:8]},
     }
 
 
 def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
-          repeat: int = 1, per_task: int = 10_000, sleep_ms: int = 0) -> dict[str, Any]:
+          repeat: int = 1, per_task: int = 10_000, warmup: int = 0,
+          sleep_ms: int = 0) -> dict[str, Any]:
     """The fleet table; ``best``: the highest throughput; the largest size against it (the
     slowest of its rounds, and its median against the best size's median) and the idle cost
     per daemon in the summary. The backlog is tasks of ``per_task`` subtasks:
     every outcome of one task updates that task's counters, so few large tasks make the
-    completers of every daemon take turns on a few rows. With ``sleep_ms``, ``sleep`` subtasks
-    instead of noops (see the module's docstring)."""
+    completers of every daemon take turns on a few rows. ``warmup``: subtasks drained (and
+    deleted) before the idle window, so that the fleet measured has worked before. With
+    ``sleep_ms``, ``sleep`` subtasks instead of noops (see the module's docstring)."""
     if sleep_ms < 0:
         raise SystemExit(f"--sleep-ms must be 0 (noops) or more, not {sleep_ms}")
     if not (PG_BIN / "postgres").exists():
@@ -351,12 +385,13 @@ def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
         for r in range(repeat):
             for size in sizes:
                 row = measure_size(server, size, n, concurrency, idle_seconds, per_task,
-                                   sleep_ms)
+                                   warmup, sleep_ms)
                 table.append({"run": r + 1, **row})
                 print(f"fleet: {json.dumps(row, default=str)}", flush=True)
     finally:
         server.close()
-    shown = [{k: v for k, v in row.items() if k not in ("wait_events",)} for row in table]
+    shown = [{k: v for k, v in row.items() if k not in ("wait_events", "busy_statements")}
+             for row in table]
     work = f"sleep subtasks of {sleep_ms} ms" if sleep_ms else "noop subtasks"
     print_table(f"fleet: {n:,} {work} in tasks of {per_task:,}, concurrency"
                 f" {concurrency} per daemon; idle for {idle_seconds:g} s", shown)
@@ -394,6 +429,6 @@ def fleet(sizes: Sequence[int], n: int, concurrency: int, idle_seconds: float,
         f"median_{largest}_vs_best_median": summary["largest_vs_best_median"],
         f"{largest}_vs_best_per_round": " ".join(f"{x:.2f}" for x in per_round),
         **{f"of_ideal_{size}": x for size, x in summary.get("of_ideal_median", {}).items()}}])
-    return {"n": n, "per_task": per_task, "concurrency": concurrency,
+    return {"n": n, "per_task": per_task, "concurrency": concurrency, "warmup": warmup,
             "idle_seconds": idle_seconds, "sleep_ms": sleep_ms,
             "results": table, "summary": summary}

@@ -142,7 +142,7 @@ def test_fleet() -> None:
     result = fleet.fleet([1, 2], 40, concurrency=5, idle_seconds=1.5)
     rows = result["results"]
     assert [r["daemons"] for r in rows] == [1, 2]
-    # Each daemon holds up to pool_size (5) connections: the pool grows on demand.
+    # Each daemon holds pool_size (5) connections, all opened at its start.
     assert all(0 < r["idle_connections"] <= 5 * r["daemons"] for r in rows), rows
     # A claim takes at most a daemon's free slots (5): at least 8 claims for 40 subtasks.
     assert all(r["claims_per_subtask"] >= 40 / 5 / 40 for r in rows), rows

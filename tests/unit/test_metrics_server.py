@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import selectors
 import threading
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import httpx
@@ -148,3 +150,36 @@ async def test_cancelling_run_closes_the_port() -> None:
     async with httpx.AsyncClient() as http:
         with pytest.raises(httpx.ConnectError):
             await http.get(f"http://127.0.0.1:{server.port}/healthz")
+
+
+async def test_the_serving_thread_waits_without_a_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The thread sleeps until a request or the stop: serve_forever's 0.2 s poll woke it five
+    times a second, idle or not. It still stops within its bound."""
+    waits: list[float | None] = []
+    for name in ("PollSelector", "EpollSelector", "SelectSelector"):
+        cls = getattr(selectors, name, None)
+        if cls is None:
+            continue
+
+        def recording(self: Any, timeout: float | None = None, *,
+                      _select: Any = cls.select) -> Any:
+            if threading.current_thread().name == "taskd-metrics":
+                waits.append(timeout)
+            return _select(self, timeout)
+
+        monkeypatch.setattr(cls, "select", recording)
+    server = MetricsServer("127.0.0.1:0", Metrics(), Health(1.0))
+    with anyio.fail_after(10):  # the stop included
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.run)
+            await server.started.wait()
+            async with httpx.AsyncClient() as http:
+                response = await http.get(f"http://127.0.0.1:{server.port}/healthz")
+                assert response.status_code == 200
+            await anyio.sleep(0.5)  # by design: the idle stretch whose waits are looked at
+            tg.cancel_scope.cancel()
+    assert waits, "the serving thread waited in a selector"
+    # A request's own read (handle_request) waits bounded, once per connection.
+    assert [w for w in waits if w is not None and w < 1.0] == [], waits
