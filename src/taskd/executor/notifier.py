@@ -11,18 +11,18 @@ that producer's claim (see :class:`ListenLender`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import psycopg
 
 from taskd.executor.wakeup import Wakeup
 from taskd.queue.connection import STATEMENT_TIMEOUT
-from taskd.queue.listener import CHANNEL, next_notifications, open_listener
+from taskd.queue.listener import CHANNEL, Listener, open_listener
 from taskd.testsignals import TestSignal
 
 log = logging.getLogger(__name__)
@@ -36,38 +36,58 @@ class ListenLender:
     (enqueue-to-start: docs/benchmarks.md). A producer takes it with :meth:`borrow` (None when it is
     not on offer: between notifications, or taken by another producer) and gives it back with
     :meth:`give_back`; the notifier listens again once it is back. Notifications that arrive
-    meanwhile wait (in psycopg's backlog or the socket) for one claim's round trip.
+    meanwhile wait (held by the :class:`~taskd.queue.listener.Listener`, or in the socket) for
+    one claim's round trip.
     """
 
     def __init__(self) -> None:
         self._offered: psycopg.AsyncConnection[Any] | None = None
-        self._returned: anyio.Event | None = None
+        self._lent = False
+        self._settled: asyncio.Future[None] | None = None
 
     def borrow(self) -> psycopg.AsyncConnection[Any] | None:
         conn, self._offered = self._offered, None
         if conn is not None:
-            self._returned = anyio.Event()
+            self._lent = True
         return conn
 
     def give_back(self) -> None:
-        if self._returned is not None:
-            self._returned.set()
+        if self._lent:
+            self._lent = False
+            self._settle()
 
-    async def lend(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Offer ``conn`` to the producers just woken; return once it is back, or at once if
-        none took it before their next wait."""
-        self._offered, self._returned = conn, None
-        try:
-            # The woken producers run up to their claim before this task goes on.
-            await anyio.lowlevel.checkpoint()
-        finally:  # cancelled there too (shutdown): a producer may have taken it meanwhile
+    def offer(self, conn: psycopg.AsyncConnection[Any]) -> asyncio.Future[None]:
+        """Offer ``conn`` to the producers just woken (from the notifier's reader callback or
+        task); return a future done once it is back, or once the offer is withdrawn untaken.
+
+        The offer is withdrawn in the loop's next turn, after the woken producers' steps
+        (scheduled before it, they run first): a producer that reaches its claim then takes
+        it, one that waits for something else first does not. Nothing of the notifier's runs
+        between the claim and the daemon's next sleep: the claim's server process, woken on
+        this CPU, starts only then (enqueue-to-start: docs/benchmarks.md).
+        """
+        loop = asyncio.get_running_loop()
+        self._offered, self._lent = conn, False
+        self._settled = loop.create_future()
+        loop.call_soon(self._withdraw_untaken)
+        return self._settled
+
+    def _withdraw_untaken(self) -> None:
+        if self._offered is not None:
             self._offered = None
-            returned = self._returned
-            if returned is not None:
-                # A claim in flight on it: closing it under the claim would lose its rows.
-                with anyio.CancelScope(shield=True):
-                    await returned.wait()
-                self._returned = None
+            self._settle()
+
+    def _settle(self) -> None:
+        if self._settled is not None and not self._settled.done():
+            self._settled.set_result(None)
+
+    async def withdraw(self) -> None:
+        """Withdraw the offer; if the connection is lent, return once it is back, even when
+        cancelled (a claim in flight on it: closing it under the claim would lose its rows)."""
+        self._offered = None
+        if self._lent and self._settled is not None:
+            with anyio.CancelScope(shield=True):
+                await self._settled
 
 
 @dataclass
@@ -112,18 +132,28 @@ class Notifier:
     async def _listen(self) -> None:
         conn = await open_listener(self.conninfo, self.application_name,
                                    statement_timeout=self.statement_timeout)
+        listener = Listener(conn)
+
+        def deliver(payloads: list[str]) -> asyncio.Future[None]:
+            # Called as the socket turns readable: the woken producers run next, and the
+            # connection is on offer when they do; listening resumes once it is back.
+            for payload in payloads:
+                wakeup = self.wakeups.get(payload)
+                if wakeup is not None:
+                    wakeup.set()
+            return self.lender.offer(conn)
+
         try:
             log.debug("listening on channel %s", CHANNEL)
             self._wake_all()
             self.signals.listening.signal(None)
-            while True:
-                # Notifications that arrive while the connection is lent wait in psycopg's
-                # backlog: the next call returns them first.
-                for note in await next_notifications(conn):
-                    wakeup = self.wakeups.get(note.payload)
-                    if wakeup is not None:
-                        wakeup.set()
-                await self.lender.lend(conn)
+            try:
+                while True:
+                    # Notifications that arrive while the connection is lent are held: the
+                    # next wait delivers them first.
+                    await listener.wait(deliver)
+            finally:
+                await self.lender.withdraw()  # cancelled (shutdown) or the connection lost
         finally:
             # Closed whatever ends the wait, cancellation included: `async with conn` first
             # rolls back, and that can stop at a checkpoint of a cancelled scope and leave the

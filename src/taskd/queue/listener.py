@@ -1,14 +1,16 @@
 """The LISTEN side of wake-ups: a dedicated connection listening on taskd's channel.
 
 ``taskd.submit_task`` (and every statement that makes work ready) sends ``NOTIFY taskd, <queue>``
-once per statement; :class:`taskd.executor.notifier.Notifier` reads the notifications.
+once per statement; :class:`taskd.executor.notifier.Notifier` reads the notifications through a
+:class:`Listener`.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
-import anyio
 import psycopg
 
 from taskd.queue.connection import STATEMENT_TIMEOUT, connection_kwargs
@@ -38,17 +40,77 @@ async def open_listener(
     return conn
 
 
-async def next_notifications(conn: psycopg.AsyncConnection[Any]) -> list[psycopg.Notify]:
-    """The notifications that arrived on ``conn`` while it ran other statements, else the next
-    to arrive (at least one; it waits as long as it takes).
+class Listener:
+    """A connection listening on :data:`CHANNEL`, read in the event loop's reader callback.
 
-    It waits for the socket itself: psycopg's ``notifies()`` wakes every 0.1 s to look for an
-    interrupt, ten turns a second of an idle daemon's event loop (docs/scaling.md). Raises
-    :class:`psycopg.Error` or :class:`OSError` when the connection is lost.
+    The payloads of the notifications reach ``deliver`` (see :meth:`wait`) in the loop turn
+    that finds the socket readable: a task that waits for the socket and then reads it through
+    psycopg's ``notifies()`` took three turns more, and each turn of a process that slept since
+    the last notification costs tens of microseconds before the claim goes out
+    (enqueue-to-start: docs/benchmarks.md). Notifications that arrive while the connection runs
+    other statements (a claim on it) are held, and delivered by the next :meth:`wait`.
     """
-    while True:
-        # Those held back while the connection was lent, then what the socket holds now.
-        received = [note async for note in conn.notifies(timeout=0)]
-        if received:
-            return received
-        await anyio.wait_readable(conn.pgconn.socket)
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+        self._held: list[str] = []
+        conn.add_notify_handler(self._hold)  # psycopg calls it for each notification it reads
+
+    def _hold(self, note: psycopg.Notify) -> None:
+        self._held.append(note.payload)
+
+    async def wait(self, deliver: Callable[[list[str]], asyncio.Future[None]]) -> None:
+        """Call ``deliver`` once, with the payloads held, else with those of the next
+        notifications to arrive (from the reader callback, as the socket turns readable;
+        it waits as long as it takes); return once the future it returned is done (the
+        caller's task does not run in between).
+
+        Only while the connection runs nothing else. Raises :class:`psycopg.Error` or
+        :class:`OSError` when the connection is lost (the notifier reconnects).
+        """
+        if self._held:
+            held, self._held = self._held, []
+            await deliver(held)
+            return
+        pgconn = self.conn.pgconn
+        fd = pgconn.socket
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        reading = False
+
+        def readable() -> None:
+            try:
+                pgconn.consume_input()
+                while (note := pgconn.notifies()) is not None:
+                    if pgconn.notify_handler is not None:
+                        pgconn.notify_handler(note)  # decoded by psycopg, then _hold
+                if not self._held:
+                    return  # no notification whole yet: wait on
+                stop_reading()
+                held, self._held = self._held, []
+                delivered = deliver(held)
+            except Exception as exc:  # psycopg.Error, OSError: the connection is lost
+                stop_reading()
+                if not done.done():
+                    done.set_exception(exc)
+            else:
+                delivered.add_done_callback(finished)
+
+        def finished(_delivered: asyncio.Future[None]) -> None:
+            if not done.done():  # cancelled meanwhile
+                done.set_result(None)
+
+        def stop_reading() -> None:
+            # Once only, and never after this callback's turn: by then a claim on the
+            # connection (see deliver) may wait for the socket through a reader of its own.
+            nonlocal reading
+            if reading:
+                loop.remove_reader(fd)
+                reading = False
+
+        loop.add_reader(fd, readable)
+        reading = True
+        try:
+            await done
+        finally:
+            stop_reading()  # cancelled while waiting
