@@ -6,14 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-import psycopg
 import pytest
 
 from taskd.executor.daemon import Daemon
-from taskd.queue.queries import load_queries
-from taskd.queue.store import Store, warm_connection
+from taskd.queue.store import Store
 from taskd.settings import QueueSettings, Settings
-from tests.factories import fetch_one, submit, wait_until
+from tests.factories import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -24,33 +22,6 @@ async def backends(conn: Any, application_name: str) -> list[str]:
         "SELECT query FROM pg_stat_activity WHERE application_name = %s ORDER BY pid",
         (application_name,))
     return [row[0] for row in await cur.fetchall()]
-
-
-async def test_a_warmed_connection_ran_the_claim_and_the_outcomes_write_on_no_rows(
-    database_url: str, store: Store, conn: Any,
-) -> None:
-    """A server process meets the claim and the outcomes' write (its trigger compiled, its
-    tables' descriptions loaded) before the pool hands the connection out, and nothing is
-    claimed or written by it."""
-    task_id = await submit(store, 3)
-    before = await fetch_one(conn, "SELECT updated_at FROM taskd.tasks WHERE id = %s", task_id)
-    warmed = await Store.open(database_url, min_size=2, max_size=2, warm=True,
-                              application_name="warm-test", check_schema=False)
-    try:
-        last = await backends(conn, "warm-test")
-        # The warm-up's last statement is the outcomes' write, on each connection.
-        write = load_queries()["record_outcomes"].strip()[:200]
-        assert [q[:200] for q in last] == [write] * 2, last
-    finally:
-        await warmed.close()
-    # It raises nothing (the pool's hook would only log it).
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as c:
-        await warm_connection(c)
-    assert await fetch_one(
-        conn, "SELECT count(*) FROM taskd.subtasks WHERE task_id = %s AND status = 'pending'"
-              " AND attempt = 0 AND locked_by IS NULL", task_id) == 3
-    assert await fetch_one(conn, "SELECT updated_at FROM taskd.tasks WHERE id = %s",
-                           task_id) == before
 
 
 def one_queue_daemon(database_url: str, executor_id: str) -> Settings:
@@ -64,7 +35,7 @@ def one_queue_daemon(database_url: str, executor_id: str) -> Settings:
 async def test_a_daemon_opens_its_whole_pool_at_the_start(
     database_url: str, conn: Any,
 ) -> None:
-    """All ``pool_size`` connections exist, warmed, once the daemon is ready: none is opened
+    """All ``pool_size`` connections exist once the daemon is ready: none is opened
     cold under the first burst of work (main opened 2 and grew the pool under load)."""
     daemon = Daemon(one_queue_daemon(database_url, "whole-pool"))
     async with anyio.create_task_group() as tg:

@@ -175,13 +175,14 @@ class Daemon:
         is unavailable); None when a signal stops the daemon meanwhile."""
         s = self.settings
         # pool_size counts every connection of the daemon: the notifier's LISTEN is one.
-        # All of them opened at the start and kept, each warmed (Store.open's ``warm``): a
-        # pool that grew under load opened cold server processes inside the burst that
-        # needed them, and one that shrank when idle did so again at the next burst (25 of
-        # 32 daemons opened one during a drain: docs/scaling.md).
+        # All of them opened at the start and kept: a pool that grew under load opened server
+        # processes inside the burst that needed them, and one that shrank when idle did so
+        # again at the next burst (25 of 32 daemons opened one during a drain:
+        # docs/scaling.md). Not warmed with statements on no rows: the counter trigger would
+        # keep the plan it made for an empty batch (a 2-daemon drain at 0.58 of its rate).
         pool_max = s.pool_size - 1 if s.listen else s.pool_size
         return await when_available(
-            lambda: Store.open(url, min_size=pool_max, max_size=pool_max, warm=True,
+            lambda: Store.open(url, min_size=pool_max, max_size=pool_max,
                                application_name=f"taskd {s.executor_id}"[:63],
                                connect_timeout=START_CONNECT_TIMEOUT,
                                pooler=s.database_pooler),

@@ -70,31 +70,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-async def warm_connection(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Run the claim and the outcomes' write once on ``conn``, on no rows: nothing is claimed
-    or written (no transaction id, no WAL), but the server process loads what their first
-    real run would (the tables' and indexes' descriptions, the outcome counter trigger's
-    compiled function and its plan), so that a connection opened by a daemon does not pay
-    for it inside the first burst of work (docs/scaling.md). Raises psycopg's errors."""
-    await conn.execute(query("claim_subtasks_of_queues"), {
-        "queues": [], "limits": [], "after_priorities": [], "after_run_afters": [],
-        "after_ids": [], "executor_id": "", "lease_timeout": 1.0, "now": None,
-        "suspect_after": 1})
-    await conn.execute(query("record_outcomes"),
-                       {"executor_id": "", "outcomes": "[]", "now": None})
-
-
-async def configure_and_warm(conn: psycopg.AsyncConnection[Any]) -> None:
-    """The daemon pool's ``configure`` hook: :func:`configure_connection`, then
-    :func:`warm_connection`. A warm-up that fails (an unmigrated schema, which the schema
-    check then reports) leaves the connection as it is."""
-    await configure_connection(conn)
-    try:
-        await warm_connection(conn)
-    except psycopg.Error as exc:
-        log.debug("warming a connection failed: %s", exc)
-
-
 @dataclass
 class StoreSignals:
     """What tests may wait for: the name of each query run through :meth:`Store.fetch_as`
@@ -143,12 +118,8 @@ class Store:
         connect_timeout: float = 10.0,
         checkout_timeout: float = 10.0,
         pooler: Pooler = "none",
-        warm: bool = False,
     ) -> Store:
         """Open a pool, wait for its first connection and check the schema version.
-
-        ``warm``: each new connection runs the claim and the outcomes' write once, on no
-        rows, before the pool hands it out (:func:`warm_connection`; the daemon's).
 
         ``pooler="transaction"``: the URL goes through a pooler in transaction mode (see
         :func:`~taskd.queue.connection.connection_kwargs`).
@@ -172,7 +143,7 @@ class Store:
             timeout=checkout_timeout,
             # A broken connection is noticed on checkout, not by the query that gets it.
             check=check_when_idle,
-            configure=configure_and_warm if warm else configure_connection,
+            configure=configure_connection,
         )
         try:
             async with translated_errors():
