@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -27,6 +26,7 @@ from typing import Any
 
 from bench.common import (
     REPO,
+    free_port,
     latency_summary,
     print_table,
     process_cpu_seconds,
@@ -88,19 +88,13 @@ def exported_source(revision: str) -> Iterator[Path]:
         yield Path(tmp) / "src"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def api_processes(url: str, workers: int, src: Path | None = None) -> Iterator[
         tuple[str, list[subprocess.Popen[bytes]]]]:
     """``workers`` ``taskd api`` processes on one loopback port (``api.reuse_port`` when more
     than one), from ``src`` when given, else this tree; yields the base URL and the processes
     once each answers."""
-    port = _free_port()
+    port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
     env = {**clean, "TASKD_DATABASE_URL": url, "TASKD_API__JWT_SECRET": SECRET,
            "TASKD_API__ADDR": f"127.0.0.1:{port}"}

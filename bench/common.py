@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
+import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +33,44 @@ RESULTS = REPO / "bench" / "results"
 ADMIN_URL = os.environ.get(
     "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+
+
+# Listening ports come from below the kernel's ephemeral range (32768-60999 on Linux), so an
+# outgoing connection's local port can never take one between the pick and the server's bind;
+# each pytest-xdist worker draws from a slice of its own, so two workers never pick the same.
+_PORTS = range(20000, 32000)
+
+
+def _port_candidates() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    slices = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), 1)
+    index = int(worker) if worker.isdigit() else 0
+    width = len(_PORTS) // slices
+    mine = range(_PORTS.start + index * width, _PORTS.start + (index + 1) * width)
+    start = random.randrange(len(mine))
+    return itertools.islice(itertools.cycle(mine), start, start + len(mine))
+
+
+_candidates: Iterator[int] | None = None
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on nor lingers on (TIME_WAIT), for a server to bind.
+
+    Successive calls in a process return different ports (a cluster asks for several before it
+    starts any)."""
+    global _candidates
+    if _candidates is None:
+        _candidates = _port_candidates()
+    for port in _candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    _candidates = None
+    raise RuntimeError(f"no free port of 127.0.0.1 in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def connect(url: str) -> psycopg.Connection[Any]:

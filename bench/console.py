@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import httpx
 from psycopg import connect
 from pydantic import SecretStr
 
-from bench.common import REPO, print_table, temp_database
+from bench.common import REPO, free_port, print_table, temp_database
 
 PER_TASK = 4
 ERRORS = 20
@@ -103,12 +102,6 @@ def fill(url: str, subtasks: int, pending: int) -> dict[str, Any]:
             "fill_s": time.perf_counter() - started, "subtasks_size": size[0] if size else ""}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _sign_in(client: httpx.Client, token: str) -> None:
     form = client.get("/console/login").text
     csrf = re.search(r'name="csrf" value="([^"]*)"', form)
@@ -144,7 +137,7 @@ def console(subtasks: int, repeat: int, pending: int = 2000) -> dict[str, Any]:
     with temp_database() as url:
         filled = fill(url, subtasks, pending)
         print_table("console: the database", [filled])
-        port = _free_port()
+        port = free_port()
         secret = secrets.token_hex(32)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
         env.update(TASKD_DATABASE_URL=url, TASKD_API__JWT_SECRET=secret,

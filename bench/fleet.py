@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -40,6 +39,7 @@ from typing import Any
 from bench.common import (
     connect,
     daemons,
+    free_port,
     print_table,
     process_cpu_seconds,
     queue_env,
@@ -52,19 +52,13 @@ from taskd.queue import migrations
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class OwnedServer:
     """A PostgreSQL 15 of the benchmark's own in a temporary directory."""
 
     def __init__(self, max_connections: int = 500) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
         self.data = self.dir / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.user: tuple[int, int] | None = None
         if os.geteuid() == 0:
             import pwd

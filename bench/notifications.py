@@ -150,10 +150,15 @@ class _Ok(BaseHTTPRequestHandler):
         self.end_headers()
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's backlog of 5 resets connections a dispatcher opens in a burst.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @contextmanager
 def _receiver() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _Ok)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from bench.common import REPO, connect, print_table, queue_env, scalar
+from bench.common import REPO, connect, free_port, print_table, queue_env, scalar
 
 SUBMIT = "SELECT taskd.submit_task(queue => 'standard', kind => 'noop', payloads => %s::jsonb)"
 # What migration 0016 sets on taskd's tables; ``--table-settings stock`` resets them, so one
@@ -55,14 +55,6 @@ def _bindir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def stock_cluster(settings: dict[str, str] | None = None) -> Iterator[str]:
     """initdb in a temporary directory, stock postgresql.conf but for where it listens (and
@@ -81,7 +73,7 @@ def stock_cluster(settings: dict[str, str] | None = None) -> Iterator[str]:
         entry = pwd.getpwnam(user)
         os.chmod(base, 0o755)
         os.chown(base, entry.pw_uid, entry.pw_gid)
-    data, port = base / "data", _free_port()
+    data, port = base / "data", free_port()
 
     def pg(program: str, *args: str) -> None:
         subprocess.run([str(bindir / program), *args], check=True, capture_output=True,

@@ -115,11 +115,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(text)
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a dispatcher opening 20 connections at once
+    # then sees some reset while the accepting thread waits for the GIL, and the delivery
+    # fails for the receiver's sake, not the dispatcher's. A real receiver listens deeper.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @contextmanager
 def webhook_receiver() -> Iterator[Receiver]:
     """A receiver on 127.0.0.1 and a free port, stopped on exit."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _Handler)
     receiver = Receiver(server)
     handler = type("Handler", (_Handler,), {"receiver": receiver})
     server.RequestHandlerClass = handler

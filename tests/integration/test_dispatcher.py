@@ -212,7 +212,8 @@ async def test_two_dispatchers_never_deliver_one_notification_twice(
             tg.start_soon(drain, one, h1)
             tg.start_soon(drain, two, h2)
     ids = receiver.ids()
-    assert len(ids) == 60 and set(ids.values()) == {1}
+    assert len(ids) == 60 and set(ids.values()) == {1}, [r for r in await rows(conn)
+                                                        if r[0] != "delivered"]
     cur = await conn.execute("SELECT count(DISTINCT locked_by), count(*) FILTER"
                              " (WHERE status = 'delivered') FROM taskd.notifications")
     assert await cur.fetchone() == (0, 60)

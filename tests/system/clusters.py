@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import anyio
 import psycopg
+from bench.common import free_port
 from psycopg.conninfo import make_conninfo
 
 from taskd.queue import migrations
@@ -27,12 +27,6 @@ SUPERUSER = "postgres"
 APP_ROLE = "taskd"
 APP_PASSWORD = "taskd-test-password"
 APP_DATABASE = "app"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _bindir() -> Path:

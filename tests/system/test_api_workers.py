@@ -14,17 +14,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
+from bench.common import free_port
 
 from tests.system.daemons import wait_for
 
 SECRET = "system-test-secret-0123456789abcdef"
 WORKERS = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -63,7 +58,7 @@ def _served(log: Path) -> int:
 
 def test_two_workers_share_the_address_and_both_serve(database_url: str,
                                                       tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     logs = [tmp_path / f"api-{i}.log" for i in range(WORKERS)]
     with ExitStack() as stack:
         procs = []
