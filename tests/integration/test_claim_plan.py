@@ -11,12 +11,13 @@ import pytest
 from taskd.queue.queries import query
 from taskd.queue.store import Store
 from tests.factories import CLAIM_FROM_HEAD
-from tests.plans import explain, plan_nodes
+from tests.plans import explain, nested_plans, plan_nodes
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
-async def test_claim_uses_partial_index_with_a_million_finished_rows(conn: Any) -> None:
+async def _million_finished_and_500_pending(conn: Any) -> None:
+    """A million finished subtasks and 500 pending ones of priorities 0 to 6 (g % 7)."""
     await conn.execute("""
         INSERT INTO taskd.tasks (queue, kind, total, status, completed)
         SELECT 'standard', 'noop', 100000, 'completed', 100000 FROM generate_series(1, 10);
@@ -29,6 +30,10 @@ async def test_claim_uses_partial_index_with_a_million_finished_rows(conn: Any) 
         ANALYZE taskd.subtasks;
         ANALYZE taskd.tasks;
     """)
+
+
+async def test_claim_uses_partial_index_with_a_million_finished_rows(conn: Any) -> None:
+    await _million_finished_and_500_pending(conn)
     params = {"queue": "standard", "executor_id": "e1", "limit": 100, "lease_timeout": 60.0,
               "cluster_max": None, "now": None, **CLAIM_FROM_HEAD}
     plan = await explain(conn, "claim_subtasks", params)
@@ -42,6 +47,33 @@ async def test_claim_uses_partial_index_with_a_million_finished_rows(conn: Any) 
     assert len(claimed) == 100
     # 71 rows of priority 6 exist among the 500 (g % 7 = 6), then priority 5 fills the batch.
     assert sorted((row[4] for row in claimed), reverse=True) == [6] * 71 + [5] * 29
+
+
+async def test_the_claim_function_keeps_to_the_index_in_its_generic_plan(conn: Any) -> None:
+    """taskd.claim_subtasks (version 27) plans once a session for any arguments: from the
+    claim index's head, and from a resume point, its plan never scans the table."""
+    await _million_finished_and_500_pending(conn)
+    params = {"queue": "standard", "executor_id": "e1", "limit": 100, "lease_timeout": 60.0,
+              "now": None, **CLAIM_FROM_HEAD}
+    cur = await conn.execute(query("claim_subtasks_plain"), params)
+    first = await cur.fetchall()
+    # 71 rows of priority 6 exist among the 500 (g % 7 = 6), then priority 5 fills the batch.
+    assert [row[4] for row in first] == [6] * 71 + [5] * 29
+    last = first[-1]
+    resumed = {**params, "after_priority": last[4], "after_run_after": last[9],
+               "after_id": last[0]}
+    plans = [*await nested_plans(conn, "claim_subtasks_plain", params, "SKIP LOCKED"),
+             *await nested_plans(conn, "claim_subtasks_plain", resumed, "SKIP LOCKED")]
+    assert len(plans) == 2
+    for plan in plans:
+        nodes = plan_nodes(plan)
+        on_subtasks = [n for n in nodes if n.get("Relation Name") == "subtasks"]
+        assert not [n for n in on_subtasks if n["Node Type"] == "Seq Scan"], json.dumps(plan)
+        assert any(n.get("Index Name") == "subtasks_claim_idx" for n in nodes), json.dumps(plan)
+    cur = await conn.execute("SELECT priority, count(*) FROM taskd.subtasks"
+                             " WHERE status = 'processing' GROUP BY 1 ORDER BY 1 DESC")
+    # 300 claimed in all, in priority order (g % 7: 71 rows of 6, 5 and 4, 72 of 3).
+    assert await cur.fetchall() == [(6, 71), (5, 71), (4, 71), (3, 72), (2, 15)]
 
 
 async def test_pooled_connections_plan_each_run_and_keep_the_options_given(

@@ -480,6 +480,6 @@ async def test_a_claim_woken_by_a_notification_runs_on_the_listening_connection(
 
         tg.start_soon(submit_once_idle)
         await run_until(rig, lambda: all_completed(conn, 1), "the subtask completed")
-        # The claim statement (its text begins with this comment).
-        assert "pick the highest priority" in await last_statement_on_the_listening_connection()
+        # The claim (the function taskd.claim_subtasks: its statement's text names it).
+        assert "taskd.claim_subtasks(" in await last_statement_on_the_listening_connection()
         tg.cancel_scope.cancel()

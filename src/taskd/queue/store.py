@@ -330,7 +330,10 @@ class Store:
                   "after_run_after": None if after is None else after.run_after,
                   "after_id": None if after is None else after.id,
                   "suspect_after": poison_after - 1}
-        name = "claim_subtasks" if rate_limit is None else "claim_subtasks_rate_limited"
+        if rate_limit is not None:
+            name = "claim_subtasks_rate_limited"
+        else:
+            name = "claim_subtasks" if cluster_max is not None else "claim_subtasks_plain"
         if cluster_max is None:
             claimed = await self.fetch_as(name, params, ClaimedSubtask,
                                           CLAIMED_ROW, binary=True, conn=conn)

@@ -1538,6 +1538,87 @@ BEGIN
 END;
 $$;
 
+-- The executor's plain claim (version 27): one queue without a rate limit or a cluster_max,
+-- the statement claim_subtasks's rows, order and lease in three branches that keep one
+-- generic plan a session: see 0027 for the numbers.
+CREATE FUNCTION taskd.claim_subtasks(
+    claim_queue text, executor text, claim_limit integer, lease_seconds float8,
+    suspect_after integer, after_priority integer DEFAULT NULL,
+    after_run_after timestamptz DEFAULT NULL, after_id bigint DEFAULT NULL,
+    at_time timestamptz DEFAULT NULL)
+RETURNS TABLE (id bigint, task_id bigint, queue text, kind text, priority integer,
+               payload jsonb, state jsonb, attempt integer, max_attempts integer,
+               run_after timestamptz, wait double precision)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH picked AS (
+        SELECT h.id FROM (
+            SELECT s.id
+              FROM taskd.subtasks s
+             WHERE after_id IS NULL
+               AND s.status = 'pending'
+               AND s.queue = claim_queue
+               AND s.run_after <= coalesce(at_time, now())
+               AND s.crashes < suspect_after  -- a suspected poison pill runs alone
+             ORDER BY s.priority DESC, s.run_after, s.id
+             LIMIT claim_limit
+               FOR UPDATE SKIP LOCKED
+        ) h
+        UNION ALL
+        SELECT r.id FROM (
+            SELECT s.id
+              FROM taskd.subtasks s
+             WHERE s.status = 'pending'
+               AND s.queue = claim_queue
+               AND s.run_after <= coalesce(at_time, now())
+               AND s.crashes < suspect_after
+               AND s.priority = after_priority
+               AND (s.run_after, s.id) > (after_run_after, after_id)
+             ORDER BY s.priority DESC, s.run_after, s.id
+             LIMIT claim_limit
+               FOR UPDATE SKIP LOCKED
+        ) r
+        UNION ALL
+        SELECT l.id FROM (
+            SELECT s.id
+              FROM taskd.subtasks s
+             WHERE s.status = 'pending'
+               AND s.queue = claim_queue
+               AND s.run_after <= coalesce(at_time, now())
+               AND s.crashes < suspect_after
+               AND s.priority < after_priority
+             ORDER BY s.priority DESC, s.run_after, s.id
+             LIMIT claim_limit
+               FOR UPDATE SKIP LOCKED
+        ) l
+        -- Rows are locked as this limit takes them: none beyond it. A paused queue: none.
+         LIMIT CASE WHEN EXISTS (SELECT 1 FROM taskd.queue_controls c
+                                  WHERE c.queue = claim_queue AND c.paused) THEN 0
+                    ELSE claim_limit END
+    ), claimed AS (
+        UPDATE taskd.subtasks s
+           SET status = 'processing',
+               locked_by = executor,
+               attempt = s.attempt + 1,
+               lease_expires_at = coalesce(at_time, now()) + make_interval(secs => lease_seconds),
+               started_at = coalesce(at_time, now()),
+               updated_at = coalesce(at_time, now())
+         -- An id array, not a join, as in the statement.
+         WHERE s.id = ANY(ARRAY(SELECT p.id FROM picked p))
+        RETURNING s.id, s.task_id, s.queue, s.kind, s.priority, s.payload, s.state, s.attempt,
+                  s.max_attempts, s.run_after,
+                  -- seconds from ready to started: one float to read, not two timestamps
+                  date_part('epoch', s.started_at - s.run_after)
+    )
+    -- Claim order, sorted here: cheaper than in the executor.
+    SELECT * FROM claimed c ORDER BY c.priority DESC, c.run_after, c.id;
+END;
+$$;
+
 INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, 'lease_index'),
     (3, 'json_depth'), (4, 'count_without_join'), (5, 'cheap_name_checks'),
     (6, 'subtask_id_ranges'), (7, 'one_payload_submit'), (8, 'crash_counts'),
@@ -1545,4 +1626,4 @@ INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, '
     (13, 'flow'), (14, 'task_notifications'), (15, 'console_audit'),
     (16, 'vacuum_as_a_queue_needs'), (17, 'sliding_window_and_counters'),
     (19, 'maintenance_rounds'), (20, 'unstarted_index'), (21, 'api_create_task'),
-    (26, 'record_outcomes_planned_once');
+    (26, 'record_outcomes_planned_once'), (27, 'claim_planned_once');

@@ -114,6 +114,15 @@ WITH picked AS (
 -- Claim order, sorted here: cheaper than in the executor.
 SELECT * FROM claimed ORDER BY priority DESC, run_after, id;
 
+-- name: claim_subtasks_plain
+-- claim_subtasks without a cluster_max or a rate limit (the executor's usual claim): the same
+-- rows, order and lease in the function taskd.claim_subtasks (schema.sql, version 27), which
+-- keeps one generic plan a session where this session plans each statement (~0.25 ms a claim).
+SELECT * FROM taskd.claim_subtasks(
+    %(queue)s::text, %(executor_id)s::text, %(limit)s::integer, %(lease_timeout)s::float8,
+    %(suspect_after)s::integer, %(after_priority)s::integer, %(after_run_after)s::timestamptz,
+    %(after_id)s::bigint, %(now)s::timestamptz);
+
 -- name: claim_subtasks_of_queues
 -- claim_subtasks for several queues in one statement, each with its own limit and resume
 -- point (the arrays are parallel, one element a queue; after_* NULL: from the claim index's
