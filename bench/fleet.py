@@ -168,11 +168,17 @@ def _named() -> dict[str, str]:
 NAMED = _named()
 
 
+# The claims a daemon of the fleet makes (no rate limit, no cluster_max): the function since
+# version 27, the statement before (a baseline's).
+CLAIMS = {"claim_subtasks", "claim_subtasks_plain"}
+
+
 def kind_of(text: str) -> str:
-    """The taskd query's name, ``claim`` for ``claim_subtasks``; else the statement's start."""
+    """The taskd query's name, ``claim`` for a claim (:data:`CLAIMS`); else the statement's
+    start."""
     first = text.strip().splitlines()[0].strip() if text.strip() else ""
     name = NAMED.get(first)
-    if name == "claim_subtasks":
+    if name in CLAIMS:
         return "claim"
     return name or " ".join(text.split())[:40]
 

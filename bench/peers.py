@@ -78,7 +78,8 @@ def bare_batch(n: int, connections: int = 4, batch: int = 100) -> dict[str, Any]
 def taskd_sql_batch(n: int, connections: int = 4, batch: int = 1000) -> dict[str, Any]:
     """taskd's own claim and completion statements in the bare loop, no daemon: how fast
     taskd's schema drains when the executor costs nothing (its ceiling on this server)."""
-    claim, record = load_queries()["claim_subtasks"], load_queries()["record_outcomes"]
+    # The claim a daemon makes (one queue, no rate limit, no cluster_max), as it makes it.
+    claim, record = load_queries()["claim_subtasks_plain"], load_queries()["record_outcomes"]
     # Each loop's claims resume after its last, as a producer's do (taskd.executor.producer).
     last: dict[int, tuple[Any, ...] | None] = {}
     with temp_database() as url:
