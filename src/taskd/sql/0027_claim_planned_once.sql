@@ -11,6 +11,11 @@
 -- priorities. Each branch is an index range of subtasks_claim_idx, so the plan is the same
 -- for any arguments and the function keeps one generic plan a session.
 --
+-- enable_seqscan = off, as in version 26: the generic plan is kept from the session's first
+-- call until the table's statistics change; made while subtasks held a few rows, the UPDATE
+-- found the claimed rows by a sequential scan and went on doing so as the table grew (a claim
+-- of 10 over 50,000 rows: 17 ms instead of 1.5). Off, the plan keeps to the indexes.
+--
 -- SECURITY INVOKER, so EXECUTE stays with PUBLIC: a caller needs UPDATE on taskd.subtasks
 -- (the executor role's grants) for it to claim anything.
 
@@ -24,6 +29,7 @@ RETURNS TABLE (id bigint, task_id bigint, queue text, kind text, priority intege
                run_after timestamptz, wait double precision)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 BEGIN

@@ -1472,10 +1472,12 @@ REVOKE ALL ON FUNCTION taskd.api_create_task(text, text, text, jsonb, text, inte
 -- The executor's outcome batch (version 26): fenced on (id, locked_by, attempt, processing),
 -- failures aggregated into error_logs in the same statement. One generic plan a session (the
 -- daemon's sessions plan every other statement for its parameters): see 0026 for the numbers.
+-- No sequential scan in that plan, made once: see 0026.
 CREATE FUNCTION taskd.record_outcomes(executor text, batch jsonb, at_time timestamptz DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 BEGIN
     RETURN QUERY
@@ -1540,7 +1542,7 @@ $$;
 
 -- The executor's plain claim (version 27): one queue without a rate limit or a cluster_max,
 -- the statement claim_subtasks's rows, order and lease in three branches that keep one
--- generic plan a session: see 0027 for the numbers.
+-- generic plan a session, without a sequential scan: see 0027 for the numbers.
 CREATE FUNCTION taskd.claim_subtasks(
     claim_queue text, executor text, claim_limit integer, lease_seconds float8,
     suspect_after integer, after_priority integer DEFAULT NULL,
@@ -1551,6 +1553,7 @@ RETURNS TABLE (id bigint, task_id bigint, queue text, kind text, priority intege
                run_after timestamptz, wait double precision)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 BEGIN
