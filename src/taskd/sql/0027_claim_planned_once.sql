@@ -97,3 +97,10 @@ BEGIN
     SELECT * FROM claimed c ORDER BY c.priority DESC, c.run_after, c.id;
 END;
 $$;
+
+-- The counter trigger, fired inside the claim and the completion, would take their
+-- enable_seqscan = off, and its statements (generic plans, kept from their first run in a
+-- session: they have no parameters) read tasks through a whole index scan in place of a
+-- sequential one, worse as dead index entries pile up: bench ceiling's PostgreSQL CPU a
+-- subtask 53-60 -> 61-65 us. It keeps the server's setting.
+ALTER FUNCTION taskd.subtasks_count_outcomes() SET enable_seqscan = on;

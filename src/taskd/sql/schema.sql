@@ -260,7 +260,9 @@ CREATE TRIGGER tasks_refund_on_failure
 -- a task that a statement ends is announced on taskd_task_end (its id as the payload), and gets
 -- one outbox row in taskd.notifications per target that wants to hear of that end.
 CREATE FUNCTION taskd.subtasks_count_outcomes() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_seqscan = on  -- not the claim's and completion's off (see 0027)
+AS $$
 DECLARE
     ended_ids  bigint[];
     may_notify boolean;
