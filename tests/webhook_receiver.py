@@ -81,7 +81,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         headers = {k.lower(): v for k, v in self.headers.items()}
         receiver = self.receiver
-        if receiver.down:
+        # A sender killed mid-request (kill -9) leaves a body cut short: not a delivery, and
+        # its signature could never verify. The connection is gone; nothing is recorded.
+        if receiver.down or len(body) < length:
             self.close_connection = True
             return
         with receiver.lock:
