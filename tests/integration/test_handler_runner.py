@@ -303,6 +303,31 @@ async def test_a_lost_lease_gives_no_outcome(
     assert attempts.leases_lost() == 1
 
 
+async def logs_twice(ctx: SubtaskContext) -> Any:
+    ctx.logger.info("first")
+    ctx.logger.warning("second")
+    raise RuntimeError("after logging")
+
+
+async def test_log_lines_of_a_handler_and_of_its_outcome_carry_the_subtask(
+    store: Store, registry: HandlerRegistry, attempts: Attempts,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``ctx.logger`` is made on first use: the handler's own lines and the runner's line for
+    the retry name the same subtask, task, queue and attempt, under taskd.handler.<kind>."""
+    registry.register("logs_twice", logs_twice, "settings", "tests:logs_twice")
+    claimed = await submit_and_claim(store, "logs_twice", {}, max_attempts=3)
+    with caplog.at_level("INFO", logger="taskd.handler"):
+        outcome = await attempts.run(claimed, FAST)
+    assert outcome is not None and outcome.verdict == "retry"
+    lines = [r for r in caplog.records if r.name == "taskd.handler.logs_twice"]
+    assert [r.getMessage().split(" ")[0] for r in lines] == ["first", "second", "attempt"]
+    for record in lines:
+        assert (record.subtask_id, record.task_id, record.queue,  # type: ignore[attr-defined]
+                record.attempt) == (claimed.id, claimed.task_id,  # type: ignore[attr-defined]
+                                    claimed.queue, 1)
+
+
 async def cancels_itself(ctx: SubtaskContext) -> Any:
     ctx.cancel_scope.cancel()
     await anyio.lowlevel.checkpoint()  # the cancellation lands here

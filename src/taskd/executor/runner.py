@@ -22,7 +22,6 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 import anyio
@@ -31,12 +30,12 @@ import anyio.to_thread
 from taskd.errors import HandlerError, HandlerTimeout, LeaseLost, PermanentError, RetryLater
 from taskd.executor.running import RunningSet, RunningSubtask
 from taskd.executor.tracing import Tracing
-from taskd.handlers.base import RegisteredHandler, SubtaskContext
+from taskd.handlers.base import CheckpointStore, RegisteredHandler, SubtaskContext
 from taskd.handlers.clients import HttpClients
 from taskd.handlers.registry import HandlerRegistry
 from taskd.metrics import Metrics
 from taskd.settings import QueueSettings
-from taskd.types import JSON, ClaimedSubtask, ErrorOccurrence, Outcome, UnreadableJSON
+from taskd.types import ClaimedSubtask, ErrorOccurrence, Outcome, UnreadableJSON
 
 # Stack traces go to error_logs; the top frames say where, the rest is noise in a table.
 MAX_STACK_TRACE = 8000
@@ -51,15 +50,6 @@ class OutcomeSink(Protocol):
     """Where the runner hands outcomes: the :class:`~taskd.executor.completer.Completer`."""
 
     def add(self, queue: str, outcome: Outcome) -> None: ...
-
-
-class CheckpointStore(Protocol):
-    """Where ``ctx.checkpoint`` writes: the :class:`~taskd.queue.store.Store` (fenced), or
-    :class:`taskd.testing.CheckpointRecorder` in a handler's unit test."""
-
-    async def checkpoint(
-        self, executor_id: str, subtask_id: int, attempt: int, state: JSON
-    ) -> bool: ...
 
 
 def backoff_delay(
@@ -229,24 +219,15 @@ class Runner:
     def _context(self, entry: RunningSubtask, scope: anyio.CancelScope) -> SubtaskContext:
         subtask = entry.subtask
         return SubtaskContext(
-            subtask=subtask,
-            queue_settings=self.queues[subtask.queue],
-            logger=logging.LoggerAdapter(
-                self._logger(subtask.kind),
-                {"subtask_id": subtask.id, "task_id": subtask.task_id, "queue": subtask.queue,
-                 "attempt": subtask.attempt},
-            ),
-            http=self.http.client_for(subtask.id),
-            session=self.http.session,
-            cancel_scope=scope,
-            _checkpoint=partial(self.store.checkpoint, self.executor_id, subtask.id,
-                                subtask.attempt),
-            state=subtask.state,
-            deadline=entry.deadline,
+            subtask, self.queues[subtask.queue], self._logger(subtask.kind),
+            self.http.client_for(subtask.id), self.http.session, scope, self.store,
+            self.executor_id, subtask.state, entry.deadline,
         )
 
     async def _run(self, entry: RunningSubtask, ctx: SubtaskContext) -> None:
-        self._metrics[ctx.queue].wait.observe(max(0.0, ctx.subtask.wait))
+        subtask = ctx.subtask
+        metrics = self._metrics[subtask.queue]
+        metrics.wait.observe(max(0.0, subtask.wait))
         if entry.stop_reason is not None or entry.expired:
             self._cut_short(entry, ctx, 0.0)  # stopped, or past its deadline, while ready
             return
@@ -260,16 +241,21 @@ class Runner:
                 outcome = await tracing.run(ctx, self._attempt)
         finally:
             entry.scope = None
-        self._report(ctx, outcome, time.monotonic() - started)
+        if outcome is None:
+            metrics.leases_lost.inc()
+            return
+        metrics.duration.observe(time.monotonic() - started)
+        self.sink.add(subtask.queue, outcome)
 
     async def _attempt(self, ctx: SubtaskContext) -> Outcome | None:
         """Run the handler once; what it came to (None: the lease was lost). A cancellation
         of the scope propagates: :meth:`run_ready` tells a stop from a timeout."""
-        handler = self.registry.get(ctx.kind)
+        subtask = ctx.subtask
+        handler = self.registry.get(subtask.kind)
         try:
-            for what, value in (("payload", ctx.subtask.payload), ("state", ctx.state)):
-                if isinstance(value, UnreadableJSON):
-                    raise PermanentError(f"the subtask's {what} cannot be read: {value.reason}")
+            if isinstance(subtask.payload, UnreadableJSON) or isinstance(ctx.state,
+                                                                         UnreadableJSON):
+                _unreadable(ctx)
             if handler is None:
                 raise PermanentError(
                     f"no handler for kind {ctx.kind!r}; registered kinds: "
@@ -284,7 +270,7 @@ class Runner:
             return Outcome(ctx.id, ctx.attempt, "snooze", error=error_text(exc), delay=exc.delay)
         except Exception as exc:
             return _failure(ctx, exc)
-        return Outcome(ctx.id, ctx.attempt, "completed", result)
+        return Outcome(subtask.id, subtask.attempt, "completed", result)
 
     async def _invoke(self, handler: RegisteredHandler, ctx: SubtaskContext) -> Any:
         if handler.is_async:
@@ -327,6 +313,14 @@ class Runner:
         if logger is None:
             logger = self._loggers[kind] = logging.getLogger(f"taskd.handler.{kind}")
         return logger
+
+
+def _unreadable(ctx: SubtaskContext) -> None:
+    """Raises :class:`PermanentError` naming the subtask's payload or state that its claim
+    could not read as JSON."""
+    for what, value in (("payload", ctx.subtask.payload), ("state", ctx.state)):
+        if isinstance(value, UnreadableJSON):
+            raise PermanentError(f"the subtask's {what} cannot be read: {value.reason}")
 
 
 def _failure(ctx: SubtaskContext, exc: Exception) -> Outcome:

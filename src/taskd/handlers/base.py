@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 import aiohttp
 import anyio
@@ -38,26 +38,52 @@ class RegisteredHandler:
     is_async: bool
 
 
-@dataclass(eq=False)
+class CheckpointStore(Protocol):
+    """Writes a subtask's checkpoint, fenced by its lease: the daemon's store, or
+    :class:`taskd.testing.CheckpointRecorder` in a handler's unit test."""
+
+    async def checkpoint(
+        self, executor_id: str, subtask_id: int, attempt: int, state: JSON
+    ) -> bool: ...
+
+
+@dataclass(eq=False, slots=True)
 class SubtaskContext:
     """What a handler gets: the subtask, its queue's settings, and ways to report progress.
 
     ``http`` is an httpx client and ``session`` an aiohttp session, both shared by the daemon's
     handlers; aiohttp costs much less CPU per request than httpx (see
-    :mod:`taskd.handlers.clients`), for handlers that make many small requests.
+    :mod:`taskd.handlers.clients`), for handlers that make many small requests. ``logger``
+    logs to ``log_to`` (``taskd.handler.<kind>``) with the subtask's id, task, queue and
+    attempt; it is made on first use, as most subtasks log nothing (one is built per subtask).
     """
 
     subtask: ClaimedSubtask
     queue_settings: QueueSettings
-    logger: logging.LoggerAdapter[logging.Logger]
+    log_to: logging.Logger
     http: httpx.AsyncClient
     session: aiohttp.ClientSession
     cancel_scope: anyio.CancelScope
-    _checkpoint: Callable[[JSON], Awaitable[bool]]
+    checkpoints: CheckpointStore
+    executor_id: str
     state: JSON | None = None
     # anyio's clock (anyio.current_time()): when the attempt times out and cancel_scope is
     # cancelled. The daemon's runner sets it to the claim's time plus the queue's timeout.
     deadline: float = math.inf
+    _logger: logging.LoggerAdapter[logging.Logger] | None = field(
+        default=None, init=False, repr=False)
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        logger = self._logger
+        if logger is None:
+            subtask = self.subtask
+            logger = self._logger = logging.LoggerAdapter(
+                self.log_to,
+                {"subtask_id": subtask.id, "task_id": subtask.task_id, "queue": subtask.queue,
+                 "attempt": subtask.attempt},
+            )
+        return logger
 
     @property
     def id(self) -> int:
@@ -92,6 +118,8 @@ class SubtaskContext:
 
         Raises :class:`taskd.errors.LeaseLost` when this executor no longer holds the lease.
         """
-        if not await self._checkpoint(state):
+        subtask = self.subtask
+        if not await self.checkpoints.checkpoint(self.executor_id, subtask.id, subtask.attempt,
+                                                 state):
             raise LeaseLost(f"subtask {self.id} attempt {self.attempt}: lease lost")
         self.state = state

@@ -24,7 +24,8 @@ from typing import Any
 import anyio
 
 from taskd.errors import ConfigError
-from taskd.executor.runner import CheckpointStore, OutcomeSink, Runner
+from taskd.executor.runner import OutcomeSink, Runner
+from taskd.handlers.base import CheckpointStore
 from taskd.handlers.clients import HttpClients, http_clients
 from taskd.handlers.registry import HandlerRegistry
 from taskd.metrics import Metrics
