@@ -138,3 +138,41 @@ async def test_producers_wait_for_room_while_the_backlog_is_full_and_batches_kee
     assert written == [s.id for s in claimed]
     assert await fetch_one(
         conn, "SELECT count(*) FROM taskd.subtasks WHERE status = 'completed'") == 5
+
+
+async def test_run_writes_outcomes_added_during_a_write_and_after_the_buffer_emptied(
+    database_url: str, store: Store, conn: Any
+) -> None:
+    """An outcome added while a write is in flight, and one added after everything was
+    written (the wake-up made anew), are written all the same."""
+    await submit(store, 3)
+    first, second, third = await store.claim_subtasks("standard", EXECUTOR, 3, LEASE)
+    completer = Completer(store, EXECUTOR, Metrics())
+
+    async def status(subtask_id: int) -> Any:
+        return await fetch_one(conn, "SELECT status FROM taskd.subtasks WHERE id = %s",
+                               subtask_id)
+
+    async def is_completed(subtask_id: int) -> bool:
+        return await status(subtask_id) == "completed"
+
+    async with await psycopg.AsyncConnection.connect(database_url) as holder:
+        await holder.execute("SELECT 1 FROM taskd.subtasks WHERE id = %s FOR UPDATE",
+                             [first.id])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(completer.run)
+            completer.add("standard", Outcome(first.id, first.attempt, "completed", "{}"))
+            await wait_until(lambda: fetch_one(conn, """
+                SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'"""),
+                message="run()'s write waiting for the row")
+            completer.add("standard", Outcome(second.id, second.attempt, "completed", "{}"))
+            await holder.rollback()
+            await wait_until(lambda: is_completed(second.id),
+                             message="the outcome added during the write written")
+            assert completer.backlog == 0
+            completer.add("standard", Outcome(third.id, third.attempt, "completed", "{}"))
+            await wait_until(lambda: is_completed(third.id),
+                             message="the outcome added after the buffer emptied written")
+            tg.cancel_scope.cancel()
+    assert await status(first.id) == "completed"

@@ -49,6 +49,12 @@ def _outcome_json(o: Outcome) -> str:
     Formatted, not encoded: a fraction of the encoder's cost (docs/benchmarks.md). The result
     is JSON text already (see :class:`Outcome`); texts go through the encoder.
     """
+    if o.verdict == "completed" and o.error is None and o.failure is None:
+        # The common case, in one format: a completion and its result (or none).
+        if o.result_json is None:
+            return f'{{"id":{o.subtask_id:d},"attempt":{o.attempt:d},"verdict":"completed"}}'
+        return (f'{{"id":{o.subtask_id:d},"attempt":{o.attempt:d},"verdict":"completed",'
+                f'"result":{o.result_json}}}')
     head = f'{{"id":{o.subtask_id:d},"attempt":{o.attempt:d},"verdict":"{o.verdict}"'
     if o.result_json is not None:
         head += ',"result":' + o.result_json
