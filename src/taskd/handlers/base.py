@@ -47,7 +47,7 @@ class CheckpointStore(Protocol):
     ) -> bool: ...
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False)
 class SubtaskContext:
     """What a handler gets: the subtask, its queue's settings, and ways to report progress.
 
