@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -20,6 +22,23 @@ EXECUTOR = "completer-test"
 LEASE = 60.0
 
 
+@asynccontextmanager
+async def holding_row(database_url: str, subtask_id: int) -> AsyncIterator[Any]:
+    """A connection of its own holding the subtask's row locked (a write to it waits), until
+    it rolls back or leaves."""
+    async with await psycopg.AsyncConnection.connect(database_url) as holder:
+        await holder.execute("SELECT 1 FROM taskd.subtasks WHERE id = %s FOR UPDATE",
+                             [subtask_id])
+        yield holder
+
+
+async def a_write_waits_for_a_lock(conn: Any) -> None:
+    await wait_until(lambda: fetch_one(conn, """
+        SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'"""),
+        message="run()'s write waiting for the row")
+
+
 async def test_a_flush_waits_for_the_write_already_in_flight(
     database_url: str, store: Store, conn: Any
 ) -> None:
@@ -28,17 +47,12 @@ async def test_a_flush_waits_for_the_write_already_in_flight(
     [claimed] = await store.claim_subtasks("standard", EXECUTOR, 1, LEASE)
     completer = Completer(store, EXECUTOR, Metrics())
     seen_after_flush: list[Any] = []
-    async with await psycopg.AsyncConnection.connect(database_url) as holder:
-        # Hold the row so that run()'s write waits in the database.
-        await holder.execute("SELECT 1 FROM taskd.subtasks WHERE id = %s FOR UPDATE",
-                             [claimed.id])
+    # Hold the row so that run()'s write waits in the database.
+    async with holding_row(database_url, claimed.id) as holder:
         async with anyio.create_task_group() as tg:
             tg.start_soon(completer.run)
             completer.add("standard", Outcome(claimed.id, claimed.attempt, "completed", "{}"))
-            await wait_until(lambda: fetch_one(conn, """
-                SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'"""),
-                message="run()'s write waiting for the row")
+            await a_write_waits_for_a_lock(conn)
 
             async def flush() -> None:
                 await completer.flush()
@@ -156,16 +170,11 @@ async def test_run_writes_outcomes_added_during_a_write_and_after_the_buffer_emp
     async def is_completed(subtask_id: int) -> bool:
         return await status(subtask_id) == "completed"
 
-    async with await psycopg.AsyncConnection.connect(database_url) as holder:
-        await holder.execute("SELECT 1 FROM taskd.subtasks WHERE id = %s FOR UPDATE",
-                             [first.id])
+    async with holding_row(database_url, first.id) as holder:
         async with anyio.create_task_group() as tg:
             tg.start_soon(completer.run)
             completer.add("standard", Outcome(first.id, first.attempt, "completed", "{}"))
-            await wait_until(lambda: fetch_one(conn, """
-                SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'"""),
-                message="run()'s write waiting for the row")
+            await a_write_waits_for_a_lock(conn)
             completer.add("standard", Outcome(second.id, second.attempt, "completed", "{}"))
             await holder.rollback()
             await wait_until(lambda: is_completed(second.id),
