@@ -226,8 +226,7 @@ class Runner:
 
     async def _run(self, entry: RunningSubtask, ctx: SubtaskContext) -> None:
         subtask = ctx.subtask
-        metrics = self._metrics[subtask.queue]
-        metrics.wait.observe(max(0.0, subtask.wait))
+        self._metrics[subtask.queue].wait.observe(max(0.0, subtask.wait))
         if entry.stop_reason is not None or entry.expired:
             self._cut_short(entry, ctx, 0.0)  # stopped, or past its deadline, while ready
             return
@@ -241,11 +240,7 @@ class Runner:
                 outcome = await tracing.run(ctx, self._attempt)
         finally:
             entry.scope = None
-        if outcome is None:
-            metrics.leases_lost.inc()
-            return
-        metrics.duration.observe(time.monotonic() - started)
-        self.sink.add(subtask.queue, outcome)
+        self._report(ctx, outcome, time.monotonic() - started)
 
     async def _attempt(self, ctx: SubtaskContext) -> Outcome | None:
         """Run the handler once; what it came to (None: the lease was lost). A cancellation

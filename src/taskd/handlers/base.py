@@ -64,8 +64,8 @@ class SubtaskContext:
     http: httpx.AsyncClient
     session: aiohttp.ClientSession
     cancel_scope: anyio.CancelScope
-    checkpoints: CheckpointStore
-    executor_id: str
+    _store: CheckpointStore
+    _executor_id: str
     state: JSON | None = None
     # anyio's clock (anyio.current_time()): when the attempt times out and cancel_scope is
     # cancelled. The daemon's runner sets it to the claim's time plus the queue's timeout.
@@ -119,7 +119,7 @@ class SubtaskContext:
         Raises :class:`taskd.errors.LeaseLost` when this executor no longer holds the lease.
         """
         subtask = self.subtask
-        if not await self.checkpoints.checkpoint(self.executor_id, subtask.id, subtask.attempt,
-                                                 state):
+        if not await self._store.checkpoint(self._executor_id, subtask.id, subtask.attempt,
+                                            state):
             raise LeaseLost(f"subtask {self.id} attempt {self.attempt}: lease lost")
         self.state = state
