@@ -3,6 +3,8 @@ woken by the same NOTIFY drift apart."""
 
 from __future__ import annotations
 
+import math
+
 import anyio
 import pytest
 
@@ -29,3 +31,36 @@ async def test_a_set_wakeup_ends_the_wait_at_once() -> None:
     wakeup.set()
     with anyio.fail_after(1):
         assert await wakeup.wait(30)
+
+
+async def test_a_set_while_no_one_waits_ends_only_the_next_wait() -> None:
+    wakeup = Wakeup()
+    wakeup.set()
+    wakeup.set()
+    with anyio.fail_after(1):
+        assert await wakeup.wait(30)
+    assert not await wakeup.wait(0.01)  # two sets, one wake-up: both were seen
+
+
+async def test_a_wait_without_a_bound_ends_when_another_task_sets_it() -> None:
+    wakeup = Wakeup()
+    woke = []
+
+    async def waiter() -> None:
+        woke.append(await wakeup.wait(math.inf))
+
+    wakeup.signals.waiting.arm()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await wakeup.signals.waiting.wait()
+            wakeup.set()
+    assert woke == [True]
+
+
+async def test_a_set_between_two_waits_ends_the_second_at_once() -> None:
+    wakeup = Wakeup()
+    for _ in range(3):  # each round: a set after the last wait returned is not lost
+        wakeup.set()
+        with anyio.fail_after(1):
+            assert await wakeup.wait(math.inf)

@@ -88,9 +88,15 @@ class Completer:
         """Outcomes handed over and not yet taken for a write."""
         return len(self._buffer)
 
+    @property
+    def has_room(self) -> bool:
+        """Whether the backlog is below the limit (a claim may go ahead)."""
+        return len(self._buffer) < self.config.backlog_limit
+
     async def wait_for_room(self) -> None:
-        """Return once the backlog is below the limit; producers call it before a claim."""
-        while len(self._buffer) >= self.config.backlog_limit:
+        """Return once the backlog is below the limit; producers call it before a claim
+        (when :attr:`has_room` is False: the check alone costs no coroutine)."""
+        while not self.has_room:
             await self._room.wait()
 
     async def run(self) -> None:

@@ -178,14 +178,16 @@ class Producer:
     async def _claim_loop(self, runs: anyio.abc.TaskGroup) -> None:
         backoff = 0.1
         while True:
-            await self.capacity.wait_for_free()
+            if not self.capacity.free():
+                await self.capacity.wait_for_free()
             batch = self._batch_size()
             if self.capacity.free() < min(batch, self.capacity.limit // 4):
                 # A few ms for more slots to free up: one claim for many, not one per slot.
                 with anyio.move_on_after(self.config.refill_delay):
                     await self.capacity.wait_for_free(batch)
             async with self.gate.passing():
-                await self.completer.wait_for_room()  # claims must not run ahead of the writes
+                if not self.completer.has_room:  # claims must not run ahead of the writes
+                    await self.completer.wait_for_room()
                 want = min(self.capacity.free(), batch)
                 try:
                     # Shielded: a claim cancelled mid-flight could commit and lose its rows.

@@ -54,7 +54,10 @@ class Listener:
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.conn = conn
         self._held: list[str] = []
-        conn.add_notify_handler(self._hold)  # psycopg calls it for each notification it reads
+        self._encoding = conn.info.encoding
+        # psycopg calls it for each notification it reads while the connection runs a
+        # statement (a claim on it); the reader callback reads the others itself.
+        conn.add_notify_handler(self._hold)
 
     def _hold(self, note: psycopg.Notify) -> None:
         self._held.append(note.payload)
@@ -82,8 +85,7 @@ class Listener:
             try:
                 pgconn.consume_input()
                 while (note := pgconn.notifies()) is not None:
-                    if pgconn.notify_handler is not None:
-                        pgconn.notify_handler(note)  # decoded by psycopg, then _hold
+                    self._held.append(note.extra.decode(self._encoding, "replace"))
                 if not self._held:
                     return  # no notification whole yet: wait on
                 stop_reading()

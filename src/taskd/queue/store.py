@@ -200,8 +200,10 @@ class Store:
         self.signals.statements.signal(name)
 
         async def once() -> list[Row]:
-            async with self._connection(conn) as c:
-                return await run_query(c, name, params, factory, binary=binary)
+            if conn is not None:  # a claim right after a notification: no pool, no context
+                return await run_query(conn, name, params, factory, binary=binary)
+            async with self.pool.connection() as pooled:
+                return await run_query(pooled, name, params, factory, binary=binary)
 
         return await retried(once)
 
