@@ -182,6 +182,42 @@ async def test_sql_submit_task_rejects_too_many_subtasks(conn: Any) -> None:
     assert await fetch_one(conn, "SELECT count(*) FROM taskd.subtasks") == 0
 
 
+async def test_a_plain_submission_calls_insert_task_and_nothing_between(conn: Any) -> None:
+    """Version 28: without a unique key, dependencies or a notification target, submit_task and
+    submit_task_for_user call insert_task directly (each nested plpgsql call lies on the path
+    from a submission to its start); the others still go through submit_flow and
+    set_task_notify."""
+    await conn.execute("SET track_functions = 'all'")
+
+    async def counts() -> dict[str, int]:
+        cur = await conn.execute(
+            "SELECT p.proname, coalesce(pg_stat_get_xact_function_calls(p.oid), 0)"
+            "  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'taskd'"
+            "   AND p.proname IN ('submit_flow', 'insert_task', 'set_task_notify')")
+        return dict(await cur.fetchall())
+
+    async def calls(submission: str) -> dict[str, int]:
+        """The calls of each function that ``submission`` made: the session's counts before
+        and after it, in one transaction (a session reports and resets them only while idle
+        outside one)."""
+        async with conn.transaction():
+            before = await counts()
+            await conn.execute(submission)
+            after = await counts()
+        return {name: after[name] - before[name] for name in after if after[name] != before[name]}
+
+    plain = "SELECT taskd.submit_task('standard', 'noop', '[{}]')"
+    assert await calls(plain) == {"insert_task": 1}
+    assert await calls("SELECT taskd.submit_task_for_user('u1', 'standard', 'noop', '[{}]')") == {
+        "insert_task": 1}
+    assert "submit_flow" in await calls(plain[:-1] + ", unique_key => 'k')")
+    assert "set_task_notify" in await calls(
+        plain[:-1] + ", notify_url => 'https://hooks.example/done')")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="unique_scope needs"):
+        await calls(plain[:-1] + ", unique_scope => 'forever')")
+
+
 async def test_sql_payload_limit_is_the_servers(conn: Any, database_url: str) -> None:
     """taskd.limits holds it, written by `taskd migrate` from max_payload_bytes."""
     call = "SELECT taskd.submit_task('standard', 'noop', '[{\"a\": \"0123456789\"}]')"

@@ -989,15 +989,34 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id bigint;
 BEGIN
-    new_id := taskd.submit_flow(submit_task_for_user.user_id, submit_task_for_user.queue,
-                                submit_task_for_user.kind, submit_task_for_user.payloads,
-                                submit_task_for_user.name, submit_task_for_user.priority,
-                                submit_task_for_user.params, submit_task_for_user.max_attempts,
-                                submit_task_for_user.run_after, submit_task_for_user.traceparent,
-                                submit_task_for_user.unique_key, submit_task_for_user.unique_scope,
-                                submit_task_for_user.after);
-    PERFORM taskd.set_task_notify(new_id, submit_task_for_user.notify_url,
-                                  submit_task_for_user.notify_on);
+    -- Without a unique key or dependencies, straight to insert_task (submit_flow would
+    -- call it): the common submission, one call less. Without a target, no set_task_notify.
+    IF submit_task_for_user.unique_key IS NULL AND submit_task_for_user.unique_scope IS NULL
+       AND submit_task_for_user.after IS NULL THEN
+        new_id := taskd.insert_task(submit_task_for_user.user_id, submit_task_for_user.queue,
+                                    submit_task_for_user.kind, submit_task_for_user.payloads,
+                                    submit_task_for_user.name, submit_task_for_user.priority,
+                                    submit_task_for_user.params,
+                                    submit_task_for_user.max_attempts,
+                                    submit_task_for_user.run_after,
+                                    submit_task_for_user.traceparent);
+    ELSE
+        new_id := taskd.submit_flow(submit_task_for_user.user_id, submit_task_for_user.queue,
+                                    submit_task_for_user.kind, submit_task_for_user.payloads,
+                                    submit_task_for_user.name, submit_task_for_user.priority,
+                                    submit_task_for_user.params,
+                                    submit_task_for_user.max_attempts,
+                                    submit_task_for_user.run_after,
+                                    submit_task_for_user.traceparent,
+                                    submit_task_for_user.unique_key,
+                                    submit_task_for_user.unique_scope,
+                                    submit_task_for_user.after);
+    END IF;
+    IF submit_task_for_user.notify_url IS NOT NULL
+       OR submit_task_for_user.notify_on IS NOT NULL THEN
+        PERFORM taskd.set_task_notify(new_id, submit_task_for_user.notify_url,
+                                      submit_task_for_user.notify_on);
+    END IF;
     RETURN new_id;
 END;
 $$;
@@ -1027,12 +1046,24 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id bigint;
 BEGIN
-    new_id := taskd.submit_flow(NULL, submit_task.queue, submit_task.kind, submit_task.payloads,
-                                submit_task.name, submit_task.priority, submit_task.params,
-                                submit_task.max_attempts, submit_task.run_after,
-                                submit_task.traceparent, submit_task.unique_key,
-                                submit_task.unique_scope, submit_task.after);
-    PERFORM taskd.set_task_notify(new_id, submit_task.notify_url, submit_task.notify_on);
+    -- As submit_task_for_user: insert_task directly for the common submission.
+    IF submit_task.unique_key IS NULL AND submit_task.unique_scope IS NULL
+       AND submit_task.after IS NULL THEN
+        new_id := taskd.insert_task(NULL, submit_task.queue, submit_task.kind,
+                                    submit_task.payloads, submit_task.name, submit_task.priority,
+                                    submit_task.params, submit_task.max_attempts,
+                                    submit_task.run_after, submit_task.traceparent);
+    ELSE
+        new_id := taskd.submit_flow(NULL, submit_task.queue, submit_task.kind,
+                                    submit_task.payloads, submit_task.name, submit_task.priority,
+                                    submit_task.params, submit_task.max_attempts,
+                                    submit_task.run_after, submit_task.traceparent,
+                                    submit_task.unique_key, submit_task.unique_scope,
+                                    submit_task.after);
+    END IF;
+    IF submit_task.notify_url IS NOT NULL OR submit_task.notify_on IS NOT NULL THEN
+        PERFORM taskd.set_task_notify(new_id, submit_task.notify_url, submit_task.notify_on);
+    END IF;
     RETURN new_id;
 END;
 $$;
@@ -1631,4 +1662,5 @@ INSERT INTO taskd.schema_migrations (version, name) VALUES (1, 'initial'), (2, '
     (13, 'flow'), (14, 'task_notifications'), (15, 'console_audit'),
     (16, 'vacuum_as_a_queue_needs'), (17, 'sliding_window_and_counters'),
     (19, 'maintenance_rounds'), (20, 'unstarted_index'), (21, 'api_create_task'),
-    (26, 'record_outcomes_planned_once'), (27, 'claim_planned_once');
+    (26, 'record_outcomes_planned_once'), (27, 'claim_planned_once'),
+    (28, 'plain_submit_path');
