@@ -94,6 +94,35 @@ async def test_the_connection_that_delivered_a_wake_up_is_lent_to_one_claim(
     assert await wakeup.wait(10)
 
 
+async def test_delivering_a_notification_leaves_the_reader_for_the_claim_to_replace(
+    listening: Listening, conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removing the reader is a system call on the way from the notification to the claim
+    (~30-50 us of a process that slept: docs/benchmarks.md); the claim's own reader replaces
+    it, and the notifier removes what is left once the connection is back."""
+    loop = asyncio.get_running_loop()
+    removed: list[int] = []
+    remove_reader = loop.remove_reader
+
+    def counted(fd: Any) -> bool:
+        removed.append(fd)
+        return remove_reader(fd)
+
+    monkeypatch.setattr(loop, "remove_reader", counted)
+    lender = listening.notifier.lender
+    wakeup = listening.wakeups["standard"]
+    lent = await lent_after_notify(conn, "standard", wakeup, lender)
+    assert lent is not None
+    listening_fd = lent.pgconn.socket
+    assert listening_fd not in removed  # not between the notification and the claim
+    await lent.execute("SELECT 1")  # the claim: its reader replaced the notifier's
+    lender.give_back()
+    # Listening again, and the next notification wakes its queue.
+    await notify(conn, "standard")
+    assert await wakeup.wait(10)
+    monkeypatch.undo()
+
+
 async def test_an_offer_no_producer_takes_is_withdrawn_and_listening_goes_on(
     listening: Listening, conn: Any
 ) -> None:

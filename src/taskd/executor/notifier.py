@@ -154,6 +154,7 @@ class Notifier:
                     await listener.wait(deliver)
             finally:
                 await self.lender.withdraw()  # cancelled (shutdown) or the connection lost
+                listener.stop_reading()
         finally:
             # Closed whatever ends the wait, cancellation included: `async with conn` first
             # rolls back, and that can stop at a checkpoint of a cancelled scope and leave the

@@ -8,6 +8,7 @@ once per statement; :class:`taskd.executor.notifier.Notifier` reads the notifica
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -79,20 +80,25 @@ class Listener:
         fd = pgconn.socket
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        reading = False
+        delivered_once = False
 
         def readable() -> None:
+            # The reader stays in place after the delivery (removing it is a system call,
+            # tens of microseconds before the claim goes out): a claim on the connection
+            # replaces it with psycopg's, which psycopg removes when the claim ends; until
+            # then, notifications are held for the next wait.
+            nonlocal delivered_once
             try:
                 pgconn.consume_input()
                 while (note := pgconn.notifies()) is not None:
                     self._held.append(note.extra.decode(self._encoding, "replace"))
-                if not self._held:
-                    return  # no notification whole yet: wait on
-                stop_reading()
+                if not self._held or delivered_once:
+                    return  # no notification whole yet, or one delivered already: wait on
+                delivered_once = True
                 held, self._held = self._held, []
                 delivered = deliver(held)
             except Exception as exc:  # psycopg.Error, OSError: the connection is lost
-                stop_reading()
+                loop.remove_reader(fd)
                 if not done.done():
                     done.set_exception(exc)
             else:
@@ -102,17 +108,17 @@ class Listener:
             if not done.done():  # cancelled meanwhile
                 done.set_result(None)
 
-        def stop_reading() -> None:
-            # Once only, and never after this callback's turn: by then a claim on the
-            # connection (see deliver) may wait for the socket through a reader of its own.
-            nonlocal reading
-            if reading:
-                loop.remove_reader(fd)
-                reading = False
-
         loop.add_reader(fd, readable)
-        reading = True
         try:
             await done
         finally:
-            stop_reading()  # cancelled while waiting
+            # Delivered and not yet back, a claim may run on the connection with psycopg's
+            # reader in place: the owner calls stop_reading once the connection is back.
+            if done.done() or not delivered_once:
+                loop.remove_reader(fd)  # ours, or none (psycopg removed its own)
+
+    def stop_reading(self) -> None:
+        """Remove any reader of the connection's socket from the loop: for its owner, once no
+        claim runs on it (after a :meth:`wait` that was cancelled), before closing it."""
+        with contextlib.suppress(psycopg.Error, OSError, ValueError):
+            asyncio.get_running_loop().remove_reader(self.conn.pgconn.socket)
