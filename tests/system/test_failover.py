@@ -276,6 +276,7 @@ def test_failover_loses_nothing_and_records_each_outcome_once(
         summary["drain_s"] = round(time.monotonic() - drain_started, 1)
         supervisor.settle()
         exit_codes = supervisor.stop_all()
+        exit_logs = supervisor.logs_of_exits()  # before close() removes the logs
         wait_for(lambda: scalar(url, "SELECT count(*) FROM taskd.executors"
                                 " WHERE status <> 'stopped'") == 0,
                  message="every executor stopped")
@@ -320,4 +321,4 @@ def test_failover_loses_nothing_and_records_each_outcome_once(
     assert summary["refunds"] > 0
     # The daemons found the new primary on their own: none exited, all stop cleanly.
     assert supervisor.exits == [], (supervisor.exits, supervisor.logs_of_exits())
-    assert exit_codes == [0, 0, 0]
+    assert exit_codes == [0, 0, 0], exit_logs
